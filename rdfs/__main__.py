@@ -1,0 +1,3 @@
+from rdfs.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,378 @@
+"""Typed records for the Real-Debrid API.
+
+Every record is a frozen dataclass built with ``from_json``, which takes the
+JSON object RD sent, keeps the fields the reference documents, tolerates
+missing optional ones and ignores unknown extras (RD adds fields over time).
+The untouched JSON stays available as ``raw`` for the few callers that need
+an undocumented field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Self
+
+# Torrent statuses from the reference, grouped by what rdfs does with them.
+STATUS_DOWNLOADED = "downloaded"
+ACTIVE_STATUSES = frozenset(
+    {"magnet_conversion", "waiting_files_selection", "queued", "downloading", "compressing", "uploading"}
+)
+FAILED_STATUSES = frozenset({"magnet_error", "error", "virus", "dead"})
+
+
+def parse_date(value: Any) -> datetime | None:
+    """Parse RD's ``date.toJSON`` strings (``2024-01-02T03:04:05.000Z``) to aware datetimes."""
+    if not isinstance(value, str) or not value:
+        return None
+    text = value.strip()
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed
+
+
+def _int(value: Any, default: int = 0) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _str(value: Any, default: str = "") -> str:
+    return value if isinstance(value, str) else default
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """Base: ``raw`` keeps the JSON as received, excluded from equality."""
+
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False, kw_only=True)
+
+
+@dataclass(frozen=True, slots=True)
+class User(Record):
+    id: int
+    username: str
+    email: str = ""
+    points: int = 0
+    locale: str = ""
+    avatar: str = ""
+    type: str = ""  # "premium" or "free"
+    premium: int = 0  # seconds of premium left
+    expiration: datetime | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Self:
+        return cls(
+            id=_int(data.get("id")),
+            username=_str(data.get("username")),
+            email=_str(data.get("email")),
+            points=_int(data.get("points")),
+            locale=_str(data.get("locale")),
+            avatar=_str(data.get("avatar")),
+            type=_str(data.get("type")),
+            premium=_int(data.get("premium")),
+            expiration=parse_date(data.get("expiration")),
+            raw=data,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TorrentFile(Record):
+    """One file of a torrent as ``/torrents/info`` lists it (``path`` starts with ``/``)."""
+
+    id: int
+    path: str
+    bytes: int
+    selected: bool
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Self:
+        return cls(
+            id=_int(data.get("id")),
+            path=_str(data.get("path")),
+            bytes=_int(data.get("bytes")),
+            selected=_int(data.get("selected")) == 1,
+            raw=data,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Torrent(Record):
+    """A torrent as ``/torrents`` lists it (no files)."""
+
+    id: str
+    filename: str
+    hash: str
+    bytes: int
+    host: str
+    split: int
+    progress: float
+    status: str
+    added: datetime | None
+    links: tuple[str, ...]
+    ended: datetime | None = None
+    speed: int | None = None
+    seeders: int | None = None
+
+    @classmethod
+    def _fields_from_json(cls, data: dict[str, Any]) -> dict[str, Any]:
+        links = data.get("links")
+        progress = data.get("progress", 0)
+        return dict(
+            id=_str(data.get("id")),
+            filename=_str(data.get("filename")),
+            hash=_str(data.get("hash")).lower(),
+            bytes=_int(data.get("bytes")),
+            host=_str(data.get("host")),
+            split=_int(data.get("split")),
+            progress=float(progress) if isinstance(progress, (int, float)) else 0.0,
+            status=_str(data.get("status")),
+            added=parse_date(data.get("added")),
+            links=tuple(link for link in links if isinstance(link, str)) if isinstance(links, list) else (),
+            ended=parse_date(data.get("ended")),
+            speed=_int(data["speed"]) if "speed" in data else None,
+            seeders=_int(data["seeders"]) if "seeders" in data else None,
+            raw=data,
+        )
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Self:
+        return cls(**cls._fields_from_json(data))
+
+    @property
+    def is_downloaded(self) -> bool:
+        return self.status == STATUS_DOWNLOADED
+
+
+@dataclass(frozen=True, slots=True)
+class TorrentInfo(Torrent):
+    """A torrent as ``/torrents/info/{id}`` returns it: with its files."""
+
+    original_filename: str = ""
+    original_bytes: int = 0
+    files: tuple[TorrentFile, ...] = ()
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Self:
+        files = data.get("files")
+        return cls(
+            **cls._fields_from_json(data),
+            original_filename=_str(data.get("original_filename")),
+            original_bytes=_int(data.get("original_bytes")),
+            files=tuple(TorrentFile.from_json(f) for f in files if isinstance(f, dict))
+            if isinstance(files, list)
+            else (),
+        )
+
+    @property
+    def selected_files(self) -> tuple[TorrentFile, ...]:
+        """Selected files in file order: ``links[i]`` belongs to ``selected_files[i]`` unless packed."""
+        return tuple(f for f in self.files if f.selected)
+
+
+@dataclass(frozen=True, slots=True)
+class Download(Record):
+    """An entry of ``/downloads``, also the shape ``/unrestrict/link`` returns."""
+
+    id: str
+    filename: str
+    filesize: int
+    link: str  # the original hoster link
+    host: str
+    download: str  # the generated (unrestricted) URL
+    mime_type: str = ""
+    chunks: int = 0
+    crc: int = 0
+    streamable: int = 0
+    generated: datetime | None = None
+    type: str = ""
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Self:
+        return cls(
+            id=_str(data.get("id")),
+            filename=_str(data.get("filename")),
+            filesize=_int(data.get("filesize")),
+            link=_str(data.get("link")),
+            host=_str(data.get("host")),
+            download=_str(data.get("download")),
+            mime_type=_str(data.get("mimeType")),
+            chunks=_int(data.get("chunks")),
+            crc=_int(data.get("crc")),
+            streamable=_int(data.get("streamable")),
+            generated=parse_date(data.get("generated")),
+            type=_str(data.get("type")),
+            raw=data,
+        )
+
+
+# /unrestrict/link returns the same shape as a /downloads entry (plus "alternative").
+UnrestrictedLink = Download
+
+
+@dataclass(frozen=True, slots=True)
+class LinkCheck(Record):
+    """``/unrestrict/check`` result."""
+
+    host: str
+    link: str
+    filename: str
+    filesize: int
+    supported: int
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Self:
+        return cls(
+            host=_str(data.get("host")),
+            link=_str(data.get("link")),
+            filename=_str(data.get("filename")),
+            filesize=_int(data.get("filesize")),
+            supported=_int(data.get("supported")),
+            raw=data,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Created(Record):
+    """``addMagnet`` / ``addTorrent`` result."""
+
+    id: str
+    uri: str
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Self:
+        return cls(id=_str(data.get("id")), uri=_str(data.get("uri")), raw=data)
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveCount(Record):
+    nb: int
+    limit: int
+    hashes: tuple[str, ...] = ()  # undocumented "list" seen in the field
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Self:
+        hashes = data.get("list")
+        return cls(
+            nb=_int(data.get("nb")),
+            limit=_int(data.get("limit")),
+            hashes=tuple(h for h in hashes if isinstance(h, str)) if isinstance(hashes, list) else (),
+            raw=data,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AvailableHost(Record):
+    host: str
+    max_file_size: int
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Self:
+        return cls(host=_str(data.get("host")), max_file_size=_int(data.get("max_file_size")), raw=data)
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficHost(Record):
+    """One host of ``/traffic``."""
+
+    host: str
+    left: int
+    bytes: int
+    links: int
+    limit: int
+    type: str
+    extra: int
+    reset: str
+
+    @classmethod
+    def from_json(cls, host: str, data: dict[str, Any]) -> Self:
+        return cls(
+            host=host,
+            left=_int(data.get("left")),
+            bytes=_int(data.get("bytes")),
+            links=_int(data.get("links")),
+            limit=_int(data.get("limit")),
+            type=_str(data.get("type")),
+            extra=_int(data.get("extra")),
+            reset=_str(data.get("reset")),
+            raw=data,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Token(Record):
+    """An OAuth token answer from ``/oauth/v2/token``; ``expires_at`` is a UNIX time."""
+
+    access_token: str
+    refresh_token: str
+    expires_in: int
+    token_type: str = "Bearer"
+    expires_at: float = 0.0
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], now: float) -> Self:
+        expires_in = _int(data.get("expires_in"), 3600)
+        return cls(
+            access_token=_str(data.get("access_token")),
+            refresh_token=_str(data.get("refresh_token")),
+            expires_in=expires_in,
+            token_type=_str(data.get("token_type"), "Bearer"),
+            expires_at=now + expires_in,
+            raw=data,
+        )
+
+    def __repr__(self) -> str:  # never show secrets in logs or tracebacks
+        return f"Token(token_type={self.token_type!r}, expires_at={self.expires_at!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceCode(Record):
+    device_code: str
+    user_code: str
+    interval: int
+    expires_in: int
+    verification_url: str
+    direct_verification_url: str = ""
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Self:
+        return cls(
+            device_code=_str(data.get("device_code")),
+            user_code=_str(data.get("user_code")),
+            interval=_int(data.get("interval"), 5),
+            expires_in=_int(data.get("expires_in"), 600),
+            verification_url=_str(data.get("verification_url")),
+            direct_verification_url=_str(data.get("direct_verification_url")),
+            raw=data,
+        )
+
+    def __repr__(self) -> str:
+        return f"DeviceCode(user_code={self.user_code!r}, verification_url={self.verification_url!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCredentials(Record):
+    """Per-user ``client_id``/``client_secret`` from ``/oauth/v2/device/credentials``."""
+
+    client_id: str
+    client_secret: str
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Self:
+        return cls(client_id=_str(data.get("client_id")), client_secret=_str(data.get("client_secret")), raw=data)
+
+    def __repr__(self) -> str:
+        return f"ClientCredentials(client_id={self.client_id!r})"
+
+
+def replace(record: Any, **changes: Any) -> Any:
+    """``dataclasses.replace`` that keeps ``raw``."""
+    return dataclasses.replace(record, **changes)

@@ -1,0 +1,5 @@
+"""The `rdfs` command line."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    return 0
