@@ -1,0 +1,136 @@
+"""Configuration in one place: built-in defaults < config file < environment < command-line flags.
+
+The config file is TOML (``$XDG_CONFIG_HOME/rdfs/config.toml``); its top-level keys are the
+field names of :class:`Config` (``sync_interval = 30``, ``cache_dir = "/srv/rdfs"`` …).
+Environment variables are ``RDFS_<FIELD>`` in upper case, plus ``RD_API_TOKEN`` for the token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+DEFAULT_API_URL = "https://api.real-debrid.com/rest/1.0"
+DEFAULT_OAUTH_URL = "https://api.real-debrid.com/oauth/v2"
+
+
+def _xdg(var: str, fallback: str) -> Path:
+    value = os.environ.get(var)
+    return Path(value) if value else Path.home() / fallback
+
+
+def config_dir() -> Path:
+    """Where credentials and config.toml live (``$XDG_CONFIG_HOME/rdfs``)."""
+    return _xdg("XDG_CONFIG_HOME", ".config") / "rdfs"
+
+
+def default_cache_dir() -> Path:
+    return _xdg("XDG_CACHE_HOME", ".cache") / "rdfs"
+
+
+class ConfigError(Exception):
+    """A configuration value is invalid; the message is one line for the user."""
+
+
+@dataclass
+class Config:
+    api_url: str = DEFAULT_API_URL
+    oauth_url: str = DEFAULT_OAUTH_URL
+    token: str | None = field(default=None, repr=False)
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    sync_interval: float = 15.0
+    rate_limit: int = 250  # API requests per minute, shared by everything in one process
+    chunk_cache_mb: int = 256  # memory bound of the shared read cache
+    link_ttl: float = 6 * 3600.0  # assumed lifetime of an unrestricted link (RD publishes none)
+    max_delete_fraction: float = 0.2  # larger removals wait for a second complete listing
+    allow_other: bool = False
+    allow_delete: bool = False  # let `rm -r torrents/<name>` delete upstream
+    read_ahead_kb: int = 4096  # kernel readahead for the mount's bdi (set after mounting)
+    max_background: int = 64  # FUSE requests the kernel keeps in flight
+    log_level: str = "INFO"
+    log_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        self.cache_dir = Path(self.cache_dir).expanduser()
+        if self.log_file is not None:
+            self.log_file = Path(self.log_file).expanduser()
+        if self.sync_interval <= 0:
+            raise ConfigError(f"sync_interval must be positive, got {self.sync_interval}")
+        if self.rate_limit <= 0:
+            raise ConfigError(f"rate_limit must be positive, got {self.rate_limit}")
+        if not 0 < self.max_delete_fraction <= 1:
+            raise ConfigError(f"max_delete_fraction must be in (0, 1], got {self.max_delete_fraction}")
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Turn a string (env) or TOML value into the field's type."""
+    kind = type(getattr(Config(), name)) if name not in ("token", "log_file") else str
+    if value is None:
+        return None
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            lowered = str(value).strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if kind is int:
+            return int(value)
+        if kind is float:
+            return float(value)
+        if name in ("cache_dir", "log_file"):
+            return Path(str(value))
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"invalid value for {name}: {value!r}") from None
+
+
+def load_file(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    # Tables ([views] …) belong to other features; plain keys must be known settings.
+    unknown = sorted(k for k, v in data.items() if k not in _FIELDS and not isinstance(v, dict))
+    if unknown:
+        raise ConfigError(f"{path}: unknown setting(s): {', '.join(unknown)}")
+    return {k: _coerce(k, v) for k, v in data.items() if k in _FIELDS}
+
+
+def load_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name in _FIELDS:
+        env_name = f"RDFS_{name.upper()}"
+        if env_name in environ:
+            values[name] = _coerce(name, environ[env_name])
+    if environ.get("RD_API_TOKEN"):
+        values["token"] = environ["RD_API_TOKEN"]
+    return values
+
+
+def load(
+    flags: Mapping[str, Any] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+) -> Config:
+    """Merge the layers; ``flags`` holds only the options the user actually gave (None = unset)."""
+    environ = os.environ if environ is None else environ
+    path = config_file or Path(environ.get("RDFS_CONFIG", config_dir() / "config.toml"))
+    merged: dict[str, Any] = {}
+    merged.update(load_file(path))
+    merged.update(load_env(environ))
+    merged.update({k: _coerce(k, v) for k, v in (flags or {}).items() if v is not None and k in _FIELDS})
+    return Config(**merged)
