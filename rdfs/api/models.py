@@ -373,6 +373,122 @@ class ClientCredentials(Record):
         return f"ClientCredentials(client_id={self.client_id!r})"
 
 
+@dataclass(frozen=True, slots=True)
+class TrafficDay(Record):
+    """One day of ``/traffic/details``: bytes per host and the day's total."""
+
+    date: str  # YYYY-MM-DD
+    hosts: dict[str, int]
+    bytes: int
+
+    @classmethod
+    def from_json(cls, date: str, data: dict[str, Any]) -> Self:
+        hosts = data.get("host")
+        return cls(
+            date=date,
+            hosts={str(k): _int(v) for k, v in hosts.items()} if isinstance(hosts, dict) else {},
+            bytes=_int(data.get("bytes")),
+            raw=data,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MediaInfo(Record):
+    """``/streaming/mediaInfos/{id}``; ``details`` keeps the video/audio/subtitles streams as sent."""
+
+    filename: str
+    hoster: str
+    link: str
+    type: str
+    duration: float
+    bitrate: int
+    size: int
+    season: str | None = None
+    episode: str | None = None
+    year: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    poster_path: str = ""
+    backdrop_path: str = ""
+    audio_image: str = ""
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Self:
+        duration = data.get("duration")
+        details = data.get("details")
+
+        def optional(name: str) -> str | None:
+            value = data.get(name)
+            return None if value is None else str(value)
+
+        return cls(
+            filename=_str(data.get("filename")),
+            hoster=_str(data.get("hoster")),
+            link=_str(data.get("link")),
+            type=_str(data.get("type")),
+            duration=float(duration) if isinstance(duration, (int, float)) else 0.0,
+            bitrate=_int(data.get("bitrate")),
+            size=_int(data.get("size")),
+            season=optional("season"),
+            episode=optional("episode"),
+            year=optional("year"),
+            details=details if isinstance(details, dict) else {},
+            poster_path=_str(data.get("poster_path")),
+            backdrop_path=_str(data.get("backdrop_path")),
+            audio_image=_str(data.get("audio_image")),
+            raw=data,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Host(Record):
+    """One supported hoster (``/hosts``; ``/hosts/status`` adds the status fields)."""
+
+    domain: str
+    id: str
+    name: str
+    image: str = ""
+    supported: int | None = None
+    status: str = ""  # "up" / "down" / "unsupported" (``/hosts/status`` only)
+    check_time: datetime | None = None
+
+    @classmethod
+    def from_json(cls, domain: str, data: dict[str, Any]) -> Self:
+        return cls(
+            domain=domain,
+            id=_str(data.get("id")),
+            name=_str(data.get("name")),
+            image=_str(data.get("image")),
+            supported=_int(data["supported"]) if "supported" in data else None,
+            status=_str(data.get("status")),
+            check_time=parse_date(data.get("check_time")),
+            raw=data,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Settings(Record):
+    """``/settings``: current values; the possible values stay in ``raw``."""
+
+    download_port: str = ""
+    locale: str = ""
+    streaming_quality: str = ""
+    mobile_streaming_quality: str = ""
+    streaming_language_preference: str = ""
+    streaming_cast_audio_preference: str = ""
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Self:
+        return cls(
+            download_port=_str(data.get("download_port")),
+            locale=_str(data.get("locale")),
+            streaming_quality=_str(data.get("streaming_quality")),
+            mobile_streaming_quality=_str(data.get("mobile_streaming_quality")),
+            streaming_language_preference=_str(data.get("streaming_language_preference")),
+            streaming_cast_audio_preference=_str(data.get("streaming_cast_audio_preference")),
+            raw=data,
+        )
+
+
 def replace(record: Any, **changes: Any) -> Any:
     """``dataclasses.replace`` that keeps ``raw``."""
     return dataclasses.replace(record, **changes)

@@ -1,0 +1,174 @@
+"""The download server: ``/d/<id>/<name>`` URLs handed out by ``/unrestrict/link``.
+
+Single byte ranges (206 + Content-Range, ``bytes=N-``, ``bytes=-N``, 416), HEAD, keep-alive,
+bodies streamed chunk by chunk. Faults: latency to first byte, bandwidth cap, bodies cut
+mid-way (the connection is dropped), ranges ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import date
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+import trio
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from .content import iter_segments
+from .core import DownloadUnavailable
+from .model import DownloadRec, mime_type
+
+if TYPE_CHECKING:
+    from .core import Emulator
+
+log = logging.getLogger(__name__)
+
+ERROR_PAGE = (
+    "<!DOCTYPE html><html><head><title>Real-Debrid</title></head><body>"
+    "<p>Your code is not or no longer valid</p></body></html>"
+)
+
+
+class Unsatisfiable(Exception):
+    pass
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The inclusive (first, last) of a single ``Range``; ``None`` means "send it all".
+
+    Raises ``Unsatisfiable`` for a well-formed range that misses the file. Multiple ranges and
+    malformed headers are ignored (a 200 with the full body), as RFC 9110 allows.
+    """
+    if not header or not header.lower().startswith("bytes="):
+        return None
+    spec = header[6:].strip()
+    if "," in spec:
+        return None
+    first_text, sep, last_text = spec.partition("-")
+    if not sep:
+        return None
+    try:
+        if not first_text.strip():
+            suffix = int(last_text)
+            if suffix < 0:
+                return None
+            if suffix == 0 or size == 0:
+                raise Unsatisfiable
+            return max(0, size - suffix), size - 1
+        first = int(first_text)
+        last = int(last_text) if last_text.strip() else max(first, size - 1)
+    except ValueError:
+        return None
+    if first >= size:
+        raise Unsatisfiable
+    if first < 0 or last < first:
+        return None
+    return first, min(last, size - 1)
+
+
+def _content_disposition(filename: str) -> str:
+    ascii_name = filename.encode("ascii", "replace").decode().replace('"', "")
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename)}"
+
+
+class DownloadStream:
+    """An ASGI response streaming ``length`` bytes of ``entry`` from ``offset``."""
+
+    def __init__(
+        self, emu: Emulator, entry: DownloadRec, status: int, headers: list[tuple[bytes, bytes]],
+        offset: int, length: int, *, head: bool, drop_after: int | None,
+    ) -> None:
+        self.emu = emu
+        self.entry = entry
+        self.status = status
+        self.headers = headers
+        self.offset = offset
+        self.length = length
+        self.head = head
+        self.drop_after = drop_after
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
+        if self.head or self.length == 0:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_disconnect, receive, nursery.cancel_scope)
+            await self._stream(send)
+            nursery.cancel_scope.cancel()
+
+    async def _watch_disconnect(self, receive: Receive, scope: trio.CancelScope) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        scope.cancel()
+
+    async def _stream(self, send: Send) -> None:
+        counters = self.emu.counters
+        rate = self.emu.faults.download_bytes_per_second
+        budget = self.drop_after if self.drop_after is not None else self.length
+        sent = 0
+        day = date.today().isoformat()
+        for chunk in iter_segments(self.entry.segments, self.offset, self.length):
+            if sent + len(chunk) > budget:
+                chunk = chunk[: budget - sent]
+            if chunk:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                sent += len(chunk)
+                counters["download_bytes"] += len(chunk)
+                self.emu.traffic[day] += len(chunk)
+                if rate:
+                    await trio.sleep(len(chunk) / rate)
+            if sent >= budget:
+                break
+        if self.drop_after is not None:
+            # Returning without the final body message makes hypercorn close the connection
+            # mid-body: the client sees a truncated response, like a dropped RD stream.
+            counters["download_drops"] += 1
+            log.debug("dropping download %s after %d bytes", self.entry.id, sent)
+            return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def route(emu: Emulator) -> Route:
+    async def download(request: Request) -> Response | DownloadStream:
+        emu.counters["download_requests"] += 1
+        try:
+            entry = emu.resolve_download(request.path_params["id"])
+        except DownloadUnavailable as unavailable:
+            emu.counters["download_refused"] += 1
+            log.debug("download %s refused: %s", request.path_params["id"], unavailable.reason)
+            return HTMLResponse(ERROR_PAGE, status_code=unavailable.status)
+        faults = emu.faults
+        if faults.download_latency > 0:
+            await trio.sleep(faults.download_latency)
+        if faults.download_error_rate > 0 and emu.rng.random() < faults.download_error_rate:
+            emu.counters["download_errors"] += 1
+            return HTMLResponse(ERROR_PAGE, status_code=faults.download_error_status)
+        size = entry.filesize
+        headers = [
+            (b"content-type", mime_type(entry.filename).encode()),
+            (b"accept-ranges", b"bytes"),
+            (b"content-disposition", _content_disposition(entry.filename).encode()),
+            (b"cache-control", b"private"),
+        ]
+        status, offset, length = 200, 0, size
+        if not faults.ignore_range:
+            try:
+                wanted = parse_range(request.headers.get("range"), size)
+            except Unsatisfiable:
+                return Response(status_code=416, headers={"Content-Range": f"bytes */{size}"})
+            if wanted is not None:
+                status, offset, length = 206, wanted[0], wanted[1] - wanted[0] + 1
+                headers.append((b"content-range", f"bytes {wanted[0]}-{wanted[1]}/{size}".encode()))
+        headers.append((b"content-length", str(length).encode()))
+        head = request.method == "HEAD"
+        drop_after = None
+        if not head and length > 1 and faults.download_drop_rate > 0 and emu.rng.random() < faults.download_drop_rate:
+            drop_after = length // 2
+        return DownloadStream(emu, entry, status, headers, offset, length, head=head, drop_after=drop_after)
+
+    return Route("/d/{id}/{name:path}", download, methods=["GET", "HEAD"])

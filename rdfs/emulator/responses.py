@@ -1,0 +1,135 @@
+"""Shared HTTP plumbing of the emulator's API: RD-style JSON answers, ETags, form parsing,
+and the pipeline every API request goes through (counters, faults, rate limit, auth)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+import trio
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .model import Refusal
+
+if TYPE_CHECKING:
+    from .core import Emulator
+
+_PATH_PARAM = re.compile(r"/\{[^}]+\}")
+Handler = Callable[[Request], Awaitable[Any]]
+
+# Bodies for injected errors that are not RD answers (e.g. a proxy's 502).
+_STATUS_ERRORS = {401: "bad_token", 403: "permission_denied", 429: "too_many_requests", 500: "internal_error"}
+
+
+def encode_json(data: Any) -> bytes:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def refusal_response(refusal: Refusal) -> Response:
+    return Response(encode_json(refusal.body()), status_code=refusal.status, media_type="application/json")
+
+
+def json_response(request: Request, data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """JSON with an ETag for GETs; 304 with no body when ``If-None-Match`` matches."""
+    body = encode_json(data)
+    headers = dict(headers or {})
+    if request.method in ("GET", "HEAD") and status == 200:
+        etag = hashlib.sha1(body).hexdigest()
+        headers["ETag"] = etag
+        wanted = request.headers.get("if-none-match", "")
+        if etag in {tag.strip().removeprefix("W/").strip('"') for tag in wanted.split(",")}:
+            return Response(status_code=304, headers=headers)
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+def no_content(headers: dict[str, str] | None = None) -> Response:
+    return Response(status_code=204, headers=headers)
+
+
+async def form(request: Request) -> dict[str, str]:
+    """Parameters of a POST (urlencoded body), with the query string as a fallback."""
+    params = {key: value for key, value in request.query_params.items() if key != "auth_token"}
+    if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        body = (await request.body()).decode("utf-8", errors="replace")
+        params.update({key: values[0] for key, values in parse_qs(body, keep_blank_values=True).items()})
+    return params
+
+
+def int_param(request: Request, name: str, default: int) -> int:
+    value = request.query_params.get(name)
+    if value in (None, ""):
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise Refusal("wrong_parameter", f"{name} must be an integer") from None
+
+
+def bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    if header[:7].lower() == "bearer ":
+        return header[7:].strip()
+    return request.query_params.get("auth_token")
+
+
+def _injected_error(status: int) -> Response:
+    name = _STATUS_ERRORS.get(status, "service_unavailable" if status == 503 else "")
+    if name:
+        return refusal_response(Refusal(name, status=status))
+    return Response(f"<html><body><h1>{status}</h1></body></html>", status_code=status, media_type="text/html")
+
+
+def counter_name(method: str, path: str) -> str:
+    """``GET /torrents/info/{id}`` -> ``GET /torrents/info``."""
+    return f"{method} {_PATH_PARAM.sub('', path) or '/'}"
+
+
+def api_route(emu: Emulator, method: str, path: str, handler: Handler, *, auth: bool = True, prefix: str = "") -> Route:
+    """A route through the API pipeline; ``handler`` returns a Response or raises ``Refusal``."""
+    name = counter_name(method, prefix + path)
+
+    async def endpoint(request: Request) -> Response:
+        emu.counters[name] += 1
+        emu.counters["api_total"] += 1
+        faults = emu.faults
+        try:
+            if faults.api_down:
+                raise Refusal("service_unavailable")
+            limit = faults.rate_limit_per_minute
+            if limit is not None:
+                now = time.monotonic()
+                hits = emu.api_hits
+                while hits and hits[0] <= now - 60:
+                    hits.popleft()
+                hits.append(now)  # refused requests count too, as on RD
+                if len(hits) > limit:
+                    emu.counters["rate_limited"] += 1
+                    raise Refusal("too_many_requests")
+            if faults.api_latency > 0:
+                await trio.sleep(faults.api_latency)
+            if faults.api_error_rate > 0 and emu.rng.random() < faults.api_error_rate:
+                emu.counters["injected_errors"] += 1
+                return _injected_error(faults.api_error_status)
+            if auth:
+                emu.authenticate(bearer(request))
+            return await handler(request)
+        except Refusal as refusal:
+            return refusal_response(refusal)
+
+    return Route(path, endpoint, methods=[method])
+
+
+def rd_error_for_http(status: int) -> Response:
+    """RD's answer for an unknown method (404) or a wrong HTTP verb (405)."""
+    error = {404: "unknown_method", 405: "method_not_allowed"}.get(status)
+    if error is None:
+        return Response(status_code=status)
+    return refusal_response(Refusal(error))
+
