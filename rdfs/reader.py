@@ -1,0 +1,747 @@
+"""Byte-range streaming of RD downloads for the filesystem.
+
+The model follows rclone's VFS cache and mountpoint-s3's prefetcher:
+
+* Every byte lives in a :class:`BlockCache` of fixed ``BLOCK_SIZE`` blocks keyed by
+  ``(FileSource.key, block index)``, shared by every handle of a file and bounded in memory
+  (LRU). A block being downloaded is *pending*: it has a ``trio.Event`` that readers wait on, so
+  two readers never download the same block at the same time.
+* A first or random read downloads just the blocks it covers with one bounded ``Range`` request
+  (media scanners read a head and a few tail ranges: no read-ahead for them).
+* A read that continues the previous one (within ``BACK_TOLERANCE``/``FORWARD_TOLERANCE``, as
+  concurrent FUSE reads arrive out of order) starts a per-handle *stream*: one long ranged
+  response up to the end of the file, read in the pool's nursery, that stays a read-ahead
+  window ahead of the reader. The window starts small and grows with the bytes read
+  sequentially (2x, capped); the stream stops reading the socket when it is far enough ahead
+  (TCP back-pressure) and gives its connection up after a while idle, or when another download
+  waits for a connection. A far seek leaves the stream alone until a new sequential run needs
+  one. Blocks behind the reader stay cached, so small backward seeks cost nothing.
+* Every download resumes from the byte where it stopped when the connection drops (bounded
+  retries with backoff through ``stamina``). A download server that refuses the URL (403, 404,
+  410, an HTML error page) gets the link refreshed once through the resolver, then the download
+  resumes; only a link RD refuses to unrestrict raises :class:`LinkGone`. Responses are checked:
+  a 200 for a ranged request (Range ignored) is read-and-discarded up to the offset when that is
+  small, otherwise fails; a Content-Range that does not start at the asked offset fails. A read
+  returns exactly the bytes asked for, or raises.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+
+import httpx
+import stamina
+import trio
+
+from rdfs.api.errors import NetworkError, RDError
+from rdfs.links import LinkGone, LinkResolver, ResolvedLink
+
+log = logging.getLogger(__name__)
+
+KiB = 1024
+MiB = 1024 * KiB
+
+BLOCK_SIZE = 32 * KiB
+DEFAULT_CACHE_BYTES = 256 * MiB
+INITIAL_WINDOW = 512 * KiB
+MAX_WINDOW = 64 * MiB
+# Reads this far behind / ahead of a stream still belong to it (out-of-order FUSE reads).
+BACK_TOLERANCE = 256 * KiB
+FORWARD_TOLERANCE = 512 * KiB
+# A stream jumps over this many blocks already cached (or being fetched by someone else)
+# instead of downloading them again; shorter runs are cheaper to read through.
+SKIP_RUN_BLOCKS = (1 * MiB) // BLOCK_SIZE
+# A server ignoring Range is tolerated (read and discard) for offsets up to this.
+RANGE_DISCARD_LIMIT = 8 * MiB
+# Link refreshes in a row, without progress in between, before a download gives up.
+MAX_LINK_REFRESHES = 2
+DEFAULT_CONNECTIONS_PER_HOST = 16
+DEFAULT_TIMEOUT = httpx.Timeout(connect=15.0, read=30.0, write=15.0, pool=None)
+
+_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
+_REFUSED = frozenset({403, 404, 410})
+_TRANSIENT = frozenset({408, 429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class FileSource:
+    """A readable file: ``size`` bytes at ``offset`` inside the content of ``hoster_link``.
+
+    ``key`` identifies the file for the shared cache (e.g. its inode); ``offset`` is non-zero
+    for a file stored inside an archive.
+    """
+
+    key: str
+    hoster_link: str
+    size: int
+    offset: int = 0
+    name: str = ""
+
+
+class DownloadError(RDError):
+    """The download server answered something that cannot be served correctly."""
+
+
+@dataclass
+class ReaderStats:
+    """Counters for status files and benchmarks (cumulative)."""
+
+    requests: int = 0  # HTTP requests sent to download servers
+    bytes_fetched: int = 0  # body bytes received (including discarded ones)
+    bytes_served: int = 0  # bytes returned by reads
+    reads: int = 0
+    cache_hits: int = 0  # blocks found in the cache
+    cache_waits: int = 0  # blocks waited for while another download fetched them
+    cache_misses: int = 0  # blocks a read had to download itself
+    streams: int = 0  # read-ahead streams started
+    reconnects: int = 0  # downloads resumed after a dropped connection
+    link_refreshes: int = 0  # links unrestricted again after the server refused them
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class BlockCache:
+    """LRU of file blocks, bounded by total bytes, shared by every handle of the pool."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._blocks: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._blocks)
+
+    def get(self, key: str, index: int) -> bytes | None:
+        data = self._blocks.get((key, index))
+        if data is not None:
+            self._blocks.move_to_end((key, index))
+        return data
+
+    def __contains__(self, item: tuple[str, int]) -> bool:
+        return item in self._blocks
+
+    def put(self, key: str, index: int, data: bytes) -> None:
+        old = self._blocks.pop((key, index), None)
+        if old is not None:
+            self.size -= len(old)
+        self._blocks[(key, index)] = data
+        self.size += len(data)
+        while self.size > self.max_bytes and len(self._blocks) > 1:
+            _, evicted = self._blocks.popitem(last=False)
+            self.size -= len(evicted)
+
+
+@dataclass
+class _File:
+    """What the handles of one file share: its source and the blocks being downloaded."""
+
+    source: FileSource
+    handles: int = 0
+    pending: dict[int, trio.Event] = field(default_factory=dict)
+    # Blocks are cached per file *and* source: a file whose size or link changed starts afresh.
+    cache_key: str = field(init=False)
+    blocks: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        source = self.source
+        self.cache_key = f"{source.key}\0{source.hoster_link}\0{source.offset}\0{source.size}"
+        self.blocks = (source.size + BLOCK_SIZE - 1) // BLOCK_SIZE
+
+
+class _Transient(Exception):
+    """A download attempt failed before making progress; worth another try."""
+
+
+class _Refused(Exception):
+    """The download server refused the URL: the link needs a refresh."""
+
+    def __init__(self, status: int, url: str) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+        self.url = url
+
+
+class _Transfer:
+    """Downloads the blocks of ``[start, stop)`` of a file in order, delivering them to the cache.
+
+    ``received`` is the next byte wanted from the network; ``pos`` the start of the block being
+    assembled in ``buf``. The blocks this transfer promised (``owned``) are pending in the file
+    until delivered or released.
+    """
+
+    def __init__(self, pool: ReaderPool, file: _File, start: int, stop: int) -> None:
+        self.pool = pool
+        self.file = file
+        self.pos = start
+        self.received = start
+        self.stop = stop
+        self.buf = bytearray()
+        self.owned: dict[int, trio.Event] = {}
+        self.collected: dict[int, bytes] | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.pos >= self.stop
+
+    def claim(self, first: int, stop: int) -> None:
+        """Promise the blocks ``[first, stop)`` that are neither cached nor pending elsewhere."""
+        pending, key, cache = self.file.pending, self.file.cache_key, self.pool.cache
+        for index in range(first, stop):
+            if index not in pending and (key, index) not in cache:
+                event = pending[index] = trio.Event()
+                self.owned[index] = event
+
+    def release(self) -> None:
+        """Give up every promise still open (waiters wake up and look again)."""
+        pending = self.file.pending
+        for index, event in self.owned.items():
+            if pending.get(index) is event:
+                del pending[index]
+            event.set()
+        self.owned.clear()
+
+    def want(self) -> int:
+        """The byte up to which this transfer wants data now."""
+        return self.stop
+
+    def feed(self, piece: bytes) -> None:
+        """Take the next bytes of the response (everything up to ``stop``: a response is never
+        read partially, the next piece would land at the wrong offset)."""
+        take = min(len(piece), self.stop - self.received)
+        if take <= 0:
+            return
+        view = memoryview(piece)[:take]
+        self.received += take
+        size = self.file.source.size
+        used = 0
+        if self.buf:
+            used = min(BLOCK_SIZE - len(self.buf), take)
+            self.buf += view[:used]
+            if len(self.buf) < BLOCK_SIZE and self.received < size:
+                return
+            self._deliver(bytes(self.buf))
+            self.buf = bytearray()
+        while take - used >= BLOCK_SIZE:
+            self._deliver(bytes(view[used : used + BLOCK_SIZE]))
+            used += BLOCK_SIZE
+        if used < take:
+            if self.received >= size:
+                self._deliver(bytes(view[used:]))
+            else:
+                self.buf += view[used:]
+
+    def _deliver(self, data: bytes) -> None:
+        index = self.pos // BLOCK_SIZE
+        self.pos += len(data)
+        self.pool.cache.put(self.file.cache_key, index, data)
+        if self.collected is not None:
+            self.collected[index] = data
+        event = self.owned.pop(index, None)
+        if event is not None:
+            if self.file.pending.get(index) is event:
+                del self.file.pending[index]
+            event.set()
+
+    def should_jump(self) -> bool:
+        """Whether to drop the response to skip blocks already at hand (streams only)."""
+        return False
+
+    def ready_run(self, limit: int) -> int:
+        """How many blocks from ``pos`` on are cached or being fetched by someone else (<= limit)."""
+        if self.buf:
+            return 0
+        key, cache, pending = self.file.cache_key, self.pool.cache, self.file.pending
+        index = self.pos // BLOCK_SIZE
+        count = 0
+        while count < limit and index + count < self.file.blocks:
+            block = index + count
+            if (key, block) in cache:
+                event = self.owned.pop(block, None)
+                if event is not None:  # somebody else delivered what we promised
+                    if pending.get(block) is event:
+                        del pending[block]
+                    event.set()
+            elif block not in pending or block in self.owned:
+                break
+            count += 1
+        return count
+
+    async def ready_for_more(self) -> bool:
+        """Wait until more data is wanted; False when the transfer is complete."""
+        return not self.finished
+
+    async def pause(self, limiter: trio.CapacityLimiter) -> bool:
+        """Wait, holding the response, until more data is wanted; False to let it go."""
+        return True
+
+
+class _Stream(_Transfer):
+    """The read-ahead of one handle: wants data up to a window ahead of the reader."""
+
+    def __init__(self, pool: ReaderPool, file: _File, start: int, consumed: int, run_start: int) -> None:
+        super().__init__(pool, file, start, file.source.size)
+        self.consumed = consumed
+        self.run_start = run_start
+        self.wake = trio.Event()
+        self.scope = trio.CancelScope()
+        self.done = False
+        self._claimed = start // BLOCK_SIZE
+        self._extend()
+
+    def window(self) -> int:
+        pool = self.pool
+        return min(pool.max_window, max(pool.initial_window, 2 * (self.consumed - self.run_start)))
+
+    def want(self) -> int:
+        target = self.consumed + self.window()
+        target = -(-target // BLOCK_SIZE) * BLOCK_SIZE  # whole blocks: never pause inside a promised one
+        return min(target, self.stop)
+
+    @property
+    def serving(self) -> bool:
+        """Still downloading, or done because it delivered everything up to the end of the file."""
+        return not self.done or self.finished
+
+    def covers(self, offset: int) -> bool:
+        """A read near the stream's position or inside its window (reads arrive out of order)."""
+        return self.consumed - BACK_TOLERANCE <= offset <= max(self.want(), self.received) + FORWARD_TOLERANCE
+
+    def straggler(self, offset: int) -> bool:
+        """A read shortly behind the stream (out of order), not a seek back."""
+        floor = max(self.run_start, self.consumed - self.window()) - BACK_TOLERANCE
+        return floor <= offset < self.consumed
+
+    def advance(self, end: int) -> None:
+        """The reader got up to ``end``: promise the blocks of the new window and wake up."""
+        if end > self.consumed:
+            self.consumed = end
+        self._extend()
+        self.wake.set()
+
+    def _extend(self) -> None:
+        stop = -(-self.want() // BLOCK_SIZE)
+        first = max(self._claimed, self.pos // BLOCK_SIZE)
+        if stop > first:
+            self.claim(first, stop)
+            self._claimed = stop
+
+    def _skip_ready(self) -> None:
+        """Jump over blocks that need no download (only between responses)."""
+        while not self.finished:
+            run = self.ready_run(self.file.blocks)
+            if not run:
+                return
+            self.pos = min(self.stop, self.pos + run * BLOCK_SIZE)
+            self.received = self.pos
+
+    async def ready_for_more(self) -> bool:
+        while True:
+            self._skip_ready()
+            if self.finished:
+                return False
+            if self.received < self.want():
+                self._extend()
+                return True
+            self.wake = trio.Event()
+            await self.wake.wait()
+
+    async def pause(self, limiter: trio.CapacityLimiter) -> bool:
+        paused = self.pool._paused.setdefault(limiter, set())
+        paused.add(self)
+        try:
+            give_up_at = trio.current_time() + self.pool.idle_release
+            while self.received >= self.want():
+                if self.finished:
+                    return False
+                self.wake = trio.Event()
+                with trio.move_on_at(give_up_at):  # woken by the reader, or by a download waiting
+                    await self.wake.wait()
+                if limiter.statistics().tasks_waiting or trio.current_time() >= give_up_at:
+                    return False
+        finally:
+            paused.discard(self)
+        self._extend()
+        return True
+
+    def should_jump(self) -> bool:
+        # A long run of blocks already at hand: a new request after it beats downloading them again.
+        return self.ready_run(SKIP_RUN_BLOCKS) >= SKIP_RUN_BLOCKS
+
+    def cancel(self) -> None:
+        self.scope.cancel()
+
+
+class FileHandle:
+    """One open file: ``await handle.read(offset, size)``; ``await handle.close()``."""
+
+    def __init__(self, pool: ReaderPool, file: _File) -> None:
+        self.pool = pool
+        self.file = file
+        self.source = file.source
+        self._stream: _Stream | None = None
+        self._last_end: int | None = None
+        self._run_start = 0
+        self._closed = False
+
+    async def read(self, offset: int, size: int) -> bytes:
+        """Exactly ``min(size, file size - offset)`` bytes at ``offset`` (b"" at or after EOF)."""
+        if self._closed:
+            raise ValueError("read on a closed FileHandle")
+        if offset < 0:
+            raise ValueError(f"negative offset {offset}")
+        file_size = self.source.size
+        if size <= 0 or offset >= file_size:
+            return b""
+        end = min(offset + size, file_size)
+        first, last = offset // BLOCK_SIZE, (end - 1) // BLOCK_SIZE
+        self._observe(offset, end, first)
+        blocks = await self._collect(first, last)
+        self.pool.stats.reads += 1
+        head = offset - first * BLOCK_SIZE
+        if first == last:
+            data = blocks[0][head : head + end - offset]
+        else:
+            tail = end - last * BLOCK_SIZE
+            parts = [memoryview(blocks[0])[head:], *blocks[1:-1], memoryview(blocks[-1])[:tail]]
+            data = b"".join(parts)
+        self.pool.stats.bytes_served += len(data)
+        return data
+
+    def _observe(self, offset: int, end: int, first: int) -> None:
+        """Follow the access pattern: feed the stream, or start one for a new sequential run."""
+        stream = self._stream
+        if stream is not None and stream.serving and stream.covers(offset):
+            stream.advance(end)
+            self._last_end = end
+            return
+        if stream is not None and stream.serving and stream.straggler(offset):
+            return  # a late read of the run the stream serves: fetch it, keep the stream
+        sequential = (
+            self._last_end is not None
+            and self._last_end - BACK_TOLERANCE <= offset <= self._last_end + FORWARD_TOLERANCE
+        )
+        if not sequential:
+            self._run_start = offset
+        self._last_end = end
+        if sequential and end < self.source.size and self.pool.nursery is not None:
+            if stream is not None:
+                stream.cancel()
+            self._stream = self.pool._start_stream(self, first * BLOCK_SIZE, end, self._run_start)
+
+    async def _collect(self, first: int, last: int) -> list[bytes]:
+        key, cache, pending, stats = self.file.cache_key, self.pool.cache, self.file.pending, self.pool.stats
+        out: list[bytes] = []
+        fetched: dict[int, bytes] = {}
+        index = first
+        while index <= last:
+            data = fetched.pop(index, None)
+            if data is None:
+                data = cache.get(key, index)
+                if data is not None:
+                    stats.cache_hits += 1
+            if data is not None:
+                out.append(data)
+                index += 1
+                continue
+            event = pending.get(index)
+            if event is not None:
+                stats.cache_waits += 1
+                await event.wait()
+                continue
+            stop = last
+            while stop > index and ((key, stop) in cache or stop in pending):
+                stop -= 1
+            stats.cache_misses += stop - index + 1
+            fetched.update(await self.pool._fetch(self.file, index, stop + 1))
+        return out
+
+    async def close(self) -> None:
+        """Stop the read-ahead; cached blocks stay for the next open."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._stream is not None:
+            self._stream.cancel()
+            self._stream = None
+        self.pool._forget(self.file)
+
+
+class ReaderPool:
+    """Opens :class:`FileHandle` s; owns the block cache, the download client and the read-ahead.
+
+    Read-ahead runs in ``nursery`` (or in the nursery of :meth:`run`); without one, reads still
+    work but only download the blocks they cover.
+    """
+
+    def __init__(
+        self,
+        resolver: LinkResolver,
+        *,
+        http: httpx.AsyncClient | None = None,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        max_connections_per_host: int = DEFAULT_CONNECTIONS_PER_HOST,
+        nursery: trio.Nursery | None = None,
+        initial_window: int = INITIAL_WINDOW,
+        max_window: int = MAX_WINDOW,
+        retries: int = 5,
+        retry_wait_initial: float = 0.1,
+        retry_wait_max: float = 2.0,
+        idle_release: float = 10.0,
+        range_discard_limit: int = RANGE_DISCARD_LIMIT,
+    ) -> None:
+        self.resolver = resolver
+        self._owns_http = http is None
+        self.http = http or httpx.AsyncClient(
+            timeout=DEFAULT_TIMEOUT,
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64, keepalive_expiry=30.0),
+            headers={"User-Agent": "rdfs"},
+            follow_redirects=True,
+        )
+        self.cache = BlockCache(cache_bytes)
+        self.max_connections_per_host = max_connections_per_host
+        self.nursery = nursery
+        self.initial_window = initial_window
+        self.max_window = max(initial_window, min(max_window, cache_bytes // 4))
+        self.retries = retries
+        self.retry_wait_initial = retry_wait_initial
+        self.retry_wait_max = retry_wait_max
+        self.idle_release = idle_release
+        self.range_discard_limit = range_discard_limit
+        self.stats = ReaderStats()
+        self._files: dict[str, _File] = {}
+        self._streams: set[_Stream] = set()
+        self._limiters: dict[str, trio.CapacityLimiter] = {}
+        self._paused: dict[trio.CapacityLimiter, set[_Stream]] = {}  # streams holding an idle connection
+        self._run_scope: trio.CancelScope | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Host the read-ahead until cancelled: ``await nursery.start(pool.run)``."""
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            self._run_scope = nursery.cancel_scope
+            task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                self.nursery = None
+                self._run_scope = None
+                nursery.cancel_scope.cancel()
+
+    async def aclose(self) -> None:
+        """Stop every read-ahead and close the download client (if the pool made it)."""
+        for stream in list(self._streams):
+            stream.cancel()
+        if self._run_scope is not None:
+            self._run_scope.cancel()
+        if self._owns_http:
+            await self.http.aclose()
+
+    def open(self, source: FileSource) -> FileHandle:
+        """A handle on ``source``; no I/O until the first read."""
+        file = self._files.get(source.key)
+        if file is None or file.source != source:
+            file = self._files[source.key] = _File(source)
+        file.handles += 1
+        return FileHandle(self, file)
+
+    def _forget(self, file: _File) -> None:
+        file.handles -= 1
+        if file.handles <= 0 and self._files.get(file.source.key) is file:
+            del self._files[file.source.key]
+
+    @property
+    def cached_bytes(self) -> int:
+        return self.cache.size
+
+    # --- downloads -------------------------------------------------------------------------------
+
+    def _start_stream(self, handle: FileHandle, start: int, consumed: int, run_start: int) -> _Stream:
+        assert self.nursery is not None
+        stream = _Stream(self, handle.file, start, consumed, run_start)
+        self._streams.add(stream)
+        self.stats.streams += 1
+        self.nursery.start_soon(self._run_stream, handle, stream)
+        return stream
+
+    async def _run_stream(self, handle: FileHandle, stream: _Stream) -> None:
+        name = handle.source.name or handle.source.key
+        try:
+            with stream.scope:
+                await self._download(stream)
+        except (RDError, httpx.HTTPError) as exc:
+            # The reads waiting for these blocks fetch them themselves and report the error.
+            log.warning("read-ahead of %s stopped at byte %d: %s", name, stream.received, exc)
+        finally:
+            stream.done = True
+            stream.release()
+            self._streams.discard(stream)
+            if handle._stream is stream and not stream.finished:
+                handle._stream = None
+
+    async def _fetch(self, file: _File, first: int, stop: int) -> dict[int, bytes]:
+        """Download blocks ``[first, stop)`` now (in the caller's task) and return them."""
+        transfer = _Transfer(self, file, first * BLOCK_SIZE, min(stop * BLOCK_SIZE, file.source.size))
+        transfer.collected = {}
+        transfer.claim(first, stop)
+        try:
+            await self._download(transfer)
+        finally:
+            transfer.release()
+        return transfer.collected
+
+    def _limiter(self, host: str) -> trio.CapacityLimiter:
+        limiter = self._limiters.get(host)
+        if limiter is None:
+            limiter = self._limiters[host] = trio.CapacityLimiter(self.max_connections_per_host)
+        return limiter
+
+    async def _download(self, transfer: _Transfer) -> None:
+        """Run ``transfer`` to completion: requests, resumes, link refreshes."""
+        source = transfer.file.source
+        refreshes = 0
+        refreshed_at = -1
+        while await transfer.ready_for_more():
+            try:
+                await self._attempts(transfer)
+            except _Refused as refused:
+                if transfer.received != refreshed_at:
+                    refreshes = 0
+                refreshes += 1
+                if refreshes > MAX_LINK_REFRESHES:
+                    raise LinkGone(
+                        source.hoster_link, f"the download server refuses even a fresh link (HTTP {refused.status})"
+                    ) from None
+                refreshed_at = transfer.received
+                self.stats.link_refreshes += 1
+                log.info("download of %s refused (HTTP %d): refreshing its link", source.name, refused.status)
+                await self.resolver.resolve(source.hoster_link, force=True, stale_url=refused.url)
+
+    async def _attempts(self, transfer: _Transfer) -> None:
+        """One request, retried with backoff while it fails without making progress.
+
+        The first try runs outside stamina: its per-call cost is as large as a cached read.
+        """
+        try:
+            await self._request(transfer)
+            return
+        except _Transient as exc:
+            log.info("download of %s failed (%s): retrying", transfer.file.source.name, exc)
+        try:
+            async for attempt in stamina.retry_context(
+                on=_Transient,
+                attempts=self.retries,
+                timeout=None,
+                wait_initial=self.retry_wait_initial,
+                wait_max=self.retry_wait_max,
+                wait_jitter=self.retry_wait_initial,
+            ):
+                with attempt:
+                    await self._request(transfer)
+        except _Transient as exc:
+            name = transfer.file.source.name or transfer.file.source.key
+            raise NetworkError(
+                f"download of {name} failed at byte {transfer.received}: {exc}", reached=True
+            ) from None
+
+    async def _request(self, transfer: _Transfer) -> None:
+        """Send one ranged GET from ``transfer.received`` and feed its body to the transfer.
+
+        Returns when the response ended, when the transfer has enough, or after a dropped
+        connection that made progress (the caller sends the next request at once). Raises
+        ``_Transient`` for a failure without progress, ``_Refused`` for a refused URL.
+        """
+        source = transfer.file.source
+        link = await self.resolver.resolve(source.hoster_link)
+        start = transfer.received
+        first = source.offset + start
+        last = source.offset + transfer.stop - 1
+        headers = {"Range": f"bytes={first}-{last}", "Accept-Encoding": "identity"}
+        limiter = self._limiter(link.host)
+        if not limiter.available_tokens:
+            for stream in self._paused.get(limiter, ()):
+                stream.wake.set()  # it sees us waiting and lets its connection go
+        async with limiter:
+            self.stats.requests += 1
+            try:
+                async with self.http.stream("GET", link.url, headers=headers) as response:
+                    skip = self._check(response, link, source, first)
+                    await self._receive(response, transfer, skip, limiter)
+                    if transfer.received == start:
+                        raise _Transient(f"HTTP {response.status_code} with no data from byte {first}")
+            except httpx.TransportError as exc:
+                if transfer.received > start:
+                    self.stats.reconnects += 1
+                    log.info(
+                        "download of %s dropped at byte %d (%s): resuming", source.name, transfer.received, exc
+                    )
+                    return
+                raise _Transient(f"{type(exc).__name__}: {exc}") from None
+
+    def _check(self, response: httpx.Response, link: ResolvedLink, source: FileSource, first: int) -> int:
+        """Validate a response to ``Range: bytes=first-…``; returns how many leading bytes to discard."""
+        status = response.status_code
+        content_type = response.headers.get("content-type", "").lower()
+        if status in _REFUSED:
+            raise _Refused(status, link.url)
+        if status in _TRANSIENT:
+            raise _Transient(f"HTTP {status}")
+        if status == 206:
+            match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
+            if match is None or int(match.group(1)) != first or int(match.group(2)) < first:
+                raise DownloadError(
+                    f"{source.name}: wrong Content-Range {response.headers.get('content-range')!r} "
+                    f"for a request from byte {first}"
+                )
+            total = match.group(3)
+            if total != "*" and int(total) < source.offset + source.size:
+                raise DownloadError(f"{source.name}: the download has {total} bytes, the file needs more")
+            return 0
+        if status == 200:
+            if content_type.startswith("text/html"):
+                raise _Refused(status, link.url)  # RD's "no longer valid" page
+            length = response.headers.get("content-length")
+            if link.filesize and length is not None and length.isdigit() and int(length) != link.filesize:
+                raise DownloadError(f"{source.name}: a {length}-byte answer instead of the {link.filesize}-byte file")
+            if first > self.range_discard_limit:
+                raise DownloadError(
+                    f"{source.name}: the download server ignores Range (200 for a request from byte {first})"
+                )
+            if first:
+                log.info("download server ignores Range for %s: discarding %d bytes", source.name, first)
+            return first
+        if status == 416:
+            raise DownloadError(f"{source.name}: byte {first} is past the end of the download (HTTP 416)")
+        raise DownloadError(f"{source.name}: unexpected HTTP {status} from the download server")
+
+    async def _receive(
+        self, response: httpx.Response, transfer: _Transfer, skip: int, limiter: trio.CapacityLimiter
+    ) -> None:
+        stats = self.stats
+        async for piece in response.aiter_raw():
+            stats.bytes_fetched += len(piece)
+            if skip:
+                if len(piece) <= skip:
+                    skip -= len(piece)
+                    continue
+                piece = piece[skip:]
+                skip = 0
+            transfer.feed(piece)
+            if transfer.finished:
+                if _body_complete(response):
+                    continue  # let httpx see the end of the message: the connection stays reusable
+                return
+            if transfer.received >= transfer.want() and not await transfer.pause(limiter):
+                return
+            if transfer.should_jump():
+                return
+
+
+def _body_complete(response: httpx.Response) -> bool:
+    length = response.headers.get("content-length", "")
+    return length.isdigit() and response.num_bytes_downloaded >= int(length)

@@ -1,0 +1,440 @@
+"""ReaderPool against the emulator's download server over real HTTP: bytes compared to the source."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+import trio.testing
+
+from rdfs.api.auth import StaticToken
+from rdfs.api.client import RDClient
+from rdfs.api.transport import RetryPolicy
+from rdfs.cache import Cache
+from rdfs.emulator import Emulator, FileSpec
+from rdfs.links import LinkGone, LinkResolver
+from rdfs.reader import BLOCK_SIZE, BlockCache, DownloadError, FileSource, ReaderPool
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+UNRESTRICT = "POST /unrestrict/link"
+
+
+@dataclass
+class Env:
+    emu: Emulator
+    rd: RDClient
+    cache: Cache
+    resolver: LinkResolver
+    pool: ReaderPool
+    nursery: trio.Nursery
+
+    def add(self, size: int, name: str = "Movie") -> tuple[str, FileSource]:
+        torrent_id = self.emu.add_torrent(name, [FileSpec(f"/{name}.mkv", size)])
+        link = self.emu.torrent_json(torrent_id)["links"][0]
+        return torrent_id, FileSource(key=torrent_id, hoster_link=link, size=size, name=f"{name}.mkv")
+
+    def new_pool(self, **kwargs: object) -> ReaderPool:
+        kwargs.setdefault("retry_wait_initial", 0.01)
+        kwargs.setdefault("retry_wait_max", 0.05)
+        return ReaderPool(LinkResolver(self.rd, self.cache), nursery=self.nursery, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def env(emulator: Emulator, tmp_path: Path) -> AsyncIterator[Env]:
+    retry = RetryPolicy(max_retries=0, wait_initial=0, wait_max=0, wait_jitter=0)
+    cache = Cache(tmp_path / "rdfs.db")
+    try:
+        async with RDClient(
+            api_url=emulator.api_url, oauth_url=emulator.oauth_url, auth=StaticToken(emulator.token), retry=retry
+        ) as rd:
+            async with trio.open_nursery() as nursery:
+                resolver = LinkResolver(rd, cache)
+                pool = ReaderPool(resolver, nursery=nursery, retry_wait_initial=0.01, retry_wait_max=0.05)
+                try:
+                    yield Env(emulator, rd, cache, resolver, pool, nursery)
+                finally:
+                    await pool.aclose()
+                    nursery.cancel_scope.cancel()
+    finally:
+        cache.close()
+
+
+async def read_all(handle, size: int, chunk: int) -> bytes:  # type: ignore[no-untyped-def]
+    parts = []
+    for offset in range(0, size, chunk):
+        parts.append(await handle.read(offset, chunk))
+    return b"".join(parts)
+
+
+# --- pure parts -------------------------------------------------------------------------------
+
+
+def test_block_cache_is_lru_and_bounded() -> None:
+    cache = BlockCache(max_bytes=3 * 10)
+    for index in range(3):
+        cache.put("f", index, bytes([index]) * 10)
+    assert cache.get("f", 0) == b"\0" * 10  # 0 is now the most recent
+    cache.put("f", 3, b"x" * 10)
+    assert ("f", 1) not in cache and ("f", 0) in cache and cache.size == 30
+    cache.put("f", 3, b"y" * 5)  # replacing adjusts the size
+    assert cache.size == 25 and len(cache) == 3
+
+
+async def test_response_checks_catch_wrong_content_range() -> None:
+    from rdfs.links import ResolvedLink
+
+    pool = ReaderPool(LinkResolver(None, None))  # type: ignore[arg-type]
+    link = ResolvedLink("http://127.0.0.1:9/d/X/f", "X", 1000, 0.0)
+    source = FileSource("k", "h", 1000)
+
+    def answer(status: int, **headers: str) -> httpx.Response:
+        return httpx.Response(status, headers=headers)
+
+    assert pool._check(answer(206, **{"content-range": "bytes 100-999/1000"}), link, source, 100) == 0
+    with pytest.raises(DownloadError, match="Content-Range"):
+        pool._check(answer(206, **{"content-range": "bytes 0-999/1000"}), link, source, 100)
+    with pytest.raises(DownloadError, match="Content-Range"):
+        pool._check(answer(206), link, source, 100)
+    with pytest.raises(DownloadError, match="needs more"):
+        pool._check(answer(206, **{"content-range": "bytes 100-499/500"}), link, source, 100)
+    assert pool._check(answer(200, **{"content-length": "1000"}), link, source, 100) == 100  # discard
+    with pytest.raises(DownloadError, match="1000-byte file"):
+        pool._check(answer(200, **{"content-length": "7"}), link, source, 0)
+    await pool.aclose()
+
+
+# --- against the emulator ---------------------------------------------------------------------
+
+
+async def test_sequential_read_streams_exact_bytes(env: Env) -> None:
+    size = 24 * MiB + 12345
+    torrent_id, source = env.add(size)
+    handle = env.pool.open(source)
+    data = await read_all(handle, size, 128 * KiB)
+    await handle.close()
+    assert data == env.emu.file_bytes(torrent_id, 1)
+    assert env.emu.counters[UNRESTRICT] == 1
+    assert env.pool.stats.streams >= 1
+    # One bounded first read, then long responses: far fewer requests than reads.
+    assert env.emu.counters["download_requests"] <= 6
+    assert env.emu.counters["download_bytes"] <= size + 2 * MiB
+
+
+async def test_random_offsets_tail_and_block_boundaries(env: Env) -> None:
+    size = 5 * MiB + 777
+    torrent_id, source = env.add(size)
+    expected = env.emu.file_bytes(torrent_id, 1)
+    handle = env.pool.open(source)
+    cases = [
+        (0, 1),
+        (BLOCK_SIZE - 1, 2),
+        (3 * BLOCK_SIZE - 5, 2 * BLOCK_SIZE + 10),
+        (size - 1, 1),
+        (size - 100, 1000),  # short at EOF
+        (size - BLOCK_SIZE - 3, BLOCK_SIZE + 3),
+        (MiB, MiB),
+        (size, 10),  # at EOF
+        (size + 5, 10),  # past EOF
+        (100, 0),
+    ]
+    for offset, length in cases:
+        assert await handle.read(offset, length) == expected[offset : offset + length], (offset, length)
+    await handle.close()
+
+
+async def test_multi_gib_sparse_file_at_random_offsets(env: Env) -> None:
+    size = 6 * GiB + 4321
+    torrent_id, source = env.add(size)
+    handle = env.pool.open(source)
+    rng = random.Random(7)
+    offsets = [rng.randrange(size) for _ in range(40)] + [size - 70 * KiB, 4 * GiB - 10, 2**32 + 1]
+    for offset in offsets:
+        assert await handle.read(offset, 64 * KiB) == env.emu.file_bytes(torrent_id, 1, offset, 64 * KiB)
+    await handle.close()
+
+
+async def test_random_small_reads_fetch_at_most_twice_what_they_read(env: Env) -> None:
+    size = 3 * GiB
+    torrent_id, source = env.add(size)
+    handle = env.pool.open(source)
+    rng = random.Random(11)
+    served = 0
+    for _ in range(60):
+        offset, length = rng.randrange(size - MiB), rng.choice([64 * KiB, 128 * KiB, 100 * KiB])
+        data = await handle.read(offset, length)
+        assert data == env.emu.file_bytes(torrent_id, 1, offset, length)
+        served += len(data)
+    await handle.close()
+    assert env.emu.counters["download_bytes"] <= 2 * served
+    assert env.pool.stats.streams == 0
+
+
+async def test_probe_pattern_does_not_open_a_big_window(env: Env) -> None:
+    """ffprobe-like: 64 KiB head, two 36 KiB reads near the tail, then the second 64 KiB."""
+    size = 2 * GiB
+    torrent_id, source = env.add(size)
+    handle = env.pool.open(source)
+    probe = [(0, 64 * KiB), (size - 80 * KiB, 36 * KiB), (size - 40 * KiB, 36 * KiB), (64 * KiB, 64 * KiB)]
+    for offset, length in probe:
+        assert await handle.read(offset, length) == env.emu.file_bytes(torrent_id, 1, offset, length)
+    await handle.close()
+    assert env.emu.counters["download_bytes"] <= 2 * MiB
+
+
+async def test_concurrent_readers_same_and_different_files(env: Env) -> None:
+    size = 6 * MiB + 99
+    files = [env.add(size, name=f"Movie{i}") for i in range(4)]
+    results: dict[int, bytes] = {}
+
+    async def reader(slot: int) -> None:
+        torrent_id, source = files[slot % 4]
+        handle = env.pool.open(source)
+        try:
+            results[slot] = await read_all(handle, size, 256 * KiB)
+        finally:
+            await handle.close()
+
+    async with trio.open_nursery() as nursery:
+        for slot in range(8):  # two readers on each of four files
+            nursery.start_soon(reader, slot)
+    for slot in range(8):
+        torrent_id, _ = files[slot % 4]
+        assert results[slot] == env.emu.file_bytes(torrent_id, 1)
+    assert env.emu.counters[UNRESTRICT] == 4
+
+
+async def test_out_of_order_concurrent_reads(env: Env) -> None:
+    size = 16 * MiB
+    torrent_id, source = env.add(size)
+    expected = env.emu.file_bytes(torrent_id, 1)
+    handle = env.pool.open(source)
+    rng = random.Random(3)
+    chunk = 128 * KiB
+    offsets = list(range(0, size, chunk))
+    for batch_start in range(0, len(offsets), 8):
+        batch = offsets[batch_start : batch_start + 8]
+        rng.shuffle(batch)
+        got: dict[int, bytes] = {}
+
+        async def one(offset: int) -> None:
+            got[offset] = await handle.read(offset, chunk)
+
+        async with trio.open_nursery() as nursery:
+            for offset in batch:
+                nursery.start_soon(one, offset)
+        for offset in batch:
+            assert got[offset] == expected[offset : offset + chunk]
+    await handle.close()
+    assert env.emu.counters["download_bytes"] <= 2 * size
+
+
+async def test_dropped_connections_resume_with_exact_bytes(env: Env) -> None:
+    size = 12 * MiB + 5
+    torrent_id, source = env.add(size)
+    other_id, other = env.add(size, name="Other")
+    env.emu.faults.download_drop_rate = 1.0  # every body is cut halfway
+    handle = env.pool.open(source)
+    data = await read_all(handle, size, 128 * KiB)
+    await handle.close()
+    assert data == env.emu.file_bytes(torrent_id, 1)
+    handle = env.pool.open(other)
+    rng = random.Random(5)
+    for _ in range(10):
+        offset = rng.randrange(size)
+        assert await handle.read(offset, 200 * KiB) == env.emu.file_bytes(other_id, 1, offset, 200 * KiB)
+    await handle.close()
+    assert env.emu.counters["download_drops"] > 20
+    assert env.pool.stats.reconnects == env.emu.counters["download_drops"]
+
+
+async def test_expired_links_refresh_transparently(env: Env) -> None:
+    size = 32 * MiB
+    torrent_id, source = env.add(size)
+    expected = env.emu.file_bytes(torrent_id, 1)
+    handle = env.pool.open(source)
+    assert await read_all(handle, 3 * MiB, 128 * KiB) == expected[: 3 * MiB]
+    env.emu.expire_links()  # open responses keep flowing; every new request is refused
+    far = 20 * MiB
+    assert await handle.read(far, 128 * KiB) == expected[far : far + 128 * KiB]
+    rest = b"".join([await handle.read(offset, 128 * KiB) for offset in range(far + 128 * KiB, size, 128 * KiB)])
+    assert rest == expected[far + 128 * KiB :]
+    await handle.close()
+    assert env.emu.counters[UNRESTRICT] == 2
+    assert env.emu.counters["download_refused"] >= 1
+    assert env.pool.stats.link_refreshes >= 1
+
+
+async def test_server_ignoring_range(env: Env) -> None:
+    size = 40 * MiB
+    torrent_id, source = env.add(size)
+    env.emu.faults.ignore_range = True
+    handle = env.pool.open(source)
+    for offset in (0, 3 * MiB + 17, 1234567):  # small offsets: read and discard
+        assert await handle.read(offset, 100 * KiB) == env.emu.file_bytes(torrent_id, 1, offset, 100 * KiB)
+    with pytest.raises(DownloadError, match="ignores Range"):  # far: fail clearly, never wrong bytes
+        await handle.read(30 * MiB, 100 * KiB)
+    await handle.close()
+
+
+async def test_dead_torrent_raises_link_gone(env: Env) -> None:
+    size = 4 * MiB
+    torrent_id, source = env.add(size)
+    handle = env.pool.open(source)
+    assert await handle.read(0, 64 * KiB) == env.emu.file_bytes(torrent_id, 1, 0, 64 * KiB)
+    env.emu.kill_torrent(torrent_id)
+    with pytest.raises(LinkGone):
+        await handle.read(2 * MiB, 64 * KiB)
+    await handle.close()
+    other_id, other = env.add(size, name="Other")
+    env.emu.kill_torrent(other_id)
+    fresh = env.pool.open(other)
+    with pytest.raises(LinkGone):  # never unrestricted before: unrestrict itself refuses
+        await fresh.read(0, 10)
+    await fresh.close()
+
+
+async def test_handles_of_one_file_share_the_cache(env: Env) -> None:
+    size = 4 * MiB
+    torrent_id, source = env.add(size)
+    first = env.pool.open(source)
+    head = await read_all(first, 2 * MiB, 128 * KiB)
+    requests = env.emu.counters["download_requests"]
+    second = env.pool.open(source)
+    assert await second.read(0, 64 * KiB) == head[: 64 * KiB]
+    assert await read_all(second, 2 * MiB, 128 * KiB) == head
+    assert env.emu.counters["download_requests"] == requests  # no new download
+    assert env.emu.counters[UNRESTRICT] == 1
+    await first.close()
+    await second.close()
+    third = env.pool.open(source)  # a later open still finds the blocks
+    assert await third.read(MiB, 10) == env.emu.file_bytes(torrent_id, 1, MiB, 10)
+    await third.close()
+    assert env.emu.counters["download_requests"] == requests
+
+
+async def test_links_persist_across_pools(env: Env) -> None:
+    size = MiB
+    torrent_id, source = env.add(size)
+    handle = env.pool.open(source)
+    await handle.read(0, 10)
+    await handle.close()
+    pool = env.new_pool()  # a restart: new resolver and cache-less pool on the same database
+    handle = pool.open(source)
+    assert await handle.read(500 * KiB, 10) == env.emu.file_bytes(torrent_id, 1, 500 * KiB, 10)
+    await handle.close()
+    await pool.aclose()
+    assert env.emu.counters[UNRESTRICT] == 1
+
+
+async def test_file_inside_a_link_at_an_offset(env: Env) -> None:
+    size = 3 * MiB
+    torrent_id, whole = env.add(size)
+    start = 123457
+    inner = FileSource(key="inner", hoster_link=whole.hoster_link, size=2 * MiB, offset=start)
+    handle = env.pool.open(inner)
+    data = await read_all(handle, inner.size, 128 * KiB)
+    assert await handle.read(inner.size - 5, 100) == env.emu.file_bytes(torrent_id, 1, start + inner.size - 5, 5)
+    await handle.close()
+    assert data == env.emu.file_bytes(torrent_id, 1, start, inner.size)
+
+
+async def test_memory_bound_and_close_cancels_read_ahead(env: Env) -> None:
+    size = 20 * MiB
+    torrent_id, source = env.add(size)
+    pool = env.new_pool(cache_bytes=4 * MiB)
+    handle = pool.open(source)
+    data = await read_all(handle, size // 2, 256 * KiB)
+    assert pool.cache.size <= 4 * MiB
+    assert pool._streams  # read-ahead running
+    await handle.close()
+    await trio.testing.wait_all_tasks_blocked()
+    assert not pool._streams
+    assert data == env.emu.file_bytes(torrent_id, 1, 0, size // 2)
+    await pool.aclose()
+
+
+async def test_connection_limit_with_many_streams(env: Env) -> None:
+    """Paused read-aheads give their connection up to downloads that wait for one."""
+    size = 6 * MiB
+    files = [env.add(size, name=f"Show{i}") for i in range(6)]
+    pool = env.new_pool(max_connections_per_host=2)
+    results: dict[int, bytes] = {}
+
+    async def reader(slot: int) -> None:
+        handle = pool.open(files[slot][1])
+        try:
+            parts = []
+            for offset in range(0, size, 256 * KiB):
+                parts.append(await handle.read(offset, 256 * KiB))
+                await trio.sleep(0)
+            results[slot] = b"".join(parts)
+        finally:
+            await handle.close()
+
+    async with trio.open_nursery() as nursery:
+        for slot in range(6):
+            nursery.start_soon(reader, slot)
+    await pool.aclose()
+    for slot, (torrent_id, _) in enumerate(files):
+        assert results[slot] == env.emu.file_bytes(torrent_id, 1)
+
+
+async def test_without_a_nursery_reads_still_work(env: Env) -> None:
+    size = 3 * MiB
+    torrent_id, source = env.add(size)
+    pool = ReaderPool(env.resolver)
+    handle = pool.open(source)
+    assert await read_all(handle, size, 128 * KiB) == env.emu.file_bytes(torrent_id, 1)
+    await handle.close()
+    await pool.aclose()
+    assert pool.stats.streams == 0
+
+
+async def test_seek_back_far_starts_a_new_stream(env: Env) -> None:
+    size = 24 * MiB
+    torrent_id, source = env.add(size)
+    expected = env.emu.file_bytes(torrent_id, 1)
+    pool = env.new_pool(cache_bytes=4 * MiB)  # the start is evicted by the time we seek back
+    handle = pool.open(source)
+    assert await read_all(handle, 16 * MiB, 256 * KiB) == expected[: 16 * MiB]
+    streams = pool.stats.streams
+    back = b"".join([await handle.read(offset, 256 * KiB) for offset in range(MiB, 5 * MiB, 256 * KiB)])
+    assert back == expected[MiB : 5 * MiB]
+    assert pool.stats.streams == streams + 1
+    assert pool.stats.requests <= 8
+    await handle.close()
+    await pool.aclose()
+
+
+async def test_small_backward_seek_needs_no_request(env: Env) -> None:
+    size = 16 * MiB
+    torrent_id, source = env.add(size)
+    expected = env.emu.file_bytes(torrent_id, 1)
+    handle = env.pool.open(source)
+    assert await read_all(handle, 8 * MiB, 128 * KiB) == expected[: 8 * MiB]
+    requests = env.emu.counters["download_requests"]
+    for offset in (8 * MiB - 300 * KiB, 7 * MiB, 8 * MiB - 64 * KiB):
+        assert await handle.read(offset, 128 * KiB) == expected[offset : offset + 128 * KiB]
+    assert await handle.read(8 * MiB, 128 * KiB) == expected[8 * MiB : 8 * MiB + 128 * KiB]
+    assert env.emu.counters["download_requests"] == requests
+    await handle.close()
+
+
+async def test_run_hosts_the_read_ahead(env: Env) -> None:
+    size = 8 * MiB
+    torrent_id, source = env.add(size)
+    pool = ReaderPool(env.resolver)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.run)
+        handle = pool.open(source)
+        assert await read_all(handle, size, 256 * KiB) == env.emu.file_bytes(torrent_id, 1)
+        await handle.close()
+        await pool.aclose()  # ends run() as well
+    assert pool.stats.streams >= 1 and pool.nursery is None
