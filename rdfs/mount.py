@@ -56,8 +56,13 @@ def check_mountpoint(path: Path) -> None:
 
 
 def _mountinfo_entry(path: Path) -> list[str] | None:
-    """The /proc/self/mountinfo fields of the mount at ``path`` (no FUSE request is made)."""
-    target = os.path.realpath(path)
+    """The /proc/self/mountinfo fields of the mount at ``path``.
+
+    Only the parent directory is resolved: touching the mountpoint itself would send a request to
+    the filesystem, which deadlocks before the FUSE loop runs and hangs on a stale mount.
+    """
+    absolute = os.path.abspath(path)
+    target = os.path.join(os.path.realpath(os.path.dirname(absolute)), os.path.basename(absolute))
     found = None
     try:
         lines = Path("/proc/self/mountinfo").read_text().splitlines()
@@ -97,15 +102,16 @@ def unmount(path: Path) -> None:
     raise MountError(f"could not unmount {path}: {errors[-1]}")
 
 
-def tune_kernel(mountpoint: Path, read_ahead_kb: int, max_background: int) -> None:
+def tune_kernel(mountpoint: Path, read_ahead_kb: int, max_background: int) -> bool:
     """Raise the mount's kernel readahead and background-request limits (root only).
 
     pyfuse3 cannot negotiate these itself; the defaults (128 KiB, 12) cap streaming under
-    latency at ~12 MB/s (see shared perf notes). Failures are logged, not fatal.
+    latency at ~12 MB/s (see shared perf notes). Failures are logged, not fatal. Returns whether
+    the readahead setting is in force.
     """
     fields = _mountinfo_entry(mountpoint)
     if fields is None:
-        return
+        return False
     major, minor = fields[2].split(":")
     settings = {Path(f"/sys/class/bdi/{major}:{minor}/read_ahead_kb"): read_ahead_kb}
     connections = Path("/sys/fs/fuse/connections")
@@ -118,6 +124,21 @@ def tune_kernel(mountpoint: Path, read_ahead_kb: int, max_background: int) -> No
             path.write_text(str(value))
         except OSError as exc:
             log.info("could not set %s=%s: %s", path, value, exc.strerror)
+    try:
+        return int(Path(f"/sys/class/bdi/{major}:{minor}/read_ahead_kb").read_text()) == read_ahead_kb
+    except (OSError, ValueError):
+        return False
+
+
+async def _tune_after_init(mountpoint: Path, read_ahead_kb: int, max_background: int) -> None:
+    """The kernel applies the FUSE INIT reply's limits when it arrives, overwriting earlier
+    settings; so tune once the loop has answered INIT, and check that the setting held."""
+    for _ in range(10):
+        await trio.sleep(0.1)
+        if tune_kernel(mountpoint, read_ahead_kb, max_background):
+            log.debug("kernel readahead %d KiB, max_background %d", read_ahead_kb, max_background)
+            return
+    log.info("kernel readahead could not be raised (needs root); streaming under latency will be slower")
 
 
 def fuse_options(config: Config) -> set[str]:
@@ -158,7 +179,7 @@ async def _serve(config: Config, mountpoint: Path, client: RDClient, cache: Cach
         pyfuse3.init(ops, str(mountpoint), fuse_options(config))
         log.info("mounted %s (api %s)", mountpoint, config.api_url)
         try:
-            tune_kernel(mountpoint, config.read_ahead_kb, config.max_background)
+            nursery.start_soon(_tune_after_init, mountpoint, config.read_ahead_kb, config.max_background)
             nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
             await nursery.start(syncer.run)
             await pyfuse3.main()
