@@ -1,0 +1,878 @@
+"""The SQLite metadata cache: one database per account, ``<cache_dir>/<user id>/rdfs.db``.
+
+It holds what the API said (torrents, their files, downloads, unrestricted links with expiry),
+the sync bookkeeping, and the *materialized tree*: the ``entries`` table has one row per file or
+directory of the mount, so FUSE lookup/getattr/readdir are each one indexed query and a warm
+start shows the whole tree without a single API call.
+
+Inodes are persisted in ``inodes`` keyed by a stable identity (``t:<torrent id>``,
+``f:<torrent id>:<file id>``, ``r:<torrent id>:<link index>``, ``dir:<torrent id>:<subpath>``,
+``d:<download id>``) with AUTOINCREMENT, so the same file keeps its inode across syncs and
+restarts and an inode number is never reused. Inodes 1-4 are the fixed top of the tree
+(root, ``torrents``, ``downloads``, ``.rdfs``); ``5 .. FIRST_DYNAMIC_INODE-1`` are reserved for
+the control layer (allocate them with :meth:`Cache.inode_for` and keys of your own, or use them
+as constants).
+
+Every write is a short transaction (WAL, ``synchronous=NORMAL``): a ``kill -9`` at any moment
+leaves a consistent database; at worst the last sync step is redone. Bulk writers call the
+batch methods repeatedly with ``await trio.sleep(0)`` in between so FUSE requests interleave.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import sqlite_utils
+
+from rdfs.api.models import Download, Torrent, TorrentFile, TorrentInfo
+
+log = logging.getLogger(__name__)
+
+DB_NAME = "rdfs.db"
+LAST_ACCOUNT_FILE = "last-account"
+
+ROOT_INODE = 1
+TORRENTS_INODE = 2
+DOWNLOADS_INODE = 3
+CONTROL_INODE = 4
+FIRST_DYNAMIC_INODE = 1000
+
+TORRENTS_DIR = "torrents"
+DOWNLOADS_DIR = "downloads"
+CONTROL_DIR = ".rdfs"
+
+# (inode, key, parent, name): the fixed top of the tree.
+FIXED_DIRS = (
+    (ROOT_INODE, "root", 0, ""),  # the root has no parent (0)
+    (TORRENTS_INODE, "top:torrents", ROOT_INODE, TORRENTS_DIR),
+    (DOWNLOADS_INODE, "top:downloads", ROOT_INODE, DOWNLOADS_DIR),
+    (CONTROL_INODE, "top:.rdfs", ROOT_INODE, CONTROL_DIR),
+)
+
+# SQLite host parameters per statement stay well below the 32766 limit.
+_IN_CHUNK = 500
+
+_SCHEMA_V1 = f"""
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,  -- setting name: schema_version, user_id
+    value TEXT NOT NULL      -- its value as text
+);
+
+CREATE TABLE torrents (
+    id         TEXT PRIMARY KEY,  -- RD torrent id (13 characters A-Z2-7)
+    filename   TEXT NOT NULL,     -- RD's name of the torrent (the file name for single-file selections)
+    hash       TEXT NOT NULL,     -- info hash, lower case
+    bytes      INTEGER NOT NULL,  -- size of the selected files
+    host       TEXT NOT NULL,     -- hoster the links point to
+    split      INTEGER NOT NULL,  -- RD split size in GB
+    progress   REAL NOT NULL,     -- download progress, 0-100
+    status     TEXT NOT NULL,     -- RD status (downloaded, downloading, dead, ...)
+    added      REAL,              -- UNIX time the torrent was added
+    ended      REAL,              -- UNIX time it finished; NULL while active
+    links      TEXT NOT NULL,     -- JSON array of hoster links, as /torrents lists them
+    row_key    TEXT NOT NULL,     -- fingerprint of all listed fields (skip rewriting unchanged rows)
+    list_key   TEXT NOT NULL,     -- fingerprint of the listed fields that shape the file tree
+    info_key   TEXT,              -- list_key at the time /torrents/info was stored; NULL = files never fetched
+    info_error TEXT               -- last error fetching /torrents/info; NULL when fine
+);
+CREATE INDEX torrents_status ON torrents(status, added);
+
+CREATE TABLE files (
+    torrent_id TEXT NOT NULL,     -- torrents.id
+    file_id    INTEGER NOT NULL,  -- RD file id inside the torrent
+    path       TEXT NOT NULL,     -- path inside the torrent as RD gives it (leading "/")
+    bytes      INTEGER NOT NULL,  -- file size
+    selected   INTEGER NOT NULL,  -- 1 when selected for download
+    link       TEXT,              -- its hoster link (links[i] of the i-th selected file); NULL if packed or missing
+    PRIMARY KEY (torrent_id, file_id)
+) WITHOUT ROWID;
+
+CREATE TABLE downloads (
+    id        TEXT PRIMARY KEY,  -- RD download id
+    filename  TEXT NOT NULL,     -- file name
+    filesize  INTEGER NOT NULL,  -- size in bytes
+    link      TEXT NOT NULL,     -- the original hoster link
+    host      TEXT NOT NULL,     -- hoster domain
+    download  TEXT NOT NULL,     -- the generated (unrestricted) URL
+    mime_type TEXT NOT NULL,     -- MIME type RD reports
+    generated REAL               -- UNIX time the link was generated
+);
+CREATE INDEX downloads_link ON downloads(link);
+
+CREATE TABLE links (
+    hoster_link TEXT PRIMARY KEY,  -- the hoster link that was unrestricted
+    url         TEXT NOT NULL,     -- the direct download URL RD generated
+    download_id TEXT NOT NULL,     -- id of the /downloads entry the unrestrict created
+    filesize    INTEGER NOT NULL,  -- size RD reported
+    expires_at  REAL NOT NULL      -- UNIX time after which the URL is assumed dead
+);
+CREATE INDEX links_expiry ON links(expires_at);
+
+CREATE TABLE inodes (
+    inode INTEGER PRIMARY KEY AUTOINCREMENT,  -- inode number, never reused
+    key   TEXT NOT NULL UNIQUE                -- stable identity (t:<id>, f:<id>:<file>, d:<id>, dir:<id>:<path>, ...)
+);
+
+CREATE TABLE entries (
+    inode         INTEGER PRIMARY KEY,         -- inodes.inode
+    parent        INTEGER NOT NULL,            -- inode of the directory holding it (0 for the root)
+    name          TEXT NOT NULL,               -- safe name (NFC, no "/" or NUL, <= 255 bytes, unique in parent)
+    kind          TEXT NOT NULL CHECK (kind IN ('dir', 'file')),  -- entry type
+    size          INTEGER NOT NULL,            -- st_size (0 for directories)
+    mtime         REAL NOT NULL,               -- st_mtime, UNIX seconds (RD ended/added/generated)
+    nlink         INTEGER NOT NULL,            -- st_nlink (2 + subdirectories for a directory)
+    torrent_id    TEXT,                        -- torrent this entry belongs to (its directory and everything in it)
+    file_id       INTEGER,                     -- RD file id for a torrent file
+    download_id   TEXT,                        -- RD download id for an entry of downloads/
+    hoster_link   TEXT,                        -- hoster link to unrestrict to read the file
+    link_offset   INTEGER NOT NULL DEFAULT 0,  -- byte offset of this file inside the link's content
+    files_pending INTEGER NOT NULL DEFAULT 0   -- 1 for a torrent directory whose file list is not cached yet
+);
+CREATE UNIQUE INDEX entries_name ON entries(parent, name);
+CREATE INDEX entries_parent_inode ON entries(parent, inode);
+CREATE INDEX entries_torrent ON entries(torrent_id) WHERE torrent_id IS NOT NULL;
+CREATE INDEX entries_link ON entries(hoster_link) WHERE hoster_link IS NOT NULL;
+
+CREATE TABLE sync_state (
+    key   TEXT PRIMARY KEY,  -- last_sync, last_outcome, health, pending_deletions, ...
+    value TEXT NOT NULL      -- JSON value
+);
+
+INSERT INTO inodes (inode, key) VALUES {", ".join(f"({i}, '{k}')" for i, k, _, _ in FIXED_DIRS)};
+INSERT INTO entries (inode, parent, name, kind, size, mtime, nlink) VALUES
+    {", ".join(f"({i}, {p}, '{n}', 'dir', 0, 0, 2)" for i, _, p, n in FIXED_DIRS)};
+UPDATE entries SET nlink = 5 WHERE inode = {ROOT_INODE};
+UPDATE sqlite_sequence SET seq = {FIRST_DYNAMIC_INODE - 1} WHERE name = 'inodes';
+"""
+
+# Migration i (0-based) takes the schema from version i to i + 1. Append, never edit.
+MIGRATIONS: list[str] = [_SCHEMA_V1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class CacheError(Exception):
+    """The cache database cannot be used (e.g. written by a newer rdfs)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredLink:
+    """An unrestricted link as the data path persists it."""
+
+    hoster_link: str
+    url: str
+    download_id: str
+    filesize: int
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class EntrySpec:
+    """A wanted row of ``entries``, addressed by stable keys instead of inode numbers."""
+
+    key: str
+    parent_key: str
+    name: str
+    kind: str  # "dir" | "file"
+    size: int = 0
+    mtime: float = 0.0
+    nlink: int = 1
+    torrent_id: str | None = None
+    file_id: int | None = None
+    download_id: str | None = None
+    hoster_link: str | None = None
+    link_offset: int = 0
+    files_pending: bool = False
+
+    def row(self) -> tuple[Any, ...]:
+        """The fields compared to decide whether a stored entry must be rewritten."""
+        return (
+            self.parent_key,
+            self.name,
+            self.kind,
+            self.size,
+            self.mtime,
+            self.nlink,
+            self.torrent_id,
+            self.file_id,
+            self.download_id,
+            self.hoster_link,
+            self.link_offset,
+            int(self.files_pending),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEntry:
+    """An existing row of ``entries``: its inode, parent inode, key and ``EntrySpec.row()`` values."""
+
+    inode: int
+    parent: int
+    key: str
+    row: tuple[Any, ...]
+
+    @property
+    def name(self) -> str:
+        return self.row[1]
+
+    @property
+    def torrent_id(self) -> str | None:
+        return self.row[6]
+
+
+@dataclass
+class EntryDiff:
+    """What turns the stored entries of one scope into the wanted ones."""
+
+    remove: list[StoredEntry] = field(default_factory=list)
+    upsert: list[EntrySpec] = field(default_factory=list)
+    existing: dict[str, StoredEntry] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.remove or self.upsert)
+
+
+@dataclass
+class Changes:
+    """What a write changed, for kernel cache invalidation."""
+
+    entries: set[tuple[int, str]] = field(default_factory=set)  # (parent inode, name) gone or appeared
+    inodes: set[int] = field(default_factory=set)  # inodes whose attributes changed
+    dirs: set[int] = field(default_factory=set)  # directories whose listing changed
+
+    def merge(self, other: Changes) -> None:
+        self.entries |= other.entries
+        self.inodes |= other.inodes
+        self.dirs |= other.dirs
+
+    def __bool__(self) -> bool:
+        return bool(self.entries or self.inodes or self.dirs)
+
+
+@dataclass(frozen=True, slots=True)
+class TorrentState:
+    """The sync-relevant columns of a cached torrent."""
+
+    id: str
+    status: str
+    row_key: str
+    list_key: str
+    info_key: str | None
+
+
+class ListedTorrent(NamedTuple):
+    """The columns of a torrent that name and date its directory (times in UNIX seconds)."""
+
+    id: str
+    filename: str
+    status: str
+    added: float | None
+    ended: float | None
+
+
+def _ts(value: datetime | None) -> float | None:
+    return value.timestamp() if value is not None else None
+
+
+def _fingerprint(values: list[Any]) -> str:
+    return hashlib.blake2b(json.dumps(values).encode(), digest_size=12).hexdigest()
+
+
+def list_key(torrent: Torrent) -> str:
+    """Fingerprint of the listed fields whose change can change the torrent's files."""
+    return _fingerprint([torrent.status, torrent.bytes, torrent.filename, list(torrent.links)])
+
+
+def row_key(torrent: Torrent) -> str:
+    """Fingerprint of every listed field rdfs keeps: equal means the stored row is current."""
+    return _fingerprint(
+        [
+            list_key(torrent),
+            torrent.hash,
+            torrent.host,
+            torrent.split,
+            torrent.progress,
+            _ts(torrent.added),
+            _ts(torrent.ended),
+        ]
+    )
+
+
+def _chunks(items: Sequence[Any], size: int = _IN_CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class Cache:
+    """The per-account metadata database. Not thread-safe: use it from the trio thread only."""
+
+    def __init__(self, path: Path, user_id: str | None = None) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(self.path), isolation_level=None, cached_statements=256)
+        self.db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
+        self.conn = conn
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.execute("PRAGMA busy_timeout=5000")
+        self._migrate()
+        if user_id is not None:
+            stored = self.get_meta("user_id")
+            if stored is None:
+                with self.transaction():
+                    self.set_meta("user_id", str(user_id))
+            elif stored != str(user_id):
+                raise CacheError(f"{self.path} belongs to account {stored}, not {user_id}")
+        self.user_id = self.get_meta("user_id")
+
+    # --- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, cache_dir: Path | str, user_id: int | str) -> Cache:
+        """Open (creating it if needed) the account's database and remember it for warm starts."""
+        cache_dir = Path(cache_dir)
+        cache = cls(cache_dir / str(user_id) / DB_NAME, user_id=str(user_id))
+        marker = cache_dir / LAST_ACCOUNT_FILE
+        tmp = marker.with_suffix(".tmp")
+        tmp.write_text(f"{user_id}\n")
+        os.replace(tmp, marker)
+        return cache
+
+    @classmethod
+    def last_account(cls, cache_dir: Path | str) -> str | None:
+        """The user id of the last account opened under ``cache_dir`` (no API call needed)."""
+        try:
+            text = (Path(cache_dir) / LAST_ACCOUNT_FILE).read_text().strip()
+        except OSError:
+            return None
+        return text or None
+
+    @classmethod
+    def open_warm(cls, cache_dir: Path | str) -> Cache | None:
+        """The last-used account's cache if it exists: a warm start with zero API calls."""
+        user_id = cls.last_account(cache_dir)
+        if user_id is None or not (Path(cache_dir) / user_id / DB_NAME).exists():
+            return None
+        return cls.open(cache_dir, user_id)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _migrate(self) -> None:
+        has_meta = self.conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
+        version = int(self.get_meta("schema_version") or 0) if has_meta else 0
+        if version > SCHEMA_VERSION:
+            raise CacheError(f"{self.path} has schema version {version}; this rdfs knows up to {SCHEMA_VERSION}")
+        for number in range(version, SCHEMA_VERSION):
+            # executescript runs the whole migration and its version bump as one transaction.
+            self.conn.executescript(
+                f"BEGIN IMMEDIATE;\n{MIGRATIONS[number]}\n"
+                f"INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '{number + 1}');\nCOMMIT;"
+            )
+            log.info("cache %s migrated to schema version %d", self.path, number + 1)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One atomic write; nested use joins the outer transaction."""
+        if self.conn.in_transaction:
+            yield
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # --- meta and sync state ---------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def get_state(self, key: str, default: Any = None) -> Any:
+        row = self.conn.execute("SELECT value FROM sync_state WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def set_state(self, key: str, value: Any) -> None:
+        with self.transaction():
+            self.conn.execute(
+                "INSERT OR REPLACE INTO sync_state (key, value) VALUES (?, ?)", (key, json.dumps(value))
+            )
+
+    # --- unrestricted links (the data path) ---------------------------------------------------
+
+    def get_link(self, hoster_link: str) -> StoredLink | None:
+        row = self.conn.execute(
+            "SELECT hoster_link, url, download_id, filesize, expires_at FROM links WHERE hoster_link = ?",
+            (hoster_link,),
+        ).fetchone()
+        return StoredLink(*row) if row else None
+
+    def put_link(self, link: StoredLink) -> None:
+        """Store an unrestricted link. A RAR volume's size is only known from here: fix its entry."""
+        with self.transaction():
+            self.conn.execute(
+                "INSERT OR REPLACE INTO links (hoster_link, url, download_id, filesize, expires_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (link.hoster_link, link.url, link.download_id, link.filesize, link.expires_at),
+            )
+            if link.filesize > 0:
+                self.conn.execute(
+                    "UPDATE entries SET size = ? WHERE hoster_link = ? AND file_id IS NULL "
+                    "AND torrent_id IS NOT NULL AND kind = 'file' AND size != ?",
+                    (link.filesize, link.hoster_link, link.filesize),
+                )
+
+    def drop_link(self, hoster_link: str) -> None:
+        with self.transaction():
+            self.conn.execute("DELETE FROM links WHERE hoster_link = ?", (hoster_link,))
+
+    def link_sizes(self, hoster_links: Iterable[str]) -> dict[str, int]:
+        """Known sizes of links (from earlier unrestricts), for RAR volumes."""
+        sizes: dict[str, int] = {}
+        for chunk in _chunks(list(hoster_links)):
+            marks = ",".join("?" * len(chunk))
+            for link, size in self.conn.execute(
+                f"SELECT hoster_link, filesize FROM links WHERE hoster_link IN ({marks}) AND filesize > 0", chunk
+            ):
+                sizes[link] = size
+        return sizes
+
+    def purge_expired_links(self, now: float | None = None) -> int:
+        with self.transaction():
+            cursor = self.conn.execute("DELETE FROM links WHERE expires_at <= ?", (now or time.time(),))
+        return cursor.rowcount
+
+    # --- torrents ---------------------------------------------------------------------------
+
+    def torrent_states(self) -> dict[str, TorrentState]:
+        return {
+            row[0]: TorrentState(*row)
+            for row in self.conn.execute("SELECT id, status, row_key, list_key, info_key FROM torrents")
+        }
+
+    def upsert_torrents(self, torrents: Sequence[Torrent]) -> None:
+        """Store listed torrents (one transaction: pass batches). Keeps their stored files."""
+        rows = [
+            (
+                t.id,
+                t.filename,
+                t.hash,
+                t.bytes,
+                t.host,
+                t.split,
+                t.progress,
+                t.status,
+                _ts(t.added),
+                _ts(t.ended),
+                json.dumps(list(t.links)),
+                row_key(t),
+                list_key(t),
+            )
+            for t in torrents
+        ]
+        with self.transaction():
+            self.conn.executemany(
+                "INSERT INTO torrents (id, filename, hash, bytes, host, split, progress, status, added, ended, "
+                "links, row_key, list_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET filename = excluded.filename, hash = excluded.hash, "
+                "bytes = excluded.bytes, host = excluded.host, split = excluded.split, "
+                "progress = excluded.progress, status = excluded.status, added = excluded.added, "
+                "ended = excluded.ended, links = excluded.links, row_key = excluded.row_key, "
+                "list_key = excluded.list_key",
+                rows,
+            )
+
+    def torrent(self, torrent_id: str) -> Torrent | None:
+        row = self.conn.execute(f"SELECT {_TORRENT_COLUMNS} FROM torrents WHERE id = ?", (torrent_id,)).fetchone()
+        return _torrent(row) if row else None
+
+    def torrents(self, status: str | None = None) -> list[Torrent]:
+        """Cached torrents (as listed; without files), newest first."""
+        if status is None:
+            rows = self.conn.execute(f"SELECT {_TORRENT_COLUMNS} FROM torrents ORDER BY added DESC, id")
+        else:
+            rows = self.conn.execute(
+                f"SELECT {_TORRENT_COLUMNS} FROM torrents WHERE status = ? ORDER BY added DESC, id", (status,)
+            )
+        return [_torrent(row) for row in rows]
+
+    def shown_torrents(self) -> list[ListedTorrent]:
+        """The downloaded torrents, with just what their directories need (cheap for big libraries)."""
+        return [
+            ListedTorrent(*row)
+            for row in self.conn.execute(
+                "SELECT id, filename, status, added, ended FROM torrents WHERE status = 'downloaded'"
+            )
+        ]
+
+    def torrents_with_files(self) -> set[str]:
+        return {row[0] for row in self.conn.execute("SELECT id FROM torrents WHERE info_key IS NOT NULL")}
+
+    def torrents_needing_files(self) -> list[str]:
+        """Downloaded torrents whose file list is missing or older than their listing, newest first."""
+        return [
+            row[0]
+            for row in self.conn.execute(
+                "SELECT id FROM torrents WHERE status = 'downloaded' "
+                "AND (info_key IS NULL OR info_key != list_key) ORDER BY added DESC, id"
+            )
+        ]
+
+    def has_files(self, torrent_id: str) -> bool:
+        row = self.conn.execute("SELECT info_key IS NOT NULL FROM torrents WHERE id = ?", (torrent_id,)).fetchone()
+        return bool(row and row[0])
+
+    def files_of(self, torrent_id: str) -> TorrentInfo | None:
+        """A cached torrent with its stored files, rebuilt as a ``TorrentInfo``."""
+        torrent = self.torrent(torrent_id)
+        if torrent is None or not self.has_files(torrent_id):
+            return None
+        files = tuple(
+            TorrentFile(id=fid, path=path, bytes=size, selected=bool(selected))
+            for fid, path, size, selected in self.conn.execute(
+                "SELECT file_id, path, bytes, selected FROM files WHERE torrent_id = ? ORDER BY file_id",
+                (torrent_id,),
+            )
+        )
+        fields = {f: getattr(torrent, f) for f in Torrent.__dataclass_fields__ if f != "raw"}
+        return TorrentInfo(**fields, files=files)
+
+    def store_info(self, info: TorrentInfo, specs: Sequence[EntrySpec]) -> Changes:
+        """Store a torrent's files and its subtree of entries in one transaction.
+
+        ``specs`` is the torrent's whole subtree below its directory (built by :mod:`rdfs.tree`).
+        The listing's fields are refreshed from ``info`` as well, so info and listing agree.
+        """
+        with self.transaction():
+            self.upsert_torrents([info])
+            selected = info.selected_files
+            packed = len(info.links) < len(selected)
+            link_of = {f.id: info.links[i] for i, f in enumerate(selected) if not packed and i < len(info.links)}
+            self.conn.execute("DELETE FROM files WHERE torrent_id = ?", (info.id,))
+            self.conn.executemany(
+                "INSERT INTO files (torrent_id, file_id, path, bytes, selected, link) VALUES (?, ?, ?, ?, ?, ?)",
+                [(info.id, f.id, f.path, f.bytes, int(f.selected), link_of.get(f.id)) for f in info.files],
+            )
+            self.conn.execute(
+                "UPDATE torrents SET info_key = list_key, info_error = NULL WHERE id = ?", (info.id,)
+            )
+            if not self.conn.execute(
+                "SELECT 1 FROM entries WHERE parent = ? AND torrent_id = ?", (TORRENTS_INODE, info.id)
+            ).fetchone():
+                # Not shown (not downloaded): the subtree is built when its directory appears.
+                return Changes()
+            changes = self.apply_diff(self.diff_entries(Scope.torrent_files(info.id), specs))
+            # The torrent directory itself stops being "pending".
+            nlink = 2 + sum(1 for s in specs if s.kind == "dir" and s.parent_key == f"t:{info.id}")
+            cursor = self.conn.execute(
+                "UPDATE entries SET files_pending = 0, nlink = ? WHERE parent = ? AND torrent_id = ? "
+                "AND (files_pending != 0 OR nlink != ?) RETURNING inode",
+                (nlink, TORRENTS_INODE, info.id, nlink),
+            )
+            changes.inodes.update(row[0] for row in cursor.fetchall())
+        return changes
+
+    def set_info_error(self, torrent_id: str, error: str) -> None:
+        with self.transaction():
+            self.conn.execute("UPDATE torrents SET info_error = ? WHERE id = ?", (error, torrent_id))
+
+    def delete_torrents(self, torrent_ids: Sequence[str]) -> Changes:
+        """Forget torrents gone upstream: their rows, files and entries (one transaction)."""
+        changes = Changes()
+        with self.transaction():
+            for chunk in _chunks(list(torrent_ids)):
+                marks = ",".join("?" * len(chunk))
+                for inode, parent, name in self.conn.execute(
+                    f"DELETE FROM entries WHERE torrent_id IN ({marks}) RETURNING inode, parent, name", chunk
+                ).fetchall():
+                    changes.entries.add((parent, name))
+                    changes.dirs.add(parent)
+                self.conn.execute(f"DELETE FROM files WHERE torrent_id IN ({marks})", chunk)
+                self.conn.execute(f"DELETE FROM torrents WHERE id IN ({marks})", chunk)
+        return changes
+
+    def torrent_counts(self) -> dict[str, int]:
+        row = self.conn.execute(
+            "SELECT count(*), sum(status = 'downloaded'), sum(info_key IS NOT NULL), "
+            "sum(status = 'downloaded' AND info_key IS NULL) FROM torrents"
+        ).fetchone()
+        return {
+            "torrents": row[0] or 0,
+            "downloaded": row[1] or 0,
+            "with_files": row[2] or 0,
+            "files_pending": row[3] or 0,
+        }
+
+    def active_torrents(self) -> list[Torrent]:
+        """Torrents neither downloaded nor failed (still moving), newest first."""
+        return [
+            _torrent(row)
+            for row in self.conn.execute(
+                f"SELECT {_TORRENT_COLUMNS} FROM torrents WHERE status IN "
+                "('magnet_conversion', 'waiting_files_selection', 'queued', 'downloading', 'compressing', "
+                "'uploading') ORDER BY added DESC, id"
+            )
+        ]
+
+    # --- downloads --------------------------------------------------------------------------
+
+    def download_ids(self) -> set[str]:
+        return {row[0] for row in self.conn.execute("SELECT id FROM downloads")}
+
+    def download_count(self) -> int:
+        return self.conn.execute("SELECT count(*) FROM downloads").fetchone()[0]
+
+    def upsert_downloads(self, downloads: Sequence[Download]) -> None:
+        with self.transaction():
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO downloads (id, filename, filesize, link, host, download, mime_type, "
+                "generated) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (d.id, d.filename, d.filesize, d.link, d.host, d.download, d.mime_type, _ts(d.generated))
+                    for d in downloads
+                ],
+            )
+
+    def delete_downloads(self, download_ids: Sequence[str]) -> None:
+        with self.transaction():
+            for chunk in _chunks(list(download_ids)):
+                marks = ",".join("?" * len(chunk))
+                self.conn.execute(f"DELETE FROM downloads WHERE id IN ({marks})", chunk)
+
+    def downloads(self) -> list[Download]:
+        return [
+            Download(
+                id=row[0],
+                filename=row[1],
+                filesize=row[2],
+                link=row[3],
+                host=row[4],
+                download=row[5],
+                mime_type=row[6],
+                generated=_when(row[7]),
+            )
+            for row in self.conn.execute(
+                "SELECT id, filename, filesize, link, host, download, mime_type, generated FROM downloads"
+            )
+        ]
+
+    # --- inodes and entries -----------------------------------------------------------------
+
+    def inode_for(self, key: str) -> int:
+        """The persistent inode of ``key``, allocated on first use (never reused)."""
+        return self._inodes([key])[key]
+
+    def _inodes(self, keys: Iterable[str]) -> dict[str, int]:
+        wanted = list(dict.fromkeys(keys))
+        found: dict[str, int] = {}
+        with self.transaction():
+            for chunk in _chunks(wanted):
+                marks = ",".join("?" * len(chunk))
+                found.update(self.conn.execute(f"SELECT key, inode FROM inodes WHERE key IN ({marks})", chunk))
+            missing = [k for k in wanted if k not in found]
+            for key in missing:
+                found[key] = self.conn.execute("INSERT INTO inodes (key) VALUES (?) RETURNING inode", (key,)).fetchone()[0]
+        return found
+
+    def diff_entries(self, scope: Scope, specs: Sequence[EntrySpec]) -> EntryDiff:
+        """Compare the stored entries of ``scope`` with the wanted ones (reads only)."""
+        existing: dict[str, StoredEntry] = {}
+        rows = self.conn.execute(
+            "SELECT e.inode, e.parent, i.key, p.key, e.name, e.kind, e.size, e.mtime, e.nlink, e.torrent_id, "
+            "e.file_id, e.download_id, e.hoster_link, e.link_offset, e.files_pending "
+            "FROM entries e JOIN inodes i ON i.inode = e.inode JOIN inodes p ON p.inode = e.parent "
+            f"WHERE {scope.where}",
+            scope.params,
+        )
+        for row in rows:
+            existing[row[2]] = StoredEntry(row[0], row[1], row[2], tuple(row[3:]))
+        wanted = {s.key: s for s in specs}
+        diff = EntryDiff(existing=existing)
+        diff.remove = [e for key, e in existing.items() if key not in wanted]
+        diff.upsert = [s for key, s in wanted.items() if key not in existing or existing[key].row != s.row()]
+        return diff
+
+    def apply_diff(self, diff: EntryDiff) -> Changes:
+        """Apply a diff in one transaction. Callers with big diffs use :meth:`diff_batches`."""
+        changes = Changes()
+        with self.transaction():
+            self._remove_entries(diff.remove, changes)
+            self._upsert_entries(diff.upsert, diff.existing, changes)
+        return changes
+
+    def diff_batches(self, diff: EntryDiff, size: int = 500) -> Iterator[Changes]:
+        """Apply a diff as several short transactions (removals first), yielding after each.
+
+        Every intermediate state is a valid tree, so a crash between batches is harmless: the
+        next sync computes the diff again from what is stored.
+        """
+        for chunk in _chunks(diff.remove, size):
+            changes = Changes()
+            with self.transaction():
+                self._remove_entries(chunk, changes)
+            yield changes
+        for chunk in _chunks(diff.upsert, size):
+            changes = Changes()
+            with self.transaction():
+                self._upsert_entries(chunk, diff.existing, changes)
+            yield changes
+
+    def _remove_entries(self, stored: Sequence[StoredEntry], changes: Changes) -> None:
+        for entry in stored:
+            # Removing a directory removes what is below it (a torrent's subtree goes with it).
+            if entry.key.startswith("t:"):
+                below = self.conn.execute(
+                    "DELETE FROM entries WHERE torrent_id = ? AND inode != ? RETURNING inode",
+                    (entry.torrent_id, entry.inode),
+                ).fetchall()
+                changes.inodes.update(row[0] for row in below)
+            self.conn.execute("DELETE FROM entries WHERE inode = ?", (entry.inode,))
+            changes.entries.add((entry.parent, entry.name))
+            changes.dirs.add(entry.parent)
+
+    def _upsert_entries(
+        self, specs: Sequence[EntrySpec], existing: dict[str, StoredEntry], changes: Changes
+    ) -> None:
+        inodes = self._inodes([k for s in specs for k in (s.key, s.parent_key)])
+        for spec in specs:
+            inode, parent = inodes[spec.key], inodes[spec.parent_key]
+            old = existing.get(spec.key)
+            # A name can be taken by an entry that a later batch renames (a swap): move it aside.
+            self.conn.execute(
+                "UPDATE entries SET name = name || ' [~' || inode || ']' WHERE parent = ? AND name = ? AND inode != ?",
+                (parent, spec.name, inode),
+            )
+            self.conn.execute(
+                "INSERT INTO entries (inode, parent, name, kind, size, mtime, nlink, torrent_id, file_id, "
+                "download_id, hoster_link, link_offset, files_pending) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (inode) DO UPDATE SET parent = excluded.parent, name = excluded.name, "
+                "kind = excluded.kind, size = excluded.size, mtime = excluded.mtime, nlink = excluded.nlink, "
+                "torrent_id = excluded.torrent_id, file_id = excluded.file_id, download_id = excluded.download_id, "
+                "hoster_link = excluded.hoster_link, link_offset = excluded.link_offset, "
+                "files_pending = excluded.files_pending",
+                (
+                    inode,
+                    parent,
+                    spec.name,
+                    spec.kind,
+                    spec.size,
+                    spec.mtime,
+                    spec.nlink,
+                    spec.torrent_id,
+                    spec.file_id,
+                    spec.download_id,
+                    spec.hoster_link,
+                    spec.link_offset,
+                    int(spec.files_pending),
+                ),
+            )
+            if old is None:
+                changes.entries.add((parent, spec.name))
+                changes.dirs.add(parent)
+            else:
+                changes.inodes.add(inode)
+                if (old.parent, old.name) != (parent, spec.name):
+                    changes.entries.update({(old.parent, old.name), (parent, spec.name)})
+                    changes.dirs.update({old.parent, parent})
+
+    def subdir_counts(self) -> dict[str, int]:
+        """Subdirectories directly inside each torrent directory (for its ``nlink``)."""
+        return dict(
+            self.conn.execute(
+                "SELECT c.torrent_id, count(*) FROM entries c JOIN entries p ON p.inode = c.parent "
+                "WHERE c.kind = 'dir' AND p.parent = ? GROUP BY c.torrent_id",
+                (TORRENTS_INODE,),
+            )
+        )
+
+    def refresh_dir(self, inode: int, mtime: float | None = None) -> None:
+        """Recount a directory's ``nlink`` (and set its mtime) after its children changed."""
+        with self.transaction():
+            subdirs = self.conn.execute(
+                "SELECT count(*) FROM entries WHERE parent = ? AND kind = 'dir'", (inode,)
+            ).fetchone()[0]
+            if mtime is None:
+                self.conn.execute("UPDATE entries SET nlink = ? WHERE inode = ?", (2 + subdirs, inode))
+            else:
+                self.conn.execute("UPDATE entries SET nlink = ?, mtime = ? WHERE inode = ?", (2 + subdirs, mtime, inode))
+
+    def integrity_problems(self) -> list[str]:
+        """SQLite's integrity check plus the tree's invariants; empty when all is well."""
+        problems = [row[0] for row in self.conn.execute("PRAGMA integrity_check") if row[0] != "ok"]
+        checks = {
+            "entry without inode": "SELECT count(*) FROM entries e LEFT JOIN inodes i USING (inode) WHERE i.key IS NULL",
+            "entry whose parent is missing": "SELECT count(*) FROM entries e LEFT JOIN entries p ON p.inode = e.parent "
+            "WHERE p.inode IS NULL AND e.inode != 1",
+            "entry whose parent is a file": "SELECT count(*) FROM entries e JOIN entries p ON p.inode = e.parent "
+            "WHERE p.kind != 'dir'",
+            "torrent entry without torrent": "SELECT count(*) FROM entries e LEFT JOIN torrents t ON t.id = e.torrent_id "
+            "WHERE e.torrent_id IS NOT NULL AND t.id IS NULL",
+            "files without torrent": "SELECT count(*) FROM files f LEFT JOIN torrents t ON t.id = f.torrent_id "
+            "WHERE t.id IS NULL",
+            "unsafe name": "SELECT count(*) FROM entries WHERE inode != 1 AND (name IN ('', '.', '..') "
+            "OR instr(name, '/') > 0 OR instr(name, char(0)) > 0 OR length(CAST(name AS BLOB)) > 255)",
+        }
+        for label, sql in checks.items():
+            count = self.conn.execute(sql).fetchone()[0]
+            if count:
+                problems.append(f"{count} {label}")
+        return problems
+
+
+class Scope:
+    """Which stored entries a diff covers."""
+
+    def __init__(self, where: str, params: tuple[Any, ...]) -> None:
+        self.where = where
+        self.params = params
+
+    @classmethod
+    def torrent_dirs(cls) -> Scope:
+        return cls("e.parent = ?", (TORRENTS_INODE,))
+
+    @classmethod
+    def torrent_files(cls, torrent_id: str) -> Scope:
+        return cls("e.torrent_id = ? AND e.parent != ?", (torrent_id, TORRENTS_INODE))
+
+    @classmethod
+    def downloads(cls) -> Scope:
+        return cls("e.parent = ?", (DOWNLOADS_INODE,))
+
+
+_TORRENT_COLUMNS = "id, filename, hash, bytes, host, split, progress, status, added, ended, links"
+
+
+def _when(value: float | None) -> datetime | None:
+    return datetime.fromtimestamp(value, timezone.utc) if value is not None else None
+
+
+def _torrent(row: Sequence[Any]) -> Torrent:
+    return Torrent(
+        id=row[0],
+        filename=row[1],
+        hash=row[2],
+        bytes=row[3],
+        host=row[4],
+        split=row[5],
+        progress=row[6],
+        status=row[7],
+        added=_when(row[8]),
+        ended=_when(row[9]),
+        links=tuple(json.loads(row[10])),
+    )

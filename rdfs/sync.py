@@ -1,0 +1,564 @@
+"""The sync task: keeps the cache (and so the tree) in step with the account, cheaply and safely.
+
+Schedule. ``run`` marks itself started before any API call: a warm cache is visible at once.
+The first tick lists ``/torrents`` and ``/downloads`` completely (large pages). After that each
+interval costs one request while nothing moves:
+
+* three ticks out of four re-request the first page of ``/torrents`` (a conditional GET: RD
+  answers 304 when nothing changed; the newest torrents, where activity is, live there), plus the
+  pages holding torrents still downloading;
+* the fourth tick sweeps one other list page in turn (``/downloads``, then ``/torrents`` pages
+  2, 3, ...), so a change deep in the list is noticed within a few minutes.
+
+A page whose ids are unchanged only updates the rows that changed (progress, links); any other
+difference leads to a complete listing. ``trigger()`` forces a complete listing at once.
+
+Files. ``/torrents`` does not list files: every downloaded torrent's directory appears as soon as
+the listing is known (``files_pending``), and workers fetch ``/torrents/info`` in the background
+(newest first, paced by the client's shared rate limiter). ``ensure_files`` fetches one torrent
+on demand ahead of them; concurrent callers for the same torrent share one request.
+
+Safety. Nothing is deleted unless a listing was complete: no error, as many items as
+``X-Total-Count`` announced, the same total on every page. An empty listing while the cache
+holds items counts only once it persisted for ``EMPTY_CONFIRM_SECONDS``. A removal of more than
+``max_delete_fraction`` of a list is held back (see ``status()``) until a later complete listing
+confirms it.
+
+Writes go in batches of ``batch_size`` rows, one transaction each, with a checkpoint between
+them, so FUSE requests (answered from SQLite) interleave with a big sync.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+import trio
+
+from rdfs.api.errors import APIError, NetworkError, RDError, UnknownResource
+from rdfs.api.models import STATUS_DOWNLOADED, Download, Torrent, TorrentInfo
+from rdfs.cache import DOWNLOADS_INODE, TORRENTS_INODE, Cache, Changes, Scope, list_key, row_key
+from rdfs.tree import Namespace, download_specs, torrent_dir_specs, torrent_file_specs
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PAGE_SIZE = 2500  # RD's documented maximum for ``limit``
+SWEEP_EVERY = 4  # one tick in this many sweeps another list page instead of /torrents page 1
+EMPTY_CONFIRM_SECONDS = 600.0
+MAX_RECENT_ERRORS = 20
+MAX_FILL_PAUSE = 120.0
+
+T = TypeVar("T")
+
+
+class Client(Protocol):
+    """What the syncer needs from ``rdfs.api.client.RDClient``."""
+
+    async def torrents(self, *, page: int, limit: int) -> Any: ...
+
+    async def downloads(self, *, page: int, limit: int) -> Any: ...
+
+    async def torrent_info(self, id: str) -> TorrentInfo: ...
+
+
+@dataclass
+class TreeChange:
+    """What one sync step changed, for the kernel's caches."""
+
+    entries: list[tuple[int, str]]  # (parent inode, name) that appeared, vanished or was renamed
+    inodes: list[int]  # inodes whose attributes changed
+    paths: list[str]  # directories (relative to the mountpoint) whose listing changed
+
+
+@dataclass
+class Listing:
+    """A listing of ``/torrents`` or ``/downloads``, and whether deletions may trust it."""
+
+    items: list[Any]
+    pages: list[tuple[str, ...]]
+    total: int | None
+    complete: bool
+    reason: str = ""
+
+
+@dataclass
+class _ListState:
+    """What the last complete listing of one list looked like (in memory only)."""
+
+    pages: list[tuple[str, ...]] = field(default_factory=list)
+    total: int | None = None
+    listed: bool = False  # a complete listing happened in this process
+
+    def page_of(self, item_id: str) -> int | None:
+        for number, ids in enumerate(self.pages, start=1):
+            if item_id in ids:
+                return number
+        return None
+
+
+class Syncer:
+    def __init__(
+        self,
+        client: Client,
+        cache: Cache,
+        *,
+        interval: float = 15.0,
+        on_change: Callable[[TreeChange], None] | None = None,
+        max_delete_fraction: float = 0.2,
+        info_concurrency: int = 4,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        batch_size: int = 500,
+    ) -> None:
+        self.client = client
+        self.cache = cache
+        self.interval = interval
+        self.on_change = on_change
+        self.max_delete_fraction = max_delete_fraction
+        self.info_concurrency = max(1, info_concurrency)
+        self.page_size = page_size
+        self.batch_size = batch_size
+        self.namespace = Namespace(cache)
+        self._lists = {"torrents": _ListState(), "downloads": _ListState()}
+        self._wake = trio.Event()
+        self._force_full = False
+        self._tick_number = 0
+        self._sweep_number = 0
+        # Background file fill: ids in fetch order, the requests in flight, on-demand callers.
+        self._queue: dict[str, None] = {}
+        self._queue_changed = trio.Event()
+        self._inflight: dict[str, trio.Event] = {}
+        self._demand = 0
+        self._no_demand = trio.Event()
+        self._no_demand.set()
+        self._errors: collections.deque[dict[str, Any]] = collections.deque(maxlen=MAX_RECENT_ERRORS)
+        self._running = False
+        self._health = cache.get_state("health", "unknown")
+        self._pending_deletions: dict[str, list[str]] = cache.get_state("pending_deletions", {})
+        self._empty_since: dict[str, float] = cache.get_state("empty_since", {})
+
+    # --- public ---------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Sync forever. Started at once: the cached tree is served before any API call."""
+        async with trio.open_nursery() as nursery:
+            self._refill_queue()
+            for _ in range(self.info_concurrency):
+                nursery.start_soon(self._fill_worker, False)
+            self._running = True
+            task_status.started()
+            try:
+                while True:
+                    try:
+                        await self._tick()
+                    except Exception:  # a bug or a broken cache must not take the mount down
+                        log.exception("sync tick failed")
+                        self._note_error("sync", "internal error (see the log)")
+                        self._set_health("error")
+                    with trio.move_on_after(self.interval):
+                        await self._wake.wait()
+                    self._wake = trio.Event()
+            finally:
+                self._running = False
+
+    def trigger(self) -> None:
+        """Sync now, with complete listings (e.g. after the user added or deleted something)."""
+        self._force_full = True
+        self._wake.set()
+
+    async def sync_once(self, *, full: bool = True, fill: bool = True) -> None:
+        """One tick (complete listings by default), then, with ``fill``, every missing file list."""
+        if full:
+            self._force_full = True
+        await self._tick()
+        if fill:
+            self._refill_queue()
+            async with trio.open_nursery() as nursery:
+                for _ in range(self.info_concurrency):
+                    nursery.start_soon(self._fill_worker, True)
+
+    async def ensure_files(self, torrent_id: str) -> None:
+        """Make sure a shown torrent's file list is cached; fetched now, ahead of the background fill."""
+        if self.cache.has_files(torrent_id):
+            return
+        torrent = self.cache.torrent(torrent_id)
+        if torrent is None or torrent.status != STATUS_DOWNLOADED:
+            return
+        if self._demand == 0:
+            self._no_demand = trio.Event()
+        self._demand += 1
+        try:
+            await self._fetch_files(torrent_id)
+        finally:
+            self._demand -= 1
+            if self._demand == 0:
+                self._no_demand.set()
+
+    def status(self) -> dict[str, Any]:
+        counts = self.cache.torrent_counts()
+        totals = self.namespace.totals()
+        return {
+            "health": self._health,
+            "running": self._running,
+            "last_sync": self.cache.get_state("last_sync"),
+            "last_outcome": self.cache.get_state("last_outcome"),
+            "last_complete_listing": self.cache.get_state("last_complete_listing"),
+            "torrents_known": counts["torrents"],
+            "torrents_downloaded": counts["downloaded"],
+            "torrents_with_files": counts["with_files"],
+            "files_pending": counts["files_pending"],
+            "downloads_known": self.cache.download_count(),
+            "entries": totals.entries,
+            "fill_queue": len(self._queue),
+            "fetching": sorted(self._inflight),
+            "in_progress": [
+                {"id": t.id, "name": t.filename, "status": t.status, "progress": t.progress}
+                for t in self.cache.active_torrents()
+            ],
+            "pending_deletions": {kind: len(ids) for kind, ids in self._pending_deletions.items() if ids},
+            "recent_errors": list(self._errors),
+        }
+
+    # --- ticks ----------------------------------------------------------------------------
+
+    async def _tick(self) -> None:
+        torrents, downloads = self._lists["torrents"], self._lists["downloads"]
+        full = self._force_full
+        self._force_full = False
+        try:
+            if full or not torrents.listed or self._pending_deletions.get("torrents"):
+                await self._sync_torrents()
+                await self._sync_downloads()
+            elif not downloads.listed or self._pending_deletions.get("downloads"):
+                await self._probe_torrents()
+                await self._sync_downloads()
+            elif self._tick_number % SWEEP_EVERY == SWEEP_EVERY - 1:
+                await self._sweep()
+            else:
+                await self._probe_torrents()
+        except RDError as exc:
+            self._note_error("sync", exc)
+            unreachable = isinstance(exc, NetworkError) or (isinstance(exc, APIError) and exc.status >= 500)
+            self._set_health("unavailable" if unreachable else "degraded")
+            self.cache.set_state("last_outcome", f"failed: {exc}")
+        else:
+            outcome = "ok" if torrents.listed else "incomplete listing"
+            self._set_health("ok" if torrents.listed else "degraded")
+            self.cache.set_state("last_sync", time.time())
+            self.cache.set_state("last_outcome", outcome)
+        finally:
+            self._tick_number += 1
+
+    async def _probe_torrents(self) -> None:
+        """The idle check: page 1 (and the pages of active torrents), full listing on a change."""
+        state = self._lists["torrents"]
+        pages = {1}
+        for torrent in self.cache.active_torrents():
+            number = state.page_of(torrent.id)
+            if number is not None:
+                pages.add(number)
+        for number in sorted(pages):
+            if not await self._check_torrent_page(number):
+                return
+
+    async def _sweep(self) -> None:
+        """Check one other list page in turn: /downloads page 1, then /torrents pages 2, 3, ..."""
+        state = self._lists["torrents"]
+        turns = ["downloads"] + [str(n) for n in range(2, len(state.pages) + 1)]
+        turn = turns[self._sweep_number % len(turns)]
+        self._sweep_number += 1
+        if turn == "downloads":
+            page = await self.client.downloads(page=1, limit=self.page_size)
+            known = self._lists["downloads"].pages
+            if page.not_modified or (known and tuple(d.id for d in page.items) == known[0]):
+                return
+            await self._sync_downloads(first=page)
+        else:
+            await self._check_torrent_page(int(turn))
+
+    async def _check_torrent_page(self, number: int) -> bool:
+        """Re-request one page; True when it showed no structural change (else it re-lists)."""
+        state = self._lists["torrents"]
+        page = await self.client.torrents(page=number, limit=self.page_size)
+        if page.not_modified:
+            return True
+        ids = tuple(t.id for t in page.items)
+        same_ids = number <= len(state.pages) and ids == state.pages[number - 1]
+        if not same_ids or (page.total is not None and page.total != state.total):
+            log.debug("torrents page %d changed: listing everything", number)
+            await self._sync_torrents(first=page if number == 1 else None)
+            return False
+        await self._store_torrents(page.items)
+        return True
+
+    # --- listings -------------------------------------------------------------------------
+
+    async def _list_all(self, fetch: Callable[[int], Awaitable[Any]], first: Any = None) -> Listing:
+        items: list[Any] = []
+        seen: set[str] = set()
+        pages: list[tuple[str, ...]] = []
+        fresh_totals: set[int] = set()
+        total: int | None = None
+        number = 1
+        while True:
+            page = first if number == 1 and first is not None else await fetch(number)
+            pages.append(tuple(item.id for item in page.items))
+            total = page.total if page.total is not None else total
+            if not page.not_modified and page.total is not None:
+                fresh_totals.add(page.total)
+            for item in page.items:
+                if item.id not in seen:
+                    seen.add(item.id)
+                    items.append(item)
+            if len(page.items) < self.page_size or (total is not None and number * self.page_size >= total):
+                break
+            number += 1
+        if len(fresh_totals) > 1:
+            return Listing(items, pages, total, False, "the list changed while paging")
+        if fresh_totals:
+            total = fresh_totals.pop()
+        if total is not None and len(items) < total:
+            return Listing(items, pages, total, False, f"short answer: {len(items)} of {total} items")
+        return Listing(items, pages, total, True)
+
+    def _trust(self, kind: str, listing: Listing, known: int) -> bool:
+        """Whether deletions may be based on ``listing``; an empty answer needs time to be believed."""
+        if not listing.complete:
+            log.warning("%s listing incomplete (%s): nothing is deleted", kind, listing.reason)
+            self._note_error(kind, listing.reason)
+            return False
+        if listing.items or known == 0:
+            self._set_empty_since(kind, None)
+            return True
+        first = self._empty_since.get(kind)
+        if first is None:
+            self._set_empty_since(kind, time.time())
+        if first is None or time.time() - first < EMPTY_CONFIRM_SECONDS:
+            reason = f"empty listing while {known} are cached: ignored until it persists"
+            log.warning("%s %s", kind, reason)
+            self._note_error(kind, reason)
+            return False
+        return True
+
+    def _guard(self, kind: str, gone: set[str], known: int) -> set[str]:
+        """Which of the ``gone`` ids to delete now; a mass deletion waits for confirmation."""
+        held = set(self._pending_deletions.get(kind, []))
+        confirmed = gone & held
+        fresh = gone - held
+        hold: set[str] = set()
+        if fresh and len(fresh) > self.max_delete_fraction * known:
+            log.warning(
+                "%s: %d of %d items vanished at once: held back until a later listing confirms", kind, len(fresh), known
+            )
+            hold = fresh
+        else:
+            confirmed |= fresh
+        if confirmed & held:
+            log.warning("%s: deletion of %d items confirmed", kind, len(confirmed & held))
+        if hold or held:
+            self._pending_deletions[kind] = sorted(hold)
+            self.cache.set_state("pending_deletions", self._pending_deletions)
+        return confirmed
+
+    async def _sync_torrents(self, first: Any = None) -> None:
+        state = self._lists["torrents"]
+        listing = await self._list_all(lambda n: self.client.torrents(page=n, limit=self.page_size), first)
+        known = self.cache.torrent_states()
+        changes = Changes()
+        structural = await self._store_torrents(listing.items, known, rebuild=False)
+        if self._trust("torrents", listing, len(known)):
+            gone = set(known) - {t.id for t in listing.items}
+            doomed = self._guard("torrents", gone, len(known))
+            if doomed:
+                log.info("removing %d torrents gone upstream", len(doomed))
+                for chunk in _chunks(sorted(doomed), self.batch_size):
+                    changes.merge(self.cache.delete_torrents(chunk))
+                    await trio.sleep(0)
+                structural = True
+            state.pages, state.total, state.listed = listing.pages, listing.total, True
+            self.cache.set_state("last_complete_listing", time.time())
+        else:
+            state.listed = False
+        if structural:
+            changes.merge(await self._rebuild_torrent_dirs())
+            self._refill_queue()
+        self._emit(changes)
+
+    async def _store_torrents(
+        self, items: Sequence[Torrent], known: dict[str, Any] | None = None, *, rebuild: bool = True
+    ) -> bool:
+        """Write the listed torrents that changed; True if the tree's shape may have changed."""
+        if known is None:
+            known = self.cache.torrent_states()
+        changed: list[Torrent] = []
+        for chunk in _chunks(items, self.batch_size * 4):
+            changed += [t for t in chunk if t.id not in known or known[t.id].row_key != row_key(t)]
+            await trio.sleep(0)
+        structural = any(t.id not in known or known[t.id].list_key != list_key(t) for t in changed)
+        for chunk in _chunks(changed, self.batch_size):
+            self.cache.upsert_torrents(chunk)
+            await trio.sleep(0)
+        if changed:
+            log.debug("%d listed torrents changed (%s)", len(changed), "structural" if structural else "progress")
+        if structural and rebuild:
+            self._emit(await self._rebuild_torrent_dirs())
+            self._refill_queue()
+        return structural
+
+    async def _rebuild_torrent_dirs(self) -> Changes:
+        """Bring ``torrents/`` in line with the cached downloaded torrents."""
+        # Each step blocks the loop for a while on a big library: let FUSE requests in between.
+        torrents = self.cache.shown_torrents()
+        await trio.sleep(0)
+        specs = torrent_dir_specs(torrents, self.cache.torrents_with_files(), self.cache.subdir_counts())
+        await trio.sleep(0)
+        diff = self.cache.diff_entries(Scope.torrent_dirs(), specs)
+        await trio.sleep(0)
+        changes = Changes()
+        if not diff:
+            return changes
+        for step in self.cache.diff_batches(diff, self.batch_size):
+            changes.merge(step)
+            await trio.sleep(0)
+        # A torrent shown again (e.g. back to downloaded) gets its cached files back at once.
+        for spec in diff.upsert:
+            if spec.key not in diff.existing and not spec.files_pending and spec.torrent_id:
+                info = self.cache.files_of(spec.torrent_id)
+                if info is not None:
+                    changes.merge(self._store_info(info))
+        self.cache.refresh_dir(TORRENTS_INODE, time.time())
+        changes.inodes.add(TORRENTS_INODE)
+        log.info("torrents/: %d added or changed, %d removed", len(diff.upsert), len(diff.remove))
+        return changes
+
+    async def _sync_downloads(self, first: Any = None) -> None:
+        state = self._lists["downloads"]
+        listing = await self._list_all(lambda n: self.client.downloads(page=n, limit=self.page_size), first)
+        known = self.cache.download_ids()
+        new = [d for d in listing.items if d.id not in known]
+        for chunk in _chunks(new, self.batch_size):
+            self.cache.upsert_downloads(chunk)
+            await trio.sleep(0)
+        doomed: set[str] = set()
+        if self._trust("downloads", listing, len(known)):
+            gone = known - {d.id for d in listing.items}
+            doomed = self._guard("downloads", gone, len(known))
+            for chunk in _chunks(sorted(doomed), self.batch_size):
+                self.cache.delete_downloads(chunk)
+                await trio.sleep(0)
+            state.pages, state.total, state.listed = listing.pages, listing.total, True
+        else:
+            state.listed = False
+        if new or doomed:
+            self._emit(await self._rebuild_downloads(self.cache.downloads()))
+
+    async def _rebuild_downloads(self, downloads: Sequence[Download]) -> Changes:
+        diff = self.cache.diff_entries(Scope.downloads(), download_specs(downloads))
+        changes = Changes()
+        for step in self.cache.diff_batches(diff, self.batch_size):
+            changes.merge(step)
+            await trio.sleep(0)
+        if diff:
+            self.cache.refresh_dir(DOWNLOADS_INODE, time.time())
+            changes.inodes.add(DOWNLOADS_INODE)
+        return changes
+
+    # --- file lists -----------------------------------------------------------------------
+
+    def _refill_queue(self) -> None:
+        self._queue = dict.fromkeys(t for t in self.cache.torrents_needing_files() if t not in self._inflight)
+        self._queue_changed.set()
+        self._queue_changed = trio.Event()
+
+    async def _fill_worker(self, drain: bool) -> None:
+        """Fetch missing file lists, newest torrent first; yields to on-demand requests."""
+        failures = 0
+        while True:
+            while self._demand:
+                await self._no_demand.wait()
+            torrent_id = next(iter(self._queue), None)
+            if torrent_id is None:
+                if drain:
+                    return
+                await self._queue_changed.wait()
+                continue
+            del self._queue[torrent_id]
+            try:
+                await self._fetch_files(torrent_id)
+                failures = 0
+            except Exception as exc:
+                if drain and not isinstance(exc, RDError):
+                    raise
+                if isinstance(exc, RDError):
+                    self._note_error(f"files of {torrent_id}", exc)
+                else:  # keep the mount alive; the torrent stays pending and is retried
+                    log.exception("storing the files of %s failed", torrent_id)
+                if drain:
+                    continue
+                self._queue[torrent_id] = None  # again later, at the end of the line
+                failures += 1
+                await trio.sleep(min(MAX_FILL_PAUSE, 2.0**failures))
+
+    async def _fetch_files(self, torrent_id: str) -> None:
+        """One ``/torrents/info`` per torrent at a time: later callers wait for the first."""
+        running = self._inflight.get(torrent_id)
+        if running is not None:
+            await running.wait()
+            return
+        done = self._inflight[torrent_id] = trio.Event()
+        try:
+            try:
+                info = await self.client.torrent_info(torrent_id)
+            except UnknownResource as exc:
+                # Gone upstream since it was listed: the next listing removes it.
+                self.cache.set_info_error(torrent_id, str(exc))
+                self._force_full = True
+                return
+            self._queue.pop(torrent_id, None)
+            self._emit(self._store_info(info))
+        finally:
+            del self._inflight[torrent_id]
+            done.set()
+
+    def _store_info(self, info: TorrentInfo) -> Changes:
+        specs = torrent_file_specs(info, self.cache.link_sizes(info.links))
+        return self.cache.store_info(info, specs)
+
+    # --- reporting ------------------------------------------------------------------------
+
+    def _emit(self, changes: Changes) -> None:
+        if not changes or self.on_change is None:
+            return
+        paths = sorted(p for p in (self.namespace.path(inode) for inode in changes.dirs) if p is not None)
+        change = TreeChange(entries=sorted(changes.entries), inodes=sorted(changes.inodes | changes.dirs), paths=paths)
+        try:
+            self.on_change(change)
+        except Exception:
+            log.exception("on_change callback failed")
+
+    def _note_error(self, where: str, error: BaseException | str) -> None:
+        self._errors.append({"time": time.time(), "where": where, "error": str(error)})
+        if isinstance(error, BaseException):
+            log.warning("%s: %s", where, error)
+
+    def _set_health(self, health: str) -> None:
+        if health != self._health:
+            log.info("sync health: %s -> %s", self._health, health)
+            self._health = health
+            self.cache.set_state("health", health)
+
+    def _set_empty_since(self, kind: str, when: float | None) -> None:
+        if self._empty_since.get(kind) == when:
+            return
+        if when is None:
+            self._empty_since.pop(kind, None)
+        else:
+            self._empty_since[kind] = when
+        self.cache.set_state("empty_since", self._empty_since)
+
+
+def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
+    return [items[start : start + size] for start in range(0, len(items), size)]

@@ -1,0 +1,404 @@
+"""The namespace of the mount: safe names, the entries sync materializes, and fast reads of them.
+
+Two halves:
+
+* Pure building functions (no I/O) that turn RD records into :class:`~rdfs.cache.EntrySpec`
+  rows: :func:`torrent_dir_specs`, :func:`torrent_file_specs`, :func:`download_specs`. The
+  result depends only on the records, never on the order they arrived in, so the same account
+  always gives the same tree.
+* :class:`Namespace`, the read side used by the FUSE adapter: every call is one indexed query.
+
+Naming rules (a public interface):
+
+* Names are Unicode NFC; ``/`` becomes ``∕`` (U+2215); NUL, other control characters and lone
+  surrogates are dropped; ``.`` and ``..`` become ``．`` / ``．．`` (U+FF0E); an empty name becomes
+  ``_`` (a torrent without a name uses its id).
+* At most 255 bytes of UTF-8, cut on a character boundary, keeping a file's extension.
+* Collisions in one directory: the first in a fixed order keeps the plain name, the others get
+  `` [<tag>]`` before the extension (files) or at the end (directories). Torrent directories are
+  ordered by (added, id) and tagged with the torrent id; files inside a torrent by file id and
+  tagged with it (directories inside a torrent win over files); downloads by (generated, id) and
+  tagged with the download id.
+* ``torrents/<name>/`` holds the selected files at their paths. When a torrent has fewer links
+  than selected files, RD packed it into RAR volumes: the directory then holds one file per
+  link, ``<torrent name>.rar`` or ``<torrent name>.partN.rar``, whose size is exact once the
+  link was unrestricted (until then a single volume shows the torrent's size, several show 0).
+* ``downloads/`` shows one file per hoster link (the oldest ``/downloads`` entry of it; RD adds
+  an entry on every unrestrict).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from rdfs.api.models import STATUS_DOWNLOADED, Download, Torrent, TorrentInfo
+from rdfs.cache import ROOT_INODE, Cache, EntrySpec, ListedTorrent
+
+MAX_NAME_BYTES = 255
+SLASH_SUBSTITUTE = "\u2215"  # ∕ DIVISION SLASH
+DOT_SUBSTITUTE = "\uff0e"  # ． FULLWIDTH FULL STOP
+MAX_EXTENSION_CHARS = 16
+
+TORRENTS_KEY = "top:torrents"
+DOWNLOADS_KEY = "top:downloads"
+
+
+# --- names ------------------------------------------------------------------------------------
+
+
+def _fit(stem: str, tail: str = "") -> str:
+    """``stem + tail`` cut to MAX_NAME_BYTES by shortening ``stem`` on a character boundary."""
+    budget = MAX_NAME_BYTES - len(tail.encode())
+    cut = budget
+    while len(stem.encode()) > budget:
+        stem = unicodedata.normalize("NFC", stem.encode()[:cut].decode("utf-8", "ignore"))
+        cut -= 1  # only needed again if normalizing the cut text made it longer
+    return stem + tail
+
+
+def split_extension(name: str) -> tuple[str, str]:
+    """``("movie", ".mkv")``; no extension for dot-files, long or spaced suffixes."""
+    dot = name.rfind(".")
+    if dot <= 0 or dot == len(name) - 1:
+        return name, ""
+    extension = name[dot:]
+    if len(extension) > MAX_EXTENSION_CHARS or any(ch.isspace() for ch in extension):
+        return name, ""
+    return name[:dot], extension
+
+
+def safe_name(raw: str, *, is_dir: bool = False, fallback: str = "_") -> str:
+    """A name any Linux filesystem accepts and displays, derived deterministically from ``raw``."""
+    text = raw if unicodedata.is_normalized("NFC", raw) else unicodedata.normalize("NFC", raw)
+    text = text.replace("/", SLASH_SUBSTITUTE)
+    if not text.isprintable():  # printable text has no control characters or surrogates
+        text = "".join(ch for ch in text if unicodedata.category(ch) not in ("Cc", "Cs"))
+    if not text:
+        text = fallback
+    if text in (".", ".."):
+        text = DOT_SUBSTITUTE * len(text)
+    if len(text.encode()) <= MAX_NAME_BYTES:
+        return text
+    if is_dir:
+        return _fit(text)
+    stem, extension = split_extension(text)
+    return _fit(stem, extension)
+
+
+def tagged_name(name: str, tag: str, *, is_dir: bool) -> str:
+    """``name`` with `` [tag]`` before its extension (files) or at its end (directories)."""
+    suffix = f" [{tag}]"
+    if is_dir:
+        return _fit(name, suffix)
+    stem, extension = split_extension(name)
+    return _fit(stem, suffix + extension)
+
+
+@dataclass(frozen=True, slots=True)
+class NameCandidate:
+    key: str  # the entry's stable key
+    name: str  # its safe name
+    tag: str  # what tells it apart on a collision
+    is_dir: bool
+    order: tuple[Any, ...]  # earlier keeps the plain name; must be a total order
+
+
+def assign_names(candidates: Iterable[NameCandidate]) -> dict[str, str]:
+    """Unique names for the entries of one directory, independent of the input order."""
+    taken: set[str] = set()
+    names: dict[str, str] = {}
+    for candidate in sorted(candidates, key=lambda c: (c.order, c.key)):
+        name = candidate.name
+        if name in taken:
+            name = tagged_name(candidate.name, candidate.tag, is_dir=candidate.is_dir)
+            number = 2
+            while name in taken:
+                name = tagged_name(candidate.name, f"{candidate.tag} {number}", is_dir=candidate.is_dir)
+                number += 1
+        taken.add(name)
+        names[candidate.key] = name
+    return names
+
+
+# --- entries ----------------------------------------------------------------------------------
+
+
+def _ts(value: datetime | float | None) -> float:
+    if value is None:
+        return 0.0
+    return value if isinstance(value, (int, float)) else value.timestamp()
+
+
+def torrent_mtime(torrent: Torrent | ListedTorrent) -> float:
+    return _ts(torrent.ended or torrent.added)
+
+
+def torrent_key(torrent_id: str) -> str:
+    return f"t:{torrent_id}"
+
+
+def torrent_dir_specs(
+    torrents: Iterable[Torrent | ListedTorrent], with_files: set[str], subdirs: Mapping[str, int] | None = None
+) -> list[EntrySpec]:
+    """The directories of ``torrents/``: one per downloaded torrent.
+
+    ``with_files``: ids whose file list is cached (the others are ``files_pending``);
+    ``subdirs``: subdirectories directly inside each torrent directory (for ``nlink``).
+    """
+    shown = [t for t in torrents if t.status == STATUS_DOWNLOADED]
+    names = assign_names(
+        NameCandidate(
+            key=torrent_key(t.id),
+            name=safe_name(t.filename, is_dir=True, fallback=t.id),
+            tag=t.id,
+            is_dir=True,
+            order=(_ts(t.added), t.id),
+        )
+        for t in shown
+    )
+    subdirs = subdirs or {}
+    return [
+        EntrySpec(
+            key=torrent_key(t.id),
+            parent_key=TORRENTS_KEY,
+            name=names[torrent_key(t.id)],
+            kind="dir",
+            mtime=torrent_mtime(t),
+            nlink=2 + subdirs.get(t.id, 0),
+            torrent_id=t.id,
+            files_pending=t.id not in with_files,
+        )
+        for t in shown
+    ]
+
+
+def torrent_file_specs(info: TorrentInfo, link_sizes: Mapping[str, int] | None = None) -> list[EntrySpec]:
+    """Everything below a torrent's directory: its selected files and their subdirectories.
+
+    The i-th selected file reads ``links[i]``. With fewer links than selected files the torrent
+    is RAR-packed: one ``.rar`` volume per link (``link_sizes`` gives sizes learnt from unrestricts).
+    """
+    selected = info.selected_files
+    if len(info.links) < len(selected):
+        return _packed_specs(info, link_sizes or {})
+    root = torrent_key(info.id)
+    mtime = torrent_mtime(info)
+    dirs: dict[str, EntrySpec] = {}
+    files: list[tuple[EntrySpec, int]] = []
+    for index, file in enumerate(selected):
+        raw_parts = [part for part in file.path.split("/") if part]
+        leaf = safe_name(raw_parts[-1] if raw_parts else "", fallback=f"file {file.id}")
+        parts = [safe_name(part, is_dir=True) for part in raw_parts[:-1]]
+        parent = root
+        for depth in range(len(parts)):
+            key = f"dir:{info.id}:{'/'.join(parts[: depth + 1])}"
+            if key not in dirs:
+                dirs[key] = EntrySpec(
+                    key=key, parent_key=parent, name=parts[depth], kind="dir", mtime=mtime, torrent_id=info.id
+                )
+            parent = key
+        spec = EntrySpec(
+            key=f"f:{info.id}:{file.id}",
+            parent_key=parent,
+            name=leaf,
+            kind="file",
+            size=file.bytes,
+            mtime=mtime,
+            torrent_id=info.id,
+            file_id=file.id,
+            hoster_link=info.links[index] if index < len(info.links) else None,
+        )
+        files.append((spec, file.id))
+    by_parent: dict[str, list[NameCandidate]] = defaultdict(list)
+    for spec in dirs.values():
+        by_parent[spec.parent_key].append(NameCandidate(spec.key, spec.name, "dir", True, (0, spec.key)))
+    for spec, file_id in files:
+        by_parent[spec.parent_key].append(NameCandidate(spec.key, spec.name, str(file_id), False, (1, file_id)))
+    names: dict[str, str] = {}
+    for candidates in by_parent.values():
+        names.update(assign_names(candidates))
+    subdir_count: dict[str, int] = defaultdict(int)
+    for spec in dirs.values():
+        subdir_count[spec.parent_key] += 1
+    specs = [replace(spec, name=names[spec.key], nlink=2 + subdir_count[spec.key]) for spec in dirs.values()]
+    specs += [replace(spec, name=names[spec.key]) for spec, _ in files]
+    return specs
+
+
+def _packed_specs(info: TorrentInfo, link_sizes: Mapping[str, int]) -> list[EntrySpec]:
+    base = safe_name(info.filename, is_dir=True, fallback=info.id)
+    count = len(info.links)
+    width = len(str(count))
+    specs = []
+    for index, link in enumerate(info.links):
+        suffix = ".rar" if count == 1 else f".part{index + 1:0{width}d}.rar"
+        fallback_size = info.bytes if count == 1 else 0
+        specs.append(
+            EntrySpec(
+                key=f"r:{info.id}:{index}",
+                parent_key=torrent_key(info.id),
+                name=_fit(base, suffix),
+                kind="file",
+                size=link_sizes.get(link, fallback_size),
+                mtime=torrent_mtime(info),
+                torrent_id=info.id,
+                hoster_link=link,
+            )
+        )
+    return specs
+
+
+def download_specs(downloads: Iterable[Download]) -> list[EntrySpec]:
+    """The files of ``downloads/``: one per hoster link, the oldest entry of each."""
+    chosen: dict[str, Download] = {}
+    for item in sorted(downloads, key=lambda d: (_ts(d.generated), d.id)):
+        chosen.setdefault(item.link or f"id:{item.id}", item)
+    names = assign_names(
+        NameCandidate(
+            key=f"d:{d.id}",
+            name=safe_name(d.filename, fallback=d.id),
+            tag=d.id,
+            is_dir=False,
+            order=(_ts(d.generated), d.id),
+        )
+        for d in chosen.values()
+    )
+    return [
+        EntrySpec(
+            key=f"d:{d.id}",
+            parent_key=DOWNLOADS_KEY,
+            name=names[f"d:{d.id}"],
+            kind="file",
+            size=d.filesize,
+            mtime=_ts(d.generated),
+            download_id=d.id,
+            hoster_link=d.link or None,
+        )
+        for d in chosen.values()
+    ]
+
+
+# --- the read side ----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Node:
+    """One file or directory of the mount, as the FUSE adapter needs it."""
+
+    inode: int
+    parent: int
+    name: str
+    kind: str  # "dir" | "file"
+    size: int
+    mtime: float  # seconds since the epoch
+    nlink: int
+    torrent_id: str | None = None
+    file_id: int | None = None
+    download_id: str | None = None
+    hoster_link: str | None = None
+    link_offset: int = 0
+    files_pending: bool = False  # a torrent directory whose file list is not cached yet
+    xattrs: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    entries: int
+    bytes: int
+
+
+_NODE_SQL = (
+    "SELECT e.inode, e.parent, e.name, e.kind, e.size, e.mtime, e.nlink, e.torrent_id, e.file_id, "
+    "e.download_id, e.hoster_link, e.link_offset, e.files_pending, t.hash, t.status "
+    "FROM entries e LEFT JOIN torrents t ON t.id = e.torrent_id "
+)
+
+
+def _node(row: Sequence[Any]) -> Node:
+    xattrs: dict[str, str] = {}
+    if row[7] is not None:
+        xattrs["user.rdfs.torrent_id"] = row[7]
+        if row[13]:
+            xattrs["user.rdfs.hash"] = row[13]
+        if row[14]:
+            xattrs["user.rdfs.status"] = row[14]
+    if row[8] is not None:
+        xattrs["user.rdfs.file_id"] = str(row[8])
+    if row[9] is not None:
+        xattrs["user.rdfs.download_id"] = row[9]
+    if row[10] is not None:
+        xattrs["user.rdfs.link"] = row[10]
+    return Node(
+        inode=row[0],
+        parent=row[1],
+        name=row[2],
+        kind=row[3],
+        size=row[4],
+        mtime=row[5],
+        nlink=row[6],
+        torrent_id=row[7],
+        file_id=row[8],
+        download_id=row[9],
+        hoster_link=row[10],
+        link_offset=row[11],
+        files_pending=bool(row[12]),
+        xattrs=xattrs,
+    )
+
+
+class Namespace:
+    """Reads of the materialized tree; each method is one indexed SQLite query."""
+
+    def __init__(self, cache: Cache) -> None:
+        self.cache = cache
+
+    def node(self, inode: int) -> Node | None:
+        row = self.cache.conn.execute(_NODE_SQL + "WHERE e.inode = ?", (inode,)).fetchone()
+        return _node(row) if row else None
+
+    def lookup(self, parent_inode: int, name: str) -> Node | None:
+        sql = _NODE_SQL + "WHERE e.parent = ? AND e.name = ?"
+        row = self.cache.conn.execute(sql, (parent_inode, name)).fetchone()
+        if row is None:
+            normalized = unicodedata.normalize("NFC", name)
+            if normalized != name:
+                row = self.cache.conn.execute(sql, (parent_inode, normalized)).fetchone()
+        return _node(row) if row else None
+
+    def children(self, inode: int, offset: int = 0, limit: int = 1000, *, after: int | None = None) -> list[Node]:
+        """A page of a directory's entries.
+
+        By default in name order, skipping ``offset`` entries. With ``after`` (an inode), in
+        inode order starting after it: a cursor that stays valid while a sync adds or removes
+        entries, so a resumed readdir never repeats or skips the others.
+        """
+        if after is not None:
+            rows = self.cache.conn.execute(
+                _NODE_SQL + "WHERE e.parent = ? AND e.inode > ? ORDER BY e.inode LIMIT ?", (inode, after, limit)
+            )
+        else:
+            rows = self.cache.conn.execute(
+                _NODE_SQL + "WHERE e.parent = ? ORDER BY e.name LIMIT ? OFFSET ?", (inode, limit, offset)
+            )
+        return [_node(row) for row in rows]
+
+    def path(self, inode: int) -> str | None:
+        """The path relative to the mountpoint ("" for the root), None if the inode is unknown."""
+        parts: list[str] = []
+        while inode != ROOT_INODE:
+            row = self.cache.conn.execute("SELECT parent, name FROM entries WHERE inode = ?", (inode,)).fetchone()
+            if row is None:
+                return None
+            parts.append(row[1])
+            inode = row[0]
+        return "/".join(reversed(parts))
+
+    def totals(self) -> Totals:
+        count, size = self.cache.conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM entries").fetchone()
+        return Totals(entries=count, bytes=size)
+
