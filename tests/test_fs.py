@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from rdfs.emulator import FileSpec
 from tests import mountutil
 from tests.media import make_media, probe
 
@@ -48,21 +49,21 @@ def library(emulator_module, tmp_path_factory):
     torrents["synthetic"] = control.add_torrent(
         "Synthetic Pack",
         [
-            {"path": "/a.bin", "size": 3 * MiB + 123},
-            {"path": "/sub/b.bin", "size": 1},
-            {"path": "/sub/c.bin", "size": 5 * MiB},
-            {"path": "/skipped.nfo", "size": 100},
+            FileSpec("/a.bin", 3 * MiB + 123),
+            FileSpec("/sub/b.bin", 1),
+            FileSpec("/sub/c.bin", 5 * MiB),
+            FileSpec("/skipped.nfo", 100),
         ],
-        selected=[True, True, True, False],
+        selected=[1, 2, 3],
     )
-    torrents["huge"] = control.add_torrent("Huge", [{"path": "/huge.bin", "size": 3 * GiB + 17}])
+    torrents["huge"] = control.add_torrent("Huge", [FileSpec("/huge.bin", 3 * GiB + 17)])
     for folder in sorted(p for p in media_root.iterdir() if p.is_dir()):
         files = sorted(p for p in folder.iterdir())
         torrents[folder.name] = control.add_torrent(
             folder.name,
-            [{"path": f"/{p.name}", "size": p.stat().st_size, "source": str(p)} for p in files],
+            [FileSpec(f"/{p.name}", p.stat().st_size, source=p) for p in files],
         )
-    control.add_torrent("Still Downloading", [{"path": "/x.mkv", "size": 1000}], status="downloading")
+    control.add_torrent("Still Downloading", [FileSpec("/x.mkv", 1000)], status="downloading")
     return {"control": control, "torrents": torrents, "media_root": media_root}
 
 
@@ -112,7 +113,7 @@ def test_every_file_matches_source(mnt, library):
 
 def test_shell_tools(mnt, library, tmp_path):
     root = mnt.path
-    found = subprocess.run(["find", str(root / "torrents")], capture_output=True, text=True, check=True).stdout.split()
+    found = subprocess.run(["find", str(root / "torrents")], capture_output=True, text=True, check=True).stdout.splitlines()
     assert str(root / "torrents" / "Synthetic Pack" / "sub" / "c.bin") in found
     ls = subprocess.run(["ls", "-lR", str(root)], capture_output=True, text=True, check=True).stdout
     assert "a.bin" in ls and "Huge" in ls
@@ -148,7 +149,7 @@ def test_random_offsets_on_huge_sparse_file(mnt, library):
 def test_concurrent_readers_share_one_unrestrict(emulator_module, library, tmp_path):
     control = library["control"]
     torrent_id = control.add_torrent(
-        "Concurrent", [{"path": f"/f{i}.bin", "size": 4 * MiB + i} for i in range(3)]
+        "Concurrent", [FileSpec(f"/f{i}.bin", 4 * MiB + i) for i in range(3)]
     )
     with mountutil.mount(emulator_module.api_url, emulator_module.token, tmp_path) as mounted:
         folder = mounted.path / "torrents" / "Concurrent"
@@ -159,13 +160,13 @@ def test_concurrent_readers_share_one_unrestrict(emulator_module, library, tmp_p
             digests = list(pool.map(sha256_of, targets))
         for i, digest in enumerate(digests):
             assert digest == source_sha256(control, torrent_id, i % 3 + 1, 4 * MiB + i % 3)
-        assert control.counters().get("POST /unrestrict/link", 0) == 3
+        assert control.counters.get("POST /unrestrict/link", 0) == 3
 
 
 def test_faults_during_reads_still_exact(emulator_module, library, tmp_path):
     control = library["control"]
     size = 12 * MiB + 5
-    torrent_id = control.add_torrent("Faulty", [{"path": "/f.bin", "size": size}])
+    torrent_id = control.add_torrent("Faulty", [FileSpec("/f.bin", size)])
     with mountutil.mount(emulator_module.api_url, emulator_module.token, tmp_path) as mounted:
         path = mounted.path / "torrents" / "Faulty" / "f.bin"
         mountutil.wait_for(path.exists, what="file")
@@ -182,7 +183,7 @@ def test_faults_during_reads_still_exact(emulator_module, library, tmp_path):
 
 def test_read_only(mnt, library):
     control = library["control"]
-    before = control.counters()
+    before = control.counters
     pack = mnt.path / "torrents" / "Synthetic Pack"
     attempts = [
         lambda: open(pack / "new.txt", "w"),
@@ -199,7 +200,7 @@ def test_read_only(mnt, library):
         with pytest.raises(OSError) as info:
             attempt()
         assert info.value.errno in (errno.EROFS, errno.EPERM, errno.EACCES), info.value
-    after = control.counters()
+    after = control.counters
     for key in ("DELETE /torrents/delete", "POST /torrents/addMagnet", "PUT /torrents/addTorrent"):
         assert after.get(key, 0) == before.get(key, 0)
     assert sorted(p.name for p in pack.rglob("*")) == ["a.bin", "b.bin", "c.bin", "sub"]
@@ -228,7 +229,7 @@ def test_ffprobe_through_mount(mnt, library, relative):
 
 def test_listing_stays_responsive_while_streaming(emulator_module, library, tmp_path):
     control = library["control"]
-    control.add_torrent("Slow", [{"path": f"/s{i}.bin", "size": 2 * MiB} for i in range(8)])
+    control.add_torrent("Slow", [FileSpec(f"/s{i}.bin", 2 * MiB) for i in range(8)])
     with mountutil.mount(emulator_module.api_url, emulator_module.token, tmp_path) as mounted:
         folder = mounted.path / "torrents" / "Slow"
         mountutil.wait_for(folder.exists, what="torrent dir")
@@ -251,21 +252,22 @@ def test_listing_stays_responsive_while_streaming(emulator_module, library, tmp_
 
 def test_upstream_changes_appear_and_open_handles_survive(emulator_module, library, tmp_path):
     control = library["control"]
-    keep = control.add_torrent("Keeper", [{"path": "/k.bin", "size": MiB}])
+    keep = control.add_torrent("Keeper", [FileSpec("/k.bin", MiB)])
+    expected = control.file_bytes(keep, 1, 0, MiB)
     with mountutil.mount(emulator_module.api_url, emulator_module.token, tmp_path) as mounted:
         torrents = mounted.path / "torrents"
         mountutil.wait_for(lambda: "Keeper" in os.listdir(torrents), what="Keeper")
         handle = open(torrents / "Keeper" / "k.bin", "rb")
         try:
             head = handle.read(1000)
-            new_id = control.add_torrent("Arrived Later", [{"path": "/n.bin", "size": 10}])
+            new_id = control.add_torrent("Arrived Later", [FileSpec("/n.bin", 10)])
             mountutil.wait_for(lambda: "Arrived Later" in os.listdir(torrents), what="new torrent in ls")
             control.remove_torrent(keep)
             mountutil.wait_for(lambda: "Keeper" not in os.listdir(torrents), what="removed torrent gone")
             rest = handle.read()  # the handle opened before the removal still reads
         finally:
             handle.close()
-        assert head + rest == control.file_bytes(keep, 1, 0, MiB)
+        assert head + rest == expected
         assert (torrents / "Arrived Later" / "n.bin").read_bytes() == control.file_bytes(new_id, 1, 0, 10)
 
 

@@ -597,9 +597,11 @@ class Emulator:
         entry = self._urls.get(download_id)
         if entry is None:
             raise DownloadUnavailable(404, "unknown download")
+        # A download URL already handed out outlives its torrent's deletion (it is an entry of
+        # /downloads of its own) until it expires; a dead torrent's data is gone at once.
         rec = self._torrents.get(entry.torrent_id)
-        if rec is None or rec.status == "dead":
-            raise DownloadUnavailable(404, "torrent gone or dead")
+        if rec is not None and rec.status == "dead":
+            raise DownloadUnavailable(404, "torrent dead")
         if time.monotonic() >= entry.expires_at:
             raise DownloadUnavailable(403, "link expired")
         return entry
