@@ -36,21 +36,22 @@ class MountError(Exception):
 
 
 def check_mountpoint(path: Path) -> None:
-    """Refuse a missing, stale, non-directory or non-empty mountpoint with a clear reason."""
+    """Refuse a missing, stale, busy, non-directory or non-empty mountpoint with a clear reason."""
+    if is_fuse_mount(path):
+        try:
+            os.statvfs(path)  # always answered by the process behind the mount, never from a cache
+        except OSError as exc:
+            if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED):
+                raise MountError(f"{path} is a stale mount (its process died); clear it with: rdfs umount {path}") from None
+        raise MountError(f"{path} is already mounted; unmount it first with: rdfs umount {path}")
     try:
         os.stat(path)
     except FileNotFoundError:
         raise MountError(f"mountpoint {path} does not exist") from None
     except OSError as exc:
-        if exc.errno == errno.ENOTCONN:
-            raise MountError(
-                f"{path} is a stale rdfs mount (its process died); clear it with: rdfs umount {path}"
-            ) from None
         raise MountError(f"cannot use {path} as mountpoint: {exc.strerror}") from None
     if not os.path.isdir(path):
         raise MountError(f"mountpoint {path} is not a directory")
-    if os.path.ismount(path) and is_fuse_mount(path):
-        raise MountError(f"{path} is already mounted; unmount it first with: rdfs umount {path}")
     if any(os.scandir(path)):
         raise MountError(f"mountpoint {path} is not empty")
 
