@@ -16,7 +16,7 @@ import pytest
 
 from rdfs.emulator import FileSpec
 from tests import mountutil
-from tests.media import make_media, probe
+from rdfs.emulator.samples import make_media, probe
 
 pytestmark = pytest.mark.mount
 

@@ -1,4 +1,4 @@
-"""Real media files for probe tests, generated with ffmpeg (small, a few seconds each)."""
+"""Real media files for the demo and the probe tests, generated with ffmpeg (small, a few seconds each)."""
 
 from __future__ import annotations
 
