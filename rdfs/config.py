@@ -49,8 +49,12 @@ class Config:
     max_delete_fraction: float = 0.2  # larger removals wait for a second complete listing
     allow_other: bool = False
     allow_delete: bool = False  # let `rm -r torrents/<name>` delete upstream
+    selection: str = "all"  # files selected when adding a magnet: "all" or "video" (+ subtitles)
     read_ahead_kb: int = 4096  # kernel readahead for the mount's bdi (set after mounting)
     max_background: int = 64  # FUSE requests the kernel keeps in flight
+    probe_cache_mb: int = 4096  # disk bound of the persistent head/tail cache (0 = off)
+    probe_head_mb: int = 32  # the first MiB of every file read are kept on disk
+    probe_tail_mb: int = 16  # and the last MiB
     log_level: str = "INFO"
     log_file: Path | None = None
 
@@ -62,6 +66,8 @@ class Config:
             raise ConfigError(f"sync_interval must be positive, got {self.sync_interval}")
         if self.rate_limit <= 0:
             raise ConfigError(f"rate_limit must be positive, got {self.rate_limit}")
+        if self.selection not in ("all", "video"):
+            raise ConfigError(f"selection must be 'all' or 'video', got {self.selection!r}")
         if not 0 < self.max_delete_fraction <= 1:
             raise ConfigError(f"max_delete_fraction must be in (0, 1], got {self.max_delete_fraction}")
 

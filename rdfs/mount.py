@@ -24,6 +24,7 @@ from rdfs.control import Control
 from rdfs.credentials import auth_for
 from rdfs.fs import Operations
 from rdfs.links import LinkResolver
+from rdfs.probecache import open_probe_cache
 from rdfs.reader import ReaderPool
 from rdfs.sync import Syncer
 from rdfs.tree import Namespace
@@ -172,9 +173,14 @@ async def _serve(config: Config, mountpoint: Path, client: RDClient, cache: Cach
     namespace = Namespace(cache)
     async with trio.open_nursery() as nursery:
         resolver = LinkResolver(client, cache, default_ttl=config.link_ttl)
-        readers = ReaderPool(resolver, cache_bytes=config.chunk_cache_mb * 1024 * 1024, nursery=nursery)
+        probe = open_probe_cache(config, cache)
+        readers = ReaderPool(
+            resolver, cache_bytes=config.chunk_cache_mb * 1024 * 1024, nursery=nursery, probe=probe
+        )
         syncer = Syncer(client, cache, interval=config.sync_interval, max_delete_fraction=config.max_delete_fraction)
-        control = Control(namespace, syncer, client, cache, allow_delete=config.allow_delete)
+        control = Control(
+            namespace, syncer, client, cache, allow_delete=config.allow_delete, selection=config.selection, nursery=nursery
+        )
         ops = Operations(namespace, syncer, readers, control, allow_delete=config.allow_delete)
         syncer.on_change = ops.invalidate
         pyfuse3.init(ops, str(mountpoint), fuse_options(config))
@@ -190,6 +196,8 @@ async def _serve(config: Config, mountpoint: Path, client: RDClient, cache: Cach
             with trio.CancelScope(shield=True):
                 await readers.aclose()
             pyfuse3.close(unmount=True)
+            if probe is not None:
+                probe.close()
             log.info("unmounted %s", mountpoint)
 
 
