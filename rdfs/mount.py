@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pyfuse3
@@ -188,6 +189,8 @@ async def _serve(config: Config, mountpoint: Path, client: RDClient, cache: Cach
         try:
             nursery.start_soon(_tune_after_init, mountpoint, config.read_ahead_kb, config.max_background)
             nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
+            if sys.stderr.isatty():
+                nursery.start_soon(_show_progress, syncer)
             await nursery.start(syncer.run)
             await pyfuse3.main()
             # main() returns when the kernel unmounted us (fusermount -u): stop everything else.
@@ -199,6 +202,22 @@ async def _serve(config: Config, mountpoint: Path, client: RDClient, cache: Cach
             if probe is not None:
                 probe.close()
             log.info("unmounted %s", mountpoint)
+
+
+async def _show_progress(syncer: Syncer) -> None:
+    """On a terminal, a long first sync shows how many torrents are known and have their files."""
+    shown = False
+    while True:
+        status = syncer.status()
+        done = status["last_sync"] is not None and status["files_pending"] == 0
+        if shown or not done:
+            line = f"rdfs: {status['torrents_known']} torrents known, {status['torrents_with_files']} with files"
+            sys.stderr.write("\r" + line + ("\n" if done else ""))
+            sys.stderr.flush()
+            shown = True
+        if done:
+            return
+        await trio.sleep(1)
 
 
 async def _stop_on_signals(scope: trio.CancelScope) -> None:
