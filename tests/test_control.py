@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from rdfs.emulator import FileSpec
+from rdfs.emulator.bencode import encode
 from tests import mountutil
 
 pytestmark = pytest.mark.mount
@@ -21,24 +22,10 @@ pytestmark = pytest.mark.mount
 SLOW_SYNC = ("--sync-interval", "600")
 
 
-def bencode(value: object) -> bytes:
-    if isinstance(value, int):
-        return b"i%de" % value
-    if isinstance(value, str):
-        value = value.encode()
-    if isinstance(value, bytes):
-        return b"%d:%s" % (len(value), value)
-    if isinstance(value, list):
-        return b"l" + b"".join(bencode(v) for v in value) + b"e"
-    if isinstance(value, dict):
-        return b"d" + b"".join(bencode(k) + bencode(value[k]) for k in sorted(value)) + b"e"
-    raise TypeError(value)
-
-
 def make_torrent(name: str, size: int = 123_456) -> tuple[bytes, str]:
     """A small single-file .torrent and its info hash."""
     info = {"name": name, "piece length": 16384, "length": size, "pieces": b"\0" * 20 * (size // 16384 + 1)}
-    return bencode({"announce": "http://tracker.invalid/announce", "info": info}), hashlib.sha1(bencode(info)).hexdigest()
+    return encode({"announce": "http://tracker.invalid/announce", "info": info}), hashlib.sha1(encode(info)).hexdigest()
 
 
 def fake_hash(label: str) -> str:
