@@ -60,6 +60,11 @@ FIXED_DIRS = (
     (CONTROL_INODE, "top:.rdfs", ROOT_INODE, CONTROL_DIR),
 )
 
+# Keys of the library views (rdfs.views): ``view:<dir>`` for a view's directory, ``v:<dir>:<key>``
+# for the copy of the torrents/ entry ``<key>`` shown in it.
+VIEW_DIR_KEY_PREFIX = "view:"
+VIEW_KEY_PREFIX = "v:"
+
 # SQLite host parameters per statement stay well below the 32766 limit.
 _IN_CHUNK = 500
 
@@ -156,8 +161,17 @@ UPDATE entries SET nlink = 5 WHERE inode = {ROOT_INODE};
 UPDATE sqlite_sequence SET seq = {FIRST_DYNAMIC_INODE - 1} WHERE name = 'inodes';
 """
 
+_SCHEMA_V2 = """
+CREATE TABLE archives (
+    hoster_link TEXT PRIMARY KEY,  -- link of a RAR archive RD packed a torrent into
+    members     TEXT,              -- JSON list of its members (rdfs.rar.Member fields); NULL on error
+    error       TEXT,              -- why the members could not be listed; NULL when fine
+    indexed     REAL NOT NULL      -- UNIX time of the attempt
+);
+"""
+
 # Migration i (0-based) takes the schema from version i to i + 1. Append, never edit.
-MIGRATIONS: list[str] = [_SCHEMA_V1]
+MIGRATIONS: list[str] = [_SCHEMA_V1, _SCHEMA_V2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -432,8 +446,9 @@ class Cache:
                 (link.hoster_link, link.url, link.download_id, link.filesize, link.expires_at),
             )
             if link.filesize > 0:
+                # (Files inside an archive read the same link at an offset: their size is their own.)
                 self.conn.execute(
-                    "UPDATE entries SET size = ? WHERE hoster_link = ? AND file_id IS NULL "
+                    "UPDATE entries SET size = ? WHERE hoster_link = ? AND file_id IS NULL AND link_offset = 0 "
                     "AND torrent_id IS NOT NULL AND kind = 'file' AND size != ?",
                     (link.filesize, link.hoster_link, link.filesize),
                 )
@@ -452,6 +467,36 @@ class Cache:
             ):
                 sizes[link] = size
         return sizes
+
+    # --- RAR archives of packed torrents --------------------------------------------------------
+
+    def archives_to_index(self) -> list[tuple[str, str]]:
+        """(torrent id, link) of shown single-archive packed torrents whose members are unknown."""
+        rows = self.conn.execute(
+            "SELECT t.id, t.links FROM torrents t WHERE t.status = 'downloaded' AND t.info_key IS NOT NULL "
+            "AND json_array_length(t.links) = 1 "
+            "AND (SELECT count(*) FROM files f WHERE f.torrent_id = t.id AND f.selected) > 1 "
+            "AND NOT EXISTS (SELECT 1 FROM archives a WHERE a.hoster_link = json_extract(t.links, '$[0]')) ORDER BY t.added DESC"
+        )
+        return [(torrent_id, json.loads(links)[0]) for torrent_id, links in rows]
+
+    def put_archive(self, hoster_link: str, members: list[dict[str, Any]] | None, error: str | None = None) -> None:
+        with self.transaction():
+            self.conn.execute(
+                "INSERT OR REPLACE INTO archives (hoster_link, members, error, indexed) VALUES (?, ?, ?, ?)",
+                (hoster_link, None if members is None else json.dumps(members), error, time.time()),
+            )
+
+    def archive_members(self, hoster_links: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+        """The listed members of the archives behind ``hoster_links`` (those indexed without error)."""
+        found: dict[str, list[dict[str, Any]]] = {}
+        for link in hoster_links:
+            row = self.conn.execute(
+                "SELECT members FROM archives WHERE hoster_link = ? AND members IS NOT NULL", (link,)
+            ).fetchone()
+            if row is not None:
+                found[link] = json.loads(row[0])
+        return found
 
     def purge_expired_links(self, now: float | None = None) -> int:
         with self.transaction():
@@ -512,12 +557,13 @@ class Cache:
             )
         return [_torrent(row) for row in rows]
 
-    def shown_torrents(self) -> list[ListedTorrent]:
-        """The downloaded torrents, with just what their directories need (cheap for big libraries)."""
+    def shown_torrents(self, statuses: Sequence[str] = ("downloaded",)) -> list[ListedTorrent]:
+        """The downloaded torrents (those in ``statuses``), with just what their directories need."""
+        marks = ",".join("?" * len(statuses))
         return [
             ListedTorrent(*row)
             for row in self.conn.execute(
-                "SELECT id, filename, status, added, ended FROM torrents WHERE status = 'downloaded'"
+                f"SELECT id, filename, status, added, ended FROM torrents WHERE status IN ({marks})", tuple(statuses)
             )
         ]
 
@@ -737,8 +783,10 @@ class Cache:
         for entry in stored:
             # Removing a directory removes what is below it (a torrent's subtree goes with it).
             if entry.key.startswith("t:"):
+                # (Its copies in the views go with the views' own refresh, which reports them.)
                 below = self.conn.execute(
-                    "DELETE FROM entries WHERE torrent_id = ? AND inode != ? RETURNING inode",
+                    "DELETE FROM entries WHERE torrent_id = ? AND inode != ? AND NOT EXISTS (SELECT 1 FROM inodes i "
+                    f"WHERE i.inode = entries.inode AND i.key LIKE '{VIEW_KEY_PREFIX}%') RETURNING inode",
                     (entry.torrent_id, entry.inode),
                 ).fetchall()
                 changes.inodes.update(row[0] for row in below)
@@ -790,6 +838,22 @@ class Cache:
                 if (old.parent, old.name) != (parent, spec.name):
                     changes.entries.update({(old.parent, old.name), (parent, spec.name)})
                     changes.dirs.update({old.parent, parent})
+
+    def torrent_entries(self) -> list[EntrySpec]:
+        """Every entry of ``torrents/`` below the top (torrent directories and their subtrees)."""
+        rows = self.conn.execute(
+            "SELECT i.key, p.key, e.name, e.kind, e.size, e.mtime, e.nlink, e.torrent_id, e.file_id, e.download_id, "
+            "e.hoster_link, e.link_offset, e.files_pending FROM entries e JOIN inodes i ON i.inode = e.inode "
+            f"JOIN inodes p ON p.inode = e.parent WHERE e.torrent_id IS NOT NULL AND i.key NOT LIKE '{VIEW_KEY_PREFIX}%'"
+        )
+        return [
+            EntrySpec(
+                key=row[0], parent_key=row[1], name=row[2], kind=row[3], size=row[4], mtime=row[5], nlink=row[6],
+                torrent_id=row[7], file_id=row[8], download_id=row[9], hoster_link=row[10], link_offset=row[11],
+                files_pending=bool(row[12]),
+            )
+            for row in rows
+        ]  # fmt: skip
 
     def subdir_counts(self) -> dict[str, int]:
         """Subdirectories directly inside each torrent directory (for its ``nlink``)."""
@@ -848,7 +912,14 @@ class Scope:
 
     @classmethod
     def torrent_files(cls, torrent_id: str) -> Scope:
-        return cls("e.torrent_id = ? AND e.parent != ?", (torrent_id, TORRENTS_INODE))
+        return cls(
+            f"e.torrent_id = ? AND e.parent != ? AND i.key NOT LIKE '{VIEW_KEY_PREFIX}%'", (torrent_id, TORRENTS_INODE)
+        )
+
+    @classmethod
+    def views(cls) -> Scope:
+        """The library views: their top directories and the copies of torrents inside them."""
+        return cls(f"i.key LIKE '{VIEW_KEY_PREFIX}%' OR i.key LIKE '{VIEW_DIR_KEY_PREFIX}%'", ())
 
     @classmethod
     def downloads(cls) -> Scope:

@@ -26,6 +26,7 @@ from rdfs.tree import Node
 if TYPE_CHECKING:
     from rdfs.control import Control
     from rdfs.reader import FileHandle, ReaderPool
+    from rdfs.streaming import StreamingExtras
     from rdfs.sync import Syncer, TreeChange
     from rdfs.tree import Namespace
 
@@ -70,8 +71,10 @@ class Operations(pyfuse3.Operations):
         uid: int | None = None,
         gid: int | None = None,
         allow_delete: bool = False,
+        extras: StreamingExtras | None = None,
     ) -> None:
         super().__init__()
+        self.extras = extras
         self.namespace = namespace
         self.files = files
         self.readers = readers
@@ -85,6 +88,11 @@ class Operations(pyfuse3.Operations):
         # through handles that are already open until the kernel forgets the inode.
         self._lookups: dict[int, int] = {}
         self._retained: dict[int, Node] = {}
+
+    @property
+    def open_files(self) -> int:
+        """Handles the kernel holds open (media and control files)."""
+        return len(self._open)
 
     # --- helpers -----------------------------------------------------------------------------
 
@@ -215,7 +223,15 @@ class Operations(pyfuse3.Operations):
     # --- extended attributes ------------------------------------------------------------------
 
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        value = self._node(inode).xattrs.get(os.fsdecode(name))
+        node = self._node(inode)
+        key = os.fsdecode(name)
+        value = node.xattrs.get(key)
+        extras = self.extras
+        if value is None and extras is not None and key in extras.names and node.hoster_link and not node.link_offset:
+            try:
+                value = await extras.get(key, node.hoster_link)  # RD's streaming data, on demand
+            except RDError as exc:
+                log.info("%s of %s unavailable: %s", key, node.name, exc)
         if value is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return value.encode()

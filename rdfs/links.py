@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import urlsplit
 
+import stamina
 import trio
 
 from rdfs.api.errors import (
@@ -24,6 +26,7 @@ from rdfs.api.errors import (
     BadToken,
     FairUsageLimit,
     InternalError,
+    NetworkError,
     RDError,
     ServiceUnavailable,
     SlowDown,
@@ -41,6 +44,9 @@ EXPIRY_MARGIN = 60.0
 # How long a link that RD refused stays refused without asking again (a media scanner would
 # otherwise unrestrict a dead file on every read).
 GONE_TTL = 300.0
+# How long an unrestrict keeps trying through rate limits, RD outages and network failures
+# before the read fails: a library scan must wait for the budget, not fail.
+BUSY_TIMEOUT = 300.0
 
 # API errors that say nothing about the link itself: the caller may try again later.
 _RETRYABLE: tuple[type[APIError], ...] = (
@@ -51,6 +57,9 @@ _RETRYABLE: tuple[type[APIError], ...] = (
     BadToken,
     FairUsageLimit,
 )
+# Failures that say RD (or the way to it) is busy right now: the unrestrict waits and tries again.
+# An unrestrict that may have reached RD is repeated too: at worst RD lists one more download.
+_BUSY: tuple[type[RDError], ...] = (TooManyRequests, SlowDown, ServiceUnavailable, InternalError, NetworkError)
 
 
 class LinkGone(RDError):
@@ -117,12 +126,20 @@ class LinkResolver:
         *,
         default_ttl: float = DEFAULT_TTL,
         gone_ttl: float = GONE_TTL,
+        busy_timeout: float = BUSY_TIMEOUT,
+        busy_wait_initial: float = 0.5,
+        busy_wait_max: float = 15.0,
     ) -> None:
         self.client = client
         self.store = store
         self.default_ttl = default_ttl
         self.gone_ttl = gone_ttl
+        self.busy_timeout = busy_timeout
+        self.busy_wait_initial = busy_wait_initial
+        self.busy_wait_max = busy_wait_max
         self.stats = ResolverStats()
+        # Told about every link RD refuses (the repair of dead torrents listens here).
+        self.on_gone: Callable[[str, LinkGone], None] | None = None
         self._links: dict[str, ResolvedLink] = {}
         self._gone: dict[str, tuple[float, LinkGone]] = {}  # hoster link -> (monotonic until, error)
         self._flights: dict[str, _Flight] = {}
@@ -184,7 +201,7 @@ class LinkResolver:
         if forced:
             self.stats.forced += 1
         try:
-            download = await self.client.unrestrict_link(hoster_link)
+            download = await self._unrestrict_waiting(hoster_link)
         except _RETRYABLE:
             raise
         except APIError as exc:
@@ -195,9 +212,32 @@ class LinkResolver:
             if self.store is not None:
                 self.store.drop_link(hoster_link)
             self._gone[hoster_link] = (time.monotonic() + self.gone_ttl, gone)
+            if self.on_gone is not None:
+                self.on_gone(hoster_link, gone)
             raise gone from None
         if not download.download:
             raise LinkGone(hoster_link, "RD returned no download URL")
+        return self._remember(hoster_link, download, forced)
+
+    async def _unrestrict_waiting(self, hoster_link: str) -> Download:
+        """``unrestrict_link``, retried with backoff while RD is busy, for up to ``busy_timeout``."""
+        try:
+            return await self.client.unrestrict_link(hoster_link)
+        except _BUSY as exc:
+            log.info("unrestrict of %s waits: %s", hoster_link, exc)
+        async for attempt in stamina.retry_context(
+            on=_BUSY,
+            attempts=None,
+            timeout=self.busy_timeout,
+            wait_initial=self.busy_wait_initial,
+            wait_max=self.busy_wait_max,
+            wait_jitter=self.busy_wait_initial,
+        ):
+            with attempt:
+                return await self.client.unrestrict_link(hoster_link)
+        raise AssertionError("unreachable: stamina re-raises the last failure")  # pragma: no cover
+
+    def _remember(self, hoster_link: str, download: Download, forced: bool) -> ResolvedLink:
         link = ResolvedLink(
             url=download.download,
             download_id=download.id,

@@ -6,7 +6,11 @@ unmount), by ``fusermount3 -u`` / ``rdfs umount`` from outside, or by an error.
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import errno
+import functools
+import json
 import logging
 import os
 import shutil
@@ -19,16 +23,21 @@ import pyfuse3
 import trio
 
 from rdfs.api.client import RDClient
+from rdfs.archives import ArchiveIndexer
 from rdfs.cache import Cache
 from rdfs.config import Config
 from rdfs.control import Control
 from rdfs.credentials import auth_for
 from rdfs.fs import Operations
+from rdfs.hooks import HookError, UpdateHook, load_hook
 from rdfs.links import LinkResolver
 from rdfs.probecache import open_probe_cache
 from rdfs.reader import ReaderPool
+from rdfs.repair import Repairer, RepairPolicy
+from rdfs.streaming import StreamingExtras
 from rdfs.sync import Syncer
 from rdfs.tree import Namespace
+from rdfs.views import Views, ViewsError, load_views
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +181,11 @@ async def run(config: Config, mountpoint: Path) -> None:
 
 async def _serve(config: Config, mountpoint: Path, client: RDClient, cache: Cache) -> None:
     namespace = Namespace(cache)
+    try:
+        views_config = load_views(config.config_path)
+        hook_config = load_hook(config.config_path)
+    except (ViewsError, HookError) as exc:
+        raise MountError(str(exc)) from None
     async with trio.open_nursery() as nursery:
         resolver = LinkResolver(client, cache, default_ttl=config.link_ttl)
         probe = open_probe_cache(config, cache)
@@ -182,16 +196,37 @@ async def _serve(config: Config, mountpoint: Path, client: RDClient, cache: Cach
         control = Control(
             namespace, syncer, client, cache, allow_delete=config.allow_delete, selection=config.selection, nursery=nursery
         )
-        ops = Operations(namespace, syncer, readers, control, allow_delete=config.allow_delete)
+        ops = Operations(
+            namespace, syncer, readers, control, allow_delete=config.allow_delete, extras=StreamingExtras(client, resolver)
+        )
         syncer.on_change = ops.invalidate
+        views = Views(cache, views_config, syncer.publish)
+        syncer.listeners.append(views.mark_dirty)
+        hook = UpdateHook(hook_config, mountpoint) if hook_config is not None else None
+        if hook is not None:
+            syncer.listeners.append(hook.on_change)
+            syncer.reporters["update_hook"] = lambda: dataclasses.asdict(hook.status)
+        repairer = Repairer(client, cache, syncer, RepairPolicy(enabled=config.repair, per_hour=config.repair_per_hour))
+        resolver.on_gone = repairer.link_gone
+        syncer.keep_dead = config.repair
+        syncer.reporters["repair"] = repairer.status
+        if probe is not None:
+            syncer.reporters["probe_cache"] = probe.status
+        archives = ArchiveIndexer(cache, readers, resolver, syncer.refresh_files, interval=config.sync_interval)
         pyfuse3.init(ops, str(mountpoint), fuse_options(config))
         log.info("mounted %s (api %s)", mountpoint, config.api_url)
         try:
             nursery.start_soon(_tune_after_init, mountpoint, config.read_ahead_kb, config.max_background)
             nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
+            nursery.start_soon(_report_on_signal, ops)
             if sys.stderr.isatty():
                 nursery.start_soon(_show_progress, syncer)
             await nursery.start(syncer.run)
+            nursery.start_soon(archives.run)
+            nursery.start_soon(views.run)
+            if hook is not None:
+                nursery.start_soon(hook.run)
+            nursery.start_soon(functools.partial(repairer.run, interval=max(config.sync_interval, 30.0)))
             await pyfuse3.main()
             # main() returns when the kernel unmounted us (fusermount -u): stop everything else.
             nursery.cancel_scope.cancel()
@@ -227,3 +262,23 @@ async def _stop_on_signals(scope: trio.CancelScope) -> None:
             scope.cancel()
             return
 
+
+
+def task_counts() -> collections.Counter[str]:
+    """The live trio tasks of this run, by name."""
+    counts: collections.Counter[str] = collections.Counter()
+    pending = [trio.lowlevel.current_root_task()]
+    while pending:
+        task = pending.pop()
+        counts[task.name] += 1
+        pending.extend(child for nursery in task.child_nurseries for child in nursery.child_tasks)
+    return counts
+
+
+async def _report_on_signal(ops: Operations) -> None:
+    """SIGUSR1 logs the live resources as one JSON line (leak hunting, ``scripts/soak``)."""
+    with trio.open_signal_receiver(signal.SIGUSR1) as signals:
+        async for _ in signals:
+            tasks = task_counts()
+            report = {"tasks": sum(tasks.values()), "open_files": ops.open_files, "by_task": dict(tasks)}
+            log.info("resources: %s", json.dumps(report, sort_keys=True))

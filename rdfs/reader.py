@@ -6,6 +6,10 @@ The model follows rclone's VFS cache and mountpoint-s3's prefetcher:
   ``(FileSource.key, block index)``, shared by every handle of a file and bounded in memory
   (LRU). A block being downloaded is *pending*: it has a ``trio.Event`` that readers wait on, so
   two readers never download the same block at the same time.
+* Under it, an optional persistent :class:`~rdfs.probecache.ProbeCache` keeps the head and
+  tail blocks of every file on disk (what media scanners probe). A block found in either tier
+  needs no download, and a read served entirely from them starts no read-ahead: a rescan of an
+  unchanged library sends nothing to the network.
 * A first or random read downloads just the blocks it covers with one bounded ``Range`` request
   (media scanners read a head and a few tail ranges: no read-ahead for them).
 * A read that continues the previous one (within ``BACK_TOLERANCE``/``FORWARD_TOLERANCE``, as
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sqlite3
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 
@@ -38,6 +43,7 @@ import trio
 
 from rdfs.api.errors import NetworkError, RDError
 from rdfs.links import LinkGone, LinkResolver, ResolvedLink
+from rdfs.probecache import ProbeCache, file_key
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +105,7 @@ class ReaderStats:
     streams: int = 0  # read-ahead streams started
     reconnects: int = 0  # downloads resumed after a dropped connection
     link_refreshes: int = 0  # links unrestricted again after the server refused them
+    probe_hits: int = 0  # blocks read from the persistent probe cache
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -142,13 +149,17 @@ class _File:
     source: FileSource
     handles: int = 0
     pending: dict[int, trio.Event] = field(default_factory=dict)
+    # Blocks of this file held by the persistent probe cache (loaded when the file is opened).
+    stored: set[int] = field(default_factory=set)
     # Blocks are cached per file *and* source: a file whose size or link changed starts afresh.
     cache_key: str = field(init=False)
+    probe_key: str = field(init=False)
     blocks: int = field(init=False)
 
     def __post_init__(self) -> None:
         source = self.source
         self.cache_key = f"{source.key}\0{source.hoster_link}\0{source.offset}\0{source.size}"
+        self.probe_key = file_key(source.hoster_link, source.offset, source.size)
         self.blocks = (source.size + BLOCK_SIZE - 1) // BLOCK_SIZE
 
 
@@ -189,9 +200,9 @@ class _Transfer:
 
     def claim(self, first: int, stop: int) -> None:
         """Promise the blocks ``[first, stop)`` that are neither cached nor pending elsewhere."""
-        pending, key, cache = self.file.pending, self.file.cache_key, self.pool.cache
+        pending, available = self.file.pending, self.pool._available
         for index in range(first, stop):
-            if index not in pending and (key, index) not in cache:
+            if index not in pending and not available(self.file, index):
                 event = pending[index] = trio.Event()
                 self.owned[index] = event
 
@@ -237,7 +248,7 @@ class _Transfer:
     def _deliver(self, data: bytes) -> None:
         index = self.pos // BLOCK_SIZE
         self.pos += len(data)
-        self.pool.cache.put(self.file.cache_key, index, data)
+        self.pool._store(self.file, index, data)
         if self.collected is not None:
             self.collected[index] = data
         event = self.owned.pop(index, None)
@@ -254,12 +265,12 @@ class _Transfer:
         """How many blocks from ``pos`` on are cached or being fetched by someone else (<= limit)."""
         if self.buf:
             return 0
-        key, cache, pending = self.file.cache_key, self.pool.cache, self.file.pending
+        available, pending = self.pool._available, self.file.pending
         index = self.pos // BLOCK_SIZE
         count = 0
         while count < limit and index + count < self.file.blocks:
             block = index + count
-            if (key, block) in cache:
+            if available(self.file, block):
                 event = self.owned.pop(block, None)
                 if event is not None:  # somebody else delivered what we promised
                     if pending.get(block) is event:
@@ -427,20 +438,27 @@ class FileHandle:
         if not sequential:
             self._run_start = offset
         self._last_end = end
-        if sequential and end < self.source.size and self.pool.nursery is not None:
+        # A read served entirely from the caches (e.g. a rescan hitting the probe cache) needs no
+        # read-ahead: a stream starts with the first read that has to download.
+        if (
+            sequential
+            and end < self.source.size
+            and self.pool.nursery is not None
+            and not all(self.pool._available(self.file, i) for i in range(first, (end - 1) // BLOCK_SIZE + 1))
+        ):
             if stream is not None:
                 stream.cancel()
             self._stream = self.pool._start_stream(self, first * BLOCK_SIZE, end, self._run_start)
 
     async def _collect(self, first: int, last: int) -> list[bytes]:
-        key, cache, pending, stats = self.file.cache_key, self.pool.cache, self.file.pending, self.pool.stats
+        pool, file, pending, stats = self.pool, self.file, self.file.pending, self.pool.stats
         out: list[bytes] = []
         fetched: dict[int, bytes] = {}
         index = first
         while index <= last:
             data = fetched.pop(index, None)
             if data is None:
-                data = cache.get(key, index)
+                data = pool._cached(file, index)
                 if data is not None:
                     stats.cache_hits += 1
             if data is not None:
@@ -453,7 +471,7 @@ class FileHandle:
                 await event.wait()
                 continue
             stop = last
-            while stop > index and ((key, stop) in cache or stop in pending):
+            while stop > index and (pool._available(file, stop) or stop in pending):
                 stop -= 1
             stats.cache_misses += stop - index + 1
             fetched.update(await self.pool._fetch(self.file, index, stop + 1))
@@ -492,8 +510,10 @@ class ReaderPool:
         retry_wait_max: float = 2.0,
         idle_release: float = 10.0,
         range_discard_limit: int = RANGE_DISCARD_LIMIT,
+        probe: ProbeCache | None = None,
     ) -> None:
         self.resolver = resolver
+        self.probe = probe
         self._owns_http = http is None
         self.http = http or httpx.AsyncClient(
             timeout=DEFAULT_TIMEOUT,
@@ -547,6 +567,8 @@ class ReaderPool:
         file = self._files.get(source.key)
         if file is None or file.source != source:
             file = self._files[source.key] = _File(source)
+            if self.probe is not None:
+                file.stored = self.probe.blocks(file.probe_key)
         file.handles += 1
         return FileHandle(self, file)
 
@@ -558,6 +580,36 @@ class ReaderPool:
     @property
     def cached_bytes(self) -> int:
         return self.cache.size
+
+    # --- the two cache tiers: memory (every block) and disk (head and tail blocks) ------------------
+
+    def _available(self, file: _File, index: int) -> bool:
+        """Whether block ``index`` can be read without a download."""
+        return index in file.stored or (file.cache_key, index) in self.cache
+
+    def _cached(self, file: _File, index: int) -> bytes | None:
+        data = self.cache.get(file.cache_key, index)
+        if data is None and index in file.stored:
+            assert self.probe is not None
+            data = self.probe.get(file.probe_key, index)
+            if data is None:  # evicted from disk since the file was opened
+                file.stored.discard(index)
+            else:
+                self.stats.probe_hits += 1
+                self.cache.put(file.cache_key, index, data)
+        return data
+
+    def _store(self, file: _File, index: int, data: bytes) -> None:
+        """A downloaded block: into memory, and into the probe cache when it is a head or tail block."""
+        self.cache.put(file.cache_key, index, data)
+        probe = self.probe
+        if probe is not None and index not in file.stored and probe.wants(file.source.size, index):
+            try:
+                probe.put(file.probe_key, index, data)
+            except sqlite3.Error as exc:  # a full or broken disk costs the cache, never the read
+                log.warning("probe cache: cannot store a block of %s: %s", file.source.name, exc)
+                return
+            file.stored.add(index)
 
     # --- downloads -------------------------------------------------------------------------------
 

@@ -72,6 +72,7 @@ class TreeChange:
     entries: list[tuple[int, str]]  # (parent inode, name) that appeared, vanished or was renamed
     inodes: list[int]  # inodes whose attributes changed
     paths: list[str]  # directories (relative to the mountpoint) whose listing changed
+    origin: str = "sync"  # what made the change: "sync", or e.g. "views" for a derived one
 
 
 @dataclass
@@ -122,6 +123,13 @@ class Syncer:
         self.page_size = page_size
         self.batch_size = batch_size
         self.namespace = Namespace(cache)
+        # Dead torrents stay in the tree (unreadable) while a repair may bring them back: a media
+        # server must not see a movie vanish in between. Set by the mount when repair is on.
+        self.keep_dead = False
+        # Called after on_change with every change (views, the library update hook, ...).
+        self.listeners: list[Callable[[TreeChange], None]] = []
+        # Extra sections of status(): name -> what to show (repair, probe cache, update hook, ...).
+        self.reporters: dict[str, Callable[[], Any]] = {}
         self._lists = {"torrents": _ListState(), "downloads": _ListState()}
         self._wake = trio.Event()
         self._force_full = False
@@ -220,6 +228,7 @@ class Syncer:
             ],
             "pending_deletions": {kind: len(ids) for kind, ids in self._pending_deletions.items() if ids},
             "recent_errors": list(self._errors),
+            **{name: report() for name, report in self.reporters.items()},
         }
 
     # --- ticks ----------------------------------------------------------------------------
@@ -411,9 +420,10 @@ class Syncer:
     async def _rebuild_torrent_dirs(self) -> Changes:
         """Bring ``torrents/`` in line with the cached downloaded torrents."""
         # Each step blocks the loop for a while on a big library: let FUSE requests in between.
-        torrents = self.cache.shown_torrents()
+        statuses = (STATUS_DOWNLOADED, "dead") if self.keep_dead else (STATUS_DOWNLOADED,)
+        torrents = self.cache.shown_torrents(statuses)
         await trio.sleep(0)
-        specs = torrent_dir_specs(torrents, self.cache.torrents_with_files(), self.cache.subdir_counts())
+        specs = torrent_dir_specs(torrents, self.cache.torrents_with_files(), self.cache.subdir_counts(), statuses)
         await trio.sleep(0)
         diff = self.cache.diff_entries(Scope.torrent_dirs(), specs)
         await trio.sleep(0)
@@ -524,20 +534,40 @@ class Syncer:
             done.set()
 
     def _store_info(self, info: TorrentInfo) -> Changes:
-        specs = torrent_file_specs(info, self.cache.link_sizes(info.links))
+        specs = torrent_file_specs(info, self.cache.link_sizes(info.links), self.cache.archive_members(info.links))
         return self.cache.store_info(info, specs)
+
+    async def adopt(self, info: TorrentInfo) -> None:
+        """Store and show a torrent obtained elsewhere (a repair's replacement), without API calls."""
+        self._emit(self._store_info(info))
+        self._emit(await self._rebuild_torrent_dirs())
+
+    def refresh_files(self, torrent_id: str) -> None:
+        """Rebuild a torrent's subtree from the cache (e.g. after its archive was indexed); no API call."""
+        info = self.cache.files_of(torrent_id)
+        if info is not None:
+            self._emit(self._store_info(info))
 
     # --- reporting ------------------------------------------------------------------------
 
     def _emit(self, changes: Changes) -> None:
-        if not changes or self.on_change is None:
+        self.publish(changes)
+
+    def publish(self, changes: Changes, origin: str = "sync") -> None:
+        """Report a change of the tree to ``on_change`` and the listeners."""
+        if not changes or (self.on_change is None and not self.listeners):
             return
         paths = sorted(p for p in (self.namespace.path(inode) for inode in changes.dirs) if p is not None)
-        change = TreeChange(entries=sorted(changes.entries), inodes=sorted(changes.inodes | changes.dirs), paths=paths)
-        try:
-            self.on_change(change)
-        except Exception:
-            log.exception("on_change callback failed")
+        change = TreeChange(
+            entries=sorted(changes.entries), inodes=sorted(changes.inodes | changes.dirs), paths=paths, origin=origin
+        )
+        for callback in [self.on_change, *self.listeners]:
+            if callback is None:
+                continue
+            try:
+                callback(change)
+            except Exception:
+                log.exception("tree change callback failed")
 
     def _note_error(self, where: str, error: BaseException | str) -> None:
         self._errors.append({"time": time.time(), "where": where, "error": str(error)})

@@ -23,6 +23,10 @@ Naming rules (a public interface):
   than selected files, RD packed it into RAR volumes: the directory then holds one file per
   link, ``<torrent name>.rar`` or ``<torrent name>.partN.rar``, whose size is exact once the
   link was unrestricted (until then a single volume shows the torrent's size, several show 0).
+  For a single-volume RAR5 archive, once its headers were read (:mod:`rdfs.archives`), every
+  member stored without compression also appears at its path, as a regular file that reads its
+  byte range of the archive; compressed, encrypted or split members are reachable only through
+  the ``.rar`` (open it with an archive tool).
 * ``downloads/`` shows one file per hoster link (the oldest ``/downloads`` entry of it; RD adds
   an entry on every unrestrict).
 """
@@ -31,7 +35,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -143,14 +147,17 @@ def torrent_key(torrent_id: str) -> str:
 
 
 def torrent_dir_specs(
-    torrents: Iterable[Torrent | ListedTorrent], with_files: set[str], subdirs: Mapping[str, int] | None = None
+    torrents: Iterable[Torrent | ListedTorrent],
+    with_files: set[str],
+    subdirs: Mapping[str, int] | None = None,
+    statuses: Collection[str] = (STATUS_DOWNLOADED,),
 ) -> list[EntrySpec]:
-    """The directories of ``torrents/``: one per downloaded torrent.
+    """The directories of ``torrents/``: one per downloaded torrent (per torrent in ``statuses``).
 
     ``with_files``: ids whose file list is cached (the others are ``files_pending``);
     ``subdirs``: subdirectories directly inside each torrent directory (for ``nlink``).
     """
-    shown = [t for t in torrents if t.status == STATUS_DOWNLOADED]
+    shown = [t for t in torrents if t.status in statuses]
     names = assign_names(
         NameCandidate(
             key=torrent_key(t.id),
@@ -177,22 +184,62 @@ def torrent_dir_specs(
     ]
 
 
-def torrent_file_specs(info: TorrentInfo, link_sizes: Mapping[str, int] | None = None) -> list[EntrySpec]:
+@dataclass(frozen=True, slots=True)
+class _Leaf:
+    """A file to place below a torrent's directory, at its path inside the torrent."""
+
+    key: str
+    path: str
+    size: int
+    tag: str  # tells it apart on a name collision
+    order: int
+    file_id: int | None = None
+    hoster_link: str | None = None
+    link_offset: int = 0
+
+
+def torrent_file_specs(
+    info: TorrentInfo,
+    link_sizes: Mapping[str, int] | None = None,
+    archives: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+) -> list[EntrySpec]:
     """Everything below a torrent's directory: its selected files and their subdirectories.
 
     The i-th selected file reads ``links[i]``. With fewer links than selected files the torrent
-    is RAR-packed: one ``.rar`` volume per link (``link_sizes`` gives sizes learnt from unrestricts).
+    is RAR-packed: one ``.rar`` volume per link (``link_sizes`` gives sizes learnt from
+    unrestricts), plus, for a single archive whose members are known (``archives``: hoster link
+    -> members as :class:`rdfs.rar.Member` fields), every *stored* member as a regular file that
+    reads its byte range of the archive. Compressed, encrypted or split members are not shown:
+    only the ``.rar`` gives access to them.
     """
     selected = info.selected_files
     if len(info.links) < len(selected):
-        return _packed_specs(info, link_sizes or {})
+        return _packed_specs(info, link_sizes or {}, archives or {})
+    leaves = [
+        _Leaf(
+            key=f"f:{info.id}:{file.id}",
+            path=file.path,
+            size=file.bytes,
+            tag=str(file.id),
+            order=file.id,
+            file_id=file.id,
+            hoster_link=info.links[index] if index < len(info.links) else None,
+        )
+        for index, file in enumerate(selected)
+    ]
+    return _subtree(info, leaves)
+
+
+def _subtree(info: TorrentInfo, leaves: Sequence[_Leaf], taken: Sequence[EntrySpec] = ()) -> list[EntrySpec]:
+    """Entries for ``leaves`` and the directories of their paths (``taken``: other entries of the
+    torrent's directory, whose names come first)."""
     root = torrent_key(info.id)
     mtime = torrent_mtime(info)
     dirs: dict[str, EntrySpec] = {}
-    files: list[tuple[EntrySpec, int]] = []
-    for index, file in enumerate(selected):
-        raw_parts = [part for part in file.path.split("/") if part]
-        leaf = safe_name(raw_parts[-1] if raw_parts else "", fallback=f"file {file.id}")
+    files: list[tuple[EntrySpec, _Leaf]] = []
+    for leaf in leaves:
+        raw_parts = [part for part in leaf.path.split("/") if part]
+        name = safe_name(raw_parts[-1] if raw_parts else "", fallback=f"file {leaf.tag}")
         parts = [safe_name(part, is_dir=True) for part in raw_parts[:-1]]
         parent = root
         for depth in range(len(parts)):
@@ -203,22 +250,25 @@ def torrent_file_specs(info: TorrentInfo, link_sizes: Mapping[str, int] | None =
                 )
             parent = key
         spec = EntrySpec(
-            key=f"f:{info.id}:{file.id}",
+            key=leaf.key,
             parent_key=parent,
-            name=leaf,
+            name=name,
             kind="file",
-            size=file.bytes,
+            size=leaf.size,
             mtime=mtime,
             torrent_id=info.id,
-            file_id=file.id,
-            hoster_link=info.links[index] if index < len(info.links) else None,
+            file_id=leaf.file_id,
+            hoster_link=leaf.hoster_link,
+            link_offset=leaf.link_offset,
         )
-        files.append((spec, file.id))
+        files.append((spec, leaf))
     by_parent: dict[str, list[NameCandidate]] = defaultdict(list)
+    for spec in taken:
+        by_parent[spec.parent_key].append(NameCandidate(spec.key, spec.name, "rar", False, (-1, spec.key)))
     for spec in dirs.values():
         by_parent[spec.parent_key].append(NameCandidate(spec.key, spec.name, "dir", True, (0, spec.key)))
-    for spec, file_id in files:
-        by_parent[spec.parent_key].append(NameCandidate(spec.key, spec.name, str(file_id), False, (1, file_id)))
+    for spec, leaf in files:
+        by_parent[spec.parent_key].append(NameCandidate(spec.key, spec.name, leaf.tag, False, (1, leaf.order)))
     names: dict[str, str] = {}
     for candidates in by_parent.values():
         names.update(assign_names(candidates))
@@ -230,7 +280,9 @@ def torrent_file_specs(info: TorrentInfo, link_sizes: Mapping[str, int] | None =
     return specs
 
 
-def _packed_specs(info: TorrentInfo, link_sizes: Mapping[str, int]) -> list[EntrySpec]:
+def _packed_specs(
+    info: TorrentInfo, link_sizes: Mapping[str, int], archives: Mapping[str, Sequence[Mapping[str, Any]]]
+) -> list[EntrySpec]:
     base = safe_name(info.filename, is_dir=True, fallback=info.id)
     count = len(info.links)
     width = len(str(count))
@@ -250,7 +302,24 @@ def _packed_specs(info: TorrentInfo, link_sizes: Mapping[str, int]) -> list[Entr
                 hoster_link=link,
             )
         )
-    return specs
+    members = archives.get(info.links[0], ()) if count == 1 else ()
+    leaves = [
+        _Leaf(
+            key=f"a:{info.id}:{member['name']}",
+            path=member["name"],
+            size=member["size"],
+            tag=str(number),
+            order=number,
+            hoster_link=info.links[0],
+            link_offset=member["data_offset"],
+        )
+        for number, member in enumerate(members, start=1)
+        if member["stored"] and not member["is_dir"]
+    ]
+    if not leaves:
+        return specs
+    inner = _subtree(info, leaves, taken=specs)
+    return specs + inner
 
 
 def download_specs(downloads: Iterable[Download]) -> list[EntrySpec]:

@@ -402,6 +402,32 @@ async def test_drop_mid_body_errors_and_ignore_range(emulator: Emulator, rd: htt
         assert whole.content == emulator.file_bytes(torrent_id, 1)
 
 
+async def test_shifted_content_range(emulator: Emulator, rd: httpx.AsyncClient) -> None:
+    torrent_id = emulator.add_torrent("Shifted", [FileSpec("/s.bin", 3 * BLOCK_SIZE)])
+    url = (await first_download(emulator, rd, torrent_id))["download"]
+    emulator.faults.content_range_shift = 1000
+    async with httpx.AsyncClient(timeout=10) as http:
+        shifted = await http.get(url, headers={"Range": "bytes=5000-5099"})
+        near_start = await http.get(url, headers={"Range": "bytes=10-19"})
+    assert shifted.status_code == 206 and shifted.headers["content-range"] == f"bytes 4000-4099/{3 * BLOCK_SIZE}"
+    assert shifted.content == emulator.file_bytes(torrent_id, 1, 4000, 100)
+    assert near_start.headers["content-range"] == f"bytes 0-9/{3 * BLOCK_SIZE}"
+
+
+async def test_malformed_json(emulator: Emulator, rd: httpx.AsyncClient) -> None:
+    add_movie(emulator)
+    emulator.faults.malformed_json_rate = 1.0
+    cut = await rd.get("/torrents")
+    assert cut.status_code == 200 and cut.headers["content-type"] == "application/json"
+    with pytest.raises(ValueError):
+        cut.json()
+    assert (await rd.get("/torrents/info/NOSUCHTORRENT")).json()["error_code"] == 7  # errors stay intact
+    assert emulator.counters["malformed_json"] == 1
+    assert emulator.counters["api_answered"] == 1  # a refusal is not an answer
+    emulator.faults.malformed_json_rate = 0.0
+    assert len((await rd.get("/torrents")).json()) == 1
+
+
 # ---------------------------------------------------------------- API faults, auth, limits
 
 
@@ -570,6 +596,16 @@ def test_cli_options_build_the_library(tmp_path: Path) -> None:
     assert all(path.startswith("/") for path in synthetic_paths)
     assert any(path.endswith(".mkv") for path in synthetic_paths)
 
+
+def test_download_base_url_points_real_files_at_a_static_server(tmp_path: Path) -> None:
+    (tmp_path / "Film (1999)").mkdir()
+    (tmp_path / "Film (1999)" / "film 1.mkv").write_bytes(b"abc")
+    args = ["--media", str(tmp_path), "--synthetic", "1", "--download-base-url", "http://127.0.0.1:9/files/"]
+    emu = build_emulator(build_parser().parse_args(args))
+    emu.base_url = "http://127.0.0.1:1"
+    film, synthetic = sorted((emu.torrent_json(i) for i in emu.torrent_ids()), key=lambda t: t["filename"] != "Film (1999)")
+    assert emu.unrestrict(film["links"][0]).download == "http://127.0.0.1:9/files/Film%20%281999%29/film%201.mkv"
+    assert emu.unrestrict(synthetic["links"][0]).download.startswith("http://127.0.0.1:1/d/")
 
 
 def test_subprocess_and_control_over_http(emulator_proc) -> None:  # type: ignore[no-untyped-def]

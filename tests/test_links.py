@@ -126,13 +126,30 @@ async def test_dead_link_raises_link_gone_and_is_remembered(emulator: Emulator, 
 
 async def test_outage_is_retryable_not_gone(emulator: Emulator, rd: RDClient, cache: Cache) -> None:
     _, link = hoster_link(emulator)
-    resolver = LinkResolver(rd, cache)
+    resolver = LinkResolver(rd, cache, busy_timeout=0.3, busy_wait_initial=0.02, busy_wait_max=0.05)
     emulator.faults.api_down = True
     with pytest.raises(RDError) as caught:
         await resolver.resolve(link)
     assert not isinstance(caught.value, LinkGone)
     emulator.faults.api_down = False
     assert (await resolver.resolve(link)).filesize == 1000
+
+
+async def test_unrestrict_waits_through_a_short_outage(emulator: Emulator, rd: RDClient, cache: Cache) -> None:
+    """A read must wait for RD to come back, not fail: the unrestrict retries while RD is busy."""
+    _, link = hoster_link(emulator)
+    resolver = LinkResolver(rd, cache, busy_wait_initial=0.02, busy_wait_max=0.05)
+    emulator.faults.api_down = True
+
+    async def recover() -> None:
+        await trio.sleep(0.3)
+        emulator.faults.api_down = False
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(recover)
+        resolved = await resolver.resolve(link)
+    assert resolved.filesize == 1000
+    assert emulator.counters["POST /unrestrict/link"] >= 2
 
 
 async def test_cancelled_leader_does_not_strand_followers(emulator: Emulator, rd: RDClient, cache: Cache) -> None:

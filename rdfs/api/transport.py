@@ -75,6 +75,19 @@ def _scrub(text: str) -> str:
     return _QUERY_SECRET.sub(lambda m: m.group(1) + "=***", text)
 
 
+def _detail(exc: BaseException) -> str:
+    """The first non-empty message along the exception's causes (httpx often wraps a bare one,
+    e.g. an ``ssl.SSLCertVerificationError`` behind an empty ``ConnectError``)."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            break
+        if str(seen):
+            return str(seen)
+        seen = seen.__cause__ or seen.__context__
+    return "no detail"
+
+
 def _retry_after(response: httpx.Response) -> float | None:
     value = response.headers.get("retry-after")
     if value is None:
@@ -165,12 +178,13 @@ class Transport:
             )
         except httpx.TransportError as exc:
             reached = not isinstance(exc, _NOT_SENT)
-            detail = _scrub(str(exc)) or "no detail"
+            detail = _scrub(_detail(exc))
             log.warning("%s %s failed: %s: %s", method, endpoint, type(exc).__name__, detail)
             raise NetworkError(
                 f"{method} {endpoint}: {type(exc).__name__}: {detail}", reached=reached, endpoint=endpoint
             ) from exc
         if response.status_code in SUCCESS_STATUSES:
+            self.limiter.succeeded()
             return response
         error = error_for(response.status_code, response.content, endpoint=endpoint)
         if isinstance(error, TooManyRequests) or response.status_code == 429:

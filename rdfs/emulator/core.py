@@ -66,6 +66,12 @@ def _secret(length: int) -> str:
     return base64.b32encode(secrets.token_bytes(length)).decode()[:length]
 
 
+def _url_name(filename: str) -> str:
+    """The filename as the last URL segment; a name of dots is escaped so no client drops it."""
+    quoted = quote(filename, safe="")
+    return quoted.replace(".", "%2E") if quoted.strip(".") == "" else quoted
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -109,6 +115,11 @@ class Emulator:
         self.queue_time = queue_time
         self.download_time = download_time
         self.active_limit = active_limit
+        # When set, a link whose body is one real file under ``download_root`` is handed out as
+        # ``download_base_url/<path relative to download_root>`` (a static server such as nginx,
+        # for benchmarks); everything else stays served by the emulator.
+        self.download_base_url: str | None = None
+        self.download_root: Path | None = None
         self.faults = Faults(rate_limit_per_minute=rate_limit_per_minute)
         self.counters: collections.Counter[str] = collections.Counter()
         self.base_url = ""
@@ -582,7 +593,7 @@ class Emulator:
             filename=filename,
             filesize=sum(segment.size for segment in segments),
             link=HOSTER_LINK_PREFIX + link_id,
-            download=f"{self.base_url}/d/{download_id}/{quote(filename)}",
+            download=self._download_url(download_id, filename, segments),
             generated=_now(),
             expires_at=time.monotonic() + self.link_ttl,
             torrent_id=rec.id,
@@ -591,6 +602,15 @@ class Emulator:
         self._downloads[download_id] = entry
         self._urls[download_id] = entry
         return entry
+
+    def _download_url(self, download_id: str, filename: str, segments: tuple[Segment, ...]) -> str:
+        if self.download_base_url and self.download_root is not None and len(segments) == 1:
+            source = segments[0].source
+            root = self.download_root.resolve()
+            if source is not None and source.resolve().is_relative_to(root):
+                relative = source.resolve().relative_to(root).as_posix()
+                return f"{self.download_base_url.rstrip('/')}/{quote(relative)}"
+        return f"{self.base_url}/d/{download_id}/{_url_name(filename)}"
 
     def resolve_download(self, download_id: str) -> DownloadRec:
         """The entry behind a download URL, or ``DownloadUnavailable`` with RD's status."""

@@ -119,9 +119,19 @@ def api_route(emu: Emulator, method: str, path: str, handler: Handler, *, auth: 
                 return _injected_error(faults.api_error_status)
             if auth:
                 emu.authenticate(bearer(request))
-            return await handler(request)
+            response = await handler(request)
         except Refusal as refusal:
             return refusal_response(refusal)
+        emu.counters["api_answered"] += 1  # requests that got past faults, limits and auth
+        if (
+            faults.malformed_json_rate > 0
+            and response.status_code == 200
+            and response.media_type == "application/json"
+            and emu.rng.random() < faults.malformed_json_rate
+        ):
+            emu.counters["malformed_json"] += 1
+            return Response(response.body[: len(response.body) // 2], media_type="application/json")
+        return response
 
     return Route(path, endpoint, methods=[method])
 

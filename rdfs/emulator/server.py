@@ -27,6 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--link-ttl", type=float, default=4 * 3600, metavar="S", help="download URL lifetime")
     parser.add_argument("--api-latency", type=float, default=0.0, metavar="S", help="seconds added to API answers")
     parser.add_argument("--download-latency", type=float, default=0.0, metavar="S", help="time to first byte")
+    parser.add_argument(
+        "--download-base-url",
+        metavar="URL",
+        help="hand out URL/<path under --media DIR> for real files (a static server such as nginx serves them)",
+    )
     parser.add_argument("--rate-limit", type=int, metavar="N", help="API requests per minute (default: none)")
     parser.add_argument("--log-level", default="WARNING", help="logging level (default: WARNING)")
     return parser
@@ -38,6 +43,9 @@ def build_emulator(args: argparse.Namespace) -> Emulator:
     emu.faults.download_latency = args.download_latency
     if args.media is not None:
         emu.add_media_dir(args.media)
+        if args.download_base_url:
+            emu.download_base_url = args.download_base_url
+            emu.download_root = args.media
     if args.synthetic:
         emu.add_synthetic_library(args.synthetic)
     return emu

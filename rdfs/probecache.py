@@ -1,0 +1,178 @@
+"""A persistent, bounded cache of the head and tail blocks of files: what media scanners read.
+
+Plex, Jellyfin and Kodi probe every file of a library (ffprobe reads the head and, for an MP4
+with its index at the end, the tail) and do it again on every rescan. This cache keeps the
+blocks of the first ``head_bytes`` and the last ``tail_bytes`` of every file read through the
+mount in one SQLite database, so a rescan of an unchanged library is served from disk: no
+unrestrict, no request to a download server.
+
+A file is identified by what its bytes are, not by its inode: ``hoster link, offset inside the
+link's content, size``; RD content behind a hoster link never changes. The total size is bounded
+(``max_bytes``): the files used least recently are evicted whole. The database holds no secret
+(no download URL), only file content.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rdfs.cache import Cache
+    from rdfs.config import Config
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+DB_NAME = "probe.db"
+DEFAULT_MAX_BYTES = 4096 * MiB
+DEFAULT_HEAD_BYTES = 32 * MiB
+DEFAULT_TAIL_BYTES = 16 * MiB
+# Eviction frees down to this fraction of max_bytes, so it does not run on every store.
+_EVICT_TO = 0.9
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    file  TEXT PRIMARY KEY,  -- identity: hoster link, offset in the link's content, size
+    bytes INTEGER NOT NULL,  -- bytes of this file's blocks stored
+    used  REAL NOT NULL      -- UNIX time of the last open (eviction order)
+);
+CREATE INDEX IF NOT EXISTS files_used ON files(used);
+CREATE TABLE IF NOT EXISTS blocks (
+    file TEXT NOT NULL,      -- files.file
+    idx  INTEGER NOT NULL,   -- block index inside the file (offset // block size)
+    data BLOB NOT NULL,      -- the block's bytes (the last block of a file may be short)
+    PRIMARY KEY (file, idx)
+);
+"""
+
+
+def file_key(hoster_link: str, offset: int, size: int) -> str:
+    """The identity of a file's bytes (stable across syncs, restarts and renames)."""
+    return f"{hoster_link}#{offset}#{size}"
+
+
+@dataclass
+class ProbeStats:
+    hits: int = 0  # blocks served from disk
+    stored: int = 0  # blocks written
+    evicted_files: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class ProbeCache:
+    """``blocks(key)``, ``get(key, index)``, ``put(key, index, data)``; bounded by ``max_bytes``."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        block_size: int,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        head_bytes: int = DEFAULT_HEAD_BYTES,
+        tail_bytes: int = DEFAULT_TAIL_BYTES,
+    ) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.block_size = block_size
+        self.max_bytes = max_bytes
+        self.head_bytes = head_bytes
+        self.tail_bytes = tail_bytes
+        self.stats = ProbeStats()
+        self.conn = sqlite3.connect(str(self.path), isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.executescript(_SCHEMA)
+        self.size = self.conn.execute("SELECT coalesce(sum(bytes), 0) FROM files").fetchone()[0]
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def wants(self, file_size: int, index: int) -> bool:
+        """Whether block ``index`` of a ``file_size``-byte file lies in its head or tail."""
+        if self.max_bytes <= 0:
+            return False
+        start = index * self.block_size
+        return start < self.head_bytes or start + self.block_size > file_size - self.tail_bytes
+
+    def blocks(self, key: str) -> set[int]:
+        """The stored block indices of a file; marks the file as just used."""
+        indices = {row[0] for row in self.conn.execute("SELECT idx FROM blocks WHERE file = ?", (key,))}
+        if indices:
+            self.conn.execute("UPDATE files SET used = ? WHERE file = ?", (time.time(), key))
+        return indices
+
+    def get(self, key: str, index: int) -> bytes | None:
+        row = self.conn.execute("SELECT data FROM blocks WHERE file = ? AND idx = ?", (key, index)).fetchone()
+        if row is None:
+            return None
+        self.stats.hits += 1
+        return bytes(row[0])
+
+    def put(self, key: str, index: int, data: bytes) -> None:
+        """Store one block (replacing an equal one is harmless); evicts old files when full."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            old = self.conn.execute(
+                "SELECT length(data) FROM blocks WHERE file = ? AND idx = ?", (key, index)
+            ).fetchone()
+            grown = len(data) - (old[0] if old else 0)
+            self.conn.execute(
+                "INSERT OR REPLACE INTO blocks (file, idx, data) VALUES (?, ?, ?)", (key, index, data)
+            )
+            self.conn.execute(
+                "INSERT INTO files (file, bytes, used) VALUES (?, ?, ?) "
+                "ON CONFLICT (file) DO UPDATE SET bytes = bytes + excluded.bytes, used = excluded.used",
+                (key, grown, time.time()),
+            )
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+        self.size += grown
+        self.stats.stored += 1
+        if self.size > self.max_bytes:
+            self._evict(keep=key)
+
+    def _evict(self, keep: str) -> None:
+        target = int(self.max_bytes * _EVICT_TO)
+        victims = self.conn.execute("SELECT file, bytes FROM files WHERE file != ? ORDER BY used", (keep,)).fetchall()
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            for file, size in victims:
+                if self.size <= target:
+                    break
+                self.conn.execute("DELETE FROM blocks WHERE file = ?", (file,))
+                self.conn.execute("DELETE FROM files WHERE file = ?", (file,))
+                self.size -= size
+                self.stats.evicted_files += 1
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+        log.debug("probe cache: evicted down to %d bytes", self.size)
+
+    def status(self) -> dict[str, int]:
+        files = self.conn.execute("SELECT count(*) FROM files").fetchone()[0]
+        return {"files": files, "bytes": self.size, "max_bytes": self.max_bytes, **self.stats.as_dict()}
+
+
+def open_probe_cache(config: Config, cache: Cache) -> ProbeCache | None:
+    """The account's probe cache (``<cache dir>/<user id>/probe.db``), or None when disabled."""
+    from rdfs.reader import BLOCK_SIZE  # the reader imports this module: import at call time
+
+    if config.probe_cache_mb <= 0:
+        return None
+    return ProbeCache(
+        cache.path.parent / DB_NAME,
+        block_size=BLOCK_SIZE,
+        max_bytes=config.probe_cache_mb * MiB,
+        head_bytes=config.probe_head_mb * MiB,
+        tail_bytes=config.probe_tail_mb * MiB,
+    )

@@ -1,0 +1,342 @@
+"""Library views: directories beside ``torrents/`` that group torrents for media servers.
+
+Each view is a top-level directory (``movies/``, ``shows/`` …) holding, for every torrent it
+matches, a copy of the torrent's directory from ``torrents/`` (same names, own inodes, stable
+across restarts), without junk: samples and ``.txt``/``.nfo``/``.exe``… files are hidden by
+default, and a packed torrent whose archive members are shown loses its ``.rar``.
+
+Views belong to *groups*; within a group the views are tried in order and a torrent lands in
+the first that matches, so each torrent is in at most one view per group (exactly one when the
+group ends with a view without rules, as the default ``movies`` does). A view's rules must all
+hold: ``name`` (regex on the torrent name), ``file`` (regex matching at least one file name),
+``min_size_gb`` / ``max_size_gb`` (the torrent's selected bytes), ``has_episodes`` (SxxEyy,
+1x02, "Season 2", "S02" in a name), ``added_within_days``.
+
+Configured in the ``[views]`` table of ``config.toml`` (see docs/CONFIG.md for an example);
+without one, the group ``library`` holds ``shows`` (has_episodes) then ``movies`` (the rest).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import tomllib
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from rdfs.cache import (
+    ROOT_INODE,
+    TORRENTS_INODE,
+    VIEW_DIR_KEY_PREFIX,
+    VIEW_KEY_PREFIX,
+    Cache,
+    Changes,
+    EntrySpec,
+    Scope,
+)
+from rdfs.sync import TreeChange
+from rdfs.tree import safe_name
+
+log = logging.getLogger(__name__)
+
+GiB = 1024**3
+DEFAULT_JUNK = (
+    r"(?i)(^|[^a-z0-9])sample([^a-z0-9]|$)",
+    r"(?i)\.(txt|nfo|exe|com|bat|scr|lnk|url|sfv|md5|sha1|nzb|par2|ini|db|dat|log|html?|torrent)$",
+)
+_EPISODES = re.compile(
+    r"(?i)(\bS\d{1,2}[ ._-]?E\d{1,3}\b|\b\d{1,2}x\d{2,3}\b|\bseason[ ._-]?\d{1,2}\b|\bS\d{1,2}\b|"
+    r"\bcomplete[ ._-]series\b|\bepisode[ ._-]?\d{1,3}\b)"
+)
+_RESERVED = {"torrents", "downloads", ".rdfs"}
+
+
+class ViewsError(Exception):
+    """The ``[views]`` configuration is invalid; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class View:
+    path: str  # directory name at the top of the mount
+    group: str = "library"
+    name: re.Pattern[str] | None = None
+    file: re.Pattern[str] | None = None
+    min_size: int | None = None
+    max_size: int | None = None
+    has_episodes: bool | None = None
+    added_within: float | None = None  # seconds
+
+    def matches(self, torrent: TorrentFacts, now: float) -> bool:
+        if self.name is not None and not self.name.search(torrent.name):
+            return False
+        if self.file is not None and not any(self.file.search(f) for f in torrent.files):
+            return False
+        if self.min_size is not None and torrent.size < self.min_size:
+            return False
+        if self.max_size is not None and torrent.size > self.max_size:
+            return False
+        if self.has_episodes is not None and has_episodes(torrent) != self.has_episodes:
+            return False
+        if self.added_within is not None and (torrent.added is None or now - torrent.added > self.added_within):
+            return False
+        return True
+
+
+@dataclass(frozen=True)
+class ViewsConfig:
+    views: tuple[View, ...] = ()
+    junk: tuple[re.Pattern[str], ...] = ()  # empty: nothing hidden
+
+    def groups(self) -> dict[str, list[View]]:
+        grouped: dict[str, list[View]] = defaultdict(list)
+        for view in self.views:
+            grouped[view.group].append(view)
+        return grouped
+
+
+DEFAULT_VIEWS = ViewsConfig(
+    views=(View("shows", has_episodes=True), View("movies")),
+    junk=tuple(re.compile(p) for p in DEFAULT_JUNK),
+)
+
+
+@dataclass(frozen=True)
+class TorrentFacts:
+    """What the rules look at."""
+
+    id: str
+    name: str
+    size: int
+    added: float | None
+    files: tuple[str, ...]  # file names (not paths)
+
+
+def has_episodes(torrent: TorrentFacts) -> bool:
+    """The default show classifier: an episode or season marker in the torrent or a file name."""
+    return bool(_EPISODES.search(torrent.name.replace("_", " "))) or any(
+        _EPISODES.search(name.replace("_", " ")) for name in torrent.files
+    )
+
+
+def _regex(table: dict[str, Any], key: str) -> re.Pattern[str] | None:
+    value = table.get(key)
+    if value is None:
+        return None
+    try:
+        return re.compile(str(value))
+    except re.error as exc:
+        raise ViewsError(f"views: invalid {key} regex {value!r}: {exc}") from None
+
+
+def _number(table: dict[str, Any], key: str, scale: float) -> Any:
+    value = table.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ViewsError(f"views: {key} must be a number, got {value!r}")
+    return value * scale
+
+
+_VIEW_KEYS = {"path", "group", "name", "file", "min_size_gb", "max_size_gb", "has_episodes", "added_within_days"}
+
+
+def parse_views(table: dict[str, Any]) -> ViewsConfig:
+    """The ``[views]`` table of config.toml (see the module doc)."""
+    if not table.get("enabled", True):
+        return ViewsConfig()
+    junk_patterns = table.get("junk", list(DEFAULT_JUNK)) if table.get("hide_junk", True) else []
+    try:
+        junk = tuple(re.compile(p) for p in junk_patterns)
+    except (re.error, TypeError) as exc:
+        raise ViewsError(f"views: invalid junk pattern: {exc}") from None
+    dirs = table.get("dir")
+    if dirs is None:
+        return replace(DEFAULT_VIEWS, junk=junk)
+    views = []
+    seen: set[str] = set()
+    for entry in dirs:
+        unknown = set(entry) - _VIEW_KEYS
+        if unknown:
+            raise ViewsError(f"views: unknown key(s) {', '.join(sorted(unknown))} in [[views.dir]]")
+        path = safe_name(str(entry.get("path", "")), is_dir=True)
+        if not entry.get("path") or path in _RESERVED or path in seen:
+            raise ViewsError(f"views: bad or duplicate view path {entry.get('path')!r}")
+        seen.add(path)
+        episodes = entry.get("has_episodes")
+        views.append(
+            View(
+                path=path,
+                group=str(entry.get("group", "library")),
+                name=_regex(entry, "name"),
+                file=_regex(entry, "file"),
+                min_size=_number(entry, "min_size_gb", GiB),
+                max_size=_number(entry, "max_size_gb", GiB),
+                has_episodes=None if episodes is None else bool(episodes),
+                added_within=_number(entry, "added_within_days", 86400.0),
+            )
+        )
+    return ViewsConfig(views=tuple(views), junk=junk)
+
+
+def load_views(path: Path | None) -> ViewsConfig:
+    """The views configured in ``path`` (config.toml); the defaults when it has no ``[views]``."""
+    if path is None or not path.exists():
+        return DEFAULT_VIEWS
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ViewsError(f"cannot read {path}: {exc}") from None
+    table = data.get("views")
+    if table is None:
+        return DEFAULT_VIEWS
+    if not isinstance(table, dict):
+        raise ViewsError(f"{path}: [views] must be a table")
+    return parse_views(table)
+
+
+def classify(config: ViewsConfig, torrent: TorrentFacts, now: float) -> list[View]:
+    """The views showing ``torrent``: the first match of each group."""
+    chosen = []
+    for views in config.groups().values():
+        match = next((view for view in views if view.matches(torrent, now)), None)
+        if match is not None:
+            chosen.append(match)
+    return chosen
+
+
+def view_specs(
+    config: ViewsConfig, torrents: Iterable[TorrentFacts], entries: Sequence[EntrySpec], now: float
+) -> list[EntrySpec]:
+    """Every entry of every view: the view directories, and the filtered copies of torrent subtrees.
+
+    ``entries``: the ``torrents/`` entries (:meth:`Cache.torrent_entries`). Pure: no I/O.
+    """
+    specs = [
+        EntrySpec(key=VIEW_DIR_KEY_PREFIX + v.path, parent_key="root", name=v.path, kind="dir", nlink=2)
+        for v in config.views
+    ]
+    by_torrent: dict[str, list[EntrySpec]] = defaultdict(list)
+    for entry in entries:
+        by_torrent[entry.torrent_id or ""].append(entry)
+    subdirs: dict[str, int] = defaultdict(int)
+    for torrent in torrents:
+        subtree = by_torrent.get(torrent.id)
+        if not subtree:
+            continue
+        kept = _without_junk(config, subtree)
+        for view in classify(config, torrent, now):
+            prefix = f"{VIEW_KEY_PREFIX}{view.path}:"
+            top = VIEW_DIR_KEY_PREFIX + view.path
+            for entry in kept:
+                at_top = entry.key.startswith("t:")
+                specs.append(
+                    replace(entry, key=prefix + entry.key, parent_key=top if at_top else prefix + entry.parent_key)
+                )
+                if at_top:
+                    subdirs[top] += 1
+    return [replace(s, nlink=2 + subdirs[s.key]) if s.key in subdirs else s for s in specs]
+
+
+def _without_junk(config: ViewsConfig, subtree: Sequence[EntrySpec]) -> list[EntrySpec]:
+    """A torrent's entries minus junk files, a shown archive's ``.rar``, and directories left empty."""
+    has_members = any(e.key.startswith("a:") for e in subtree)
+
+    def junk(entry: EntrySpec) -> bool:
+        if has_members and entry.key.startswith("r:"):
+            return True
+        return any(p.search(entry.name) for p in config.junk)
+
+    files = [e for e in subtree if e.kind == "file" and not junk(e)]
+    dirs = {e.key: e for e in subtree if e.kind == "dir"}
+    needed: set[str] = set()
+    for entry in files:
+        parent = entry.parent_key
+        while parent in dirs and parent not in needed:
+            needed.add(parent)
+            parent = dirs[parent].parent_key
+    # The torrent directory stays (a pending one has no files yet); a junk-named subdirectory goes.
+    kept_dirs = [
+        d for d in dirs.values() if d.key.startswith("t:") or (d.key in needed and not any(p.search(d.name) for p in config.junk))
+    ]
+    kept_keys = {d.key for d in kept_dirs}
+    files = [f for f in files if f.parent_key in kept_keys]
+    # A directory's nlink counts the subdirectories that stay.
+    sub_count: dict[str, int] = defaultdict(int)
+    for d in kept_dirs:
+        sub_count[d.parent_key] += 1
+    return [replace(d, nlink=2 + sub_count[d.key]) for d in kept_dirs] + files
+
+
+class Views:
+    """Keeps the view directories in step with ``torrents/``: ``refresh()`` after a change."""
+
+    def __init__(
+        self, cache: Cache, config: ViewsConfig, publish: Callable[[Changes, str], None] | None = None
+    ) -> None:
+        self.cache = cache
+        self.config = config
+        self.publish = publish
+        self._dirty = trio.Event()
+
+    def mark_dirty(self, change: TreeChange | None = None) -> None:
+        """``torrents/`` changed: refresh soon (coalescing bursts). A listener of the syncer."""
+        if change is None or change.origin != "views":
+            self._dirty.set()
+
+    def refresh(self) -> Changes:
+        """Recompute every view and apply the difference in one transaction (no await inside)."""
+        entries = self.cache.torrent_entries()
+        facts = self._facts(entries)
+        specs = view_specs(self.config, facts, entries, time.time())
+        diff = self.cache.diff_entries(Scope.views(), specs)
+        if not diff:
+            return Changes()
+        changes = self.cache.apply_diff(diff)
+        if any(e.key.startswith(VIEW_DIR_KEY_PREFIX) for e in diff.remove) or any(
+            s.key.startswith(VIEW_DIR_KEY_PREFIX) and s.key not in diff.existing for s in diff.upsert
+        ):
+            self.cache.refresh_dir(ROOT_INODE)
+            changes.inodes.add(ROOT_INODE)
+        log.info("views: %d entries added or changed, %d removed", len(diff.upsert), len(diff.remove))
+        if self.publish is not None:
+            self.publish(changes, "views")
+        return changes
+
+    def _facts(self, entries: Sequence[EntrySpec]) -> list[TorrentFacts]:
+        names: dict[str, list[str]] = defaultdict(list)
+        for entry in entries:
+            if entry.kind == "file" and entry.torrent_id:
+                names[entry.torrent_id].append(entry.name)
+        rows = self.cache.conn.execute(
+            "SELECT e.torrent_id, t.filename, t.bytes, t.added FROM entries e JOIN torrents t ON t.id = e.torrent_id "
+            "WHERE e.parent = ?",
+            (TORRENTS_INODE,),
+        )
+        return [TorrentFacts(tid, name, size, added, tuple(names.get(tid, ()))) for tid, name, size, added in rows]
+
+    async def run(self, *, settle: float = 0.2, interval: float = 3600.0) -> None:
+        """Refresh after changes (once they settle for ``settle`` s) and every ``interval`` s
+        (rules like ``added_within_days`` change with time alone).
+
+        A refresh recomputes every view and blocks the loop while it runs (a fraction of a second
+        for thousands of torrents); during a big first sync, refreshes are spaced to take at most
+        a fifth of the time.
+        """
+        while True:
+            started = trio.current_time()
+            try:
+                self.refresh()
+            except Exception:  # a bug here must not take the mount down; torrents/ still works
+                log.exception("views refresh failed")
+            took = trio.current_time() - started
+            with trio.move_on_after(interval):
+                await self._dirty.wait()
+            await trio.sleep(max(settle, 4 * took))
+            self._dirty = trio.Event()
+

@@ -1,0 +1,206 @@
+"""The files the benchmark reads, made once and kept in the bench cache directory.
+
+* ``Seq/big.bin``: real bytes (the emulator's synthetic content, so any range can be checked),
+  ``Shaped/shaped.bin`` the same kind, smaller (the shaped link runs at 25 MB/s);
+* sparse files (holes read as zeros) for time to first byte, random reads, streaming, parallel;
+* ``Scan/``: a media library whose heads and tails are real and whose bodies are holes: real
+  MP4s (moov at the end) and MKVs made by ffmpeg, each grown to hundreds of MiB to GiBs by
+  growing its ``mdat`` (MP4: the moov moves to the tail, its sample offsets stay valid) or by an
+  EBML Void element (MKV: the Segment size is patched), so ffprobe sees a valid file;
+* ``meta/``: on tmpfs, N directories of 5 empty sparse files, the shape of a big RD library.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import struct
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from rdfs.emulator.content import synthetic_bytes
+
+MiB = 1 << 20
+GiB = 1 << 30
+SEED = "rdfs-bench"
+JELLYFIN_FFPROBE = ["-analyzeduration", "200M", "-probesize", "1G", "-threads", "0", "-v", "warning",
+                    "-print_format", "json", "-show_streams", "-show_chapters", "-show_format"]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Library:
+    media: Path  # nginx /media/ and the emulator's --media
+    meta: Path  # nginx /meta/ (tmpfs)
+    seq: Path
+    shaped: Path
+    random: Path
+    stream: Path
+    parallel: list[Path]
+    ttfb: list[Path]
+    scan: list[Path]
+    probe_bytes: dict[str, int]  # scan file name -> bytes ffprobe reads from it (local file)
+    meta_files: int
+
+
+def _write_synthetic(path: Path, size: int) -> None:
+    if path.exists() and path.stat().st_size == size:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    with open(partial, "wb") as out:
+        for offset in range(0, size, 16 * MiB):
+            out.write(synthetic_bytes(SEED, offset, min(16 * MiB, size - offset)))
+    partial.rename(path)
+
+
+def expected(offset: int, length: int) -> bytes:
+    """What ``Seq/big.bin`` and ``Shaped/shaped.bin`` hold at ``offset``."""
+    return synthetic_bytes(SEED, offset, length)
+
+
+def _sparse(path: Path, size: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists() or path.stat().st_size != size:
+        with open(path, "wb") as out:
+            out.truncate(size)
+    return path
+
+
+# --- real media, grown with holes ----------------------------------------------------------------
+
+TEMPLATES = {
+    "h264-aac.mp4": ["-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac"],
+    "mpeg4-mp3.mp4": ["-c:v", "mpeg4", "-c:a", "libmp3lame"],
+    "h264-aac.mkv": ["-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac"],
+    "h264-2audio.mkv": ["-map", "0:v", "-map", "1:a", "-map", "1:a", "-c:v", "libx264", "-preset", "ultrafast",
+                        "-c:a", "aac"],  # fmt: skip
+}
+
+
+def _template(directory: Path, name: str, codec_args: list[str]) -> Path:
+    path = directory / name
+    if not path.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["ffmpeg", "-loglevel", "error", "-y",
+             "-f", "lavfi", "-i", "testsrc=duration=20:size=640x360:rate=25",
+             "-f", "lavfi", "-i", "sine=frequency=440:duration=20",
+             *codec_args, "-shortest", str(path.with_suffix(".tmp" + path.suffix))],  # fmt: skip
+            check=True,
+        )
+        path.with_suffix(".tmp" + path.suffix).rename(path)
+    return path
+
+
+def _boxes(data: bytes) -> list[tuple[bytes, int, int]]:
+    """Top-level MP4 boxes: (type, offset, size)."""
+    boxes, offset = [], 0
+    while offset + 8 <= len(data):
+        size, kind = struct.unpack(">I4s", data[offset : offset + 8])
+        if size == 1:
+            size = struct.unpack(">Q", data[offset + 8 : offset + 16])[0]
+        boxes.append((kind, offset, size))
+        offset += size
+    return boxes
+
+
+def _grow_mp4(template: bytes, out: Path, size: int) -> None:
+    boxes = _boxes(template)
+    kinds = [kind for kind, _, _ in boxes]
+    free, mdat = kinds.index(b"free"), kinds.index(b"mdat")
+    assert mdat == free + 1 and boxes[free][2] == 8, kinds
+    _, mdat_at, mdat_size = boxes[mdat]
+    head, payload, tail = template[: boxes[free][1]], template[mdat_at + 8 : mdat_at + mdat_size], template[mdat_at + mdat_size :]
+    hole = size - len(template)
+    # free(8) + mdat(8) become one 64-bit mdat header (16): payload and sample offsets stay put.
+    header = struct.pack(">I4sQ", 1, b"mdat", 16 + len(payload) + hole)
+    with open(out, "wb") as handle:
+        handle.write(head + header + payload)
+        handle.seek(hole, os.SEEK_CUR)
+        handle.write(tail)
+
+
+def _grow_mkv(template: bytes, out: Path, size: int) -> None:
+    segment = template.index(b"\x18\x53\x80\x67")
+    assert template[segment + 4] == 0x01, "expected an 8-byte Segment size"
+    old = int.from_bytes(template[segment + 5 : segment + 12], "big")
+    hole = size - len(template) - 9
+    patched = bytearray(template)
+    patched[segment + 5 : segment + 12] = (old + 9 + hole).to_bytes(7, "big")
+    void = b"\xec\x01" + hole.to_bytes(7, "big")  # EBML Void, 8-byte size: its body is the hole
+    with open(out, "wb") as handle:
+        handle.write(bytes(patched) + void)
+        handle.truncate(size)
+
+
+def _scan_library(root: Path, count: int, template_dir: Path) -> list[Path]:
+    templates = {name: _template(template_dir, name, args) for name, args in TEMPLATES.items()}
+    rng = random.Random(42)
+    files = []
+    for index in range(count):
+        name = list(templates)[index % len(templates)]
+        show = f"Show.{index // 10:02d}"
+        out = root / show / f"{show}.E{index % 10:02d}.{name}"
+        files.append(out)
+        size = rng.randrange(600 * MiB, 4 * GiB)
+        if out.exists() and out.stat().st_size == size:
+            continue
+        out.parent.mkdir(parents=True, exist_ok=True)
+        template = templates[name].read_bytes()
+        (_grow_mp4 if name.endswith(".mp4") else _grow_mkv)(template, out, size)
+    return files
+
+
+def _probe_bytes(files: list[Path], cache_file: Path) -> dict[str, int]:
+    """Bytes ffprobe (Jellyfin's arguments) reads from each local file: libavformat's own count."""
+    known = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+    for path in files:
+        if path.name not in known:
+            result = subprocess.run(
+                ["ffprobe", *JELLYFIN_FFPROBE, "-v", "debug", "-i", str(path)], capture_output=True, text=True
+            )
+            counts = re.findall(r"Statistics: (\d+) bytes read", result.stderr)
+            if result.returncode != 0 or not counts:
+                raise RuntimeError(f"ffprobe cannot read the bench file {path}: {result.stderr[-500:]}")
+            known[path.name] = sum(map(int, counts))
+    cache_file.write_text(json.dumps(known))
+    return {path.name: known[path.name] for path in files}
+
+
+def _meta_tree(root: Path, directories: int) -> int:
+    marker = root.with_name(f"{root.name}.complete-{directories}")
+    if not marker.exists():
+        subprocess.run(["rm", "-rf", str(root), *map(str, root.parent.glob(f"{root.name}.complete-*"))], check=True)
+        for index in range(directories):
+            directory = root / f"Bulk.Release.{index:06d}"
+            directory.mkdir(parents=True)
+            for part in range(1, 6):
+                with open(directory / f"Bulk.Release.{index:06d}.part{part}.mkv", "wb") as handle:
+                    handle.truncate(100 * MiB)
+        marker.touch()
+    return directories * 5
+
+
+def build(cache: Path, meta_root: Path, *, seq_size: int, shaped_size: int, ttfb_files: int, scan_files: int,
+          meta_dirs: int) -> Library:  # fmt: skip
+    media = cache / "www" / "media"
+    seq, shaped = media / "Seq" / "big.bin", media / "Shaped" / "shaped.bin"
+    _write_synthetic(seq, seq_size)
+    _write_synthetic(shaped, shaped_size)
+    scan = _scan_library(media / "Scan", scan_files, cache / "templates")
+    return Library(
+        media=media,
+        meta=meta_root,
+        seq=seq,
+        shaped=shaped,
+        random=_sparse(media / "Random" / "random.bin", 4 * GiB),
+        stream=_sparse(media / "Stream" / "movie.mkv", 8 * GiB),
+        parallel=[_sparse(media / "Parallel" / f"p{i}.bin", 64 * MiB) for i in range(8)],
+        ttfb=[_sparse(media / "TTFB" / f"t{i:03d}.bin", GiB + i) for i in range(ttfb_files)],
+        scan=scan,
+        probe_bytes=_probe_bytes(scan, cache / "probe-bytes.json"),
+        meta_files=_meta_tree(meta_root, meta_dirs),
+    )
