@@ -54,7 +54,7 @@ class UsageError(Exception):
 def _add_connection_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-url", help="RD REST base URL (env RDFS_API_URL)")
     parser.add_argument("--oauth-url", help="RD OAuth base URL (env RDFS_OAUTH_URL)")
-    parser.add_argument("--token", help="private API token (env RD_API_TOKEN; default: stored login)")
+    parser.add_argument("--token", help="private API token (safer: env RD_API_TOKEN or `rdfs login`; command lines are visible to all users)")
     parser.add_argument("--config", type=Path, help="config file (default $XDG_CONFIG_HOME/rdfs/config.toml)")
 
 
@@ -131,12 +131,14 @@ def _daemonize(args: argparse.Namespace, config: configuration.Config, mountpoin
 
     log_file = config.log_file or config.cache_dir / "rdfs.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "rdfs"] + [a for a in sys.argv[1:] if a not in ("--foreground", "-f")]
+    argv = [sys.executable, "-m", "rdfs"] + _without_token([a for a in sys.argv[1:] if a not in ("--foreground", "-f")])
+    # The token reaches the child through its environment: a command line is readable by every user.
+    env = dict(os.environ, RD_API_TOKEN=config.token) if config.token else None
     if "--log-file" not in argv:
         argv += ["--log-file", str(log_file)]
     argv.insert(argv.index("mount") + 1, "--foreground")
     with open(os.devnull, "rb") as devnull, open(log_file, "ab") as out:
-        child = subprocess.Popen(argv, stdin=devnull, stdout=out, stderr=out, start_new_session=True)
+        child = subprocess.Popen(argv, stdin=devnull, stdout=out, stderr=out, start_new_session=True, env=env)
     deadline = time.monotonic() + MOUNT_WAIT
     while time.monotonic() < deadline:
         if mount.is_fuse_mount(mountpoint):
@@ -146,6 +148,19 @@ def _daemonize(args: argparse.Namespace, config: configuration.Config, mountpoin
             raise UsageError(f"mount failed: {_last_error(log_file)} (see {log_file})")
         time.sleep(0.1)
     raise UsageError(f"mount did not appear within {MOUNT_WAIT:.0f}s (see {log_file})")
+
+
+def _without_token(args: list[str]) -> list[str]:
+    kept: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--token":
+            skip = True
+        elif not arg.startswith("--token="):
+            kept.append(arg)
+    return kept
 
 
 def _last_error(log_file: Path) -> str:

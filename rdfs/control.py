@@ -467,6 +467,8 @@ class Control:
             return
         if not self._reachable:
             return
+        # A failed refresh is remembered too, so status reads during an outage stay fast.
+        self._traffic_at = trio.current_time()
         with trio.move_on_after(TRAFFIC_TIMEOUT):
             try:
                 hosts = await self.client.traffic()

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from rdfs.emulator import FileSpec
@@ -41,11 +42,15 @@ def test_daemon_mode_mounts_and_umount_stops_it(emulator_proc, tmp_path):
     emulator_proc.control.add_torrent("Daemon Test", [FileSpec("/d.bin", 4096)])
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
-    env = {"RDFS_API_URL": emulator_proc.api_url, "RD_API_TOKEN": emulator_proc.token, "RDFS_CONFIG": str(tmp_path / "none.toml")}
+    env = {"RDFS_API_URL": emulator_proc.api_url, "RD_API_TOKEN": "", "RDFS_CONFIG": str(tmp_path / "none.toml")}
     try:
-        result = rdfs("mount", "--cache-dir", str(tmp_path / "cache"), str(mountpoint), env=env)
+        token = emulator_proc.token
+        result = rdfs("mount", "--token", token, "--cache-dir", str(tmp_path / "cache"), str(mountpoint), env=env)
         assert result.returncode == 0, result.stderr
         assert is_fuse_mount(mountpoint)
+        # The daemon got the token through its environment, not a command line others can read.
+        daemons = [p for p in psutil.process_iter(["cmdline"]) if str(mountpoint) in " ".join(p.info["cmdline"] or [])]
+        assert daemons and not any(token in " ".join(p.info["cmdline"]) for p in daemons)
         mountutil.wait_for(lambda: (mountpoint / "torrents" / "Daemon Test" / "d.bin").exists(), what="file")
         data = (mountpoint / "torrents" / "Daemon Test" / "d.bin").read_bytes()
         assert data == emulator_proc.control.file_bytes(emulator_proc.control.torrent_ids()[0], 1)
