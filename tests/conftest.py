@@ -15,6 +15,10 @@ from dataclasses import dataclass, field
 import pytest
 import trio
 
+from rdfs.api.auth import StaticToken
+from rdfs.api.client import RDClient
+from rdfs.api.transport import RetryPolicy
+from rdfs.cache import Cache
 from rdfs.emulator import Emulator
 from rdfs.emulator.control import EmulatorControl
 
@@ -105,3 +109,23 @@ def emulator_module() -> Iterator[EmulatorProcess]:
     """An emulator subprocess shared by the tests of one module."""
     with running_emulator() as emu:
         yield emu
+
+
+@pytest.fixture
+def cache_db(tmp_path) -> Iterator[Cache]:
+    """A metadata cache in a fresh SQLite file."""
+    cache = Cache(tmp_path / "rdfs.db")
+    try:
+        yield cache
+    finally:
+        cache.close()
+
+
+@pytest.fixture
+async def rd_client(emulator: Emulator) -> AsyncIterator[RDClient]:
+    """A client of the in-process emulator that fails at once instead of retrying."""
+    retry = RetryPolicy(max_retries=0, wait_initial=0, wait_max=0, wait_jitter=0)
+    async with RDClient(
+        api_url=emulator.api_url, oauth_url=emulator.oauth_url, auth=StaticToken(emulator.token), retry=retry
+    ) as client:
+        yield client

@@ -14,9 +14,7 @@ import rarfile
 import trio
 
 from rdfs import rar
-from rdfs.api.auth import StaticToken
 from rdfs.api.client import RDClient
-from rdfs.api.transport import RetryPolicy
 from rdfs.archives import ArchiveIndexer
 from rdfs.cache import Cache
 from rdfs.emulator import Emulator, FileSpec
@@ -94,25 +92,18 @@ class Env:
 
 
 @pytest.fixture
-async def env(emulator: Emulator, tmp_path: Path) -> AsyncIterator[Env]:
-    retry = RetryPolicy(max_retries=0, wait_initial=0, wait_max=0, wait_jitter=0)
-    cache = Cache(tmp_path / "rdfs.db")
-    try:
-        async with RDClient(
-            api_url=emulator.api_url, oauth_url=emulator.oauth_url, auth=StaticToken(emulator.token), retry=retry
-        ) as rd:
-            async with trio.open_nursery() as nursery:
-                resolver = LinkResolver(rd, cache)
-                pool = ReaderPool(resolver, nursery=nursery)
-                syncer = Syncer(rd, cache)
-                indexer = ArchiveIndexer(cache, pool, resolver, syncer.refresh_files)
-                try:
-                    yield Env(emulator, cache, syncer, pool, indexer)
-                finally:
-                    await pool.aclose()
-                    nursery.cancel_scope.cancel()
-    finally:
-        cache.close()
+async def env(emulator: Emulator, rd_client: RDClient, cache_db: Cache) -> AsyncIterator[Env]:
+    rd, cache = rd_client, cache_db
+    async with trio.open_nursery() as nursery:
+        resolver = LinkResolver(rd, cache)
+        pool = ReaderPool(resolver, nursery=nursery)
+        syncer = Syncer(rd, cache)
+        indexer = ArchiveIndexer(cache, pool, resolver, syncer.refresh_files)
+        try:
+            yield Env(emulator, cache, syncer, pool, indexer)
+        finally:
+            await pool.aclose()
+            nursery.cancel_scope.cancel()
 
 
 def tree_of(namespace: Namespace, inode: int, prefix: str = "") -> dict[str, object]:

@@ -5,16 +5,13 @@ from __future__ import annotations
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
 import trio
 import trio.testing
 
-from rdfs.api.auth import StaticToken
 from rdfs.api.client import RDClient
-from rdfs.api.transport import RetryPolicy
 from rdfs.cache import Cache
 from rdfs.emulator import Emulator, FileSpec
 from rdfs.links import LinkGone, LinkResolver
@@ -47,23 +44,16 @@ class Env:
 
 
 @pytest.fixture
-async def env(emulator: Emulator, tmp_path: Path) -> AsyncIterator[Env]:
-    retry = RetryPolicy(max_retries=0, wait_initial=0, wait_max=0, wait_jitter=0)
-    cache = Cache(tmp_path / "rdfs.db")
-    try:
-        async with RDClient(
-            api_url=emulator.api_url, oauth_url=emulator.oauth_url, auth=StaticToken(emulator.token), retry=retry
-        ) as rd:
-            async with trio.open_nursery() as nursery:
-                resolver = LinkResolver(rd, cache)
-                pool = ReaderPool(resolver, nursery=nursery, retry_wait_initial=0.01, retry_wait_max=0.05)
-                try:
-                    yield Env(emulator, rd, cache, resolver, pool, nursery)
-                finally:
-                    await pool.aclose()
-                    nursery.cancel_scope.cancel()
-    finally:
-        cache.close()
+async def env(emulator: Emulator, rd_client: RDClient, cache_db: Cache) -> AsyncIterator[Env]:
+    rd, cache = rd_client, cache_db
+    async with trio.open_nursery() as nursery:
+        resolver = LinkResolver(rd, cache)
+        pool = ReaderPool(resolver, nursery=nursery, retry_wait_initial=0.01, retry_wait_max=0.05)
+        try:
+            yield Env(emulator, rd, cache, resolver, pool, nursery)
+        finally:
+            await pool.aclose()
+            nursery.cancel_scope.cancel()
 
 
 async def read_all(handle, size: int, chunk: int) -> bytes:  # type: ignore[no-untyped-def]

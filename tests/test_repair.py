@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import trio
 
-from rdfs.api.auth import StaticToken
 from rdfs.api.client import RDClient
-from rdfs.api.transport import RetryPolicy
 from rdfs.cache import ROOT_INODE, Cache
 from rdfs.emulator import Emulator, FileSpec
 from rdfs.links import LinkGone, LinkResolver
@@ -37,29 +34,22 @@ class Env:
 
 
 @pytest.fixture
-async def env(emulator: Emulator, tmp_path: Path) -> AsyncIterator[Env]:
-    retry = RetryPolicy(max_retries=0, wait_initial=0, wait_max=0, wait_jitter=0)
-    cache = Cache(tmp_path / "rdfs.db")
-    try:
-        async with RDClient(
-            api_url=emulator.api_url, oauth_url=emulator.oauth_url, auth=StaticToken(emulator.token), retry=retry
-        ) as rd:
-            async with trio.open_nursery() as nursery:
-                syncer = Syncer(rd, cache, max_delete_fraction=1.0)
-                syncer.keep_dead = True
-                resolver = LinkResolver(rd, cache)
-                pool = ReaderPool(resolver, nursery=nursery)
-                views = Views(cache, DEFAULT_VIEWS, syncer.publish)
-                repairer = Repairer(rd, cache, syncer, RepairPolicy(enabled=True, confirm_after=0.0, poll=0.01))
-                resolver.on_gone = repairer.link_gone
-                syncer.reporters["repair"] = repairer.status
-                try:
-                    yield Env(emulator, cache, syncer, resolver, pool, views, repairer, Namespace(cache))
-                finally:
-                    await pool.aclose()
-                    nursery.cancel_scope.cancel()
-    finally:
-        cache.close()
+async def env(emulator: Emulator, rd_client: RDClient, cache_db: Cache) -> AsyncIterator[Env]:
+    rd, cache = rd_client, cache_db
+    async with trio.open_nursery() as nursery:
+        syncer = Syncer(rd, cache, max_delete_fraction=1.0)
+        syncer.keep_dead = True
+        resolver = LinkResolver(rd, cache)
+        pool = ReaderPool(resolver, nursery=nursery)
+        views = Views(cache, DEFAULT_VIEWS, syncer.publish)
+        repairer = Repairer(rd, cache, syncer, RepairPolicy(enabled=True, confirm_after=0.0, poll=0.01))
+        resolver.on_gone = repairer.link_gone
+        syncer.reporters["repair"] = repairer.status
+        try:
+            yield Env(emulator, cache, syncer, resolver, pool, views, repairer, Namespace(cache))
+        finally:
+            await pool.aclose()
+            nursery.cancel_scope.cancel()
 
 
 def paths(namespace: Namespace) -> dict[str, int]:
