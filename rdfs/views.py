@@ -18,6 +18,7 @@ without one, the group ``library`` holds ``shows`` (has_episodes) then ``movies`
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import time
@@ -55,6 +56,7 @@ _EPISODES = re.compile(
     r"\bcomplete[ ._-]series\b|\bepisode[ ._-]?\d{1,3}\b)"
 )
 _RESERVED = {"torrents", "downloads", ".rdfs"}
+VIEWS_CURRENT_KEY = "views_current"  # cache meta: fingerprint of the config the views are current with
 
 
 class ViewsError(Exception):
@@ -283,11 +285,23 @@ class Views:
         self.config = config
         self.publish = publish
         self._dirty = trio.Event()
+        # Which configuration the view entries stored in the cache were computed with; cleared
+        # while torrents/ has changes the views have not caught up with. A warm mount whose views
+        # are current skips the first recompute, which blocks the loop for seconds at 20,000
+        # torrents, so the tree is visible at once.
+        self._fingerprint = hashlib.sha1(repr(config).encode()).hexdigest()
 
     def mark_dirty(self, change: TreeChange | None = None) -> None:
         """``torrents/`` changed: refresh soon (coalescing bursts). A listener of the syncer."""
         if change is None or change.origin != "views":
+            if not self._dirty.is_set():
+                self.cache.set_meta(VIEWS_CURRENT_KEY, "")
             self._dirty.set()
+
+    @property
+    def current(self) -> bool:
+        """The stored views match ``torrents/`` and this configuration."""
+        return self.cache.get_meta(VIEWS_CURRENT_KEY) == self._fingerprint
 
     def refresh(self) -> Changes:
         """Recompute every view and apply the difference in one transaction (no await inside)."""
@@ -296,6 +310,7 @@ class Views:
         specs = view_specs(self.config, facts, entries, time.time())
         diff = self.cache.diff_entries(Scope.views(), specs)
         if not diff:
+            self.cache.set_meta(VIEWS_CURRENT_KEY, self._fingerprint)
             return Changes()
         changes = self.cache.apply_diff(diff)
         if any(e.key.startswith(VIEW_DIR_KEY_PREFIX) for e in diff.remove) or any(
@@ -303,6 +318,7 @@ class Views:
         ):
             self.cache.refresh_dir(ROOT_INODE)
             changes.inodes.add(ROOT_INODE)
+        self.cache.set_meta(VIEWS_CURRENT_KEY, self._fingerprint)
         log.info("views: %d entries added or changed, %d removed", len(diff.upsert), len(diff.remove))
         if self.publish is not None:
             self.publish(changes, "views")
@@ -328,6 +344,11 @@ class Views:
         for thousands of torrents); during a big first sync, refreshes are spaced to take at most
         a fifth of the time.
         """
+        if self.current and not self._dirty.is_set():
+            with trio.move_on_after(interval):
+                await self._dirty.wait()
+            await trio.sleep(settle)
+            self._dirty = trio.Event()
         while True:
             started = trio.current_time()
             try:

@@ -16,7 +16,17 @@ from rdfs.cache import ROOT_INODE, Cache
 from rdfs.emulator import Emulator, FileSpec
 from rdfs.sync import Syncer
 from rdfs.tree import Namespace
-from rdfs.views import DEFAULT_VIEWS, TorrentFacts, Views, ViewsError, classify, has_episodes, parse_views
+from rdfs.views import (
+    DEFAULT_VIEWS,
+    TorrentFacts,
+    View,
+    Views,
+    ViewsConfig,
+    ViewsError,
+    classify,
+    has_episodes,
+    parse_views,
+)
 from tests import mountutil
 
 GiB = 1024**3
@@ -159,3 +169,21 @@ def test_views_through_the_mount(emulator_proc, tmp_path: Path) -> None:
         mountutil.wait_for(lambda: os.listdir(root / "tv") == ["Series.S01E01.720p"], what="tv view")
         assert wanted.read_bytes() == control.file_bytes(movie, 1)
         assert os.stat(wanted).st_ino != os.stat(root / "torrents" / "Film.2021.2160p" / "Film.2021.2160p.mkv").st_ino
+
+
+async def test_warm_start_skips_recompute_only_when_views_are_current(synced) -> None:
+    emu, cache, syncer = synced
+    emu.add_torrent("Some.Film.2019", [FileSpec("/Some.Film.2019.mkv", 5000)])
+    await syncer.sync_once()
+    views = Views(cache, DEFAULT_VIEWS)
+    assert not views.current  # never computed
+    views.refresh()
+    assert views.current and Views(cache, DEFAULT_VIEWS).current  # a restart finds them current
+    other = ViewsConfig(views=(View(path="all"),), junk=DEFAULT_VIEWS.junk)
+    assert not Views(cache, other).current  # a changed configuration recomputes
+    syncer.listeners.append(views.mark_dirty)
+    emu.add_torrent("Other.Film.2021", [FileSpec("/Other.Film.2021.mkv", 10)])
+    await syncer.sync_once()
+    assert not Views(cache, DEFAULT_VIEWS).current  # torrents/ changed since: recompute at start
+    views.refresh()
+    assert Views(cache, DEFAULT_VIEWS).current
