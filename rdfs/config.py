@@ -109,13 +109,27 @@ def _coerce(name: str, value: Any) -> Any:
         raise ConfigError(f"invalid value for {name}: {value!r}") from None
 
 
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+
+
+def read_table(path: Path | None, name: str) -> dict[str, Any] | None:
+    """The ``[name]`` table of the config file (views, hooks …); None when it has none."""
+    if path is None or not path.exists():
+        return None
+    table = _read_toml(path).get(name)
+    if table is not None and not isinstance(table, dict):
+        raise ConfigError(f"{path}: [{name}] must be a table")
+    return table
+
+
 def load_file(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
+    data = _read_toml(path)
     # Tables ([views] …) belong to other features; plain keys must be known settings.
     unknown = sorted(k for k, v in data.items() if k not in _FIELDS and not isinstance(v, dict))
     if unknown:

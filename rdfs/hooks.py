@@ -27,13 +27,13 @@ import json
 import logging
 import shlex
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from rdfs.config import read_table
 from rdfs.sync import TreeChange
 
 log = logging.getLogger(__name__)
@@ -79,18 +79,8 @@ def parse_hook(table: dict[str, Any]) -> HookConfig | None:
 
 def load_hook(path: Path | None) -> HookConfig | None:
     """The hook configured in ``path`` (config.toml), None when there is none."""
-    if path is None or not path.exists():
-        return None
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise HookError(f"cannot read {path}: {exc}") from None
-    table = data.get("hooks")
-    if table is None:
-        return None
-    if not isinstance(table, dict):
-        raise HookError(f"{path}: [hooks] must be a table")
-    return parse_hook(table)
+    table = read_table(path, "hooks")
+    return None if table is None else parse_hook(table)
 
 
 @dataclass

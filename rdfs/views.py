@@ -22,7 +22,6 @@ import hashlib
 import logging
 import re
 import time
-import tomllib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -41,6 +40,7 @@ from rdfs.cache import (
     EntrySpec,
     Scope,
 )
+from rdfs.config import read_table
 from rdfs.sync import TreeChange
 from rdfs.tree import safe_name
 
@@ -188,18 +188,8 @@ def parse_views(table: dict[str, Any]) -> ViewsConfig:
 
 def load_views(path: Path | None) -> ViewsConfig:
     """The views configured in ``path`` (config.toml); the defaults when it has no ``[views]``."""
-    if path is None or not path.exists():
-        return DEFAULT_VIEWS
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ViewsError(f"cannot read {path}: {exc}") from None
-    table = data.get("views")
-    if table is None:
-        return DEFAULT_VIEWS
-    if not isinstance(table, dict):
-        raise ViewsError(f"{path}: [views] must be a table")
-    return parse_views(table)
+    table = read_table(path, "views")
+    return DEFAULT_VIEWS if table is None else parse_views(table)
 
 
 def classify(config: ViewsConfig, torrent: TorrentFacts, now: float) -> list[View]:
