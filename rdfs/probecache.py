@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -90,8 +92,14 @@ class ProbeCache:
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.executescript(_SCHEMA)
         self.size = self.conn.execute("SELECT coalesce(sum(bytes), 0) FROM files").fetchone()[0]
+        # Writes go through their own connection, usable from a worker thread (WAL: the reads on
+        # ``conn`` go on meanwhile); the lock keeps one writer at a time.
+        self._writer = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        self._write_lock = threading.Lock()
 
     def close(self) -> None:
+        with self._write_lock:
+            self._writer.close()
         self.conn.close()
 
     def wants(self, file_size: int, index: int) -> bool:
@@ -115,47 +123,65 @@ class ProbeCache:
         self.stats.hits += 1
         return bytes(row[0])
 
-    def put(self, key: str, index: int, data: bytes) -> None:
+    def put(self, key: str, index: int, data: bytes | memoryview) -> None:
         """Store one block (replacing an equal one is harmless); evicts old files when full."""
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            old = self.conn.execute(
-                "SELECT length(data) FROM blocks WHERE file = ? AND idx = ?", (key, index)
-            ).fetchone()
-            grown = len(data) - (old[0] if old else 0)
-            self.conn.execute(
-                "INSERT OR REPLACE INTO blocks (file, idx, data) VALUES (?, ?, ?)", (key, index, data)
-            )
-            self.conn.execute(
-                "INSERT INTO files (file, bytes, used) VALUES (?, ?, ?) "
-                "ON CONFLICT (file) DO UPDATE SET bytes = bytes + excluded.bytes, used = excluded.used",
-                (key, grown, time.time()),
-            )
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
-        self.size += grown
-        self.stats.stored += 1
-        if self.size > self.max_bytes:
-            self._evict(keep=key)
+        self.put_batch({key: {index: data}})
 
-    def _evict(self, keep: str) -> None:
+    def put_batch(self, batch: Mapping[str, Mapping[int, bytes | memoryview]]) -> None:
+        """Store blocks of several files in one transaction; evicts old files when full.
+
+        Safe to call from a worker thread (the reader pool does, so a disk write never holds up a
+        read).
+        """
+        with self._write_lock:
+            db = self._writer
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                grown_total = stored = 0
+                now = time.time()
+                for key, blocks in batch.items():
+                    grown = 0
+                    for index, data in blocks.items():
+                        old = db.execute(
+                            "SELECT length(data) FROM blocks WHERE file = ? AND idx = ?", (key, index)
+                        ).fetchone()
+                        grown += len(data) - (old[0] if old else 0)
+                        db.execute("INSERT OR REPLACE INTO blocks (file, idx, data) VALUES (?, ?, ?)", (key, index, data))
+                    db.execute(
+                        "INSERT INTO files (file, bytes, used) VALUES (?, ?, ?) "
+                        "ON CONFLICT (file) DO UPDATE SET bytes = bytes + excluded.bytes, used = excluded.used",
+                        (key, grown, now),
+                    )
+                    grown_total += grown
+                    stored += len(blocks)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            self.size += grown_total
+            self.stats.stored += stored
+            if self.size > self.max_bytes:
+                self._evict(keep=set(batch))
+
+    def _evict(self, keep: set[str]) -> None:
         target = int(self.max_bytes * _EVICT_TO)
-        victims = self.conn.execute("SELECT file, bytes FROM files WHERE file != ? ORDER BY used", (keep,)).fetchall()
-        self.conn.execute("BEGIN IMMEDIATE")
+        db = self._writer
+        victims = db.execute("SELECT file, bytes FROM files ORDER BY used").fetchall()
+        db.execute("BEGIN IMMEDIATE")
         try:
             for file, size in victims:
                 if self.size <= target:
                     break
-                self.conn.execute("DELETE FROM blocks WHERE file = ?", (file,))
-                self.conn.execute("DELETE FROM files WHERE file = ?", (file,))
+                if file in keep:
+                    continue
+                db.execute("DELETE FROM blocks WHERE file = ?", (file,))
+                db.execute("DELETE FROM files WHERE file = ?", (file,))
                 self.size -= size
                 self.stats.evicted_files += 1
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            db.execute("ROLLBACK")
             raise
-        self.conn.execute("COMMIT")
+        db.execute("COMMIT")
         log.debug("probe cache: evicted down to %d bytes", self.size)
 
     def status(self) -> dict[str, int]:

@@ -29,7 +29,7 @@ _EXTRA_ENCRYPTION = 0x01
 _HEADER_READ = 4096
 MAX_HEADER = 2 * 1024 * 1024
 
-Read = Callable[[int, int], Awaitable[bytes]]
+Read = Callable[[int, int], Awaitable[bytes | memoryview]]  # a bytes-like answer
 
 
 class RarError(Exception):
@@ -105,7 +105,7 @@ def _file_member(fields: bytes, extra: bytes, flags: int, data_offset: int, data
 
 async def list_members(read: Read, archive_size: int) -> list[Member]:
     """Every file header of the RAR5 archive that ``read(offset, length)`` gives access to."""
-    head = await read(0, len(SIGNATURE5))
+    head = bytes(await read(0, len(SIGNATURE5)))
     if head[: len(SIGNATURE4)] == SIGNATURE4:
         raise RarError("RAR 1.5-4.x archive: members are not listed")
     if head != SIGNATURE5:
@@ -113,7 +113,7 @@ async def list_members(read: Read, archive_size: int) -> list[Member]:
     members: list[Member] = []
     pos = len(SIGNATURE5)
     while pos < archive_size:
-        buf = await read(pos, min(_HEADER_READ, archive_size - pos))
+        buf = bytes(await read(pos, min(_HEADER_READ, archive_size - pos)))
         if len(buf) < 5:
             raise RarError(f"truncated header at byte {pos}")
         header_size, body = _vint(buf, 4)
@@ -121,7 +121,7 @@ async def list_members(read: Read, archive_size: int) -> list[Member]:
         if header_size == 0 or total > MAX_HEADER:
             raise RarError(f"implausible header size {header_size} at byte {pos}")
         if total > len(buf):
-            buf = await read(pos, total)
+            buf = bytes(await read(pos, total))
             if len(buf) < total:
                 raise RarError(f"truncated header at byte {pos}")
         (crc,) = struct.unpack_from("<I", buf)

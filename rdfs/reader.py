@@ -42,6 +42,7 @@ import stamina
 import trio
 
 from rdfs.api.errors import NetworkError, RDError
+from rdfs.downloadclient import download_client
 from rdfs.links import LinkGone, LinkResolver, ResolvedLink
 from rdfs.probecache import ProbeCache, file_key
 
@@ -57,6 +58,12 @@ MAX_WINDOW = 64 * MiB
 # Reads this far behind / ahead of a stream still belong to it (out-of-order FUSE reads).
 BACK_TOLERANCE = 256 * KiB
 FORWARD_TOLERANCE = 512 * KiB
+# Sequential runs followed per handle (interleaved readers of one file); the oldest is dropped.
+MAX_RUNS = 4
+# Probe-cache writes wait this long to be batched; past this many queued bytes, blocks are skipped.
+PROBE_FLUSH_DELAY = 0.2
+PROBE_QUEUE_LIMIT = 64 * MiB
+INTERLEAVED_RUN_MIN = 1 * MiB
 # A stream jumps over this many blocks already cached (or being fetched by someone else)
 # instead of downloading them again; shorter runs are cheaper to read through.
 SKIP_RUN_BLOCKS = (1 * MiB) // BLOCK_SIZE
@@ -66,6 +73,9 @@ RANGE_DISCARD_LIMIT = 8 * MiB
 MAX_LINK_REFRESHES = 2
 DEFAULT_CONNECTIONS_PER_HOST = 16
 DEFAULT_TIMEOUT = httpx.Timeout(connect=15.0, read=30.0, write=15.0, pool=None)
+
+# A cached block: its own bytes, or a view of the response piece it arrived in (no copy).
+Block = bytes | memoryview
 
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
 _REFUSED = frozenset({403, 404, 410})
@@ -117,12 +127,12 @@ class BlockCache:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.size = 0
-        self._blocks: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._blocks: OrderedDict[tuple[str, int], Block] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._blocks)
 
-    def get(self, key: str, index: int) -> bytes | None:
+    def get(self, key: str, index: int) -> Block | None:
         data = self._blocks.get((key, index))
         if data is not None:
             self._blocks.move_to_end((key, index))
@@ -131,7 +141,7 @@ class BlockCache:
     def __contains__(self, item: tuple[str, int]) -> bool:
         return item in self._blocks
 
-    def put(self, key: str, index: int, data: bytes) -> None:
+    def put(self, key: str, index: int, data: Block) -> None:
         old = self._blocks.pop((key, index), None)
         if old is not None:
             self.size -= len(old)
@@ -192,7 +202,7 @@ class _Transfer:
         self.stop = stop
         self.buf = bytearray()
         self.owned: dict[int, trio.Event] = {}
-        self.collected: dict[int, bytes] | None = None
+        self.collected: dict[int, Block] | None = None
 
     @property
     def finished(self) -> bool:
@@ -221,7 +231,10 @@ class _Transfer:
 
     def feed(self, piece: bytes) -> None:
         """Take the next bytes of the response (everything up to ``stop``: a response is never
-        read partially, the next piece would land at the wrong offset)."""
+        read partially, the next piece would land at the wrong offset).
+
+        Whole blocks inside ``piece`` are delivered as views of it, without a copy; only a block
+        that straddles two pieces is assembled in ``buf``."""
         take = min(len(piece), self.stop - self.received)
         if take <= 0:
             return
@@ -237,15 +250,15 @@ class _Transfer:
             self._deliver(bytes(self.buf))
             self.buf = bytearray()
         while take - used >= BLOCK_SIZE:
-            self._deliver(bytes(view[used : used + BLOCK_SIZE]))
+            self._deliver(view[used : used + BLOCK_SIZE])
             used += BLOCK_SIZE
         if used < take:
             if self.received >= size:
-                self._deliver(bytes(view[used:]))
+                self._deliver(view[used:])
             else:
                 self.buf += view[used:]
 
-    def _deliver(self, data: bytes) -> None:
+    def _deliver(self, data: Block) -> None:
         index = self.pos // BLOCK_SIZE
         self.pos += len(data)
         self.pool._store(self.file, index, data)
@@ -305,7 +318,7 @@ class _Stream(_Transfer):
 
     def window(self) -> int:
         pool = self.pool
-        return min(pool.max_window, max(pool.initial_window, 2 * (self.consumed - self.run_start)))
+        return min(pool.window_budget(), max(pool.initial_window, 2 * (self.consumed - self.run_start)))
 
     def want(self) -> int:
         target = self.consumed + self.window()
@@ -378,12 +391,40 @@ class _Stream(_Transfer):
         self._extend()
         return True
 
+    def evicted(self, index: int) -> bool:
+        """Whether block ``index``, which this stream already passed, is gone from the caches."""
+        return (
+            index * BLOCK_SIZE < self.pos
+            and index not in self.file.pending
+            and not self.pool._available(self.file, index)
+        )
+
     def should_jump(self) -> bool:
         # A long run of blocks already at hand: a new request after it beats downloading them again.
         return self.ready_run(SKIP_RUN_BLOCKS) >= SKIP_RUN_BLOCKS
 
     def cancel(self) -> None:
         self.scope.cancel()
+
+
+@dataclass(eq=False)
+class _Run:
+    """One sequential run of reads on a handle, and the stream that reads ahead of it.
+
+    A handle follows several runs at once: a player reading video and audio at two places of one
+    file, or two viewers of one handle, each keep their own read-ahead.
+    """
+
+    start: int  # where the run began
+    end: int  # end of its latest read
+    stream: _Stream | None = None
+
+    def claims(self, offset: int) -> bool:
+        """Whether a read at ``offset`` belongs to this run (reads arrive slightly out of order)."""
+        stream = self.stream
+        if stream is not None and stream.serving and (stream.covers(offset) or stream.straggler(offset)):
+            return True
+        return self.end - BACK_TOLERANCE <= offset <= self.end + FORWARD_TOLERANCE
 
 
 class FileHandle:
@@ -393,13 +434,14 @@ class FileHandle:
         self.pool = pool
         self.file = file
         self.source = file.source
-        self._stream: _Stream | None = None
-        self._last_end: int | None = None
-        self._run_start = 0
+        self._runs: list[_Run] = []  # most recently used first, at most MAX_RUNS
         self._closed = False
 
-    async def read(self, offset: int, size: int) -> bytes:
-        """Exactly ``min(size, file size - offset)`` bytes at ``offset`` (b"" at or after EOF)."""
+    async def read(self, offset: int, size: int) -> Block:
+        """Exactly ``min(size, file size - offset)`` bytes at ``offset`` (b"" at or after EOF).
+
+        The result is bytes-like: a read inside one cached block is a view of it.
+        """
         if self._closed:
             raise ValueError("read on a closed FileHandle")
         if offset < 0:
@@ -423,37 +465,52 @@ class FileHandle:
         return data
 
     def _observe(self, offset: int, end: int, first: int) -> None:
-        """Follow the access pattern: feed the stream, or start one for a new sequential run."""
-        stream = self._stream
-        if stream is not None and stream.serving and stream.covers(offset):
-            stream.advance(end)
-            self._last_end = end
+        """Follow the access pattern: feed a run's stream, or start one for a sequential run.
+
+        The first read of a run (a seek, a probe) starts no read-ahead; the second one that
+        continues it does, unless another run came in between: a media probe that reads the head,
+        the tail, then the head again is no stream. An interleaved run earns its stream once it
+        is ``INTERLEAVED_RUN_MIN`` long.
+        """
+        run = next((r for r in self._runs if r.claims(offset)), None)
+        if run is None:
+            self._runs.insert(0, _Run(start=offset, end=end))
+            for old in self._runs[MAX_RUNS:]:
+                if old.stream is not None:
+                    old.stream.cancel()
+            del self._runs[MAX_RUNS:]
             return
-        if stream is not None and stream.serving and stream.straggler(offset):
-            return  # a late read of the run the stream serves: fetch it, keep the stream
-        sequential = (
-            self._last_end is not None
-            and self._last_end - BACK_TOLERANCE <= offset <= self._last_end + FORWARD_TOLERANCE
-        )
-        if not sequential:
-            self._run_start = offset
-        self._last_end = end
+        resumed = self._runs[0] is not run
+        if resumed:
+            self._runs.remove(run)
+            self._runs.insert(0, run)
+        pool, stream = self.pool, run.stream
+        if stream is not None and stream.serving:
+            if stream.covers(offset):
+                if not stream.evicted(first):
+                    stream.advance(end)
+                    run.end = end
+                    return
+                log.debug("read-ahead of %s was evicted before it was read: restarting", self.source.name)
+            elif stream.straggler(offset):
+                return  # a late read of what the stream serves: fetch it, keep the stream
+        run.end = end
         # A read served entirely from the caches (e.g. a rescan hitting the probe cache) needs no
         # read-ahead: a stream starts with the first read that has to download.
         if (
-            sequential
-            and end < self.source.size
-            and self.pool.nursery is not None
-            and not all(self.pool._available(self.file, i) for i in range(first, (end - 1) // BLOCK_SIZE + 1))
+            end < self.source.size
+            and pool.nursery is not None
+            and (not resumed or end - run.start >= INTERLEAVED_RUN_MIN)
+            and not all(pool._available(self.file, i) for i in range(first, (end - 1) // BLOCK_SIZE + 1))
         ):
             if stream is not None:
                 stream.cancel()
-            self._stream = self.pool._start_stream(self, first * BLOCK_SIZE, end, self._run_start)
+            run.stream = pool._start_stream(run, self.file, first * BLOCK_SIZE, end)
 
-    async def _collect(self, first: int, last: int) -> list[bytes]:
+    async def _collect(self, first: int, last: int) -> list[Block]:
         pool, file, pending, stats = self.pool, self.file, self.file.pending, self.pool.stats
-        out: list[bytes] = []
-        fetched: dict[int, bytes] = {}
+        out: list[Block] = []
+        fetched: dict[int, Block] = {}
         index = first
         while index <= last:
             data = fetched.pop(index, None)
@@ -482,9 +539,10 @@ class FileHandle:
         if self._closed:
             return
         self._closed = True
-        if self._stream is not None:
-            self._stream.cancel()
-            self._stream = None
+        for run in self._runs:
+            if run.stream is not None:
+                run.stream.cancel()
+        self._runs.clear()
         self.pool._forget(self.file)
 
 
@@ -515,11 +573,10 @@ class ReaderPool:
         self.resolver = resolver
         self.probe = probe
         self._owns_http = http is None
-        self.http = http or httpx.AsyncClient(
+        self.http = http or download_client(
             timeout=DEFAULT_TIMEOUT,
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64, keepalive_expiry=30.0),
-            headers={"User-Agent": "rdfs"},
-            follow_redirects=True,
+            user_agent="rdfs",
         )
         self.cache = BlockCache(cache_bytes)
         self.max_connections_per_host = max_connections_per_host
@@ -536,6 +593,10 @@ class ReaderPool:
         self._streams: set[_Stream] = set()
         self._limiters: dict[str, trio.CapacityLimiter] = {}
         self._paused: dict[trio.CapacityLimiter, set[_Stream]] = {}  # streams holding an idle connection
+        # Head and tail blocks waiting to be written to the probe cache (probe key -> index -> block).
+        self._probe_queue: dict[str, dict[int, Block]] = {}
+        self._probe_queued_bytes = 0
+        self._probe_flushing = False
         self._run_scope: trio.CancelScope | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -554,11 +615,14 @@ class ReaderPool:
                 nursery.cancel_scope.cancel()
 
     async def aclose(self) -> None:
-        """Stop every read-ahead and close the download client (if the pool made it)."""
+        """Stop every read-ahead, write what the probe cache still waits for, close the download
+        client (if the pool made it)."""
         for stream in list(self._streams):
             stream.cancel()
         if self._run_scope is not None:
             self._run_scope.cancel()
+        if self._probe_queue:
+            self._write_probe(self._take_probe_queue())
         if self._owns_http:
             await self.http.aclose()
 
@@ -587,7 +651,7 @@ class ReaderPool:
         """Whether block ``index`` can be read without a download."""
         return index in file.stored or (file.cache_key, index) in self.cache
 
-    def _cached(self, file: _File, index: int) -> bytes | None:
+    def _cached(self, file: _File, index: int) -> Block | None:
         data = self.cache.get(file.cache_key, index)
         if data is None and index in file.stored:
             assert self.probe is not None
@@ -599,30 +663,73 @@ class ReaderPool:
                 self.cache.put(file.cache_key, index, data)
         return data
 
-    def _store(self, file: _File, index: int, data: bytes) -> None:
-        """A downloaded block: into memory, and into the probe cache when it is a head or tail block."""
+    def _store(self, file: _File, index: int, data: Block) -> None:
+        """A downloaded block: into memory, and into the probe cache when it is a head or tail block.
+
+        Probe cache writes are batched and run in a worker thread (see :meth:`_flush_probe`).
+        """
         self.cache.put(file.cache_key, index, data)
         probe = self.probe
-        if probe is not None and index not in file.stored and probe.wants(file.source.size, index):
-            try:
-                probe.put(file.probe_key, index, data)
-            except sqlite3.Error as exc:  # a full or broken disk costs the cache, never the read
-                log.warning("probe cache: cannot store a block of %s: %s", file.source.name, exc)
-                return
-            file.stored.add(index)
+        if probe is None or index in file.stored or not probe.wants(file.source.size, index):
+            return
+        if self.nursery is None:  # nothing runs in the background: write now
+            self._write_probe({file.probe_key: {index: data}})
+            return
+        blocks = self._probe_queue.setdefault(file.probe_key, {})
+        if index not in blocks and self._probe_queued_bytes < PROBE_QUEUE_LIMIT:
+            blocks[index] = data
+            self._probe_queued_bytes += len(data)
+        if not self._probe_flushing:
+            self._probe_flushing = True
+            self.nursery.start_soon(self._flush_probe)
+
+    async def _flush_probe(self) -> None:
+        """Write the queued probe-cache blocks, a batch per ``PROBE_FLUSH_DELAY``, off the event loop."""
+        try:
+            while self._probe_queue:
+                await trio.sleep(PROBE_FLUSH_DELAY)
+                batch = self._take_probe_queue()
+                await trio.to_thread.run_sync(self._write_probe, batch)
+        finally:
+            self._probe_flushing = False
+
+    def _take_probe_queue(self) -> dict[str, dict[int, Block]]:
+        batch, self._probe_queue, self._probe_queued_bytes = self._probe_queue, {}, 0
+        return batch
+
+    def _write_probe(self, batch: dict[str, dict[int, Block]]) -> None:
+        assert self.probe is not None
+        try:
+            self.probe.put_batch(batch)
+        except sqlite3.Error as exc:  # a full or broken disk costs the cache, never the read
+            log.warning("probe cache: cannot store %d blocks: %s", sum(map(len, batch.values())), exc)
+            return
+        for file in list(self._files.values()):
+            stored = batch.get(file.probe_key)
+            if stored:
+                file.stored.update(stored)
 
     # --- downloads -------------------------------------------------------------------------------
 
-    def _start_stream(self, handle: FileHandle, start: int, consumed: int, run_start: int) -> _Stream:
+    def window_budget(self) -> int:
+        """The largest read-ahead window a stream may have now.
+
+        All windows together stay within half the block cache: read-ahead evicted before it is
+        read would be downloaded twice.
+        """
+        share = (self.cache.max_bytes // 2) // max(1, len(self._streams))
+        return max(self.initial_window, min(self.max_window, share))
+
+    def _start_stream(self, run: _Run, file: _File, start: int, consumed: int) -> _Stream:
         assert self.nursery is not None
-        stream = _Stream(self, handle.file, start, consumed, run_start)
+        stream = _Stream(self, file, start, consumed, run.start)
         self._streams.add(stream)
         self.stats.streams += 1
-        self.nursery.start_soon(self._run_stream, handle, stream)
+        self.nursery.start_soon(self._run_stream, run, stream)
         return stream
 
-    async def _run_stream(self, handle: FileHandle, stream: _Stream) -> None:
-        name = handle.source.name or handle.source.key
+    async def _run_stream(self, run: _Run, stream: _Stream) -> None:
+        name = stream.file.source.name or stream.file.source.key
         try:
             with stream.scope:
                 await self._download(stream)
@@ -633,10 +740,10 @@ class ReaderPool:
             stream.done = True
             stream.release()
             self._streams.discard(stream)
-            if handle._stream is stream and not stream.finished:
-                handle._stream = None
+            if run.stream is stream and not stream.finished:
+                run.stream = None
 
-    async def _fetch(self, file: _File, first: int, stop: int) -> dict[int, bytes]:
+    async def _fetch(self, file: _File, first: int, stop: int) -> dict[int, Block]:
         """Download blocks ``[first, stop)`` now (in the caller's task) and return them."""
         transfer = _Transfer(self, file, first * BLOCK_SIZE, min(stop * BLOCK_SIZE, file.source.size))
         transfer.collected = {}
