@@ -63,7 +63,11 @@ MAX_RUNS = 4
 # Probe-cache writes wait this long to be batched; past this many queued bytes, blocks are skipped.
 PROBE_FLUSH_DELAY = 0.2
 PROBE_QUEUE_LIMIT = 64 * MiB
-INTERLEAVED_RUN_MIN = 1 * MiB
+INTERLEAVED_RUN_MIN = 512 * KiB
+# A first read at least this large (kernel readahead for a player, not a probe) starts a stream.
+STREAM_ON_SEEK = 256 * KiB
+# On a seek, other streams of the handle this far ahead of their reader let their connection go.
+RELEASE_AHEAD = 4 * MiB
 # A stream jumps over this many blocks already cached (or being fetched by someone else)
 # instead of downloading them again; shorter runs are cheaper to read through.
 SKIP_RUN_BLOCKS = (1 * MiB) // BLOCK_SIZE
@@ -132,9 +136,10 @@ class BlockCache:
     def __len__(self) -> int:
         return len(self._blocks)
 
-    def get(self, key: str, index: int) -> Block | None:
+    def get(self, key: str, index: int, touch: bool = True) -> Block | None:
+        """The block, made the most recently used unless ``touch`` is False."""
         data = self._blocks.get((key, index))
-        if data is not None:
+        if data is not None and touch:
             self._blocks.move_to_end((key, index))
         return data
 
@@ -313,6 +318,7 @@ class _Stream(_Transfer):
         self.wake = trio.Event()
         self.scope = trio.CancelScope()
         self.done = False
+        self._release = False  # set to make a paused stream give its connection up
         self._claimed = start // BLOCK_SIZE
         self._extend()
 
@@ -324,6 +330,11 @@ class _Stream(_Transfer):
         target = self.consumed + self.window()
         target = -(-target // BLOCK_SIZE) * BLOCK_SIZE  # whole blocks: never pause inside a promised one
         return min(target, self.stop)
+
+    @property
+    def idle_ahead(self) -> bool:
+        """Its whole window is downloaded and that is a lot: it waits for the reader."""
+        return self.received >= self.want() and self.received - self.consumed >= RELEASE_AHEAD
 
     @property
     def serving(self) -> bool:
@@ -369,6 +380,7 @@ class _Stream(_Transfer):
                 return False
             if self.received < self.want():
                 self._extend()
+                self._release = False  # a new request: the last one was let go already
                 return True
             self.wake = trio.Event()
             await self.wake.wait()
@@ -384,7 +396,8 @@ class _Stream(_Transfer):
                 self.wake = trio.Event()
                 with trio.move_on_at(give_up_at):  # woken by the reader, or by a download waiting
                     await self.wake.wait()
-                if limiter.statistics().tasks_waiting or trio.current_time() >= give_up_at:
+                if self._release or limiter.statistics().tasks_waiting or trio.current_time() >= give_up_at:
+                    self._release = False
                     return False
         finally:
             paused.discard(self)
@@ -402,6 +415,11 @@ class _Stream(_Transfer):
     def should_jump(self) -> bool:
         # A long run of blocks already at hand: a new request after it beats downloading them again.
         return self.ready_run(SKIP_RUN_BLOCKS) >= SKIP_RUN_BLOCKS
+
+    def release_connection(self) -> None:
+        """If paused, close the response now (the stream goes on with a new request when needed)."""
+        self._release = True
+        self.wake.set()
 
     def cancel(self) -> None:
         self.scope.cancel()
@@ -451,8 +469,10 @@ class FileHandle:
             return b""
         end = min(offset + size, file_size)
         first, last = offset // BLOCK_SIZE, (end - 1) // BLOCK_SIZE
-        self._observe(offset, end, first)
-        blocks = await self._collect(first, last)
+        streamed = self._observe(offset, end, first)
+        # Blocks a stream brought keep their place in the LRU when read: read once, in order,
+        # they go before the read-ahead still waiting for its reader.
+        blocks = await self._collect(first, last, touch=not streamed)
         self.pool.stats.reads += 1
         head = offset - first * BLOCK_SIZE
         if first == last:
@@ -464,50 +484,73 @@ class FileHandle:
         self.pool.stats.bytes_served += len(data)
         return data
 
-    def _observe(self, offset: int, end: int, first: int) -> None:
+    def _observe(self, offset: int, end: int, first: int) -> bool:
         """Follow the access pattern: feed a run's stream, or start one for a sequential run.
 
-        The first read of a run (a seek, a probe) starts no read-ahead; the second one that
-        continues it does, unless another run came in between: a media probe that reads the head,
-        the tail, then the head again is no stream. An interleaved run earns its stream once it
-        is ``INTERLEAVED_RUN_MIN`` long.
+        True when the read continues a running stream.
+
+        A small first read of a run (a seek of a media probe, a random read) starts no
+        read-ahead; the second read that continues it does, unless another run came in between:
+        a probe that reads the head, the tail, then the head again is no stream. An interleaved
+        run earns its stream once it is ``INTERLEAVED_RUN_MIN`` long. A large first read
+        (``STREAM_ON_SEEK``: a player seeking) starts the stream at once, so the reads after it
+        do not wait for a first byte.
         """
         run = next((r for r in self._runs if r.claims(offset)), None)
         if run is None:
-            self._runs.insert(0, _Run(start=offset, end=end))
+            run = _Run(start=offset, end=end)
+            self._runs.insert(0, run)
             for old in self._runs[MAX_RUNS:]:
                 if old.stream is not None:
                     old.stream.cancel()
             del self._runs[MAX_RUNS:]
-            return
+            # A seek: a stream waiting for its reader (window full) holds a connection whose socket
+            # buffer still fills, taking the link from the new position. One well ahead of its
+            # reader lets the connection go and keeps its blocks; a reader coming back to it gets a
+            # new request. (A young stream with a small window keeps it: it is likely interleaved.)
+            for other in self._runs[1:]:
+                if other.stream is not None and other.stream.idle_ahead:
+                    other.stream.release_connection()
+            if end - offset >= STREAM_ON_SEEK:
+                self._start_stream(run, end, first)
+            return False
         resumed = self._runs[0] is not run
         if resumed:
             self._runs.remove(run)
             self._runs.insert(0, run)
-        pool, stream = self.pool, run.stream
+        stream = run.stream
         if stream is not None and stream.serving:
             if stream.covers(offset):
                 if not stream.evicted(first):
                     stream.advance(end)
                     run.end = end
-                    return
+                    return True
                 log.debug("read-ahead of %s was evicted before it was read: restarting", self.source.name)
             elif stream.straggler(offset):
-                return  # a late read of what the stream serves: fetch it, keep the stream
+                return True  # a late read of what the stream serves: fetch it, keep the stream
         run.end = end
-        # A read served entirely from the caches (e.g. a rescan hitting the probe cache) needs no
-        # read-ahead: a stream starts with the first read that has to download.
-        if (
-            end < self.source.size
-            and pool.nursery is not None
-            and (not resumed or end - run.start >= INTERLEAVED_RUN_MIN)
-            and not all(pool._available(self.file, i) for i in range(first, (end - 1) // BLOCK_SIZE + 1))
-        ):
-            if stream is not None:
-                stream.cancel()
-            run.stream = pool._start_stream(run, self.file, first * BLOCK_SIZE, end)
+        if not resumed or end - run.start >= INTERLEAVED_RUN_MIN:
+            self._start_stream(run, end, first)
+        return False
 
-    async def _collect(self, first: int, last: int) -> list[Block]:
+    def _start_stream(self, run: _Run, end: int, first: int) -> None:
+        """(Re)start ``run``'s read-ahead from this read, unless it needs none.
+
+        A read served entirely from the caches (e.g. a rescan hitting the probe cache) needs no
+        read-ahead: a stream starts with the first read that has to download.
+        """
+        pool = self.pool
+        if (
+            end >= self.source.size
+            or pool.nursery is None
+            or all(pool._available(self.file, i) for i in range(first, (end - 1) // BLOCK_SIZE + 1))
+        ):
+            return
+        if run.stream is not None:
+            run.stream.cancel()
+        run.stream = pool._start_stream(run, self.file, first * BLOCK_SIZE, end)
+
+    async def _collect(self, first: int, last: int, touch: bool) -> list[Block]:
         pool, file, pending, stats = self.pool, self.file, self.file.pending, self.pool.stats
         out: list[Block] = []
         fetched: dict[int, Block] = {}
@@ -515,7 +558,7 @@ class FileHandle:
         while index <= last:
             data = fetched.pop(index, None)
             if data is None:
-                data = pool._cached(file, index)
+                data = pool._cached(file, index, touch)
                 if data is not None:
                     stats.cache_hits += 1
             if data is not None:
@@ -651,8 +694,8 @@ class ReaderPool:
         """Whether block ``index`` can be read without a download."""
         return index in file.stored or (file.cache_key, index) in self.cache
 
-    def _cached(self, file: _File, index: int) -> Block | None:
-        data = self.cache.get(file.cache_key, index)
+    def _cached(self, file: _File, index: int, touch: bool = True) -> Block | None:
+        data = self.cache.get(file.cache_key, index, touch)
         if data is None and index in file.stored:
             assert self.probe is not None
             data = self.probe.get(file.probe_key, index)

@@ -428,3 +428,101 @@ async def test_run_hosts_the_read_ahead(env: Env) -> None:
         await handle.close()
         await pool.aclose()  # ends run() as well
     assert pool.stats.streams >= 1 and pool.nursery is None
+
+
+async def test_interleaved_positions_each_keep_a_stream(env: Env) -> None:
+    """Two places of one file read in turn (video and audio, two viewers): both stream."""
+    size = 64 * MiB
+    torrent_id, source = env.add(size)
+    handle = env.pool.open(source)
+    starts = (8 * MiB, 40 * MiB)
+    for step in range(40):
+        offset = starts[step % 2] + (step // 2) * 128 * KiB
+        expected = env.emu.file_bytes(torrent_id, 1, offset, 128 * KiB)
+        assert await handle.read(offset, 128 * KiB) == expected, offset
+    await handle.close()
+    assert env.pool.stats.streams == 2
+    # A few bounded reads at each place before its stream starts, then none: not one per read.
+    assert env.emu.counters["download_requests"] <= 10
+
+
+async def test_large_first_read_starts_the_read_ahead(env: Env) -> None:
+    """A player's seek (a large read) streams at once; the next reads need no request."""
+    size = 64 * MiB
+    torrent_id, source = env.add(size)
+    handle = env.pool.open(source)
+    assert await handle.read(10 * MiB, 512 * KiB) == env.emu.file_bytes(torrent_id, 1, 10 * MiB, 512 * KiB)
+    assert env.pool.stats.streams == 1
+    requests = env.emu.counters["download_requests"]
+    for offset in range(10 * MiB + 512 * KiB, 12 * MiB, 256 * KiB):
+        assert await handle.read(offset, 256 * KiB) == env.emu.file_bytes(torrent_id, 1, offset, 256 * KiB)
+    assert env.emu.counters["download_requests"] == requests
+    await handle.close()
+
+
+async def test_many_streams_share_the_read_ahead_budget(env: Env) -> None:
+    """Read-ahead never outgrows the cache: nothing is evicted before it is read, and downloaded twice."""
+    size = 24 * MiB
+    files = [env.add(size, name=f"Part{i}") for i in range(6)]
+    pool = env.new_pool(cache_bytes=32 * MiB)  # alone, each stream's window could grow to 8 MiB
+    results: dict[int, bytes] = {}
+
+    async def reader(slot: int) -> None:
+        handle = pool.open(files[slot][1])
+        try:
+            parts = []
+            for offset in range(0, size, 256 * KiB):
+                parts.append(await handle.read(offset, 256 * KiB))
+                await trio.sleep(0.01)  # slower than the link: every window fills up
+            results[slot] = b"".join(parts)
+        finally:
+            await handle.close()
+
+    async with trio.open_nursery() as nursery:
+        for slot in range(6):
+            nursery.start_soon(reader, slot)
+    await pool.aclose()
+    for slot, (torrent_id, _) in enumerate(files):
+        assert results[slot] == env.emu.file_bytes(torrent_id, 1)
+    assert pool.stats.bytes_fetched <= 6 * size + 6 * MiB
+    assert pool.stats.streams <= 6 * 2
+
+
+async def test_evicted_read_ahead_restarts_its_stream(env: Env) -> None:
+    """Read-ahead pushed out of the cache by other reads is fetched again by one new stream."""
+    size = 16 * MiB
+    torrent_id, source = env.add(size, name="Movie")
+    other_id, other = env.add(8 * MiB, name="Other")
+    pool = env.new_pool(cache_bytes=4 * MiB)
+    handle = pool.open(source)
+    assert await read_all(handle, 3 * MiB, 256 * KiB) == env.emu.file_bytes(torrent_id, 1, 0, 3 * MiB)
+    await trio.testing.wait_all_tasks_blocked()
+    second = pool.open(other)
+    for offset in range(0, 8 * MiB, 256 * KiB):  # scattered small reads: no stream, all cached
+        assert await second.read(offset, 128 * KiB) == env.emu.file_bytes(other_id, 1, offset, 128 * KiB)
+    await second.close()
+    requests = env.emu.counters["download_requests"]
+    rest = b"".join([await handle.read(offset, 256 * KiB) for offset in range(3 * MiB, size, 256 * KiB)])
+    assert rest == env.emu.file_bytes(torrent_id, 1, 3 * MiB)
+    assert env.emu.counters["download_requests"] - requests <= 3
+    await handle.close()
+    await pool.aclose()
+
+
+async def test_a_seek_makes_a_far_ahead_stream_let_its_connection_go(env: Env) -> None:
+    """A stream parked far ahead of a reader who left must not hold a connection (and the link)."""
+    size = 96 * MiB
+    torrent_id, source = env.add(size)
+    handle = env.pool.open(source)
+    assert await read_all(handle, 8 * MiB, 256 * KiB) == env.emu.file_bytes(torrent_id, 1, 0, 8 * MiB)
+    await trio.testing.wait_all_tasks_blocked()
+    limiter = next(iter(env.pool._limiters.values()))
+    assert limiter.borrowed_tokens == 1  # the read-ahead, parked with its window full
+    far = 60 * MiB
+    assert await handle.read(far, 512 * KiB) == env.emu.file_bytes(torrent_id, 1, far, 512 * KiB)
+    await trio.testing.wait_all_tasks_blocked()
+    assert limiter.borrowed_tokens == 1  # only the new position's stream
+    # Coming back to the first place still works (its blocks were kept; a new request continues).
+    offset = 8 * MiB
+    assert await handle.read(offset, 256 * KiB) == env.emu.file_bytes(torrent_id, 1, offset, 256 * KiB)
+    await handle.close()
