@@ -47,6 +47,15 @@ def _read_all(path: Path, verify: bool) -> int:
     return total
 
 
+def drop_page_cache(path: Path) -> None:
+    """Forget the kernel's cached pages of ``path`` (the next read goes to the filesystem)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 async def read_file(path: Path, verify: bool = False) -> float:
     """MB/s of one sequential read of the whole file."""
     size = path.stat().st_size
