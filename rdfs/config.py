@@ -44,7 +44,7 @@ class Config:
     cache_dir: Path = field(default_factory=default_cache_dir)
     sync_interval: float = 15.0
     rate_limit: int = 250  # API requests per minute, shared by everything in one process
-    chunk_cache_mb: int = 256  # memory bound of the shared read cache
+    chunk_cache_mb: int = 128  # memory bound of the shared read cache (half of it for read-ahead)
     link_ttl: float = 6 * 3600.0  # assumed lifetime of an unrestricted link (RD publishes none)
     max_delete_fraction: float = 0.2  # larger removals wait for a second complete listing
     allow_other: bool = False

@@ -12,14 +12,18 @@ The model follows rclone's VFS cache and mountpoint-s3's prefetcher:
   unchanged library sends nothing to the network.
 * A first or random read downloads just the blocks it covers with one bounded ``Range`` request
   (media scanners read a head and a few tail ranges: no read-ahead for them).
-* A read that continues the previous one (within ``BACK_TOLERANCE``/``FORWARD_TOLERANCE``, as
-  concurrent FUSE reads arrive out of order) starts a per-handle *stream*: one long ranged
+* A handle follows up to ``MAX_RUNS`` sequential *runs* (two places of one file read in turn
+  each keep theirs). A read that continues a run (within ``BACK_TOLERANCE``/``FORWARD_TOLERANCE``,
+  as concurrent FUSE reads arrive out of order) starts the run's *stream*: one long ranged
   response up to the end of the file, read in the pool's nursery, that stays a read-ahead
   window ahead of the reader. The window starts small and grows with the bytes read
-  sequentially (2x, capped); the stream stops reading the socket when it is far enough ahead
-  (TCP back-pressure) and gives its connection up after a while idle, or when another download
-  waits for a connection. A far seek leaves the stream alone until a new sequential run needs
-  one. Blocks behind the reader stay cached, so small backward seeks cost nothing.
+  sequentially (2x, capped); all windows together stay within half the block cache, so
+  read-ahead is not evicted before it is read (if it is, the stream restarts there). The stream
+  stops reading the socket when it is far enough ahead (TCP back-pressure) and gives its
+  connection up after a while idle, when another download waits for a connection, or when its
+  reader seeks elsewhere while it is far ahead. Blocks behind the reader stay cached, so small
+  backward seeks cost nothing; blocks read from a stream keep their LRU place (read once, in
+  order, they go first).
 * Every download resumes from the byte where it stopped when the connection drops (bounded
   retries with backoff through ``stamina``). A download server that refuses the URL (403, 404,
   410, an HTML error page) gets the link refreshed once through the resolver, then the download
@@ -52,7 +56,7 @@ KiB = 1024
 MiB = 1024 * KiB
 
 BLOCK_SIZE = 32 * KiB
-DEFAULT_CACHE_BYTES = 256 * MiB
+DEFAULT_CACHE_BYTES = 128 * MiB
 INITIAL_WINDOW = 512 * KiB
 MAX_WINDOW = 64 * MiB
 # Reads this far behind / ahead of a stream still belong to it (out-of-order FUSE reads).
