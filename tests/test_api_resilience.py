@@ -112,22 +112,33 @@ async def test_add_magnet_is_retried_after_a_429(emulator: Emulator) -> None:
     assert sorted(emulator.torrent_ids()) == sorted(c.id for c in created)  # one torrent per call
 
 
-async def test_burst_is_paced_under_the_limit(emulator: Emulator) -> None:
+async def test_burst_is_held_to_the_window(emulator: Emulator) -> None:
+    """A burst uses RD's whole window at once; the rest waits in the limiter and never earns a 429."""
     emulator.faults.rate_limit_per_minute = 20  # RD's sliding window, scaled down
-    limiter = RateLimiter(per_minute=605, burst=5)  # 5 at once, then 10 requests/s
+    limiter = RateLimiter(per_minute=20)
     async with RDClient(emulator.api_url, auth=StaticToken(emulator.token), retry=_policy(0), limiter=limiter) as rd:
         results: list[int] = []
+        budget_spent = trio.Event()
 
         async def one() -> None:
             results.append((await rd.user()).id)
+            if len(results) == 20:
+                budget_spent.set()
 
         async with trio.open_nursery() as nursery:
-            for _ in range(20):
+            for _ in range(25):
                 nursery.start_soon(one)
+            await budget_spent.wait()
+            # The other 5 are held back: a send would need a slot in the 60 s window.
+            assert limiter.acquired == 20 and limiter.budget_left() == 0
+            nursery.cancel_scope.cancel()
     assert results == [4242] * 20  # all succeeded with no retry allowed
-    assert limiter.waited > 0  # the burst beyond 5 was held back, not sent at once
     assert emulator.counters["rate_limited"] == 0 and rd.stats.rate_limited == 0
     assert emulator.counters["GET /user"] == rd.stats.total == 20
+    # The limiter used the whole window: one more request past it is refused.
+    async with RDClient(emulator.api_url, auth=StaticToken(emulator.token), retry=_policy(0)) as other:
+        with pytest.raises(errors.TooManyRequests):
+            await other.user()
 
 
 async def test_rate_limited_beyond_retries(emulator: Emulator) -> None:

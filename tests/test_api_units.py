@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import bisect
+
 import pytest
 import trio
 
 from rdfs.api import errors
 from rdfs.api.auth import Credentials, OAuthClient, StaticToken
 from rdfs.api.client import RDClient
-from rdfs.api.ratelimit import RateLimiter
+from rdfs.api.ratelimit import WINDOW, RateLimiter
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -70,33 +72,92 @@ def test_authorization_url() -> None:
     )
 
 
-async def test_rate_limiter_paces_a_burst(autojump_clock: trio.testing.MockClock) -> None:
-    limiter = RateLimiter(per_minute=60, burst=6)
+async def _acquire_all(limiter: RateLimiter, count: int) -> list[float]:
+    """Start ``count`` concurrent acquisitions; return their times, sorted."""
     times: list[float] = []
 
     async def one() -> None:
         await limiter.acquire()
         times.append(trio.current_time())
 
-    start = trio.current_time()
     async with trio.open_nursery() as nursery:
-        for _ in range(120):
+        for _ in range(count):
             nursery.start_soon(one)
-    assert len(times) == 120 and limiter.acquired == 120
-    # No 60-second window ever holds more than per_minute acquisitions.
-    times.sort()
+    return sorted(times)
+
+
+async def test_rate_limiter_spends_the_full_window_at_once(autojump_clock: trio.testing.MockClock) -> None:
+    limiter = RateLimiter(per_minute=250)
+    start = trio.current_time()
+    times = await _acquire_all(limiter, 250)
+    assert times == [start] * 250  # a library scan's unrestricts all go out at once
+    assert limiter.waited == 0 and limiter.budget_left() == 0
+    await limiter.acquire()  # the 251st waits for the first to leave the window
+    assert trio.current_time() == start + WINDOW
+    assert limiter.acquired == 251
+
+
+async def test_rate_limiter_never_exceeds_the_window(autojump_clock: trio.testing.MockClock) -> None:
+    limiter = RateLimiter(per_minute=250)
+    start = trio.current_time()
+    times = await _acquire_all(limiter, 600)
+    assert limiter.acquired == 600
+    # No 60-second span ever holds more than per_minute acquisitions ...
     for i, t in enumerate(times):
-        in_window = sum(1 for u in times[i:] if u < t + 60)
-        assert in_window <= 60
-    assert times[5] - start == 0  # the burst goes at once
-    assert limiter.budget_left() == 0
+        assert bisect.bisect_left(times, t + 60) - i <= 250
+    # ... and the budget is used in full: 250 at once, 250 a window later, the last 100 after two.
+    assert times == [start] * 250 + [start + WINDOW] * 250 + [start + 2 * WINDOW] * 100
+
+
+async def test_rate_limiter_budget_left(autojump_clock: trio.testing.MockClock) -> None:
+    limiter = RateLimiter(per_minute=100)
+    assert limiter.budget_left() == 100
+    for _ in range(30):
+        await limiter.acquire()
+    await trio.sleep(30)
+    for _ in range(50):
+        await limiter.acquire()
+    assert limiter.budget_left() == 20
+    await trio.sleep(WINDOW - 30)  # the first 30 leave the window
+    assert limiter.budget_left() == 50
+    await trio.sleep(30)
+    assert limiter.budget_left() == 100
 
 
 async def test_rate_limiter_penalty_blocks(autojump_clock: trio.testing.MockClock) -> None:
     limiter = RateLimiter(per_minute=600)
-    assert limiter.budget_left() == 60
+    assert limiter.budget_left() == 600
     limiter.penalize(7.0)
-    assert limiter.budget_left() == 0
+    assert limiter.budget_left() == 0 and limiter.per_minute == 300
     start = trio.current_time()
     await limiter.acquire()
-    assert trio.current_time() - start >= 7.0
+    assert trio.current_time() == start + 7.0
+    assert limiter.budget_left() == 299
+
+
+async def test_rate_limiter_penalty_opens_no_burst(autojump_clock: trio.testing.MockClock) -> None:
+    """The halved pace counts the sends already in the window: no burst right after the block."""
+    limiter = RateLimiter(per_minute=250)
+    start = trio.current_time()
+    await _acquire_all(limiter, 200)
+    limiter.penalize(5.0)
+    assert limiter.per_minute == 125
+    assert limiter.budget_left() == 0
+    await trio.sleep(10)
+    assert limiter.budget_left() == 0  # block over, but 200 sends still in the window
+    await limiter.acquire()
+    assert trio.current_time() == start + WINDOW
+
+
+async def test_rate_limiter_success_restores_the_pace(autojump_clock: trio.testing.MockClock) -> None:
+    limiter = RateLimiter(per_minute=40)
+    limiter.penalize(0.0)
+    limiter.penalize(0.0)
+    assert limiter.per_minute == 10 and limiter.budget_left() == 10
+    for _ in range(5):
+        limiter.succeeded()
+    assert limiter.per_minute == 15 and limiter.budget_left() == 15
+    for _ in range(100):
+        limiter.succeeded()
+    assert limiter.per_minute == limiter.limit == 40  # never above what was configured
+    assert limiter.budget_left() == 40

@@ -1,96 +1,93 @@
-"""One shared token bucket that keeps every RD request under the account's limit.
+"""One shared sliding-window limiter that keeps every RD request under the account's limit.
 
-RD allows about 250 requests per minute and counts refused requests too, so the client paces
-itself instead of learning the limit from 429s. A burst waits its turn (first come, first
-served) rather than failing. The bucket is sized so that *no* 60-second window ever holds more
-than ``per_minute`` acquisitions: ``burst`` tokens are available at once and the rest refill at
-``(per_minute - burst) / 60`` per second.
+RD allows about 250 requests in any 60 seconds and counts refused requests too, so the client
+paces itself instead of learning the limit from 429s. The limiter applies exactly that rule: it
+keeps the send times of the last 60 seconds, and a request may go out while fewer than
+``per_minute`` of them are in the window. A first library scan that needs 200 unrestricts sends
+them all at once; the 251st request waits until the oldest send leaves the window. A burst
+waits its turn (first come, first served) rather than failing.
 
-RD may allow less than the configured rate (it lowers limits under load). Since refused
-requests count too, a client that keeps its pace after a 429 keeps the window full and never
-gets through. So the pace adapts: every 429 halves it (down to ``MIN_PER_MINUTE``) and every
-success raises it by one request per minute again, up to the configured rate.
+There is no separate burst cap (requests per second): RD's rule is the window alone, so any
+smaller cap would only slow down the bursts (library scans) the full budget is meant for.
+
+RD may allow less than the configured rate (it lowers limits under load, and other clients may
+share the account). Since refused requests count too, a client that keeps its pace after a 429
+keeps the window full and never gets through. So the pace adapts: every 429 blocks all requests
+for the time RD asked and halves the pace (down to ``MIN_PER_MINUTE``), and every success raises
+it by one request per minute again, up to the configured rate. The halved pace applies to the
+same log of recent sends, so a penalty never opens room for an immediate burst.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 
 import trio
 
 log = logging.getLogger(__name__)
 
-_EPSILON = 1e-9  # float refill arithmetic may land a hair below a whole token
-_MIN_SLEEP = 0.001
+# RD counts requests over 60 s as they arrive; the limiter stamps them before they leave, so a
+# first request delayed on the way could fall out of RD's window after ours: one second of margin.
+WINDOW = 61.0
 MIN_PER_MINUTE = 10
 
 
 class RateLimiter:
-    def __init__(self, per_minute: int = 250, burst: int | None = None) -> None:
+    def __init__(self, per_minute: int = 250) -> None:
         if per_minute < 1:
             raise ValueError("per_minute must be at least 1")
         self.limit = per_minute  # the configured ceiling
-        self._burst_wanted = burst
-        self._set_pace(per_minute)
-        self._tokens = float(self.burst)
-        self._updated: float | None = None
+        self.per_minute = per_minute  # the current pace (lowered by 429s)
+        self._sent: deque[float] = deque()  # send times still inside the window, oldest first
         self._blocked_until = 0.0
         self._lock = trio.Lock()  # fair: waiters are served in arrival order
         self.acquired = 0
-        self.waited = 0.0  # total seconds spent waiting for a token
+        self.waited = 0.0  # total seconds spent waiting for room in the window
 
-    def _set_pace(self, per_minute: int) -> None:
-        burst = self._burst_wanted if self._burst_wanted is not None else max(1, per_minute // 10)
-        self.per_minute = per_minute
-        self.burst = max(1, min(burst, per_minute))
-        self._rate = max(per_minute - self.burst, 1) / 60.0  # tokens per second
+    def _forget_old(self, now: float) -> None:
+        while self._sent and self._sent[0] + WINDOW <= now:
+            self._sent.popleft()
 
-    def _refill(self, now: float) -> None:
-        if self._updated is None:
-            self._updated = now
-        elapsed = max(0.0, now - self._updated)
-        self._tokens = min(float(self.burst), self._tokens + elapsed * self._rate)
-        self._updated = now
+    def _ready_at(self, now: float) -> float:
+        """The earliest time the next request may go out (``<= now``: right away)."""
+        self._forget_old(now)
+        ready = self._blocked_until
+        excess = len(self._sent) - self.per_minute
+        if excess >= 0:  # the sends up to index ``excess`` must leave the window first
+            ready = max(ready, self._sent[excess] + WINDOW)
+        return ready
 
     async def acquire(self) -> None:
-        """Wait until a request may be sent, then take one token."""
+        """Wait until a request may be sent, then record it in the window."""
         async with self._lock:
-            start = trio.current_time()
-            while True:
+            start = now = trio.current_time()
+            while (ready := self._ready_at(now)) > now:
+                await trio.sleep_until(ready)
                 now = trio.current_time()
-                self._refill(now)
-                if now < self._blocked_until:
-                    await trio.sleep_until(self._blocked_until)
-                    continue
-                if self._tokens >= 1.0 - _EPSILON:
-                    break
-                await trio.sleep(max((1.0 - self._tokens) / self._rate, _MIN_SLEEP))
-            self._tokens = max(0.0, self._tokens - 1.0)
+            self._sent.append(now)
             self.acquired += 1
-            waited = trio.current_time() - start
+            waited = now - start
             self.waited += waited
             if waited > 1.0:
                 log.debug("rate limiter held a request for %.1f s", waited)
 
     def penalize(self, seconds: float) -> None:
-        """RD refused a request (429): empty the bucket, send nothing for ``seconds``, halve the pace."""
+        """RD refused a request (429): send nothing for ``seconds``, then at half the pace."""
         now = trio.current_time()
-        self._refill(now)
-        self._tokens = 0.0
         self._blocked_until = max(self._blocked_until, now + max(0.0, seconds))
-        self._set_pace(max(min(MIN_PER_MINUTE, self.limit), self.per_minute // 2))
+        self.per_minute = max(min(MIN_PER_MINUTE, self.limit), self.per_minute // 2)
         log.info("rate limited by RD: pausing all requests for %.1f s, then %d per minute", seconds, self.per_minute)
 
     def succeeded(self) -> None:
         """RD accepted a request: creep back towards the configured pace."""
         if self.per_minute < self.limit:
-            self._refill(trio.current_time())
-            self._set_pace(self.per_minute + 1)
+            self.per_minute += 1
 
     def budget_left(self) -> int:
         """Requests that can go out right now without waiting."""
         now = trio.current_time()
-        self._refill(now)
+        self._forget_old(now)
         if now < self._blocked_until:
             return 0
-        return int(self._tokens)
+        return max(0, self.per_minute - len(self._sent))
