@@ -141,9 +141,15 @@ class BlockCache:
         return len(self._blocks)
 
     def get(self, key: str, index: int, touch: bool = True) -> Block | None:
-        """The block, made the most recently used unless ``touch`` is False."""
+        """The block, made the most recently used unless ``touch`` is False.
+
+        A block that is a view of a larger response piece becomes a copy of its own when touched:
+        kept on past its neighbours, it must not keep the whole piece in memory.
+        """
         data = self._blocks.get((key, index))
         if data is not None and touch:
+            if isinstance(data, memoryview) and len(data.obj) > len(data):  # type: ignore[arg-type]
+                data = self._blocks[(key, index)] = bytes(data)
             self._blocks.move_to_end((key, index))
         return data
 

@@ -526,3 +526,15 @@ async def test_a_seek_makes_a_far_ahead_stream_let_its_connection_go(env: Env) -
     offset = 8 * MiB
     assert await handle.read(offset, 256 * KiB) == env.emu.file_bytes(torrent_id, 1, offset, 256 * KiB)
     await handle.close()
+
+
+def test_a_touched_block_stops_pinning_its_response_piece() -> None:
+    cache = BlockCache(max_bytes=1 << 20)
+    piece = bytes(range(256)) * 1024  # a 256 KiB response piece, split into views without copies
+    view = memoryview(piece)
+    for index in range(4):
+        cache.put("f", index, view[index * 64 * KiB : (index + 1) * 64 * KiB])
+    assert isinstance(cache.get("f", 1, touch=False), memoryview)
+    touched = cache.get("f", 2)
+    assert isinstance(touched, bytes) and touched == piece[128 * KiB : 192 * KiB]
+    assert cache.get("f", 2) is touched and cache.size == 256 * KiB
