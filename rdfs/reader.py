@@ -742,7 +742,13 @@ class ReaderPool:
             while self._probe_queue:
                 await trio.sleep(PROBE_FLUSH_DELAY)
                 batch = self._take_probe_queue()
-                await trio.to_thread.run_sync(self._write_probe, batch)
+                try:
+                    written = await trio.to_thread.run_sync(self._put_probe, batch)
+                except trio.Cancelled:  # before the thread started: aclose() writes it
+                    self._requeue_probe(batch)
+                    raise
+                if written:
+                    self._mark_stored(batch)
         finally:
             self._probe_flushing = False
 
@@ -750,17 +756,34 @@ class ReaderPool:
         batch, self._probe_queue, self._probe_queued_bytes = self._probe_queue, {}, 0
         return batch
 
-    def _write_probe(self, batch: dict[str, dict[int, Block]]) -> None:
+    def _requeue_probe(self, batch: dict[str, dict[int, Block]]) -> None:
+        for key, blocks in batch.items():
+            queued = self._probe_queue.setdefault(key, {})
+            for index, data in blocks.items():
+                if index not in queued:
+                    queued[index] = data
+                    self._probe_queued_bytes += len(data)
+
+    def _put_probe(self, batch: dict[str, dict[int, Block]]) -> bool:
+        """Store ``batch`` (any thread); False when the disk refused it."""
         assert self.probe is not None
         try:
             self.probe.put_batch(batch)
         except sqlite3.Error as exc:  # a full or broken disk costs the cache, never the read
             log.warning("probe cache: cannot store %d blocks: %s", sum(map(len, batch.values())), exc)
-            return
-        for file in list(self._files.values()):
+            return False
+        return True
+
+    def _mark_stored(self, batch: dict[str, dict[int, Block]]) -> None:
+        """The open files learn which of their blocks are on disk now (event loop only)."""
+        for file in self._files.values():
             stored = batch.get(file.probe_key)
             if stored:
                 file.stored.update(stored)
+
+    def _write_probe(self, batch: dict[str, dict[int, Block]]) -> None:
+        if self._put_probe(batch):
+            self._mark_stored(batch)
 
     # --- downloads -------------------------------------------------------------------------------
 
