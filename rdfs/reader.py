@@ -218,6 +218,7 @@ class _Transfer:
         self.buf = bytearray()
         self.owned: dict[int, trio.Event] = {}
         self.collected: dict[int, Block] | None = None
+        self.url = ""  # the download URL of the latest request
 
     @property
     def finished(self) -> bool:
@@ -841,9 +842,23 @@ class ReaderPool:
         source = transfer.file.source
         refreshes = 0
         refreshed_at = -1
+        unreachable_at = -1
         while await transfer.ready_for_more():
             try:
                 await self._attempts(transfer)
+            except NetworkError:
+                # The download server stayed unreachable through every retry. RD moves files
+                # between servers, and a link cached before a restart may name one that is gone:
+                # a fresh link is worth one try per position, if it names another URL.
+                if transfer.received == unreachable_at:
+                    raise
+                unreachable_at = transfer.received
+                stale = transfer.url
+                log.info("download server of %s unreachable: refreshing its link", source.name)
+                self.stats.link_refreshes += 1
+                fresh = await self.resolver.resolve(source.hoster_link, force=True, stale_url=stale)
+                if fresh.url == stale:
+                    raise
             except _Refused as refused:
                 if transfer.received != refreshed_at:
                     refreshes = 0
@@ -893,6 +908,7 @@ class ReaderPool:
         """
         source = transfer.file.source
         link = await self.resolver.resolve(source.hoster_link)
+        transfer.url = link.url
         start = transfer.received
         first = source.offset + start
         last = source.offset + transfer.stop - 1

@@ -538,3 +538,21 @@ def test_a_touched_block_stops_pinning_its_response_piece() -> None:
     touched = cache.get("f", 2)
     assert isinstance(touched, bytes) and touched == piece[128 * KiB : 192 * KiB]
     assert cache.get("f", 2) is touched and cache.size == 256 * KiB
+
+
+async def test_a_cached_link_to_an_unreachable_server_is_refreshed(env: Env) -> None:
+    """A link remembered from before a restart names a server that is gone: one fresh unrestrict."""
+    from rdfs.cache import StoredLink
+
+    size = MiB
+    torrent_id, source = env.add(size)
+    with trio.socket.socket() as closed:  # a port nobody listens on
+        await closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    env.cache.put_link(StoredLink(source.hoster_link, f"http://127.0.0.1:{port}/d/GONE/Movie.mkv", "GONE", size, 4e9))
+    pool = env.new_pool()
+    handle = pool.open(source)
+    assert await handle.read(1000, 64 * KiB) == env.emu.file_bytes(torrent_id, 1, 1000, 64 * KiB)
+    await handle.close()
+    await pool.aclose()
+    assert env.emu.counters[UNRESTRICT] == 1 and pool.stats.link_refreshes == 1
