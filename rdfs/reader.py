@@ -64,10 +64,11 @@ BACK_TOLERANCE = 256 * KiB
 FORWARD_TOLERANCE = 512 * KiB
 # Sequential runs followed per handle (interleaved readers of one file); the oldest is dropped.
 MAX_RUNS = 4
+# A run resumed after another run was read gets a stream only once it is this long.
+INTERLEAVED_RUN_MIN = 512 * KiB
 # Probe-cache writes wait this long to be batched; past this many queued bytes, blocks are skipped.
 PROBE_FLUSH_DELAY = 0.2
 PROBE_QUEUE_LIMIT = 64 * MiB
-INTERLEAVED_RUN_MIN = 512 * KiB
 # A first read at least this large (kernel readahead for a player, not a probe) starts a stream.
 STREAM_ON_SEEK = 256 * KiB
 # On a seek, other streams of the handle this far ahead of their reader let their connection go.
@@ -496,8 +497,7 @@ class FileHandle:
         return data
 
     def _observe(self, offset: int, end: int, first: int) -> bool:
-        """Follow the access pattern: feed a run's stream, or start one for a sequential run.
-
+        """Follow the access pattern: feed a run's stream, or start one for a sequential run;
         True when the read continues a running stream.
 
         A small first read of a run (a seek of a media probe, a random read) starts no
@@ -729,10 +729,7 @@ class ReaderPool:
         if self.nursery is None:  # nothing runs in the background: write now
             self._write_probe({file.probe_key: {index: data}})
             return
-        blocks = self._probe_queue.setdefault(file.probe_key, {})
-        if index not in blocks and self._probe_queued_bytes < PROBE_QUEUE_LIMIT:
-            blocks[index] = data
-            self._probe_queued_bytes += len(data)
+        self._queue_probe(file.probe_key, index, data)
         if not self._probe_flushing:
             self._probe_flushing = True
             self.nursery.start_soon(self._flush_probe)
@@ -753,17 +750,20 @@ class ReaderPool:
         finally:
             self._probe_flushing = False
 
+    def _queue_probe(self, key: str, index: int, data: Block) -> None:
+        blocks = self._probe_queue.setdefault(key, {})
+        if index not in blocks and self._probe_queued_bytes < PROBE_QUEUE_LIMIT:
+            blocks[index] = data
+            self._probe_queued_bytes += len(data)
+
     def _take_probe_queue(self) -> dict[str, dict[int, Block]]:
         batch, self._probe_queue, self._probe_queued_bytes = self._probe_queue, {}, 0
         return batch
 
     def _requeue_probe(self, batch: dict[str, dict[int, Block]]) -> None:
         for key, blocks in batch.items():
-            queued = self._probe_queue.setdefault(key, {})
             for index, data in blocks.items():
-                if index not in queued:
-                    queued[index] = data
-                    self._probe_queued_bytes += len(data)
+                self._queue_probe(key, index, data)
 
     def _put_probe(self, batch: dict[str, dict[int, Block]]) -> bool:
         """Store ``batch`` (any thread); False when the disk refused it."""
@@ -854,9 +854,7 @@ class ReaderPool:
                     raise
                 unreachable_at = transfer.received
                 stale = transfer.url
-                log.info("download server of %s unreachable: refreshing its link", source.name)
-                self.stats.link_refreshes += 1
-                fresh = await self.resolver.resolve(source.hoster_link, force=True, stale_url=stale)
+                fresh = await self._refresh_link(source, stale, "its download server is unreachable")
                 if fresh.url == stale:
                     raise
             except _Refused as refused:
@@ -868,9 +866,13 @@ class ReaderPool:
                         source.hoster_link, f"the download server refuses even a fresh link (HTTP {refused.status})"
                     ) from None
                 refreshed_at = transfer.received
-                self.stats.link_refreshes += 1
-                log.info("download of %s refused (HTTP %d): refreshing its link", source.name, refused.status)
-                await self.resolver.resolve(source.hoster_link, force=True, stale_url=refused.url)
+                await self._refresh_link(source, refused.url, f"the download was refused (HTTP {refused.status})")
+
+    async def _refresh_link(self, source: FileSource, stale_url: str, why: str) -> ResolvedLink:
+        """Unrestrict ``source``'s link again (unless another task already replaced ``stale_url``)."""
+        self.stats.link_refreshes += 1
+        log.info("%s: %s, refreshing its link", source.name, why)
+        return await self.resolver.resolve(source.hoster_link, force=True, stale_url=stale_url)
 
     async def _attempts(self, transfer: _Transfer) -> None:
         """One request, retried with backoff while it fails without making progress.

@@ -56,11 +56,31 @@ async def env(emulator: Emulator, rd_client: RDClient, cache_db: Cache) -> Async
             nursery.cancel_scope.cancel()
 
 
-async def read_all(handle, size: int, chunk: int) -> bytes:  # type: ignore[no-untyped-def]
+async def read_all(handle, size: int, chunk: int, pause: float | None = None) -> bytes:  # type: ignore[no-untyped-def]
+    """The first ``size`` bytes in ``chunk`` reads, sleeping ``pause`` s after each (None: no checkpoint)."""
     parts = []
     for offset in range(0, size, chunk):
         parts.append(await handle.read(offset, chunk))
+        if pause is not None:
+            await trio.sleep(pause)
     return b"".join(parts)
+
+
+async def read_files_at_once(pool: ReaderPool, sources: list[FileSource], size: int, pause: float) -> list[bytes]:
+    """Each source read (``size`` bytes, 256 KiB at a time) by a task of its own, all at once."""
+    results: dict[int, bytes] = {}
+
+    async def reader(slot: int) -> None:
+        handle = pool.open(sources[slot])
+        try:
+            results[slot] = await read_all(handle, size, 256 * KiB, pause)
+        finally:
+            await handle.close()
+
+    async with trio.open_nursery() as nursery:
+        for slot in range(len(sources)):
+            nursery.start_soon(reader, slot)
+    return [results[slot] for slot in range(len(sources))]
 
 
 # --- pure parts -------------------------------------------------------------------------------
@@ -355,22 +375,7 @@ async def test_connection_limit_with_many_streams(env: Env) -> None:
     size = 6 * MiB
     files = [env.add(size, name=f"Show{i}") for i in range(6)]
     pool = env.new_pool(max_connections_per_host=2)
-    results: dict[int, bytes] = {}
-
-    async def reader(slot: int) -> None:
-        handle = pool.open(files[slot][1])
-        try:
-            parts = []
-            for offset in range(0, size, 256 * KiB):
-                parts.append(await handle.read(offset, 256 * KiB))
-                await trio.sleep(0)
-            results[slot] = b"".join(parts)
-        finally:
-            await handle.close()
-
-    async with trio.open_nursery() as nursery:
-        for slot in range(6):
-            nursery.start_soon(reader, slot)
+    results = await read_files_at_once(pool, [source for _, source in files], size, pause=0)
     await pool.aclose()
     for slot, (torrent_id, _) in enumerate(files):
         assert results[slot] == env.emu.file_bytes(torrent_id, 1)
@@ -465,22 +470,8 @@ async def test_many_streams_share_the_read_ahead_budget(env: Env) -> None:
     size = 24 * MiB
     files = [env.add(size, name=f"Part{i}") for i in range(6)]
     pool = env.new_pool(cache_bytes=32 * MiB)  # alone, each stream's window could grow to 8 MiB
-    results: dict[int, bytes] = {}
-
-    async def reader(slot: int) -> None:
-        handle = pool.open(files[slot][1])
-        try:
-            parts = []
-            for offset in range(0, size, 256 * KiB):
-                parts.append(await handle.read(offset, 256 * KiB))
-                await trio.sleep(0.01)  # slower than the link: every window fills up
-            results[slot] = b"".join(parts)
-        finally:
-            await handle.close()
-
-    async with trio.open_nursery() as nursery:
-        for slot in range(6):
-            nursery.start_soon(reader, slot)
+    # Readers slower than the link: every window fills up.
+    results = await read_files_at_once(pool, [source for _, source in files], size, pause=0.01)
     await pool.aclose()
     for slot, (torrent_id, _) in enumerate(files):
         assert results[slot] == env.emu.file_bytes(torrent_id, 1)
