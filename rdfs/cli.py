@@ -73,7 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--allow-delete", action="store_true", default=None, help="let rm -r delete torrents upstream")
     mount.add_argument("--sync-interval", type=float, help="seconds between syncs (default 15)")
     mount.add_argument("--rate-limit", type=int, help="API requests per minute (default 250)")
-    mount.add_argument("--chunk-cache-mb", type=int, help="memory for the shared read cache (default 256)")
+    mount.add_argument("--chunk-cache-mb", type=int, help="memory for the shared read cache (default 128)")
+    mount.add_argument(
+        "--page-cache", action="store_true", default=None, help="read through the kernel page cache (for mmap MAP_SHARED)"
+    )
     mount.add_argument("--log-file", type=Path, help="log file (default: stderr in the foreground)")
     mount.set_defaults(func=cmd_mount)
 
@@ -104,6 +107,7 @@ def _config(args: argparse.Namespace) -> configuration.Config:
             "allow_delete",
             "rate_limit",
             "chunk_cache_mb",
+            "page_cache",
             "log_file",
         )
     }

@@ -72,6 +72,7 @@ class Operations(pyfuse3.Operations):
         gid: int | None = None,
         allow_delete: bool = False,
         extras: StreamingExtras | None = None,
+        page_cache: bool = False,
     ) -> None:
         super().__init__()
         self.extras = extras
@@ -82,6 +83,10 @@ class Operations(pyfuse3.Operations):
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
         self.allow_delete = allow_delete
+        # Direct I/O (the default): the kernel hands rdfs each read as the application made it, with
+        # no readahead of its own and no copy into the page cache; rdfs's read-ahead and block cache
+        # do that job. With the page cache, the kernel caches and reads ahead (mmap MAP_SHARED works).
+        self.page_cache = page_cache
         self._open: dict[int, OpenFile] = {}
         self._next_fh = 1
         # Nodes kept alive for the kernel: a file removed upstream stays stat-able and readable
@@ -266,7 +271,7 @@ class Operations(pyfuse3.Operations):
         )
         self._open[fh] = OpenFile(node, handle=self.readers.open(source))
         self._retained[inode] = node
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+        return pyfuse3.FileInfo(fh=fh, direct_io=not self.page_cache, keep_cache=self.page_cache)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         opened = self._open.get(fh)

@@ -197,7 +197,9 @@ async def _serve(config: Config, mountpoint: Path, client: RDClient, cache: Cach
             namespace, syncer, client, cache, allow_delete=config.allow_delete, selection=config.selection, nursery=nursery
         )
         ops = Operations(
-            namespace, syncer, readers, control, allow_delete=config.allow_delete, extras=StreamingExtras(client, resolver)
+            namespace, syncer, readers, control, allow_delete=config.allow_delete,
+            extras=StreamingExtras(client, resolver),
+            page_cache=config.page_cache,
         )
         syncer.on_change = ops.invalidate
         views = Views(cache, views_config, syncer.publish)
@@ -210,6 +212,7 @@ async def _serve(config: Config, mountpoint: Path, client: RDClient, cache: Cach
         resolver.on_gone = repairer.link_gone
         syncer.keep_dead = config.repair
         syncer.reporters["repair"] = repairer.status
+        syncer.reporters["reads"] = lambda: {"page_cache": config.page_cache, **readers.stats.as_dict()}
         if probe is not None:
             syncer.reporters["probe_cache"] = probe.status
         archives = ArchiveIndexer(cache, readers, resolver, syncer.refresh_files, interval=config.sync_interval)

@@ -69,8 +69,12 @@ INTERLEAVED_RUN_MIN = 512 * KiB
 # Probe-cache writes wait this long to be batched; past this many queued bytes, blocks are skipped.
 PROBE_FLUSH_DELAY = 0.2
 PROBE_QUEUE_LIMIT = 64 * MiB
-# A first read at least this large (kernel readahead for a player, not a probe) starts a stream.
+# A first read at least this large (a player's, not a probe's) starts a stream.
 STREAM_ON_SEEK = 256 * KiB
+# A download of a file's first block fetches at least this much: container probes read the head
+# in more than one 32 KiB read (ffprobe re-reads an MP4's head from byte 48), and a second request
+# would cost the probe another round trip to the download server.
+HEAD_FETCH = 64 * KiB
 # On a seek, other streams of the handle this far ahead of their reader let their connection go.
 RELEASE_AHEAD = 4 * MiB
 # A stream jumps over this many blocks already cached (or being fetched by someone else)
@@ -584,9 +588,19 @@ class FileHandle:
             stop = last
             while stop > index and (pool._available(file, stop) or stop in pending):
                 stop -= 1
+            if index == 0:
+                stop = self._head_stop(stop)
             stats.cache_misses += stop - index + 1
             fetched.update(await self.pool._fetch(self.file, index, stop + 1))
         return out
+
+    def _head_stop(self, stop: int) -> int:
+        """The last block a download of the file's first block fetches (``HEAD_FETCH``)."""
+        last_block = (self.source.size - 1) // BLOCK_SIZE
+        limit = min(HEAD_FETCH // BLOCK_SIZE - 1, last_block)
+        while stop < limit and not self.pool._available(self.file, stop + 1) and stop + 1 not in self.file.pending:
+            stop += 1
+        return stop
 
     async def close(self) -> None:
         """Stop the read-ahead; cached blocks stay for the next open."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
+import mmap
 import os
 import random
 import shutil
@@ -144,6 +146,44 @@ def test_random_offsets_on_huge_sparse_file(mnt, library):
             check=True,
         )
         assert result.stdout == control.file_bytes(torrent_id, 1, offset, length), offset
+
+
+def rdfs_reads(mounted) -> int:
+    """Reads that reached rdfs (its status file), as opposed to ones the kernel served itself."""
+    return json.loads((mounted.path / ".rdfs" / "status").read_text())["reads"]["reads"]
+
+
+def read_twice_and_map(mounted, library, flags: int) -> tuple[int, int]:
+    """Read a.bin twice and through a map of ``flags``, comparing bytes; the rdfs reads each pass made."""
+    control = library["control"]
+    path = mounted.path / "torrents" / "Synthetic Pack" / "a.bin"
+    want = control.file_bytes(library["torrents"]["synthetic"], 1)
+    passes = []
+    for _ in range(2):
+        before = rdfs_reads(mounted)
+        assert path.read_bytes() == want
+        passes.append(rdfs_reads(mounted) - before)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, flags=flags, prot=mmap.PROT_READ) as mapped:
+        assert mapped[:] == want
+    return passes[0], passes[1]
+
+
+def test_direct_io_reads_reach_rdfs_and_private_maps_work(mnt, library):
+    """The default: every read reaches rdfs (its read-ahead and cache serve it, the kernel keeps
+    no copy); a private map works, a shared one is refused as for every direct-I/O file."""
+    first, second = read_twice_and_map(mnt, library, mmap.MAP_PRIVATE)
+    assert first > 0 and second > 0
+    path = mnt.path / "torrents" / "Synthetic Pack" / "a.bin"
+    with open(path, "rb") as f, pytest.raises(OSError) as refused:
+        mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+    assert refused.value.errno == errno.ENODEV
+
+
+def test_page_cache_mode_rereads_from_the_kernel_and_shares_maps(emulator_module, library, tmp_path):
+    with mountutil.mount(emulator_module.api_url, emulator_module.token, tmp_path, "--page-cache") as mounted:
+        mountutil.wait_for(lambda: (mounted.path / "torrents" / "Synthetic Pack" / "a.bin").exists(), what="a.bin")
+        first, second = read_twice_and_map(mounted, library, mmap.MAP_SHARED)
+        assert first > 0 and second == 0  # the second pass came from the page cache (keep_cache)
 
 
 def test_concurrent_readers_share_one_unrestrict(emulator_module, library, tmp_path):

@@ -198,6 +198,24 @@ async def test_probe_pattern_does_not_open_a_big_window(env: Env) -> None:
     assert env.emu.counters["download_bytes"] <= 2 * MiB
 
 
+async def test_a_head_probe_costs_one_request_for_the_head(env: Env) -> None:
+    """ffprobe on an MP4 under direct I/O: 32 KiB at 0, the tail, then 32 KiB from byte 48. The
+    head's first download brings the second block along (one round trip, not two); nothing else
+    is read ahead."""
+    size = 2 * GiB
+    torrent_id, source = env.add(size)
+    handle = env.pool.open(source)
+    probe = [(0, 32 * KiB), (size - 14155, 32 * KiB), (48, 32 * KiB)]
+    for offset, length in probe:
+        expected = env.emu.file_bytes(torrent_id, 1, offset, min(length, size - offset))
+        assert await handle.read(offset, length) == expected
+    await handle.close()
+    tail_block = size - (size - 14155) // BLOCK_SIZE * BLOCK_SIZE
+    assert env.emu.counters["download_requests"] == 2
+    assert env.emu.counters["download_bytes"] == 2 * BLOCK_SIZE + tail_block
+    assert env.pool.stats.streams == 0
+
+
 async def test_concurrent_readers_same_and_different_files(env: Env) -> None:
     size = 6 * MiB + 99
     files = [env.add(size, name=f"Movie{i}") for i in range(4)]
