@@ -38,7 +38,11 @@ ENTRY_TIMEOUT = 60.0
 ATTR_TIMEOUT = 60.0
 # How long a lookup/readdir of a torrent whose file list is not cached waits for it.
 FILES_WAIT = 30.0
-BLOCK_SIZE = 4096
+BLOCK_SIZE = 4096  # statfs units
+# st_blksize: the buffer stdio, Python and other buffered readers use. Under direct I/O each of
+# their reads is a FUSE round trip, so it should be large (coreutils already reads 128 KiB), but
+# below the reader's STREAM_ON_SEEK, so one buffered read of a file's head starts no read-ahead.
+IO_SIZE = 128 * 1024
 # Directory listings are answered in pages of this many entries.
 READDIR_PAGE = 512
 
@@ -127,7 +131,7 @@ class Operations(pyfuse3.Operations):
         attr.st_uid = self.uid
         attr.st_gid = self.gid
         attr.st_size = node.size
-        attr.st_blksize = BLOCK_SIZE
+        attr.st_blksize = IO_SIZE
         attr.st_blocks = (node.size + 511) // 512
         mtime_ns = int(node.mtime * 1e9)
         attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = mtime_ns

@@ -11,7 +11,10 @@ The model follows rclone's VFS cache and mountpoint-s3's prefetcher:
   needs no download, and a read served entirely from them starts no read-ahead: a rescan of an
   unchanged library sends nothing to the network.
 * A first or random read downloads just the blocks it covers with one bounded ``Range`` request
-  (media scanners read a head and a few tail ranges: no read-ahead for them).
+  (media scanners read a head and a few tail ranges: no read-ahead for them); a download of a
+  file's first block brings ``HEAD_FETCH`` (a probe's second read of the head needs no second
+  round trip). The filesystem opens files with direct I/O, so these are the application's reads,
+  not the kernel's readahead of them.
 * A handle follows up to ``MAX_RUNS`` sequential *runs* (two places of one file read in turn
   each keep theirs). A read that continues a run (within ``BACK_TOLERANCE``/``FORWARD_TOLERANCE``,
   as concurrent FUSE reads arrive out of order) starts the run's *stream*: one long ranged

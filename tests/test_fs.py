@@ -323,6 +323,15 @@ def test_inodes_stable_across_restart(emulator_module, library, tmp_path):
     assert first == second and len(first) > 8
 
 
+def test_buffered_readers_get_large_reads(mnt, library):
+    """Direct I/O hands rdfs every read as made: stdio and Python size theirs by st_blksize."""
+    path = mnt.path / "torrents" / "Synthetic Pack" / "a.bin"
+    assert os.stat(path).st_blksize == 128 * 1024
+    with open(path, "rb") as f:
+        assert f.read(100) == library["control"].file_bytes(library["torrents"]["synthetic"], 1, 0, 100)
+        assert f.raw.tell() == 128 * 1024  # one read filled a st_blksize buffer
+
+
 def test_statfs(mnt):
     st = os.statvfs(mnt.path)
     assert st.f_namemax == 255 and st.f_blocks * st.f_frsize >= 3 * GiB
