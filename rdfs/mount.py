@@ -219,7 +219,8 @@ async def _serve(config: Config, mountpoint: Path, client: RDClient, cache: Cach
         pyfuse3.init(ops, str(mountpoint), fuse_options(config))
         log.info("mounted %s (api %s)", mountpoint, config.api_url)
         try:
-            nursery.start_soon(_tune_after_init, mountpoint, config.read_ahead_kb, config.max_background)
+            if config.page_cache:  # direct I/O has no kernel readahead to tune
+                nursery.start_soon(_tune_after_init, mountpoint, config.read_ahead_kb, config.max_background)
             nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
             nursery.start_soon(_report_on_signal, ops)
             if sys.stderr.isatty():

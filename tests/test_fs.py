@@ -184,6 +184,9 @@ def test_page_cache_mode_rereads_from_the_kernel_and_shares_maps(emulator_module
         mountutil.wait_for(lambda: (mounted.path / "torrents" / "Synthetic Pack" / "a.bin").exists(), what="a.bin")
         first, second = read_twice_and_map(mounted, library, mmap.MAP_SHARED)
         assert first > 0 and second == 0  # the second pass came from the page cache (keep_cache)
+        device = os.stat(mounted.path).st_dev
+        bdi = Path(f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb")
+        assert bdi.read_text().strip() == "512"  # the kernel readahead rdfs sets for this mode
 
 
 def test_concurrent_readers_share_one_unrestrict(emulator_module, library, tmp_path):
