@@ -141,6 +141,32 @@ async def test_burst_is_held_to_the_window(emulator: Emulator) -> None:
             await other.user()
 
 
+async def test_adds_are_paced_to_their_own_window(emulator: Emulator) -> None:
+    """RD throttles adds harder than the global limit: the client keeps them inside their window
+    (scaled down here: 4 per second), so none earns a 429 that would halve every other request's pace."""
+    emulator.faults.add_limit = (4, 1.0)
+    adds = RateLimiter(4, window=1.05)
+    async with RDClient(
+        emulator.api_url, auth=StaticToken(emulator.token), retry=_policy(0), rate_limit_per_minute=60_000, add_limiter=adds
+    ) as rd:
+        start = trio.current_time()
+        created = [await rd.add_magnet(_magnet(n)) for n in range(10)]
+        elapsed = trio.current_time() - start
+        assert (await rd.user()).id == 4242
+    assert len({c.id for c in created}) == 10 and sorted(emulator.torrent_ids()) == sorted(c.id for c in created)
+    assert emulator.counters["rate_limited"] == 0 and rd.limiter.per_minute == 60_000  # global pace untouched
+    assert elapsed >= 2 * 1.05  # 4 at once, 4 a window later, 2 another window later
+    # Without the pacing, the emulator refuses the fifth add in a second.
+    async with RDClient(
+        emulator.api_url, auth=StaticToken(emulator.token), retry=_policy(0), add_limiter=RateLimiter(100)
+    ) as unpaced:
+        await trio.sleep(1.1)
+        for n in range(10, 14):
+            await unpaced.add_magnet(_magnet(n))
+        with pytest.raises(errors.TooManyRequests):
+            await unpaced.add_magnet(_magnet(14))
+
+
 async def test_rate_limited_beyond_retries(emulator: Emulator) -> None:
     emulator.faults.rate_limit_per_minute = 3
     async with RDClient(

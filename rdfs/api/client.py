@@ -39,7 +39,7 @@ from rdfs.api.models import (
     TrafficHost,
     User,
 )
-from rdfs.api.ratelimit import RateLimiter
+from rdfs.api.ratelimit import ADD_WINDOW, ADDS_PER_WINDOW, RateLimiter
 from rdfs.api.transport import ClientStats, RetryPolicy, Transport
 
 log = logging.getLogger(__name__)
@@ -131,6 +131,7 @@ class RDClient:
         http: httpx.AsyncClient | None = None,
         limiter: RateLimiter | None = None,
         *,
+        add_limiter: RateLimiter | None = None,
         retry: RetryPolicy | None = None,
         verb_override: bool = False,
         token_in_query: bool = False,
@@ -138,6 +139,7 @@ class RDClient:
     ) -> None:
         """
         ``retry`` overrides ``max_retries`` and the backoff (e.g. zero waits in tests);
+        ``add_limiter`` paces adds (default: 20 in any 10.5 s, see :mod:`rdfs.api.ratelimit`);
         ``verb_override`` sends PUT/DELETE as POST with ``X-HTTP-Verb``; ``token_in_query`` sends
         the token as ``?auth_token=`` instead of an ``Authorization`` header.
         """
@@ -154,6 +156,7 @@ class RDClient:
             )
         self.http = http
         self.limiter = limiter or RateLimiter(rate_limit_per_minute)
+        self.add_limiter = add_limiter or RateLimiter(ADDS_PER_WINDOW, window=ADD_WINDOW)
         self.stats = ClientStats()
         self._transport = Transport(
             http, self.limiter, retry=retry or RetryPolicy(max_retries=max_retries), stats=self.stats
@@ -478,6 +481,7 @@ class RDClient:
         return [AvailableHost.from_json(item) for item in items if isinstance(item, dict)]
 
     async def add_torrent(self, data: bytes, host: str | None = None) -> Created:
+        await self.add_limiter.acquire()
         created = await self._object(
             "torrents/addTorrent",
             "torrents/addTorrent",
@@ -490,6 +494,7 @@ class RDClient:
         return Created.from_json(created)
 
     async def add_magnet(self, magnet: str, host: str | None = None) -> Created:
+        await self.add_limiter.acquire()
         created = await self._object(
             "torrents/addMagnet",
             "torrents/addMagnet",

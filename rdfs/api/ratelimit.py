@@ -10,6 +10,10 @@ waits its turn (first come, first served) rather than failing.
 There is no separate burst cap (requests per second): RD's rule is the window alone, so any
 smaller cap would only slow down the bursts (library scans) the full budget is meant for.
 
+Adds (``addMagnet``, ``addTorrent``) pass a second limiter of their own first: RD throttles them
+harder than the global limit (about 20 per 10 s), and the 429 an add earns would halve the pace
+of every other request (a library scan's unrestricts) for minutes.
+
 RD may allow less than the configured rate (it lowers limits under load, and other clients may
 share the account). Since refused requests count too, a client that keeps its pace after a 429
 keeps the window full and never gets through. So the pace adapts: every 429 blocks all requests
@@ -31,12 +35,18 @@ log = logging.getLogger(__name__)
 # first request delayed on the way could fall out of RD's window after ours: one second of margin.
 WINDOW = 61.0
 MIN_PER_MINUTE = 10
+# Adds: at most this many in any ADD_WINDOW seconds (with the same kind of margin).
+ADDS_PER_WINDOW = 20
+ADD_WINDOW = 10.5
 
 
 class RateLimiter:
-    def __init__(self, per_minute: int = 250) -> None:
+    """At most ``per_minute`` sends in any ``window`` seconds (one minute plus margin by default)."""
+
+    def __init__(self, per_minute: int = 250, *, window: float = WINDOW) -> None:
         if per_minute < 1:
             raise ValueError("per_minute must be at least 1")
+        self.window = window
         self.limit = per_minute  # the configured ceiling
         self.per_minute = per_minute  # the current pace (lowered by 429s)
         self._sent: deque[float] = deque()  # send times still inside the window, oldest first
@@ -46,7 +56,7 @@ class RateLimiter:
         self.waited = 0.0  # total seconds spent waiting for room in the window
 
     def _forget_old(self, now: float) -> None:
-        while self._sent and self._sent[0] + WINDOW <= now:
+        while self._sent and self._sent[0] + self.window <= now:
             self._sent.popleft()
 
     def _ready_at(self, now: float) -> float:
@@ -55,7 +65,7 @@ class RateLimiter:
         ready = self._blocked_until
         excess = len(self._sent) - self.per_minute
         if excess >= 0:  # the sends up to index ``excess`` must leave the window first
-            ready = max(ready, self._sent[excess] + WINDOW)
+            ready = max(ready, self._sent[excess] + self.window)
         return ready
 
     async def acquire(self) -> None:

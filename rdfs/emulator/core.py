@@ -141,6 +141,7 @@ class Emulator:
         self._grants: dict[str, DeviceGrant] = {}  # by device code
         self._auth_codes: dict[str, tuple[str, str]] = {}  # code -> (client id, redirect uri)
         self.api_hits: collections.deque[float] = collections.deque()
+        self.add_hits: collections.deque[float] = collections.deque()
         self.traffic: collections.Counter[str] = collections.Counter()  # YYYY-MM-DD -> bytes
         self.user: dict[str, Any] = {
             "id": 4242,

@@ -264,3 +264,6 @@ class Faults:
     content_range_shift: int = 0  # a ranged download starts this many bytes early (truthful Content-Range)
     malformed_json_rate: float = 0.0  # fraction of JSON API answers cut in half (200, invalid JSON)
     rate_limit_per_minute: int | None = None  # sliding 60 s window, 429 too_many_requests beyond
+    # Adds (addMagnet, addTorrent) allowed in a sliding window of this many seconds, 429 beyond:
+    # RD throttles adds harder than the global limit (field notes: ~20 per 10 s).
+    add_limit: tuple[int, float] | None = None

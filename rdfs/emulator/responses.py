@@ -3,6 +3,7 @@ and the pipeline every API request goes through (counters, faults, rate limit, a
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import re
@@ -91,6 +92,20 @@ def counter_name(method: str, path: str) -> str:
     return f"{method} {_PATH_PARAM.sub('', path) or '/'}"
 
 
+_ADDS = frozenset({"POST /torrents/addMagnet", "PUT /torrents/addTorrent"})
+
+
+def _count_hit(emu: Emulator, hits: collections.deque[float], limit: int, window: float) -> None:
+    """Record a request in a sliding window; refuse it (429) when the window holds too many."""
+    now = time.monotonic()
+    while hits and hits[0] <= now - window:
+        hits.popleft()
+    hits.append(now)  # refused requests count too, as on RD
+    if len(hits) > limit:
+        emu.counters["rate_limited"] += 1
+        raise Refusal("too_many_requests")
+
+
 def api_route(emu: Emulator, method: str, path: str, handler: Handler, *, auth: bool = True, prefix: str = "") -> Route:
     """A route through the API pipeline; ``handler`` returns a Response or raises ``Refusal``."""
     name = counter_name(method, prefix + path)
@@ -102,16 +117,10 @@ def api_route(emu: Emulator, method: str, path: str, handler: Handler, *, auth: 
         try:
             if faults.api_down:
                 raise Refusal("service_unavailable")
-            limit = faults.rate_limit_per_minute
-            if limit is not None:
-                now = time.monotonic()
-                hits = emu.api_hits
-                while hits and hits[0] <= now - 60:
-                    hits.popleft()
-                hits.append(now)  # refused requests count too, as on RD
-                if len(hits) > limit:
-                    emu.counters["rate_limited"] += 1
-                    raise Refusal("too_many_requests")
+            if faults.rate_limit_per_minute is not None:
+                _count_hit(emu, emu.api_hits, faults.rate_limit_per_minute, 60.0)
+            if faults.add_limit is not None and name in _ADDS:
+                _count_hit(emu, emu.add_hits, *faults.add_limit)
             if faults.api_latency > 0:
                 await trio.sleep(faults.api_latency)
             if faults.api_error_rate > 0 and emu.rng.random() < faults.api_error_rate:
