@@ -143,14 +143,19 @@ def tune_kernel(mountpoint: Path, read_ahead_kb: int, max_background: int) -> bo
 
 
 async def _tune_after_init(mountpoint: Path, read_ahead_kb: int, max_background: int) -> None:
-    """The kernel applies the FUSE INIT reply's limits when it arrives, overwriting earlier
-    settings; so tune once the loop has answered INIT, and check that the setting held."""
+    """The kernel applies the FUSE INIT reply's limits when the loop answers INIT, overwriting
+    earlier settings. This task starts with the loop: tune until the setting holds, then once
+    more after start-up settled, in case INIT was answered after the first write."""
     for _ in range(10):
         await trio.sleep(0.1)
         if tune_kernel(mountpoint, read_ahead_kb, max_background):
-            log.debug("kernel readahead %d KiB, max_background %d", read_ahead_kb, max_background)
-            return
-    log.info("kernel readahead could not be raised (needs root); streaming under latency will be slower")
+            break
+    else:
+        log.info("kernel readahead could not be raised (needs root); streaming under latency will be slower")
+        return
+    await trio.sleep(2.0)
+    if tune_kernel(mountpoint, read_ahead_kb, max_background):
+        log.debug("kernel readahead %d KiB, max_background %d", read_ahead_kb, max_background)
 
 
 def fuse_options(config: Config) -> set[str]:
@@ -219,8 +224,6 @@ async def _serve(config: Config, mountpoint: Path, client: RDClient, cache: Cach
         pyfuse3.init(ops, str(mountpoint), fuse_options(config))
         log.info("mounted %s (api %s)", mountpoint, config.api_url)
         try:
-            if config.page_cache:  # direct I/O has no kernel readahead to tune
-                nursery.start_soon(_tune_after_init, mountpoint, config.read_ahead_kb, config.max_background)
             nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
             nursery.start_soon(_report_on_signal, ops)
             if sys.stderr.isatty():
@@ -231,6 +234,8 @@ async def _serve(config: Config, mountpoint: Path, client: RDClient, cache: Cach
             if hook is not None:
                 nursery.start_soon(hook.run)
             nursery.start_soon(functools.partial(repairer.run, interval=max(config.sync_interval, 30.0)))
+            if config.page_cache:  # direct I/O has no kernel readahead to tune
+                nursery.start_soon(_tune_after_init, mountpoint, config.read_ahead_kb, config.max_background)
             await pyfuse3.main()
             # main() returns when the kernel unmounted us (fusermount -u): stop everything else.
             nursery.cancel_scope.cancel()
