@@ -52,8 +52,8 @@ class Config:
     selection: str = "all"  # files selected when adding a magnet: "all" or "video" (+ subtitles)
     # Direct I/O (False, the default): each application read reaches rdfs as it was made, and rdfs's
     # read-ahead and block cache do the caching; one copy less per byte and no kernel readahead
-    # speculating past a media probe's reads (scripts/bench: sequential loopback 492 -> 629 MB/s,
-    # scan bytes 2.6x -> 1.2x what ffprobe read). True serves reads through the kernel page cache,
+    # speculating past a media probe's reads (scripts/bench: sequential loopback 492 -> 690 MB/s,
+    # scan bytes 2.6x -> 1.45x what ffprobe read). True serves reads through the kernel page cache,
     # the only way a shared memory map (mmap MAP_SHARED) of a file works.
     page_cache: bool = False
     # With page_cache: kernel readahead for the mount's bdi (set after mounting). rdfs's own

@@ -202,7 +202,11 @@ async def _serve(config: Config, mountpoint: Path, client: RDClient, cache: Cach
             namespace, syncer, client, cache, allow_delete=config.allow_delete, selection=config.selection, nursery=nursery
         )
         ops = Operations(
-            namespace, syncer, readers, control, allow_delete=config.allow_delete,
+            namespace,
+            syncer,
+            readers,
+            control,
+            allow_delete=config.allow_delete,
             extras=StreamingExtras(client, resolver),
             page_cache=config.page_cache,
         )
