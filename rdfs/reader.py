@@ -38,18 +38,21 @@ The model follows rclone's VFS cache and mountpoint-s3's prefetcher:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sqlite3
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
+from urllib.parse import urljoin
 
-import httpx
+import httpcore
 import stamina
 import trio
 
 from rdfs.api.errors import NetworkError, RDError
-from rdfs.downloadclient import download_client
+from rdfs.downloadclient import TRANSPORT_ERRORS, download_pool, header
 from rdfs.links import LinkGone, LinkResolver, ResolvedLink
 from rdfs.probecache import ProbeCache, file_key
 
@@ -88,13 +91,15 @@ RANGE_DISCARD_LIMIT = 8 * MiB
 # Link refreshes in a row, without progress in between, before a download gives up.
 MAX_LINK_REFRESHES = 2
 DEFAULT_CONNECTIONS_PER_HOST = 16
-DEFAULT_TIMEOUT = httpx.Timeout(connect=15.0, read=30.0, write=15.0, pool=None)
+DEFAULT_TIMEOUT = {"connect": 15.0, "read": 30.0, "write": 15.0, "pool": None}  # seconds, httpcore's keys
+MAX_REDIRECTS = 5
 
 # A cached block: its own bytes, or a view of the response piece it arrived in (no copy).
 Block = bytes | memoryview
 
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
 _REFUSED = frozenset({403, 404, 410})
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _TRANSIENT = frozenset({408, 429, 500, 502, 503, 504})
 
 
@@ -628,7 +633,7 @@ class ReaderPool:
         self,
         resolver: LinkResolver,
         *,
-        http: httpx.AsyncClient | None = None,
+        http: httpcore.AsyncConnectionPool | None = None,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         max_connections_per_host: int = DEFAULT_CONNECTIONS_PER_HOST,
         nursery: trio.Nursery | None = None,
@@ -644,11 +649,7 @@ class ReaderPool:
         self.resolver = resolver
         self.probe = probe
         self._owns_http = http is None
-        self.http = http or download_client(
-            timeout=DEFAULT_TIMEOUT,
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64, keepalive_expiry=30.0),
-            user_agent="rdfs",
-        )
+        self.http = http or download_pool(max_keepalive_connections=64, keepalive_expiry=30.0)
         self.cache = BlockCache(cache_bytes)
         self.max_connections_per_host = max_connections_per_host
         self.nursery = nursery
@@ -827,7 +828,7 @@ class ReaderPool:
         try:
             with stream.scope:
                 await self._download(stream)
-        except (RDError, httpx.HTTPError) as exc:
+        except (RDError, *TRANSPORT_ERRORS) as exc:
             # The reads waiting for these blocks fetch them themselves and report the error.
             log.warning("read-ahead of %s stopped at byte %d: %s", name, stream.received, exc)
         finally:
@@ -931,7 +932,11 @@ class ReaderPool:
         start = transfer.received
         first = source.offset + start
         last = source.offset + transfer.stop - 1
-        headers = {"Range": f"bytes={first}-{last}", "Accept-Encoding": "identity"}
+        headers = [
+            (b"Range", f"bytes={first}-{last}".encode()),
+            (b"Accept-Encoding", b"identity"),
+            (b"User-Agent", b"rdfs"),
+        ]
         limiter = self._limiter(link.host)
         if not limiter.available_tokens:
             for stream in self._paused.get(limiter, ()):
@@ -939,12 +944,12 @@ class ReaderPool:
         async with limiter:
             self.stats.requests += 1
             try:
-                async with self.http.stream("GET", link.url, headers=headers) as response:
+                async with self._get(link.url, headers) as response:
                     skip = self._check(response, link, source, first)
                     await self._receive(response, transfer, skip, limiter)
                     if transfer.received == start:
-                        raise _Transient(f"HTTP {response.status_code} with no data from byte {first}")
-            except httpx.TransportError as exc:
+                        raise _Transient(f"HTTP {response.status} with no data from byte {first}")
+            except TRANSPORT_ERRORS as exc:
                 if transfer.received > start:
                     self.stats.reconnects += 1
                     log.info(
@@ -953,20 +958,33 @@ class ReaderPool:
                     return
                 raise _Transient(f"{type(exc).__name__}: {exc}") from None
 
-    def _check(self, response: httpx.Response, link: ResolvedLink, source: FileSource, first: int) -> int:
+    @contextlib.asynccontextmanager
+    async def _get(self, url: str, headers: list[tuple[bytes, bytes]]) -> AsyncIterator[httpcore.Response]:
+        """The response to a GET of ``url``, after up to ``MAX_REDIRECTS`` redirects."""
+        extensions = {"timeout": DEFAULT_TIMEOUT}
+        for _ in range(MAX_REDIRECTS + 1):
+            async with self.http.stream("GET", url, headers=headers, extensions=extensions) as response:
+                location = header(response, b"location")
+                if response.status not in _REDIRECTS or not location:
+                    yield response
+                    return
+            url = urljoin(url, location)
+        raise DownloadError(f"more than {MAX_REDIRECTS} redirects from the download server")
+
+    def _check(self, response: httpcore.Response, link: ResolvedLink, source: FileSource, first: int) -> int:
         """Validate a response to ``Range: bytes=first-…``; returns how many leading bytes to discard."""
-        status = response.status_code
-        content_type = response.headers.get("content-type", "").lower()
+        status = response.status
+        content_type = header(response, b"content-type").lower()
         if status in _REFUSED:
             raise _Refused(status, link.url)
         if status in _TRANSIENT:
             raise _Transient(f"HTTP {status}")
         if status == 206:
-            match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
+            content_range = header(response, b"content-range")
+            match = _CONTENT_RANGE.match(content_range)
             if match is None or int(match.group(1)) != first or int(match.group(2)) < first:
                 raise DownloadError(
-                    f"{source.name}: wrong Content-Range {response.headers.get('content-range')!r} "
-                    f"for a request from byte {first}"
+                    f"{source.name}: wrong Content-Range {content_range!r} for a request from byte {first}"
                 )
             total = match.group(3)
             if total != "*" and int(total) < source.offset + source.size:
@@ -975,8 +993,8 @@ class ReaderPool:
         if status == 200:
             if content_type.startswith("text/html"):
                 raise _Refused(status, link.url)  # RD's "no longer valid" page
-            length = response.headers.get("content-length")
-            if link.filesize and length is not None and length.isdigit() and int(length) != link.filesize:
+            length = header(response, b"content-length")
+            if link.filesize and length.isdigit() and int(length) != link.filesize:
                 raise DownloadError(f"{source.name}: a {length}-byte answer instead of the {link.filesize}-byte file")
             if first > self.range_discard_limit:
                 raise DownloadError(
@@ -990,10 +1008,14 @@ class ReaderPool:
         raise DownloadError(f"{source.name}: unexpected HTTP {status} from the download server")
 
     async def _receive(
-        self, response: httpx.Response, transfer: _Transfer, skip: int, limiter: trio.CapacityLimiter
+        self, response: httpcore.Response, transfer: _Transfer, skip: int, limiter: trio.CapacityLimiter
     ) -> None:
         stats = self.stats
-        async for piece in response.aiter_raw():
+        length = header(response, b"content-length")
+        expected = int(length) if length.isdigit() else None
+        got = 0
+        async for piece in response.aiter_stream():
+            got += len(piece)
             stats.bytes_fetched += len(piece)
             if skip:
                 if len(piece) <= skip:
@@ -1003,15 +1025,11 @@ class ReaderPool:
                 skip = 0
             transfer.feed(piece)
             if transfer.finished:
-                if _body_complete(response):
-                    continue  # let httpx see the end of the message: the connection stays reusable
+                if got == expected:
+                    continue  # let httpcore see the end of the message: the connection stays reusable
                 return
             if transfer.received >= transfer.want() and not await transfer.pause(limiter):
                 return
             if transfer.should_jump():
                 return
 
-
-def _body_complete(response: httpx.Response) -> bool:
-    length = response.headers.get("content-length", "")
-    return length.isdigit() and response.num_bytes_downloaded >= int(length)

@@ -6,7 +6,7 @@ import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import httpx
+import httpcore
 import pytest
 import trio
 import trio.testing
@@ -104,8 +104,8 @@ async def test_response_checks_catch_wrong_content_range() -> None:
     link = ResolvedLink("http://127.0.0.1:9/d/X/f", "X", 1000, 0.0)
     source = FileSource("k", "h", 1000)
 
-    def answer(status: int, **headers: str) -> httpx.Response:
-        return httpx.Response(status, headers=headers)
+    def answer(status: int, **headers: str) -> httpcore.Response:
+        return httpcore.Response(status, headers=[(k.encode(), v.encode()) for k, v in headers.items()])
 
     assert pool._check(answer(206, **{"content-range": "bytes 100-999/1000"}), link, source, 100) == 0
     with pytest.raises(DownloadError, match="Content-Range"):
@@ -297,6 +297,18 @@ async def test_expired_links_refresh_transparently(env: Env) -> None:
     assert env.emu.counters[UNRESTRICT] == 2
     assert env.emu.counters["download_refused"] >= 1
     assert env.pool.stats.link_refreshes >= 1
+
+
+async def test_redirected_downloads_are_followed(env: Env) -> None:
+    """A download server that hands each request on (302, relative Location) still gives exact bytes."""
+    env.emu.faults.download_redirect = True
+    size = 6 * MiB + 77
+    torrent_id, source = env.add(size)
+    handle = env.pool.open(source)
+    assert await read_all(handle, size, 128 * KiB) == env.emu.file_bytes(torrent_id, 1)
+    assert await handle.read(size - 100, 100) == env.emu.file_bytes(torrent_id, 1, size - 100, 100)
+    await handle.close()
+    assert env.emu.counters["download_redirects"] >= 1
 
 
 async def test_server_ignoring_range(env: Env) -> None:

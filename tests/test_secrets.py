@@ -15,7 +15,7 @@ import tempfile
 import traceback
 from pathlib import Path
 
-import httpx
+import httpcore
 import pytest
 import trio
 
@@ -178,8 +178,8 @@ async def test_tls_certificates_are_verified(tmp_path: Path) -> None:
                 await rd.user()
             pool = ReaderPool(LinkResolver(rd, None))
             try:
-                with pytest.raises(httpx.ConnectError) as refused:
-                    await pool.http.get(f"{base}/d/ID/movie.mkv")
+                with pytest.raises(httpcore.ConnectError) as refused:
+                    await pool.http.request("GET", f"{base}/d/ID/movie.mkv")
                 causes, seen = [], refused.value
                 while seen is not None:
                     causes.append(str(seen))

@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 import trio
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
@@ -136,6 +136,9 @@ class DownloadStream:
 def route(emu: Emulator) -> Route:
     async def download(request: Request) -> Response | DownloadStream:
         emu.counters["download_requests"] += 1
+        if emu.faults.download_redirect and "hop" not in request.query_params:
+            emu.counters["download_redirects"] += 1
+            return RedirectResponse(f"{request.url.path}?hop=1", status_code=302)  # a relative Location
         try:
             entry = emu.resolve_download(request.path_params["id"])
         except DownloadUnavailable as unavailable:

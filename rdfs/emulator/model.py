@@ -261,6 +261,7 @@ class Faults:
     download_error_rate: float = 0.0  # fraction of downloads refused with download_error_status
     download_error_status: int = 503
     ignore_range: bool = False  # downloads answer 200 with the full body
+    download_redirect: bool = False  # each download is first answered 302 to the same file (?hop=1)
     content_range_shift: int = 0  # a ranged download starts this many bytes early (truthful Content-Range)
     malformed_json_rate: float = 0.0  # fraction of JSON API answers cut in half (200, invalid JSON)
     rate_limit_per_minute: int | None = None  # sliding 60 s window, 429 too_many_requests beyond
