@@ -32,10 +32,10 @@ class Env:
     pool: ReaderPool
     nursery: trio.Nursery
 
-    def add(self, size: int, name: str = "Movie") -> tuple[str, FileSource]:
-        torrent_id = self.emu.add_torrent(name, [FileSpec(f"/{name}.mkv", size)])
+    def add(self, size: int, name: str = "Movie", suffix: str = ".mkv") -> tuple[str, FileSource]:
+        torrent_id = self.emu.add_torrent(name, [FileSpec(f"/{name}{suffix}", size)])
         link = self.emu.torrent_json(torrent_id)["links"][0]
-        return torrent_id, FileSource(key=torrent_id, hoster_link=link, size=size, name=f"{name}.mkv")
+        return torrent_id, FileSource(key=torrent_id, hoster_link=link, size=size, name=f"{name}{suffix}")
 
     def new_pool(self, **kwargs: object) -> ReaderPool:
         kwargs.setdefault("retry_wait_initial", 0.01)
@@ -214,6 +214,32 @@ async def test_a_head_probe_costs_one_request_for_the_head(env: Env) -> None:
     assert env.emu.counters["download_requests"] == 2
     assert env.emu.counters["download_bytes"] == 2 * BLOCK_SIZE + tail_block
     assert env.pool.stats.streams == 0
+
+
+async def test_an_mp4_head_read_fetches_the_tail_alongside(env: Env) -> None:
+    """An MP4's index may sit at its end: the first head read also fetches the last 32 KiB, in
+    parallel, and the probe's tail read then needs no request of its own. An MKV's does not."""
+    size = 2 * GiB + 5000
+    torrent_id, source = env.add(size, "Clip", ".mp4")
+    handle = env.pool.open(source)
+    assert await handle.read(0, 32 * KiB) == env.emu.file_bytes(torrent_id, 1, 0, 32 * KiB)
+    with trio.fail_after(10):
+        while env.emu.counters["download_requests"] < 2:  # the tail's request, sent with the head's
+            await trio.sleep(0.01)
+    for offset, length in [(size - 14155, 32 * KiB), (48, 32 * KiB)]:
+        expected = env.emu.file_bytes(torrent_id, 1, offset, min(length, size - offset))
+        assert await handle.read(offset, length) == expected
+    await handle.close()
+    assert env.emu.counters["download_requests"] == 2
+    tail_first = (size - 32 * KiB) // BLOCK_SIZE * BLOCK_SIZE
+    assert env.emu.counters["download_bytes"] == 2 * BLOCK_SIZE + (size - tail_first)
+
+    torrent_id, source = env.add(size, "Show", ".mkv")
+    handle = env.pool.open(source)
+    assert await handle.read(0, 32 * KiB) == env.emu.file_bytes(torrent_id, 1, 0, 32 * KiB)
+    await trio.sleep(0.2)
+    await handle.close()
+    assert env.emu.counters["download_requests"] == 3
 
 
 async def test_concurrent_readers_same_and_different_files(env: Env) -> None:
