@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from rdfs.control import Control
     from rdfs.reader import FileHandle, ReaderPool
     from rdfs.streaming import StreamingExtras
-    from rdfs.sync import Syncer, TreeChange
+    from rdfs.sync import TreeChange
     from rdfs.tree import Namespace
 
 log = logging.getLogger(__name__)

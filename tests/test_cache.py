@@ -20,7 +20,7 @@ from rdfs.cache import (
     StoredLink,
 )
 from rdfs.tree import Namespace, torrent_dir_specs, torrent_file_specs
-from tests.test_tree import info, torrent
+from tests.test_tree import info
 
 
 @pytest.fixture

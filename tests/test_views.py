@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import trio
 
 from rdfs.api.auth import StaticToken
 from rdfs.api.client import RDClient
