@@ -97,6 +97,11 @@ class Operations(pyfuse3.Operations):
         # through handles that are already open until the kernel forgets the inode.
         self._lookups: dict[int, int] = {}
         self._retained: dict[int, Node] = {}
+        # Invalidations before the kernel's INIT fail (ENOSYS) and have nothing to drop anyway.
+        self._kernel_ready = False
+
+    def init(self) -> None:
+        self._kernel_ready = True
 
     @property
     def open_files(self) -> int:
@@ -374,6 +379,8 @@ class Operations(pyfuse3.Operations):
 
     def invalidate(self, change: TreeChange) -> None:
         """Tell the kernel what a sync changed (called from the trio loop, never blocks)."""
+        if not self._kernel_ready:
+            return
         for parent, name in change.entries:
             try:
                 pyfuse3.invalidate_entry_async(parent, os.fsencode(name), ignore_enoent=True)

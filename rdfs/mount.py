@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pyfuse3
@@ -167,8 +168,23 @@ def fuse_options(config: Config) -> set[str]:
 
 
 async def run(config: Config, mountpoint: Path) -> None:
+    """Mount and serve until unmounted, SIGINT or SIGTERM.
+
+    The signal receiver stays open until the last cleanup step has run: a second Ctrl-C (or a
+    SIGTERM) while rdfs unmounts is logged, not raised in the middle of the cleanup.
+    """
     mountpoint = mountpoint.resolve()
     check_mountpoint(mountpoint)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            serving = trio.CancelScope()
+            nursery.start_soon(_stop_on_signals, signals, serving)
+            with serving:
+                await _connect_and_serve(config, mountpoint)
+            nursery.cancel_scope.cancel()
+
+
+async def _connect_and_serve(config: Config, mountpoint: Path) -> None:
     auth = auth_for(config)
     async with RDClient(
         api_url=config.api_url, oauth_url=config.oauth_url, auth=auth, rate_limit_per_minute=config.rate_limit
@@ -228,7 +244,6 @@ async def _serve(config: Config, mountpoint: Path, client: RDClient, cache: Cach
         pyfuse3.init(ops, str(mountpoint), fuse_options(config))
         log.info("mounted %s (api %s)", mountpoint, config.api_url)
         try:
-            nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
             nursery.start_soon(_report_on_signal, ops)
             if sys.stderr.isatty():
                 nursery.start_soon(_show_progress, syncer)
@@ -268,13 +283,14 @@ async def _show_progress(syncer: Syncer) -> None:
         await trio.sleep(1)
 
 
-async def _stop_on_signals(scope: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            log.info("received %s, unmounting", signal.Signals(signum).name)
+async def _stop_on_signals(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
+    async for signum in signals:
+        name = signal.Signals(signum).name
+        if scope.cancel_called:
+            log.info("received %s again: already unmounting", name)
+        else:
+            log.info("received %s, unmounting", name)
             scope.cancel()
-            return
-
 
 
 def task_counts() -> collections.Counter[str]:

@@ -127,3 +127,19 @@ def test_dead_torrent_gives_eio_and_others_still_read(emulator_proc, tmp_path):
         assert info.value.errno == 5  # EIO
         assert (mounted.path / "torrents" / "Fine" / "y.bin").read_bytes() == control.file_bytes(alive, 1)
         assert "x.bin" in mounted.log() and "link gone" in mounted.log()
+
+
+def test_ctrl_c_pressed_twice_unmounts_cleanly(emulator_proc, tmp_path):
+    """Ctrl-C reaches every process of the terminal's group, and users press it twice: a second
+    SIGINT while rdfs unmounts is logged, not raised in the middle of the cleanup. Start-up logs
+    no error either (views published before the kernel's INIT used to fail to invalidate)."""
+    emulator_proc.control.add_torrent("Some Movie (2020)", [FileSpec("/Some.Movie.2020.mkv", 1000)])
+    with mountutil.mount(emulator_proc.api_url, emulator_proc.token, tmp_path) as mounted:
+        mountutil.wait_for(lambda: os.listdir(mounted.path / "movies"), what="the movies view")
+        mounted.process.send_signal(signal.SIGINT)
+        mountutil.wait_for(lambda: "received SIGINT" in mounted.log(), interval=0.001, what="the first SIGINT")
+        mounted.process.send_signal(signal.SIGINT)
+        assert mounted.process.wait(timeout=15) == 0, mounted.log()
+        assert not is_fuse_mount(mounted.path)
+        log = mounted.log()
+        assert "Traceback" not in log and "KeyboardInterrupt" not in log and " ERROR " not in log, log
