@@ -7,6 +7,7 @@ unmount), by ``fusermount3 -u`` / ``rdfs umount`` from outside, or by an error.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import errno
 import functools
@@ -17,8 +18,9 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 import pyfuse3
 import trio
@@ -168,20 +170,11 @@ def fuse_options(config: Config) -> set[str]:
 
 
 async def run(config: Config, mountpoint: Path) -> None:
-    """Mount and serve until unmounted, SIGINT or SIGTERM.
-
-    The signal receiver stays open until the last cleanup step has run: a second Ctrl-C (or a
-    SIGTERM) while rdfs unmounts is logged, not raised in the middle of the cleanup.
-    """
+    """Mount and serve until unmounted, SIGINT or SIGTERM."""
     mountpoint = mountpoint.resolve()
     check_mountpoint(mountpoint)
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-            serving = trio.CancelScope()
-            nursery.start_soon(_stop_on_signals, signals, serving)
-            with serving:
-                await _connect_and_serve(config, mountpoint)
-            nursery.cancel_scope.cancel()
+    with trio.CancelScope() as serving, _stop_on_signals(serving):
+        await _connect_and_serve(config, mountpoint)
 
 
 async def _connect_and_serve(config: Config, mountpoint: Path) -> None:
@@ -283,14 +276,31 @@ async def _show_progress(syncer: Syncer) -> None:
         await trio.sleep(1)
 
 
-async def _stop_on_signals(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
-    async for signum in signals:
+@contextlib.contextmanager
+def _stop_on_signals(scope: trio.CancelScope) -> Iterator[None]:
+    """SIGINT and SIGTERM cancel ``scope``: a clean unmount. One arriving while rdfs unmounts is
+    logged and otherwise ignored: Ctrl-C reaches every process of the terminal's group, and users
+    press it twice. (``trio.open_signal_receiver`` re-raises the signals still pending when it
+    closes: a second Ctrl-C would interrupt the cleanup with KeyboardInterrupt.)"""
+    token = trio.lowlevel.current_trio_token()
+
+    def on_signal(signum: int) -> None:  # in the trio loop
         name = signal.Signals(signum).name
         if scope.cancel_called:
             log.info("received %s again: already unmounting", name)
         else:
             log.info("received %s, unmounting", name)
             scope.cancel()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        token.run_sync_soon(on_signal, signum)  # signal-safe; the rest runs in the loop
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def task_counts() -> collections.Counter[str]:
