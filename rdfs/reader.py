@@ -197,12 +197,17 @@ class _File:
     cache_key: str = field(init=False)
     probe_key: str = field(init=False)
     blocks: int = field(init=False)
+    # An MP4/MOV whose tail lies beyond the head fetch: a head read fetches the tail too.
+    tail_first: bool = field(init=False)
 
     def __post_init__(self) -> None:
         source = self.source
         self.cache_key = f"{source.key}\0{source.hoster_link}\0{source.offset}\0{source.size}"
         self.probe_key = file_key(source.hoster_link, source.offset, source.size)
         self.blocks = (source.size + BLOCK_SIZE - 1) // BLOCK_SIZE
+        self.tail_first = source.size > HEAD_FETCH + TAIL_FETCH and source.name.lower().endswith(
+            TAIL_FIRST_SUFFIXES
+        )
 
 
 class _Transient(Exception):
@@ -497,7 +502,7 @@ class FileHandle:
             return b""
         end = min(offset + size, file_size)
         first, last = offset // BLOCK_SIZE, (end - 1) // BLOCK_SIZE
-        if first == 0:
+        if first == 0 and self.file.tail_first:
             self.pool._prefetch_tail(self.file)
         streamed = self._observe(offset, end, first)
         # Blocks a stream brought keep their place in the LRU when read: read once, in order,
@@ -857,15 +862,10 @@ class ReaderPool:
 
     def _prefetch_tail(self, file: _File) -> None:
         """Fetch the tail of an MP4/MOV in the background (see ``TAIL_FIRST_SUFFIXES``), unless
-        it is at hand, on its way, or part of the head fetch."""
-        source = file.source
-        if (
-            self.nursery is None
-            or source.size <= HEAD_FETCH + TAIL_FETCH
-            or not source.name.lower().endswith(TAIL_FIRST_SUFFIXES)
-        ):
+        it is at hand or on its way."""
+        if self.nursery is None:
             return
-        first, stop = (source.size - TAIL_FETCH) // BLOCK_SIZE, file.blocks
+        first, stop = (file.source.size - TAIL_FETCH) // BLOCK_SIZE, file.blocks
         if any(self._available(file, i) or i in file.pending for i in range(first, stop)):
             return
         self.nursery.start_soon(self._prefetch, file, first, stop)
