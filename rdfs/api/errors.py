@@ -85,6 +85,13 @@ class APIError(RDError):
         return self._text()
 
 
+class GatewayError(APIError):
+    """A 5xx answer that carries no RD ``error_code`` (a proxy's or load balancer's 502/503/504
+    page): RD itself said nothing, so this is transient and never a verdict on a link or torrent."""
+
+    description = "Gateway error (no answer from RD itself)"
+
+
 def _api_error(name: str, code: int, description: str) -> type[APIError]:
     return type(name, (APIError,), {"code": code, "description": description, "__module__": __name__})
 
@@ -161,7 +168,7 @@ def error_for(status: int, body: bytes, *, endpoint: str = "") -> APIError:
             data = None
     if not isinstance(data, dict):
         kind = "an empty body" if not body else f"a non-JSON body ({len(body)} bytes)"
-        cls = _BY_STATUS.get(status, APIError)
+        cls = _BY_STATUS.get(status) or (GatewayError if status >= 500 else APIError)
         return cls(status, cls.code, "", f"{cls.description}, with {kind}", endpoint=endpoint)
     raw_code = data.get("error_code")
     code = raw_code if isinstance(raw_code, int) and not isinstance(raw_code, bool) else None
@@ -172,6 +179,6 @@ def error_for(status: int, body: bytes, *, endpoint: str = "") -> APIError:
     if code is not None:
         cls = ERRORS_BY_CODE.get(code, APIError)
     else:
-        cls = _BY_STATUS.get(status, APIError)
+        cls = _BY_STATUS.get(status) or (GatewayError if status >= 500 else APIError)
         code = cls.code
     return cls(status, code, error, "", details, endpoint=endpoint)
