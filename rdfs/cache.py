@@ -16,15 +16,25 @@ as constants).
 Every write is a short transaction (WAL, ``synchronous=NORMAL``): a ``kill -9`` at any moment
 leaves a consistent database; at worst the last sync step is redone. Bulk writers call the
 batch methods repeatedly with ``await trio.sleep(0)`` in between so FUSE requests interleave.
+
+The cache is only a cache. A write that cannot happen now (disk full, another process holding
+the write lock, a read-only file) rolls back whole and raises a :class:`CacheUnavailable`
+subclass; the sync redoes its step on the next tick. Unrestricted links, which a read needs at
+once, never fail: they are kept in memory (``pending``) and written when the database takes
+writes again. :meth:`Cache.status` names the problem. A corrupt database is moved aside and
+rebuilt (:meth:`Cache.open`). Which account's cache a credential may see is told by
+:class:`Accounts` (salted fingerprints of credentials, never the credentials).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import json
 import logging
 import os
+import secrets
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -34,6 +44,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import sqlite_utils
+import trio
 
 from rdfs.api.models import Download, Torrent, TorrentFile, TorrentInfo
 
@@ -41,6 +52,14 @@ log = logging.getLogger(__name__)
 
 DB_NAME = "rdfs.db"
 LAST_ACCOUNT_FILE = "last-account"
+ACCOUNTS_FILE = "accounts.json"
+
+# How long a write on the event loop waits for another process's write lock before it gives up
+# (and is retried later). SQLite's usual 5 s froze every FUSE request for that long.
+BUSY_TIMEOUT_MS = 100
+# Pending link writes are retried this often (doubling up to the maximum while they fail).
+RETRY_INITIAL = 1.0
+RETRY_MAX = 10.0
 
 ROOT_INODE = 1
 TORRENTS_INODE = 2
@@ -177,6 +196,99 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 class CacheError(Exception):
     """The cache database cannot be used (e.g. written by a newer rdfs)."""
+
+
+class CacheUnavailable(CacheError):
+    """A write could not be done now and was rolled back whole; it can be tried again later.
+
+    ``state`` is what :meth:`Cache.status` shows: "disk full", "locked by another process",
+    "read-only", "corrupt" or "error".
+    """
+
+    state = "error"
+
+
+class CacheFull(CacheUnavailable):
+    state = "disk full"
+
+
+class CacheLocked(CacheUnavailable):
+    state = "locked by another process"
+
+
+class CacheReadOnly(CacheUnavailable):
+    state = "read-only"
+
+
+class CacheCorrupt(CacheUnavailable):
+    state = "corrupt"
+
+
+# SQLite primary result codes (the low byte of an extended code).
+_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY, _SQLITE_IOERR = 5, 6, 8, 10
+_SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB = 11, 13, 14, 26
+_ERRORS: dict[int, type[CacheUnavailable]] = {
+    _SQLITE_BUSY: CacheLocked,
+    _SQLITE_LOCKED: CacheLocked,
+    _SQLITE_READONLY: CacheReadOnly,
+    _SQLITE_FULL: CacheFull,
+    _SQLITE_CORRUPT: CacheCorrupt,
+    _SQLITE_NOTADB: CacheCorrupt,
+}
+
+
+def classify(exc: sqlite3.Error) -> CacheUnavailable:
+    """The :class:`CacheUnavailable` saying what an SQLite error means for the cache (one line)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    kind = _ERRORS.get(code & 0xFF, CacheUnavailable) if isinstance(code, int) else CacheUnavailable
+    if kind is CacheUnavailable and isinstance(code, int) and code & 0xFF == _SQLITE_IOERR:
+        # Some file systems report a full disk as an I/O error of the write.
+        with contextlib.suppress(OSError):
+            if os.statvfs(".").f_bavail == 0:  # pragma: no cover - depends on the machine
+                kind = CacheFull
+    return kind(str(exc))
+
+
+def _unavailable(exc: sqlite3.Error) -> bool:
+    """Whether an SQLite error is about the database file's state (not a constraint or a bug)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in (*_ERRORS, _SQLITE_IOERR, _SQLITE_CANTOPEN)
+
+
+def is_corrupt(exc: BaseException) -> bool:
+    """Whether an error opening a database says the file is not a (sound) SQLite database."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.DatabaseError) and isinstance(code, int) and code & 0xFF in (
+        _SQLITE_CORRUPT,
+        _SQLITE_NOTADB,
+    )
+
+
+def move_aside(path: Path, reason: str) -> Path:
+    """Move a corrupt database (and its WAL) to ``<name>.corrupt-<UTC time>``; ONE warning line."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    number = 1
+    while aside.exists():
+        number += 1
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{number}")
+    os.replace(path, aside)
+    with contextlib.suppress(FileNotFoundError):
+        os.replace(path.with_name(path.name + "-wal"), aside.with_name(aside.name + "-wal"))
+    with contextlib.suppress(FileNotFoundError):
+        path.with_name(path.name + "-shm").unlink()  # shared memory index only: rebuilt by SQLite
+    log.warning("cache %s is corrupt (%s): kept as %s, rebuilding it", path, reason, aside.name)
+    return aside
+
+
+@dataclass
+class WriteHealth:
+    """Whether the database takes writes, and what the last failure was (for ``status``)."""
+
+    state: str = "ok"
+    last_error: str | None = None
+    last_error_time: float | None = None
+    failed_writes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,19 +439,89 @@ def _chunks(items: Sequence[Any], size: int = _IN_CHUNK) -> Iterator[Sequence[An
         yield items[start : start + size]
 
 
+class Accounts:
+    """Which account a credential belongs to, without asking the API and without storing it.
+
+    ``<cache dir>/accounts.json`` maps salted fingerprints of credentials to RD user ids:
+    ``HMAC-SHA256(salt, credential)``, the salt random per cache directory. RD tokens are long
+    random strings, so a keyed hash is enough (no password stretching needed); the salt keeps
+    fingerprints from matching across machines. A mount with a known credential opens its
+    account's cache with no API call; an unknown one asks ``/user`` first. The file is a hint:
+    unreadable or unwritable, it costs one ``/user`` call, never the mount.
+    """
+
+    MAX_ENTRIES = 32
+
+    def __init__(self, cache_dir: Path | str) -> None:
+        self.path = Path(cache_dir) / ACCOUNTS_FILE
+        self._salt = b""
+        self._known: dict[str, str] = {}
+        try:
+            data = json.loads(self.path.read_text())
+            self._salt = bytes.fromhex(data["salt"])
+            self._known = {str(k): str(v) for k, v in data["accounts"].items()}
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("ignoring unreadable %s (%s): the account is asked from the API", self.path, exc)
+        if len(self._salt) < 16:
+            self._salt, self._known = secrets.token_bytes(16), {}
+
+    def fingerprint(self, credential: bytes) -> str:
+        return hmac.new(self._salt, credential, hashlib.sha256).hexdigest()
+
+    def user_for(self, credential: bytes) -> str | None:
+        """The user id a credential was seen with, or None when it is new here."""
+        return self._known.get(self.fingerprint(credential))
+
+    def remember(self, credential: bytes, user_id: str) -> None:
+        """Note whose the credential is (best effort: a failure only costs a ``/user`` call later)."""
+        key = self.fingerprint(credential)
+        if self._known.get(key) == user_id:
+            return
+        self._known.pop(key, None)
+        self._known[key] = user_id
+        while len(self._known) > self.MAX_ENTRIES:
+            del self._known[next(iter(self._known))]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps({"salt": self._salt.hex(), "accounts": self._known}))
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.warning("cannot write %s (%s): the next mount asks the API whose token it is", self.path, exc)
+
+
 class Cache:
-    """The per-account metadata database. Not thread-safe: use it from the trio thread only."""
+    """The per-account metadata database. Not thread-safe: use it from the trio thread only.
+
+    Writes run on the event loop thread, like the reads, with a short busy timeout
+    (``BUSY_TIMEOUT_MS``) rather than in a worker thread: the hot lookup paths are synchronous
+    SQL on this connection and see every committed write at once, a sync step's read-diff-write
+    needs no cross-thread ordering, and WAL readers never wait for a writer. What a lock held by
+    another process costs is then one short wait per failed write, after which the write is
+    retried later (the next sync tick, or :meth:`retry_pending` for links) instead of holding
+    every FUSE request for SQLite's default five seconds.
+    """
 
     def __init__(self, path: Path, user_id: str | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.health = WriteHealth()
+        # Unrestricted links not yet written (None: a deletion), served from here meanwhile.
+        self._pending_links: dict[str, StoredLink | None] = {}
         conn = sqlite3.connect(str(self.path), isolation_level=None, cached_statements=256)
+        try:
+            self.conn = conn
+            self.conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self._check_sound()
+            self._migrate()
+        except BaseException:
+            conn.close()
+            raise
         self.db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
-        self.conn = conn
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.execute("PRAGMA busy_timeout=5000")
-        self._migrate()
         if user_id is not None:
             stored = self.get_meta("user_id")
             if stored is None:
@@ -353,13 +535,27 @@ class Cache:
 
     @classmethod
     def open(cls, cache_dir: Path | str, user_id: int | str) -> Cache:
-        """Open (creating it if needed) the account's database and remember it for warm starts."""
+        """Open (creating it if needed) the account's database and remember it for warm starts.
+
+        A corrupt database (not SQLite, truncated, failing SQLite's quick check) is moved aside
+        with one warning line and rebuilt empty: the next sync fills it from the API.
+        """
         cache_dir = Path(cache_dir)
-        cache = cls(cache_dir / str(user_id) / DB_NAME, user_id=str(user_id))
+        path = cache_dir / str(user_id) / DB_NAME
+        try:
+            cache = cls(path, user_id=str(user_id))
+        except (sqlite3.DatabaseError, CacheCorrupt) as exc:
+            if not (isinstance(exc, CacheCorrupt) or is_corrupt(exc)):
+                raise CacheError(f"cannot open the cache {path}: {exc}") from None
+            move_aside(path, str(exc))
+            cache = cls(path, user_id=str(user_id))
         marker = cache_dir / LAST_ACCOUNT_FILE
         tmp = marker.with_suffix(".tmp")
-        tmp.write_text(f"{user_id}\n")
-        os.replace(tmp, marker)
+        try:
+            tmp.write_text(f"{user_id}\n")
+            os.replace(tmp, marker)
+        except OSError as exc:  # only a hint for tools: a full disk must not stop the mount
+            log.debug("cannot write %s: %s", marker, exc)
         return cache
 
     @classmethod
@@ -380,7 +576,19 @@ class Cache:
         return cls.open(cache_dir, user_id)
 
     def close(self) -> None:
+        if self._pending_links and not self.flush_pending():
+            log.warning("cache: %d unrestricted links could not be saved (%s)", len(self._pending_links), self.health.state)
         self.conn.close()
+
+    def _check_sound(self) -> None:
+        """Raise :class:`CacheCorrupt` unless SQLite's quick check passes (a truncated file, torn pages).
+
+        Reads every page once (a fraction of a second for a large library) so that a damaged
+        cache is rebuilt at mount time instead of failing lookups later.
+        """
+        rows = [row[0] for row in self.conn.execute("PRAGMA quick_check(3)")]
+        if rows != ["ok"]:
+            raise CacheCorrupt("; ".join(str(r) for r in rows))
 
     def _migrate(self) -> None:
         has_meta = self.conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
@@ -397,17 +605,91 @@ class Cache:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
-        """One atomic write; nested use joins the outer transaction."""
+        """One atomic write; nested use joins the outer transaction.
+
+        It commits whole or rolls back whole. An SQLite failure (also of the COMMIT) becomes a
+        :class:`CacheUnavailable` subclass and is noted in :meth:`status`.
+        """
         if self.conn.in_transaction:
             yield
             return
-        self.conn.execute("BEGIN IMMEDIATE")
         try:
-            yield
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._rollback()
+                raise
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            if not _unavailable(exc):
+                raise  # a constraint or a bug: not the cache's state
+            raise self._failed(exc) from None
+        self._succeeded()
+
+    def _rollback(self) -> None:
+        # SQLite may have rolled back by itself (e.g. on SQLITE_FULL): nothing left to undo then.
+        if self.conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("ROLLBACK")
+
+    def _failed(self, exc: sqlite3.Error) -> CacheUnavailable:
+        error = classify(exc)
+        health = self.health
+        health.failed_writes += 1
+        health.last_error, health.last_error_time = f"{error.state}: {exc}", time.time()
+        if health.state != error.state:
+            log.warning("cache %s: %s (%s); reads go on, writes are retried", self.path, error.state, exc)
+            health.state = error.state
+        return error
+
+    def _succeeded(self) -> None:
+        if self.health.state != "ok":
+            log.warning("cache %s takes writes again", self.path)
+            self.health.state = "ok"
+
+    def status(self) -> dict[str, Any]:
+        """The "cache" section of the mount's status."""
+        return {
+            "state": self.health.state,
+            "pending_writes": len(self._pending_links),
+            "failed_writes": self.health.failed_writes,
+            "last_error": self.health.last_error,
+            "last_error_time": self.health.last_error_time,
+        }
+
+    def flush_pending(self) -> bool:
+        """Write the pending links in one transaction; False (and still pending) if it failed."""
+        if not self._pending_links or self.conn.in_transaction:
+            return not self._pending_links
+        items = list(self._pending_links.items())
+        try:
+            with self.transaction():
+                for hoster_link, link in items:
+                    if link is None:
+                        self.conn.execute("DELETE FROM links WHERE hoster_link = ?", (hoster_link,))
+                    else:
+                        self._write_link(link)
+        except CacheUnavailable:
+            return False
+        for hoster_link, link in items:
+            if self._pending_links.get(hoster_link, link) is link:
+                self._pending_links.pop(hoster_link, None)
+        return True
+
+    async def retry_pending(self) -> None:
+        """Run forever: write pending links once the database takes writes again (backing off)."""
+        wait = RETRY_INITIAL
+        while True:
+            await trio.sleep(wait)
+            if not self._pending_links:
+                wait = RETRY_INITIAL
+            elif self.flush_pending():
+                log.info("cache: pending link writes saved")
+                wait = RETRY_INITIAL
+            else:
+                wait = min(RETRY_MAX, wait * 2)
 
     # --- meta and sync state ---------------------------------------------------------------
 
@@ -416,7 +698,8 @@ class Cache:
         return row[0] if row else None
 
     def set_meta(self, key: str, value: str) -> None:
-        self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+        with self.transaction():
+            self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
     def get_state(self, key: str, default: Any = None) -> Any:
         row = self.conn.execute("SELECT value FROM sync_state WHERE key = ?", (key,)).fetchone()
@@ -431,6 +714,8 @@ class Cache:
     # --- unrestricted links (the data path) ---------------------------------------------------
 
     def get_link(self, hoster_link: str) -> StoredLink | None:
+        if hoster_link in self._pending_links:
+            return self._pending_links[hoster_link]
         row = self.conn.execute(
             "SELECT hoster_link, url, download_id, filesize, expires_at FROM links WHERE hoster_link = ?",
             (hoster_link,),
@@ -438,34 +723,44 @@ class Cache:
         return StoredLink(*row) if row else None
 
     def put_link(self, link: StoredLink) -> None:
-        """Store an unrestricted link. A RAR volume's size is only known from here: fix its entry."""
-        with self.transaction():
+        """Store an unrestricted link; never fails (kept in memory until the database takes it)."""
+        self._pending_links[link.hoster_link] = link
+        self.flush_pending()
+
+    def _write_link(self, link: StoredLink) -> None:
+        """A RAR volume's size is only known from here: fix its entry too."""
+        self.conn.execute(
+            "INSERT OR REPLACE INTO links (hoster_link, url, download_id, filesize, expires_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (link.hoster_link, link.url, link.download_id, link.filesize, link.expires_at),
+        )
+        if link.filesize > 0:
+            # (Files inside an archive read the same link at an offset: their size is their own.)
             self.conn.execute(
-                "INSERT OR REPLACE INTO links (hoster_link, url, download_id, filesize, expires_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (link.hoster_link, link.url, link.download_id, link.filesize, link.expires_at),
+                "UPDATE entries SET size = ? WHERE hoster_link = ? AND file_id IS NULL AND link_offset = 0 "
+                "AND torrent_id IS NOT NULL AND kind = 'file' AND size != ?",
+                (link.filesize, link.hoster_link, link.filesize),
             )
-            if link.filesize > 0:
-                # (Files inside an archive read the same link at an offset: their size is their own.)
-                self.conn.execute(
-                    "UPDATE entries SET size = ? WHERE hoster_link = ? AND file_id IS NULL AND link_offset = 0 "
-                    "AND torrent_id IS NOT NULL AND kind = 'file' AND size != ?",
-                    (link.filesize, link.hoster_link, link.filesize),
-                )
 
     def drop_link(self, hoster_link: str) -> None:
-        with self.transaction():
-            self.conn.execute("DELETE FROM links WHERE hoster_link = ?", (hoster_link,))
+        """Forget a link; never fails (the deletion waits in memory like :meth:`put_link`)."""
+        self._pending_links[hoster_link] = None
+        self.flush_pending()
 
     def link_sizes(self, hoster_links: Iterable[str]) -> dict[str, int]:
         """Known sizes of links (from earlier unrestricts), for RAR volumes."""
         sizes: dict[str, int] = {}
-        for chunk in _chunks(list(hoster_links)):
+        wanted = list(hoster_links)
+        for chunk in _chunks(wanted):
             marks = ",".join("?" * len(chunk))
             for link, size in self.conn.execute(
                 f"SELECT hoster_link, filesize FROM links WHERE hoster_link IN ({marks}) AND filesize > 0", chunk
             ):
                 sizes[link] = size
+        for link in wanted:
+            pending = self._pending_links.get(link)
+            if pending is not None and pending.filesize > 0:
+                sizes[link] = pending.filesize
         return sizes
 
     # --- RAR archives of packed torrents --------------------------------------------------------

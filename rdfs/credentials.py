@@ -75,6 +75,18 @@ def forget(directory: Path | None = None) -> bool:
     return True
 
 
+async def identity(auth: StaticToken | OAuthSession) -> bytes:
+    """What tells one login from another, for the cache's account fingerprints (never stored as is).
+
+    A private token is its own identity. An OAuth login is its client id with its refresh token:
+    the access token changes hourly, the refresh token only with a new login.
+    """
+    if isinstance(auth, OAuthSession):
+        credentials = auth.credentials
+        return b"oauth\0" + credentials.client_id.encode() + b"\0" + credentials.refresh_token.encode()
+    return b"token\0" + (await auth.token()).encode()
+
+
 def auth_for(config: configuration.Config, directory: Path | None = None) -> StaticToken | OAuthSession:
     """How to authenticate: ``--token`` / ``RD_API_TOKEN`` first, else the stored login."""
     if config.token:

@@ -27,10 +27,10 @@ import trio
 
 from rdfs.api.client import RDClient
 from rdfs.archives import ArchiveIndexer
-from rdfs.cache import Cache
+from rdfs.cache import Accounts, Cache, CacheError
 from rdfs.config import Config
 from rdfs.control import Control
-from rdfs.credentials import auth_for
+from rdfs.credentials import auth_for, identity
 from rdfs.fs import Operations
 from rdfs.hooks import HookError, UpdateHook, load_hook
 from rdfs.links import LinkResolver
@@ -182,11 +182,18 @@ async def _connect_and_serve(config: Config, mountpoint: Path) -> None:
     async with RDClient(
         api_url=config.api_url, oauth_url=config.oauth_url, auth=auth, rate_limit_per_minute=config.rate_limit
     ) as client:
-        cache = Cache.open_warm(config.cache_dir)
-        if cache is None:
-            # First mount of this account: one /user call tells which cache to use.
-            user = await client.user()
-            cache = Cache.open(config.cache_dir, user.id)
+        # A cache is shown only to the account it belongs to: a known credential names it without
+        # an API call (a warm start); an unknown one asks /user first.
+        accounts = Accounts(config.cache_dir)
+        credential = await identity(auth)
+        user_id = accounts.user_for(credential)
+        if user_id is None:
+            user_id = str((await client.user()).id)
+        try:
+            cache = Cache.open(config.cache_dir, user_id)
+        except CacheError as exc:
+            raise MountError(str(exc)) from None
+        accounts.remember(credential, user_id)
         try:
             await _serve(config, mountpoint, client, cache)
         finally:
@@ -230,6 +237,7 @@ async def _serve(config: Config, mountpoint: Path, client: RDClient, cache: Cach
         resolver.on_gone = repairer.link_gone
         syncer.keep_dead = config.repair
         syncer.reporters["repair"] = repairer.status
+        syncer.reporters["cache"] = cache.status
         syncer.reporters["reads"] = lambda: {"page_cache": config.page_cache, **readers.stats.as_dict()}
         if probe is not None:
             syncer.reporters["probe_cache"] = probe.status
@@ -240,6 +248,7 @@ async def _serve(config: Config, mountpoint: Path, client: RDClient, cache: Cach
             nursery.start_soon(_report_on_signal, ops)
             if sys.stderr.isatty():
                 nursery.start_soon(_show_progress, syncer)
+            nursery.start_soon(cache.retry_pending)
             await nursery.start(syncer.run)
             nursery.start_soon(archives.run)
             nursery.start_soon(views.run)

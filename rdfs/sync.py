@@ -31,6 +31,7 @@ them, so FUSE requests (answered from SQLite) interleave with a big sync.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -41,7 +42,7 @@ import trio
 
 from rdfs.api.errors import APIError, NetworkError, RDError, UnknownResource
 from rdfs.api.models import STATUS_DOWNLOADED, Download, Torrent, TorrentInfo
-from rdfs.cache import DOWNLOADS_INODE, TORRENTS_INODE, Cache, Changes, Scope, list_key, row_key
+from rdfs.cache import DOWNLOADS_INODE, TORRENTS_INODE, Cache, CacheError, Changes, Scope, list_key, row_key
 from rdfs.tree import Namespace, download_specs, torrent_dir_specs, torrent_file_specs
 
 log = logging.getLogger(__name__)
@@ -162,6 +163,10 @@ class Syncer:
                 while True:
                     try:
                         await self._tick()
+                    except CacheError as exc:  # rolled back whole: the next tick redoes it
+                        self._note_error("cache", exc)
+                        with contextlib.suppress(CacheError):
+                            self._set_health("degraded")
                     except Exception:  # a bug or a broken cache must not take the mount down
                         log.exception("sync tick failed")
                         self._note_error("sync", "internal error (see the log)")
@@ -500,9 +505,9 @@ class Syncer:
                 await self._fetch_files(torrent_id)
                 failures = 0
             except Exception as exc:
-                if drain and not isinstance(exc, RDError):
+                if drain and not isinstance(exc, (RDError, CacheError)):
                     raise
-                if isinstance(exc, RDError):
+                if isinstance(exc, (RDError, CacheError)):
                     self._note_error(f"files of {torrent_id}", exc)
                 else:  # keep the mount alive; the torrent stays pending and is retried
                     log.exception("storing the files of %s failed", torrent_id)
