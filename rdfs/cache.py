@@ -516,6 +516,9 @@ class Cache:
             self.conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
+            # The WAL shrinks back after each checkpoint: on a full disk the next write fails at
+            # once (and is reported) instead of whenever the WAL's slack happens to run out.
+            self.conn.execute("PRAGMA journal_size_limit=0")
             self._check_sound()
             self._migrate()
         except BaseException:

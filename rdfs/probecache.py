@@ -14,6 +14,7 @@ link's content, size``; RD content behind a hoster link never changes. The total
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -34,6 +35,8 @@ DB_NAME = "probe.db"
 DEFAULT_MAX_BYTES = 4096 * MiB
 DEFAULT_HEAD_BYTES = 32 * MiB
 DEFAULT_TAIL_BYTES = 16 * MiB
+# How long the event loop's connection waits for another process's lock (see rdfs.cache).
+BUSY_TIMEOUT_MS = 100
 # Eviction frees down to this fraction of max_bytes, so it does not run on every store.
 _EVICT_TO = 0.9
 
@@ -87,11 +90,17 @@ class ProbeCache:
         self.head_bytes = head_bytes
         self.tail_bytes = tail_bytes
         self.stats = ProbeStats()
-        self.conn = sqlite3.connect(str(self.path), isolation_level=None)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.executescript(_SCHEMA)
-        self.size = self.conn.execute("SELECT coalesce(sum(bytes), 0) FROM files").fetchone()[0]
+        # The event loop's connection waits briefly for a lock (it only marks files as used); the
+        # writer, in a worker thread, may wait longer.
+        self.conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.executescript(_SCHEMA)
+            self.size = self.conn.execute("SELECT coalesce(sum(bytes), 0) FROM files").fetchone()[0]
+        except BaseException:
+            self.conn.close()
+            raise
         # Writes go through their own connection, usable from a worker thread (WAL: the reads on
         # ``conn`` go on meanwhile); the lock keeps one writer at a time.
         self._writer = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
@@ -113,7 +122,10 @@ class ProbeCache:
         """The stored block indices of a file; marks the file as just used."""
         indices = {row[0] for row in self.conn.execute("SELECT idx FROM blocks WHERE file = ?", (key,))}
         if indices:
-            self.conn.execute("UPDATE files SET used = ? WHERE file = ?", (time.time(), key))
+            try:
+                self.conn.execute("UPDATE files SET used = ? WHERE file = ?", (time.time(), key))
+            except sqlite3.OperationalError as exc:  # full, locked, read-only: only eviction order suffers
+                log.debug("probe cache: cannot mark %d blocks as used: %s", len(indices), exc)
         return indices
 
     def get(self, key: str, index: int) -> bytes | None:
@@ -154,10 +166,10 @@ class ProbeCache:
                     )
                     grown_total += grown
                     stored += len(blocks)
+                db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
-            db.execute("COMMIT")
             self.size += grown_total
             self.stats.stored += stored
             if self.size > self.max_bytes:
@@ -178,10 +190,10 @@ class ProbeCache:
                 db.execute("DELETE FROM files WHERE file = ?", (file,))
                 self.size -= size
                 self.stats.evicted_files += 1
+            db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
-        db.execute("COMMIT")
         log.debug("probe cache: evicted down to %d bytes", self.size)
 
     def status(self) -> dict[str, int]:
@@ -189,16 +201,43 @@ class ProbeCache:
         return {"files": files, "bytes": self.size, "max_bytes": self.max_bytes, **self.stats.as_dict()}
 
 
+def _rollback(db: sqlite3.Connection) -> None:
+    # SQLite may have rolled back by itself (e.g. on SQLITE_FULL): nothing left to undo then.
+    if db.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+
+
 def open_probe_cache(config: Config, cache: Cache) -> ProbeCache | None:
-    """The account's probe cache (``<cache dir>/<user id>/probe.db``), or None when disabled."""
+    """The account's probe cache (``<cache dir>/<user id>/probe.db``), or None when disabled.
+
+    It is only a cache: a corrupt file is moved aside and rebuilt; one that cannot be opened
+    (full disk, read-only directory) costs the probe cache for this mount, never the mount.
+    """
+    from rdfs.cache import is_corrupt, move_aside
     from rdfs.reader import BLOCK_SIZE  # the reader imports this module: import at call time
 
     if config.probe_cache_mb <= 0:
         return None
-    return ProbeCache(
-        cache.path.parent / DB_NAME,
-        block_size=BLOCK_SIZE,
-        max_bytes=config.probe_cache_mb * MiB,
-        head_bytes=config.probe_head_mb * MiB,
-        tail_bytes=config.probe_tail_mb * MiB,
-    )
+    path = cache.path.parent / DB_NAME
+
+    def make() -> ProbeCache:
+        return ProbeCache(
+            path,
+            block_size=BLOCK_SIZE,
+            max_bytes=config.probe_cache_mb * MiB,
+            head_bytes=config.probe_head_mb * MiB,
+            tail_bytes=config.probe_tail_mb * MiB,
+        )
+
+    try:
+        try:
+            return make()
+        except sqlite3.DatabaseError as exc:
+            if not is_corrupt(exc):
+                raise
+            move_aside(path, str(exc))
+            return make()
+    except (sqlite3.Error, OSError) as exc:
+        log.warning("probe cache %s unavailable for this mount: %s", path, exc)
+        return None

@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="hand out URL/<path under --media DIR> for real files (a static server such as nginx serves them)",
     )
+    parser.add_argument("--user-id", type=int, default=4242, metavar="N", help="the account's RD user id (default: 4242)")
     parser.add_argument("--rate-limit", type=int, metavar="N", help="API requests per minute (default: none)")
     parser.add_argument("--log-level", default="WARNING", help="logging level (default: WARNING)")
     return parser
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_emulator(args: argparse.Namespace) -> Emulator:
     emu = Emulator(args.token, link_ttl=args.link_ttl, rate_limit_per_minute=args.rate_limit)
+    emu.user["id"] = args.user_id
     emu.faults.api_latency = args.api_latency
     emu.faults.download_latency = args.download_latency
     if args.media is not None:
