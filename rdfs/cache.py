@@ -649,7 +649,7 @@ class Cache:
 
     def _succeeded(self) -> None:
         if self.health.state != "ok":
-            log.warning("cache %s takes writes again", self.path)
+            log.info("cache %s takes writes again", self.path)
             self.health.state = "ok"
 
     def status(self) -> dict[str, Any]:

@@ -1,0 +1,207 @@
+"""The cache is only a cache: full disk, foreign locks, corruption and other accounts (in process)."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from rdfs.api.models import Torrent
+from rdfs.cache import (
+    ACCOUNTS_FILE,
+    DB_NAME,
+    TORRENTS_INODE,
+    Accounts,
+    Cache,
+    CacheFull,
+    CacheLocked,
+    StoredLink,
+)
+from rdfs.emulator import Emulator, FileSpec
+from rdfs.sync import Syncer
+from rdfs.tree import Namespace
+
+
+def torrent(number: int) -> Torrent:
+    return Torrent(
+        id=f"T{number:012d}",
+        filename=f"Torrent {number} " + "x" * 200,
+        hash=f"{number:040x}",
+        bytes=1000,
+        host="real-debrid.com",
+        split=2000,
+        progress=100.0,
+        status="downloaded",
+        added=None,
+        ended=None,
+        links=(f"https://real-debrid.com/d/L{number}",),
+    )
+
+
+def link(number: int) -> StoredLink:
+    # (A long URL: it needs pages of its own, so a full database cannot take it.)
+    return StoredLink(f"https://real-debrid.com/d/L{number}", f"https://dl.example/{number}/" + "u" * 8000, f"D{number}", 10, 2e9)
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> Iterator[Cache]:
+    store = Cache.open(tmp_path, 42)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def stored_links(path: Path) -> set[str]:
+    """The links another connection sees committed in the database."""
+    with sqlite3.connect(path) as other:
+        return {row[0] for row in other.execute("SELECT hoster_link FROM links")}
+
+
+def test_full_disk_rolls_back_whole_and_links_wait_in_memory(cache: Cache) -> None:
+    cache.upsert_torrents([torrent(0)])
+    cache.conn.execute(f"PRAGMA max_page_count = {cache.conn.execute('PRAGMA page_count').fetchone()[0]}")
+    with pytest.raises(CacheFull):
+        cache.upsert_torrents([torrent(n) for n in range(1, 400)])
+    assert set(cache.torrent_states()) == {torrent(0).id}  # nothing of the failed batch
+    assert not cache.conn.in_transaction
+    cache.put_link(link(1))  # a read must not fail because the cache cannot store its link
+    assert cache.get_link(link(1).hoster_link) == link(1)
+    assert cache.status()["state"] == "disk full" and cache.status()["pending_writes"] == 1
+    assert stored_links(cache.path) == set()
+    cache.conn.execute("PRAGMA max_page_count = 1000000")  # space freed
+    assert cache.flush_pending()
+    assert stored_links(cache.path) == {link(1).hoster_link}
+    assert cache.status()["state"] == "ok" and cache.status()["pending_writes"] == 0
+
+
+def test_foreign_write_lock_fails_writes_fast_and_reads_go_on(cache: Cache) -> None:
+    cache.upsert_torrents([torrent(0)])
+    other = sqlite3.connect(cache.path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(CacheLocked):
+            cache.upsert_torrents([torrent(1)])
+        cache.put_link(link(1))
+        cache.drop_link(link(0).hoster_link)
+        assert cache.get_link(link(1).hoster_link) == link(1)
+        assert set(cache.torrent_states()) == {torrent(0).id}  # reads answer during the lock
+        assert Namespace(cache).lookup(1, "torrents") is not None
+        status = cache.status()
+        assert status["state"] == "locked by another process" and status["pending_writes"] == 2
+        assert not cache.flush_pending()
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert cache.flush_pending()
+    assert stored_links(cache.path) == {link(1).hoster_link}
+    assert cache.status()["state"] == "ok"
+
+
+def test_pending_links_are_retried_by_the_background_task(cache: Cache) -> None:
+    other = sqlite3.connect(cache.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    cache.put_link(link(7))
+    assert cache.status()["pending_writes"] == 1
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(cache.retry_pending)
+            await trio.sleep(0.1)
+            other.execute("ROLLBACK")
+            with trio.fail_after(30):
+                while cache.status()["pending_writes"]:
+                    await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(main)
+    finally:
+        other.close()
+    assert stored_links(cache.path) == {link(7).hoster_link}
+
+
+async def test_sync_tick_failing_on_the_cache_is_reported_and_retried(emulator: Emulator, tmp_path: Path) -> None:
+    from tests.test_sync import make_client
+
+    emulator.add_torrent("Kept Movie", [FileSpec("/kept.mkv", 100)])
+    cache = Cache.open(tmp_path, 4242)
+    other = sqlite3.connect(cache.path, isolation_level=None)
+    try:
+        async with make_client(emulator.api_url, emulator.token) as rd:
+            syncer = Syncer(rd, cache, interval=0.05)
+            syncer.reporters["cache"] = cache.status
+            other.execute("BEGIN EXCLUSIVE")
+            async with trio.open_nursery() as nursery:
+                await nursery.start(syncer.run)
+                with trio.fail_after(30):
+                    while not any(e["where"] == "cache" for e in syncer.status()["recent_errors"]):
+                        await trio.sleep(0.05)
+                assert syncer.status()["health"] == "degraded"
+                assert syncer.status()["cache"]["state"] == "locked by another process"
+                assert cache.torrent_states() == {}
+                other.execute("ROLLBACK")
+                with trio.fail_after(30):
+                    while not Namespace(cache).children(TORRENTS_INODE, limit=10):
+                        await trio.sleep(0.05)
+                nursery.cancel_scope.cancel()
+        assert cache.status()["state"] == "ok"
+    finally:
+        other.close()
+        cache.close()
+
+
+def fill(cache: Cache, count: int = 300) -> None:
+    cache.upsert_torrents([torrent(n) for n in range(count)])
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_database_is_moved_aside_and_rebuilt(tmp_path: Path, damage: str, caplog) -> None:
+    path = tmp_path / "42" / DB_NAME
+    if damage == "garbage":
+        path.parent.mkdir()
+        path.write_bytes(b"this is not an SQLite database\n" * 300)
+    else:
+        first = Cache.open(tmp_path, 42)
+        fill(first)
+        first.close()
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    damaged = path.read_bytes()
+    caplog.set_level(logging.INFO, logger="rdfs")
+    cache = Cache.open(tmp_path, 42)
+    try:
+        assert cache.torrent_states() == {} and cache.integrity_problems() == []
+        cache.upsert_torrents([torrent(1)])  # a working database
+    finally:
+        cache.close()
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "corrupt" in warnings[0].getMessage(), warnings
+    aside = [p for p in path.parent.iterdir() if p.name.startswith(DB_NAME + ".corrupt-")]
+    assert len(aside) == 1 and aside[0].read_bytes() == damaged
+
+
+def test_accounts_know_credentials_by_salted_fingerprint_only(tmp_path: Path) -> None:
+    token_a, token_b = b"token\0AAAASECRETAAAA", b"token\0BBBBSECRETBBBB"
+    accounts = Accounts(tmp_path)
+    assert accounts.user_for(token_a) is None
+    accounts.remember(token_a, "1")
+    again = Accounts(tmp_path)
+    assert again.user_for(token_a) == "1" and again.user_for(token_b) is None
+    text = (tmp_path / ACCOUNTS_FILE).read_text()
+    assert "SECRET" not in text
+    elsewhere = Accounts(tmp_path / "other")
+    elsewhere.remember(token_a, "1")
+    assert elsewhere.fingerprint(token_a) != again.fingerprint(token_a)  # salted per cache directory
+
+
+def test_unreadable_accounts_file_means_asking_again(tmp_path: Path, caplog) -> None:
+    (tmp_path / ACCOUNTS_FILE).write_bytes(b"\xff{not json")
+    accounts = Accounts(tmp_path)
+    assert accounts.user_for(b"token\0x") is None
+    accounts.remember(b"token\0x", "9")
+    assert Accounts(tmp_path).user_for(b"token\0x") == "9"
