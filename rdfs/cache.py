@@ -508,8 +508,9 @@ class Cache:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.health = WriteHealth()
-        # Unrestricted links not yet written (None: a deletion), served from here meanwhile.
+        # Unrestricted links (None: a deletion) and markers not yet written, served from here meanwhile.
         self._pending_links: dict[str, StoredLink | None] = {}
+        self._pending_meta: dict[str, str] = {}
         conn = sqlite3.connect(str(self.path), isolation_level=None, cached_statements=256)
         try:
             self.conn = conn
@@ -579,8 +580,8 @@ class Cache:
         return cls.open(cache_dir, user_id)
 
     def close(self) -> None:
-        if self._pending_links and not self.flush_pending():
-            log.warning("cache: %d unrestricted links could not be saved (%s)", len(self._pending_links), self.health.state)
+        if self.pending_writes and not self.flush_pending():
+            log.warning("cache: %d pending writes could not be saved (%s)", self.pending_writes, self.health.state)
         self.conn.close()
 
     def _check_sound(self) -> None:
@@ -656,40 +657,45 @@ class Cache:
         """The "cache" section of the mount's status."""
         return {
             "state": self.health.state,
-            "pending_writes": len(self._pending_links),
+            "pending_writes": self.pending_writes,
             "failed_writes": self.health.failed_writes,
             "last_error": self.health.last_error,
             "last_error_time": self.health.last_error_time,
         }
 
+    @property
+    def pending_writes(self) -> int:
+        return len(self._pending_links) + len(self._pending_meta)
+
     def flush_pending(self) -> bool:
-        """Write the pending links in one transaction; False (and still pending) if it failed."""
-        if not self._pending_links or self.conn.in_transaction:
-            return not self._pending_links
-        items = list(self._pending_links.items())
+        """Write the pending links and markers in one transaction; False (still pending) if it failed."""
+        if not self.pending_writes or self.conn.in_transaction:
+            return not self.pending_writes
+        links, meta = dict(self._pending_links), dict(self._pending_meta)
         try:
             with self.transaction():
-                for hoster_link, link in items:
+                for hoster_link, link in links.items():
                     if link is None:
                         self.conn.execute("DELETE FROM links WHERE hoster_link = ?", (hoster_link,))
                     else:
                         self._write_link(link)
+                self.conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", meta.items())
         except CacheUnavailable:
             return False
-        for hoster_link, link in items:
-            if self._pending_links.get(hoster_link, link) is link:
-                self._pending_links.pop(hoster_link, None)
+        # (Synchronous: nothing changed the pending writes in between.)
+        self._pending_links.clear()
+        self._pending_meta.clear()
         return True
 
     async def retry_pending(self) -> None:
-        """Run forever: write pending links once the database takes writes again (backing off)."""
+        """Run forever: write what is pending once the database takes writes again (backing off)."""
         wait = RETRY_INITIAL
         while True:
             await trio.sleep(wait)
-            if not self._pending_links:
+            if not self.pending_writes:
                 wait = RETRY_INITIAL
             elif self.flush_pending():
-                log.info("cache: pending link writes saved")
+                log.info("cache: pending writes saved")
                 wait = RETRY_INITIAL
             else:
                 wait = min(RETRY_MAX, wait * 2)
@@ -697,12 +703,18 @@ class Cache:
     # --- meta and sync state ---------------------------------------------------------------
 
     def get_meta(self, key: str) -> str | None:
+        if key in self._pending_meta:
+            return self._pending_meta[key]
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
     def set_meta(self, key: str, value: str) -> None:
-        with self.transaction():
+        """Set a marker; outside a transaction it never fails (it waits in memory like a link)."""
+        if self.conn.in_transaction:
             self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+            return
+        self._pending_meta[key] = value
+        self.flush_pending()
 
     def get_state(self, key: str, default: Any = None) -> Any:
         row = self.conn.execute("SELECT value FROM sync_state WHERE key = ?", (key,)).fetchone()

@@ -36,6 +36,7 @@ from rdfs.cache import (
     VIEW_DIR_KEY_PREFIX,
     VIEW_KEY_PREFIX,
     Cache,
+    CacheError,
     Changes,
     EntrySpec,
     Scope,
@@ -343,6 +344,8 @@ class Views:
             started = trio.current_time()
             try:
                 self.refresh()
+            except CacheError as exc:  # rolled back whole; the next refresh redoes it
+                log.warning("views refresh failed: %s", exc)
             except Exception:  # a bug here must not take the mount down; torrents/ still works
                 log.exception("views refresh failed")
             took = trio.current_time() - started
