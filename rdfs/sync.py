@@ -159,11 +159,17 @@ class Syncer:
                 nursery.start_soon(self._fill_worker, False)
             self._running = True
             task_status.started()
+            rebuild = False
             try:
                 while True:
                     try:
+                        if rebuild:  # a failed tick may have stored torrents but not their directories
+                            self._emit(await self._rebuild_torrent_dirs())
+                            self._emit(await self._rebuild_downloads(self.cache.downloads()))
+                            rebuild = False
                         await self._tick()
-                    except CacheError as exc:  # rolled back whole: the next tick redoes it
+                    except CacheError as exc:  # each write rolled back whole: the next tick redoes it
+                        rebuild = True
                         self._note_error("cache", exc)
                         with contextlib.suppress(CacheError):
                             self._set_health("degraded")

@@ -205,3 +205,36 @@ def test_unreadable_accounts_file_means_asking_again(tmp_path: Path, caplog) -> 
     assert accounts.user_for(b"token\0x") is None
     accounts.remember(b"token\0x", "9")
     assert Accounts(tmp_path).user_for(b"token\0x") == "9"
+
+
+async def test_tick_failing_between_torrents_and_directories_still_shows_them(
+    emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Torrents stored, their directories not (the disk filled in between): the tree must follow."""
+    from tests.test_sync import make_client
+
+    for number in range(3):
+        emulator.add_torrent(f"Movie {number}", [FileSpec(f"/m{number}.mkv", 100)])
+    cache = Cache.open(tmp_path, 4242)
+    real = cache.diff_batches
+    failures = []
+
+    def failing_once(*args, **kwargs):
+        if not failures:
+            failures.append(1)
+            raise CacheFull("database or disk is full")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cache, "diff_batches", failing_once)
+    try:
+        async with make_client(emulator.api_url, emulator.token) as rd:
+            syncer = Syncer(rd, cache, interval=0.05)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(syncer.run)
+                with trio.fail_after(30):
+                    while len(Namespace(cache).children(TORRENTS_INODE, limit=10)) < 3:
+                        await trio.sleep(0.05)
+                nursery.cancel_scope.cancel()
+        assert failures and len(cache.torrent_states()) == 3
+    finally:
+        cache.close()
