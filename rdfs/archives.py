@@ -20,7 +20,7 @@ import trio
 
 from rdfs import rar
 from rdfs.api.errors import RDError
-from rdfs.cache import Cache
+from rdfs.cache import Cache, CacheError
 from rdfs.links import LinkGone, LinkResolver
 from rdfs.reader import FileSource, ReaderPool
 
@@ -50,7 +50,10 @@ class ArchiveIndexer:
         """Index new archives every ``interval`` seconds, until cancelled."""
         task_status.started()
         while True:
-            await self.index_pending()
+            try:
+                await self.index_pending()
+            except CacheError as exc:  # rolled back whole: indexed again on the next round
+                log.warning("archive index: %s", exc)
             await trio.sleep(self.interval)
 
     async def index_pending(self) -> int:

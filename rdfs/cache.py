@@ -1037,13 +1037,17 @@ class Cache:
     def _inodes(self, keys: Iterable[str]) -> dict[str, int]:
         wanted = list(dict.fromkeys(keys))
         found: dict[str, int] = {}
-        with self.transaction():
-            for chunk in _chunks(wanted):
-                marks = ",".join("?" * len(chunk))
-                found.update(self.conn.execute(f"SELECT key, inode FROM inodes WHERE key IN ({marks})", chunk))
-            missing = [k for k in wanted if k not in found]
-            for key in missing:
-                found[key] = self.conn.execute("INSERT INTO inodes (key) VALUES (?) RETURNING inode", (key,)).fetchone()[0]
+        for chunk in _chunks(wanted):
+            marks = ",".join("?" * len(chunk))
+            found.update(self.conn.execute(f"SELECT key, inode FROM inodes WHERE key IN ({marks})", chunk))
+        missing = [k for k in wanted if k not in found]
+        if missing:  # (known keys need no write: they are looked up while the database is locked too)
+            with self.transaction():
+                for key in missing:
+                    row = self.conn.execute("SELECT inode FROM inodes WHERE key = ?", (key,)).fetchone()
+                    if row is None:
+                        row = self.conn.execute("INSERT INTO inodes (key) VALUES (?) RETURNING inode", (key,)).fetchone()
+                    found[key] = row[0]
         return found
 
     def diff_entries(self, scope: Scope, specs: Sequence[EntrySpec]) -> EntryDiff:

@@ -238,3 +238,16 @@ async def test_tick_failing_between_torrents_and_directories_still_shows_them(
         assert failures and len(cache.torrent_states()) == 3
     finally:
         cache.close()
+
+
+async def test_credential_identity_tells_logins_apart_not_access_tokens() -> None:
+    from rdfs.api.auth import Credentials, OAuthSession, StaticToken
+    from rdfs.credentials import identity
+
+    def oauth(refresh: str, access: str) -> OAuthSession:
+        return OAuthSession(Credentials("CLIENT", "SECRET", access, refresh, 0.0))
+
+    assert await identity(StaticToken("AAA")) != await identity(StaticToken("BBB"))
+    assert await identity(oauth("R1", "A1")) == await identity(oauth("R1", "A2"))  # an hourly refresh
+    assert await identity(oauth("R1", "A1")) != await identity(oauth("R2", "A1"))  # another login
+    assert await identity(StaticToken("R1")) != await identity(oauth("R1", "R1"))
