@@ -53,7 +53,7 @@ class ArchiveIndexer:
             try:
                 await self.index_pending()
             except CacheError as exc:  # rolled back whole: indexed again on the next round
-                log.warning("archive index: %s", exc)
+                log.info("archive index: %s", exc)  # (the cache logged its state change once)
             await trio.sleep(self.interval)
 
     async def index_pending(self) -> int:

@@ -241,11 +241,6 @@ def classify(exc: sqlite3.Error) -> CacheUnavailable:
     """The :class:`CacheUnavailable` saying what an SQLite error means for the cache (one line)."""
     code = getattr(exc, "sqlite_errorcode", None)
     kind = _ERRORS.get(code & 0xFF, CacheUnavailable) if isinstance(code, int) else CacheUnavailable
-    if kind is CacheUnavailable and isinstance(code, int) and code & 0xFF == _SQLITE_IOERR:
-        # Some file systems report a full disk as an I/O error of the write.
-        with contextlib.suppress(OSError):
-            if os.statvfs(".").f_bavail == 0:  # pragma: no cover - depends on the machine
-                kind = CacheFull
     return kind(str(exc))
 
 
@@ -573,7 +568,11 @@ class Cache:
 
     @classmethod
     def open_warm(cls, cache_dir: Path | str) -> Cache | None:
-        """The last-used account's cache if it exists: a warm start with zero API calls."""
+        """The last-used account's cache if it exists, for tools without a credential.
+
+        A mount does not use this: it opens the cache of the account its credential belongs to
+        (:class:`Accounts`), never merely the last one used.
+        """
         user_id = cls.last_account(cache_dir)
         if user_id is None or not (Path(cache_dir) / user_id / DB_NAME).exists():
             return None

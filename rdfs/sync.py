@@ -170,7 +170,7 @@ class Syncer:
                         await self._tick()
                     except CacheError as exc:  # each write rolled back whole: the next tick redoes it
                         rebuild = True
-                        self._note_error("cache", exc)
+                        self._note_error("cache", str(exc))  # (the cache logged its state change once)
                         with contextlib.suppress(CacheError):
                             self._set_health("degraded")
                     except Exception:  # a bug or a broken cache must not take the mount down
