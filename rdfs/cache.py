@@ -662,6 +662,13 @@ class Cache:
             "last_error_time": self.health.last_error_time,
         }
 
+    def _write_soon(self) -> None:
+        """Write what is pending now, unless the last write failed: then :meth:`retry_pending`
+        does, backing off, so that a media scan opening many files during a foreign lock does
+        not wait out the busy timeout once per file."""
+        if self.health.state == "ok":
+            self.flush_pending()
+
     @property
     def pending_writes(self) -> int:
         return len(self._pending_links) + len(self._pending_meta)
@@ -713,7 +720,7 @@ class Cache:
             self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
             return
         self._pending_meta[key] = value
-        self.flush_pending()
+        self._write_soon()
 
     def get_state(self, key: str, default: Any = None) -> Any:
         row = self.conn.execute("SELECT value FROM sync_state WHERE key = ?", (key,)).fetchone()
@@ -739,7 +746,7 @@ class Cache:
     def put_link(self, link: StoredLink) -> None:
         """Store an unrestricted link; never fails (kept in memory until the database takes it)."""
         self._pending_links[link.hoster_link] = link
-        self.flush_pending()
+        self._write_soon()
 
     def _write_link(self, link: StoredLink) -> None:
         """A RAR volume's size is only known from here: fix its entry too."""
@@ -759,7 +766,7 @@ class Cache:
     def drop_link(self, hoster_link: str) -> None:
         """Forget a link; never fails (the deletion waits in memory like :meth:`put_link`)."""
         self._pending_links[hoster_link] = None
-        self.flush_pending()
+        self._write_soon()
 
     def link_sizes(self, hoster_links: Iterable[str]) -> dict[str, int]:
         """Known sizes of links (from earlier unrestricts), for RAR volumes."""
