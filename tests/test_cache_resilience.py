@@ -19,6 +19,7 @@ from rdfs.cache import (
     Cache,
     CacheFull,
     CacheLocked,
+    CacheUnavailable,
     StoredLink,
 )
 from rdfs.emulator import Emulator, FileSpec
@@ -251,3 +252,14 @@ async def test_credential_identity_tells_logins_apart_not_access_tokens() -> Non
     assert await identity(oauth("R1", "A1")) == await identity(oauth("R1", "A2"))  # an hourly refresh
     assert await identity(oauth("R1", "A1")) != await identity(oauth("R2", "A1"))  # another login
     assert await identity(StaticToken("R1")) != await identity(oauth("R1", "R1"))
+
+
+def test_read_only_database_is_named_in_status(cache: Cache) -> None:
+    cache.conn.execute("PRAGMA query_only = 1")  # what SQLite says for a read-only file (root ignores modes)
+    with pytest.raises(CacheUnavailable):
+        cache.upsert_torrents([torrent(1)])
+    cache.put_link(link(1))
+    assert cache.get_link(link(1).hoster_link) == link(1)
+    assert cache.status()["state"] == "read-only" and cache.status()["pending_writes"] == 1
+    cache.conn.execute("PRAGMA query_only = 0")
+    assert cache.flush_pending() and stored_links(cache.path) == {link(1).hoster_link}
