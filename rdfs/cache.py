@@ -718,6 +718,8 @@ class Cache:
         """Set a marker; outside a transaction it never fails (it waits in memory like a link)."""
         if self.conn.in_transaction:
             self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+            if key in self._pending_meta:  # what get_meta answers stays the latest value
+                self._pending_meta[key] = value
             return
         self._pending_meta[key] = value
         self._write_soon()

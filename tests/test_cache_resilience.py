@@ -263,3 +263,23 @@ def test_read_only_database_is_named_in_status(cache: Cache) -> None:
     assert cache.status()["state"] == "read-only" and cache.status()["pending_writes"] == 1
     cache.conn.execute("PRAGMA query_only = 0")
     assert cache.flush_pending() and stored_links(cache.path) == {link(1).hoster_link}
+
+
+def test_corrupt_probe_cache_is_moved_aside_and_rebuilt(cache: Cache, caplog) -> None:
+    from types import SimpleNamespace
+
+    from rdfs.probecache import DB_NAME as PROBE_DB
+    from rdfs.probecache import open_probe_cache
+
+    path = cache.path.parent / PROBE_DB
+    path.write_bytes(b"\x00garbage" * 4096)
+    config = SimpleNamespace(probe_cache_mb=16, probe_head_mb=1, probe_tail_mb=1)
+    probe = open_probe_cache(config, cache)  # type: ignore[arg-type]
+    assert probe is not None
+    try:
+        probe.put("file", 0, b"block")
+        assert probe.get("file", 0) == b"block"
+    finally:
+        probe.close()
+    assert [p.name for p in path.parent.iterdir() if p.name.startswith(PROBE_DB + ".corrupt-")]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and "corrupt" in r.getMessage()]
