@@ -225,3 +225,29 @@ def test_a_cache_is_shown_only_to_its_own_account(emulator_proc: EmulatorProcess
             assert_alive(mounted)
     finally:
         os.kill(account_a.process.pid, signal.SIGCONT)
+
+
+def test_mount_starts_while_another_process_holds_the_lock(emulator_proc: EmulatorProcess, tmp_path: Path) -> None:
+    movie = add_movie(emulator_proc, "Boot Movie")
+    with mountutil.mount(emulator_proc.api_url, emulator_proc.token, tmp_path, name="first") as mounted:
+        mountutil.wait_for(lambda: (mounted.path / "torrents" / "Boot Movie").exists(), what="the tree")
+    db = tmp_path / "cache" / USER_ID / DB_NAME
+    locker = subprocess.Popen(["sqlite3", str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert locker.stdin is not None and locker.stdout is not None
+        locker.stdin.write("BEGIN EXCLUSIVE;\nSELECT 'held';\n")
+        locker.stdin.flush()
+        assert locker.stdout.readline().strip() == "held"
+        with mountutil.mount(emulator_proc.api_url, emulator_proc.token, tmp_path) as mounted:
+            mountutil.wait_for(lambda: (mounted.path / "torrents" / "Boot Movie").exists(), what="the warm tree")
+            read_file(emulator_proc, mounted, "Boot Movie", movie, 3)
+            assert cache_status(mounted)["state"] == "locked by another process"
+            locker.stdin.write("ROLLBACK;\n.quit\n")
+            locker.stdin.flush()
+            assert locker.wait(timeout=30) == 0
+            mountutil.wait_for(lambda: cache_status(mounted)["pending_writes"] == 0, timeout=60, what="the writes")
+            assert_alive(mounted)
+    finally:
+        if locker.poll() is None:
+            locker.kill()
+            locker.wait()
