@@ -737,12 +737,20 @@ class Cache:
     # --- unrestricted links (the data path) ---------------------------------------------------
 
     def get_link(self, hoster_link: str) -> StoredLink | None:
+        """The stored link, or None; never fails (a database that cannot be read knows no link:
+        the data path unrestricts again rather than failing the read)."""
         if hoster_link in self._pending_links:
             return self._pending_links[hoster_link]
-        row = self.conn.execute(
-            "SELECT hoster_link, url, download_id, filesize, expires_at FROM links WHERE hoster_link = ?",
-            (hoster_link,),
-        ).fetchone()
+        try:
+            row = self.conn.execute(
+                "SELECT hoster_link, url, download_id, filesize, expires_at FROM links WHERE hoster_link = ?",
+                (hoster_link,),
+            ).fetchone()
+        except sqlite3.Error as exc:
+            if not _unavailable(exc):
+                raise
+            self._failed(exc)
+            return None
         return StoredLink(*row) if row else None
 
     def put_link(self, link: StoredLink) -> None:

@@ -283,3 +283,16 @@ def test_corrupt_probe_cache_is_moved_aside_and_rebuilt(cache: Cache, caplog) ->
         probe.close()
     assert [p.name for p in path.parent.iterdir() if p.name.startswith(PROBE_DB + ".corrupt-")]
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and "corrupt" in r.getMessage()]
+
+
+def test_link_store_never_fails_a_read_on_a_damaged_database(cache: Cache) -> None:
+    cache.put_link(link(1))
+    root = cache.conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'links'").fetchone()[0]
+    page_size = cache.conn.execute("PRAGMA page_size").fetchone()[0]
+    cache.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    with open(cache.path, "r+b") as f:  # the links table's pages are damaged under the running cache
+        f.seek((root - 1) * page_size)
+        f.write(b"\xff" * page_size)
+    cache.conn.execute("PRAGMA shrink_memory")
+    assert cache.get_link(link(1).hoster_link) is None
+    assert cache.status()["state"] == "corrupt"
