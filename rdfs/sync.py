@@ -176,7 +176,8 @@ class Syncer:
                     except Exception:  # a bug or a broken cache must not take the mount down
                         log.exception("sync tick failed")
                         self._note_error("sync", "internal error (see the log)")
-                        self._set_health("error")
+                        with contextlib.suppress(CacheError):
+                            self._set_health("error")
                     with trio.move_on_after(self.interval):
                         await self._wake.wait()
                     self._wake = trio.Event()
