@@ -296,3 +296,19 @@ def test_link_store_never_fails_a_read_on_a_damaged_database(cache: Cache) -> No
     cache.conn.execute("PRAGMA shrink_memory")
     assert cache.get_link(link(1).hoster_link) is None
     assert cache.status()["state"] == "corrupt"
+
+
+def test_a_failed_commit_leaves_no_transaction_open(cache: Cache) -> None:
+    """A COMMIT that fails keeps SQLite's transaction open: later writes must not join it."""
+    cache.conn.execute("PRAGMA foreign_keys = ON")
+    cache.conn.execute("CREATE TABLE parent_t (id INTEGER PRIMARY KEY)")
+    cache.conn.execute("CREATE TABLE child_t (p INTEGER REFERENCES parent_t (id) DEFERRABLE INITIALLY DEFERRED)")
+    with pytest.raises(sqlite3.IntegrityError):
+        with cache.transaction():
+            cache.inode_for("t:doomed")
+            cache.conn.execute("INSERT INTO child_t VALUES (1)")  # checked at COMMIT only
+    assert not cache.conn.in_transaction
+    cache.inode_for("t:later")
+    with sqlite3.connect(cache.path) as other:
+        keys = {row[0] for row in other.execute("SELECT key FROM inodes")}
+    assert "t:later" in keys and "t:doomed" not in keys
