@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from rdfs.api.client import RDClient
 from rdfs.api.models import Torrent
 from rdfs.cache import (
     ACCOUNTS_FILE,
@@ -126,30 +127,29 @@ def test_pending_links_are_retried_by_the_background_task(cache: Cache) -> None:
     assert stored_links(cache.path) == {link(7).hoster_link}
 
 
-async def test_sync_tick_failing_on_the_cache_is_reported_and_retried(emulator: Emulator, tmp_path: Path) -> None:
-    from tests.test_sync import make_client
-
+async def test_sync_tick_failing_on_the_cache_is_reported_and_retried(
+    emulator: Emulator, rd_client: RDClient, tmp_path: Path
+) -> None:
     emulator.add_torrent("Kept Movie", [FileSpec("/kept.mkv", 100)])
     cache = Cache.open(tmp_path, 4242)
     other = sqlite3.connect(cache.path, isolation_level=None)
     try:
-        async with make_client(emulator.api_url, emulator.token) as rd:
-            syncer = Syncer(rd, cache, interval=0.05)
-            syncer.reporters["cache"] = cache.status
-            other.execute("BEGIN EXCLUSIVE")
-            async with trio.open_nursery() as nursery:
-                await nursery.start(syncer.run)
-                with trio.fail_after(30):
-                    while not any(e["where"] == "cache" for e in syncer.status()["recent_errors"]):
-                        await trio.sleep(0.05)
-                assert syncer.status()["health"] == "degraded"
-                assert syncer.status()["cache"]["state"] == "locked by another process"
-                assert cache.torrent_states() == {}
-                other.execute("ROLLBACK")
-                with trio.fail_after(30):
-                    while not Namespace(cache).children(TORRENTS_INODE, limit=10):
-                        await trio.sleep(0.05)
-                nursery.cancel_scope.cancel()
+        syncer = Syncer(rd_client, cache, interval=0.05)
+        syncer.reporters["cache"] = cache.status
+        other.execute("BEGIN EXCLUSIVE")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(syncer.run)
+            with trio.fail_after(30):
+                while not any(e["where"] == "cache" for e in syncer.status()["recent_errors"]):
+                    await trio.sleep(0.05)
+            assert syncer.status()["health"] == "degraded"
+            assert syncer.status()["cache"]["state"] == "locked by another process"
+            assert cache.torrent_states() == {}
+            other.execute("ROLLBACK")
+            with trio.fail_after(30):
+                while not Namespace(cache).children(TORRENTS_INODE, limit=10):
+                    await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
         assert cache.status()["state"] == "ok"
     finally:
         other.close()
@@ -209,11 +209,9 @@ def test_unreadable_accounts_file_means_asking_again(tmp_path: Path, caplog) -> 
 
 
 async def test_tick_failing_between_torrents_and_directories_still_shows_them(
-    emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    emulator: Emulator, rd_client: RDClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Torrents stored, their directories not (the disk filled in between): the tree must follow."""
-    from tests.test_sync import make_client
-
     for number in range(3):
         emulator.add_torrent(f"Movie {number}", [FileSpec(f"/m{number}.mkv", 100)])
     cache = Cache.open(tmp_path, 4242)
@@ -228,14 +226,13 @@ async def test_tick_failing_between_torrents_and_directories_still_shows_them(
 
     monkeypatch.setattr(cache, "diff_batches", failing_once)
     try:
-        async with make_client(emulator.api_url, emulator.token) as rd:
-            syncer = Syncer(rd, cache, interval=0.05)
-            async with trio.open_nursery() as nursery:
-                await nursery.start(syncer.run)
-                with trio.fail_after(30):
-                    while len(Namespace(cache).children(TORRENTS_INODE, limit=10)) < 3:
-                        await trio.sleep(0.05)
-                nursery.cancel_scope.cancel()
+        syncer = Syncer(rd_client, cache, interval=0.05)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(syncer.run)
+            with trio.fail_after(30):
+                while len(Namespace(cache).children(TORRENTS_INODE, limit=10)) < 3:
+                    await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
         assert failures and len(cache.torrent_states()) == 3
     finally:
         cache.close()
