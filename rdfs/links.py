@@ -80,6 +80,9 @@ _BUSY: tuple[type[RDError], ...] = (
     GatewayError,
     NetworkError,
 )
+# Unrestrict answers that cannot be used (RD acted, but the URL is no URL): remembered for
+# ``gone_ttl`` like a refusal, without telling repair (it says nothing about the torrent).
+_UNUSABLE: tuple[type[RDError], ...] = ()  # the client's own error for such answers, once it has one
 # What a path and a query may keep as they are; anything else (non-ASCII, spaces) is percent-encoded.
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~"
 _QUERY_SAFE = _PATH_SAFE + "?"
@@ -315,6 +318,15 @@ class LinkResolver:
             self.stats.forced += 1
         try:
             download = await self._unrestrict_waiting(hoster_link)
+            if not download.download:
+                raise LinkGone(hoster_link, "RD returned no download URL")
+            url = checked_url(download.download)
+        except (BadDownloadURL, *_UNUSABLE) as exc:
+            # RD's answer, not the link's fate: no repair verdict, but no unrestrict per read either.
+            log.warning("unrestrict of %s answered an unusable URL (%s): not asking again for %.0f s",
+                        hoster_link, exc, self.gone_ttl)
+            self._gone[hoster_link] = (time.monotonic() + self.gone_ttl, exc)
+            raise
         except _RETRYABLE:
             raise
         except APIError as exc:
@@ -328,16 +340,6 @@ class LinkResolver:
             if self.on_gone is not None:
                 self.on_gone(hoster_link, gone)
             raise gone from None
-        if not download.download:
-            raise LinkGone(hoster_link, "RD returned no download URL")
-        try:
-            url = checked_url(download.download)
-        except BadDownloadURL as exc:
-            # RD's answer, not the link's fate: no repair verdict, but no unrestrict per read either.
-            log.warning("unrestrict of %s answered an unusable URL (%s): not asking again for %.0f s",
-                        hoster_link, exc, self.gone_ttl)
-            self._gone[hoster_link] = (time.monotonic() + self.gone_ttl, exc)
-            raise
         return self._remember(hoster_link, download, url, forced)
 
     async def _unrestrict_waiting(self, hoster_link: str) -> Download:
