@@ -334,3 +334,17 @@ async def test_gzip_bodies_are_refused_and_never_cached(env: Env) -> None:
     env.emu.faults.download_content_encoding = None
     pool = env.pool()
     assert await env.read(pool, source, 280 * KiB, 4096) == env.emu.file_bytes(torrent_id, 1, 280 * KiB, 4096)
+
+
+async def test_a_block_promised_by_a_silent_download_is_fetched_after_the_bound(env: Env) -> None:
+    torrent_id, source = env.add(MiB)
+    pool = env.pool()
+    handle = pool.open(source)
+    try:
+        handle.file.pending[5] = trio.Event()  # another download promised block 5, then went silent
+        with trio.fail_after(30):  # generous: without the bound the read waits forever
+            data = bytes(await handle.read(5 * BLOCK_SIZE + 100, 1000))
+    finally:
+        await handle.close()
+    assert data == env.emu.file_bytes(torrent_id, 1, 5 * BLOCK_SIZE + 100, 1000)
+    assert pool.stats.cache_waits == 1
