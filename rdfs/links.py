@@ -285,8 +285,11 @@ class LinkResolver:
             if force and stale_url is not None and self._unproven.get(hoster_link) == stale_url:
                 del self._unproven[hoster_link]
                 error = LinkGone(hoster_link, "the download server refuses even a fresh link")
-                log.warning("link %s: the download server refuses even a fresh link: not asking RD again for %.0f s",
-                            hoster_link, self.gone_ttl)
+                log.warning(
+                    "link %s: the download server refuses even a fresh link: not asking RD again for %.0f s",
+                    hoster_link,
+                    self.gone_ttl,
+                )
                 self._gone[hoster_link] = (time.monotonic() + self.gone_ttl, error)
                 raise error
             flight = self._flights.get(hoster_link)
@@ -323,8 +326,12 @@ class LinkResolver:
             url = checked_url(download.download)
         except (BadDownloadURL, *_UNUSABLE) as exc:
             # RD's answer, not the link's fate: no repair verdict, but no unrestrict per read either.
-            log.warning("unrestrict of %s answered an unusable URL (%s): not asking again for %.0f s",
-                        hoster_link, exc, self.gone_ttl)
+            log.warning(
+                "unrestrict of %s answered an unusable URL (%s): not asking again for %.0f s",
+                hoster_link,
+                exc,
+                self.gone_ttl,
+            )
             self._gone[hoster_link] = (time.monotonic() + self.gone_ttl, exc)
             raise
         except _RETRYABLE:

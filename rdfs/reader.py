@@ -985,8 +985,8 @@ class ReaderPool:
         self._stalling.add(transfer)
         stats.stalling = len(self._stalling)
         stats.last_stall = {"file": name, "byte": transfer.received, "time": time.time(), "gave_up": gave_up}
-        log.warning("download of %s stalled at byte %d (%s)%s", name, transfer.received, why,
-                    ": giving up" if gave_up else ": retrying")
+        outcome = "giving up" if gave_up else "retrying"
+        log.warning("download of %s stalled at byte %d (%s): %s", name, transfer.received, why, outcome)
 
     def _recovered(self, transfer: _Transfer) -> None:
         self._stalling.discard(transfer)

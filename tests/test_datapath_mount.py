@@ -79,8 +79,9 @@ def test_a_dripping_download_fails_eio_within_the_stated_bound(emulator_proc, tm
         reader = threading.Thread(target=lambda: result.append(pread(drip_path, MiB, 64 * KiB)), daemon=True)
         reader.start()
         # While that read hangs on the server, the mount answers and says what is going on.
-        mountutil.wait_for(lambda: status(mounted)["reads"]["stalls"] >= 1, timeout=4 * READ_STALL_TIMEOUT,
-                           what="the stall in the status")
+        mountutil.wait_for(
+            lambda: status(mounted)["reads"]["stalls"] >= 1, timeout=4 * READ_STALL_TIMEOUT, what="the stall in status"
+        )
         assert sorted(os.listdir(torrents)) == ["Drip", "Good"]
         reader.join(8 * READ_STALL_TIMEOUT)  # generous: the bound is READ_STALL_TIMEOUT
         assert not reader.is_alive(), "the read never failed"
