@@ -24,6 +24,7 @@ import trio
 
 from rdfs.cache import Cache, StoredLink
 from rdfs.emulator import Emulator, FileSpec
+from rdfs.emulator.model import Refusal
 from rdfs.probecache import file_key
 from rdfs.reader import READ_STALL_TIMEOUT
 from tests import mountutil
@@ -234,3 +235,32 @@ async def test_bad_download_urls_fail_that_file_and_survive_a_restart(emulator: 
         assert stored is not None and stored.download_id != "OLD"
     finally:
         store.close()
+
+
+async def test_infringing_file_on_unrestrict_fails_that_file_once_for_all(emulator: Emulator, tmp_path: Path):
+    banned_id = emulator.add_torrent("Banned", [FileSpec("/banned.bin", MiB)])
+    good_id = emulator.add_torrent("Fine", [FileSpec("/fine.bin", MiB)])
+    banned_link = emulator.torrent_json(banned_id)["links"][0]
+    good_truth = emulator.file_bytes(good_id, 1, 0, 4096)
+    unrestrict = emulator.unrestrict
+
+    def refusing(link: str):  # type: ignore[no-untyped-def]
+        if link == banned_link:
+            raise Refusal("infringing_file")  # 451, error_code 35
+        return unrestrict(link)
+
+    emulator.unrestrict = refusing  # type: ignore[method-assign]
+
+    def body() -> dict[str, Any]:
+        with mountutil.mount(emulator.api_url, emulator.token, tmp_path, *FAST) as mounted:
+            torrents = mounted.path / "torrents"
+            mountutil.wait_for(lambda: len(os.listdir(torrents)) == 2, what="both torrents")
+            emulator.reset_counters()
+            assert [pread(torrents / "Banned" / "banned.bin", n * 4096, 4096) for n in range(5)] == [errno.EIO] * 5
+            assert emulator.counters[UNRESTRICT] == 1  # a definite answer: remembered
+            assert pread(torrents / "Fine" / "fine.bin", 0, 4096) == good_truth
+            assert mounted.process.poll() is None
+            return status(mounted)["repair"]
+
+    repair = await trio.to_thread.run_sync(body)
+    assert [b["id"] for b in repair["broken"]] == [banned_id]  # RD's verdict on the file does reach repair
