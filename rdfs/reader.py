@@ -30,19 +30,30 @@ The model follows rclone's VFS cache and mountpoint-s3's prefetcher:
 * Every download resumes from the byte where it stopped when the connection drops (bounded
   retries with backoff through ``stamina``). A download server that refuses the URL (403, 404,
   410, an HTML error page) gets the link refreshed once through the resolver, then the download
-  resumes; only a link RD refuses to unrestrict raises :class:`LinkGone`. Responses are checked:
+  resumes; only a link RD refuses to unrestrict raises :class:`LinkGone` (the resolver
+  negative-caches a link whose fresh URL is refused too). Responses are checked:
   a 200 for a ranged request (Range ignored) is read-and-discarded up to the offset when that is
-  small, otherwise fails; a Content-Range that does not start at the asked offset fails. A read
-  returns exactly the bytes asked for, or raises.
+  small, otherwise fails; a Content-Range that does not start at the asked offset fails; a body
+  with a ``Content-Encoding`` other than identity fails (it is never cached); every redirect
+  ``Location`` is checked like an unrestricted URL. A read returns exactly the bytes asked for, or
+  raises.
+* Every request has a deadline without progress: one that delivers less than ``STALL_PROGRESS``
+  bytes in ``STALL_TIMEOUT`` seconds (time to the first byte included, time paused on purpose
+  excluded) is aborted and resumed; after ``MAX_STALLS`` such aborts in a row without a block
+  delivered, the download fails (:class:`DownloadStalled`, EIO). A read waiting for a block that
+  another download fetches waits at most ``READ_STALL_TIMEOUT``, then fetches it itself.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 import sqlite3
+import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import httpcore
@@ -51,7 +62,7 @@ import trio
 
 from rdfs.api.errors import NetworkError, RDError
 from rdfs.downloadclient import TRANSPORT_ERRORS, download_pool, header
-from rdfs.links import LinkGone, LinkResolver, ResolvedLink
+from rdfs.links import BadDownloadURL, LinkGone, LinkResolver, ResolvedLink, checked_url
 from rdfs.probecache import ProbeCache, file_key
 
 log = logging.getLogger(__name__)
@@ -97,6 +108,14 @@ MAX_LINK_REFRESHES = 2
 DEFAULT_CONNECTIONS_PER_HOST = 16
 DEFAULT_TIMEOUT = {"connect": 15.0, "read": 30.0, "write": 15.0, "pool": None}  # seconds, httpcore's keys
 MAX_REDIRECTS = 5
+# A download request that delivers less than STALL_PROGRESS bytes in STALL_TIMEOUT seconds is
+# aborted (a server dripping a byte now and then defeats any per-socket-read timeout); the
+# transfer resumes where it stopped. MAX_STALLS aborts in a row without a block delivered fail the
+# download: a read that cannot progress fails with EIO within READ_STALL_TIMEOUT.
+STALL_TIMEOUT = 15.0
+STALL_PROGRESS = BLOCK_SIZE
+MAX_STALLS = 2
+READ_STALL_TIMEOUT = STALL_TIMEOUT * MAX_STALLS
 
 # A cached block: its own bytes, or a view of the response piece it arrived in (no copy).
 Block = bytes | memoryview
@@ -126,6 +145,10 @@ class DownloadError(RDError):
     """The download server answered something that cannot be served correctly."""
 
 
+class DownloadStalled(DownloadError):
+    """The download server stopped delivering (``MAX_STALLS`` requests in a row without progress)."""
+
+
 @dataclass
 class ReaderStats:
     """Counters for status files and benchmarks (cumulative)."""
@@ -141,8 +164,12 @@ class ReaderStats:
     reconnects: int = 0  # downloads resumed after a dropped connection
     link_refreshes: int = 0  # links unrestricted again after the server refused them
     probe_hits: int = 0  # blocks read from the persistent probe cache
+    stalls: int = 0  # requests aborted: less than STALL_PROGRESS bytes in STALL_TIMEOUT
+    stalled: int = 0  # downloads given up after MAX_STALLS stalls in a row (their reads: EIO)
+    stalling: int = 0  # downloads whose latest request stalled, now
+    last_stall: dict[str, Any] | None = None  # {"file", "byte", "time" (UNIX), "gave_up"}
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -212,6 +239,10 @@ class _File:
 
 class _Transient(Exception):
     """A download attempt failed before making progress; worth another try."""
+
+
+class _Stalled(Exception):
+    """A request delivered less than ``STALL_PROGRESS`` bytes in ``STALL_TIMEOUT``: aborted."""
 
 
 class _Refused(Exception):
@@ -588,6 +619,7 @@ class FileHandle:
         pool, file, pending, stats = self.pool, self.file, self.file.pending, self.pool.stats
         out: list[Block] = []
         fetched: dict[int, Block] = {}
+        overdue: set[int] | None = None  # blocks waited for too long: fetched here
         index = first
         while index <= last:
             data = fetched.pop(index, None)
@@ -600,10 +632,14 @@ class FileHandle:
                 index += 1
                 continue
             event = pending.get(index)
-            if event is not None:
+            if event is not None and (overdue is None or index not in overdue):
                 stats.cache_waits += 1
-                await event.wait()
-                continue
+                with trio.move_on_after(pool.read_stall_timeout):
+                    await event.wait()
+                    continue
+                log.info("%s: block %d is overdue from another download: fetching it", self.source.name, index)
+                overdue = overdue or set()
+                overdue.add(index)
             stop = last
             while stop > index and (pool._available(file, stop) or stop in pending):
                 stop -= 1
@@ -656,6 +692,8 @@ class ReaderPool:
         idle_release: float = 10.0,
         range_discard_limit: int = RANGE_DISCARD_LIMIT,
         probe: ProbeCache | None = None,
+        stall_timeout: float = STALL_TIMEOUT,
+        max_stalls: int = MAX_STALLS,
     ) -> None:
         self.resolver = resolver
         self.probe = probe
@@ -671,7 +709,11 @@ class ReaderPool:
         self.retry_wait_max = retry_wait_max
         self.idle_release = idle_release
         self.range_discard_limit = range_discard_limit
+        self.stall_timeout = stall_timeout
+        self.max_stalls = max_stalls
+        self.read_stall_timeout = stall_timeout * max_stalls
         self.stats = ReaderStats()
+        self._stalling: set[_Transfer] = set()
         self._files: dict[str, _File] = {}
         self._streams: set[_Stream] = set()
         self._limiters: dict[str, trio.CapacityLimiter] = {}
@@ -889,30 +931,66 @@ class ReaderPool:
         refreshes = 0
         refreshed_at = -1
         unreachable_at = -1
-        while await transfer.ready_for_more():
-            try:
-                await self._attempts(transfer)
-            except NetworkError:
-                # The download server stayed unreachable through every retry. RD moves files
-                # between servers, and a link cached before a restart may name one that is gone:
-                # a fresh link is worth one try per position, if it names another URL.
-                if transfer.received == unreachable_at:
-                    raise
-                unreachable_at = transfer.received
-                stale = transfer.url
-                fresh = await self._refresh_link(source, stale, "its download server is unreachable")
-                if fresh.url == stale:
-                    raise
-            except _Refused as refused:
-                if transfer.received != refreshed_at:
-                    refreshes = 0
-                refreshes += 1
-                if refreshes > MAX_LINK_REFRESHES:
-                    raise LinkGone(
-                        source.hoster_link, f"the download server refuses even a fresh link (HTTP {refused.status})"
-                    ) from None
-                refreshed_at = transfer.received
-                await self._refresh_link(source, refused.url, f"the download was refused (HTTP {refused.status})")
+        stalls = 0
+        stalled_at = -1
+        try:
+            while await transfer.ready_for_more():
+                try:
+                    await self._attempts(transfer)
+                except _Stalled as stalled:
+                    if transfer.pos != stalled_at:
+                        stalls = 0
+                    stalls += 1
+                    stalled_at = transfer.pos
+                    self._stalled(transfer, str(stalled), gave_up=stalls >= self.max_stalls)
+                    if stalls >= self.max_stalls:
+                        raise DownloadStalled(
+                            f"{source.name or source.key}: the download server stopped delivering at byte "
+                            f"{transfer.received} ({stalls} requests without progress)"
+                        ) from None
+                    continue
+                except NetworkError:
+                    # The download server stayed unreachable through every retry. RD moves files
+                    # between servers, and a link cached before a restart may name one that is gone:
+                    # a fresh link is worth one try per position, if it names another URL.
+                    if transfer.received == unreachable_at:
+                        raise
+                    unreachable_at = transfer.received
+                    stale = transfer.url
+                    fresh = await self._refresh_link(source, stale, "its download server is unreachable")
+                    if fresh.url == stale:
+                        raise
+                except _Refused as refused:
+                    if transfer.received != refreshed_at:
+                        refreshes = 0
+                    refreshes += 1
+                    if refreshes > MAX_LINK_REFRESHES:
+                        raise LinkGone(
+                            source.hoster_link, f"the download server refuses even a fresh link (HTTP {refused.status})"
+                        ) from None
+                    refreshed_at = transfer.received
+                    await self._refresh_link(source, refused.url, f"the download was refused (HTTP {refused.status})")
+                else:
+                    if self._stalling:
+                        self._recovered(transfer)
+        finally:
+            if self._stalling:
+                self._recovered(transfer)
+
+    def _stalled(self, transfer: _Transfer, why: str, *, gave_up: bool) -> None:
+        """Count a stalled request for the reads status (and log it)."""
+        stats, name = self.stats, transfer.file.source.name or transfer.file.source.key
+        stats.stalls += 1
+        stats.stalled += gave_up
+        self._stalling.add(transfer)
+        stats.stalling = len(self._stalling)
+        stats.last_stall = {"file": name, "byte": transfer.received, "time": time.time(), "gave_up": gave_up}
+        outcome = "giving up" if gave_up else "retrying"
+        log.warning("download of %s stalled at byte %d (%s): %s", name, transfer.received, why, outcome)
+
+    def _recovered(self, transfer: _Transfer) -> None:
+        self._stalling.discard(transfer)
+        self.stats.stalling = len(self._stalling)
 
     async def _refresh_link(self, source: FileSource, stale_url: str, why: str) -> ResolvedLink:
         """Unrestrict ``source``'s link again (unless another task already replaced ``stale_url``)."""
@@ -973,16 +1051,21 @@ class ReaderPool:
             limiter.acquire_nowait()  # a free connection slot costs no trip through the scheduler
         except trio.WouldBlock:
             await limiter.acquire()
+        # No progress for stall_timeout aborts the request (see STALL_TIMEOUT); _receive moves the
+        # deadline on with every STALL_PROGRESS bytes, and lifts it while the transfer pauses.
+        guard = trio.CancelScope(deadline=trio.current_time() + self.stall_timeout)
         try:
-            self.stats.requests += 1
-            response = await self._send(link.url, headers)
-            try:
-                skip = self._check(response, link, source, first)
-                await self._receive(response, transfer, skip, limiter)
-                if transfer.received == start:
-                    raise _Transient(f"HTTP {response.status} with no data from byte {first}")
-            finally:
-                await response.aclose()
+            with guard:
+                self.stats.requests += 1
+                response = await self._send(link.url, headers)
+                try:
+                    skip = self._check(response, link, source, first)
+                    self.resolver.confirm(source.hoster_link)
+                    await self._receive(response, transfer, skip, limiter, guard)
+                    if transfer.received == start:
+                        raise _Transient(f"HTTP {response.status} with no data from byte {first}")
+                finally:
+                    await response.aclose()
         except TRANSPORT_ERRORS as exc:
             if transfer.received > start:
                 self.stats.reconnects += 1
@@ -991,6 +1074,8 @@ class ReaderPool:
             raise _Transient(f"{type(exc).__name__}: {exc}") from None
         finally:
             limiter.release()
+        if guard.cancelled_caught:
+            raise _Stalled(f"less than {STALL_PROGRESS} bytes in {self.stall_timeout:g} s")
 
     async def _send(self, url: str, headers: list[tuple[bytes, bytes]]) -> httpcore.Response:
         """The response to a GET of ``url``, after up to ``MAX_REDIRECTS`` redirects; the caller
@@ -1006,7 +1091,7 @@ class ReaderPool:
             if not location:
                 return response
             await response.aclose()
-            url = urljoin(url, location)
+            url = _redirect_target(url, location)
         raise DownloadError(f"more than {MAX_REDIRECTS} redirects from the download server")
 
     def _check(self, response: httpcore.Response, link: ResolvedLink, source: FileSource, first: int) -> int:
@@ -1017,6 +1102,11 @@ class ReaderPool:
             raise _Refused(status, link.url)
         if status in _TRANSIENT:
             raise _Transient(f"HTTP {status}")
+        encoding = header(response, b"content-encoding").strip().lower()
+        if encoding and encoding != "identity" and status in (200, 206):
+            # Asked for identity: encoded bytes are not the file's bytes (and a range of them is
+            # not decodable); never served, never cached.
+            raise DownloadError(f"{source.name}: the download server sent a {encoding[:32]!r}-encoded body")
         if status == 206:
             content_range = header(response, b"content-range")
             match = _CONTENT_RANGE.match(content_range)
@@ -1046,15 +1136,24 @@ class ReaderPool:
         raise DownloadError(f"{source.name}: unexpected HTTP {status} from the download server")
 
     async def _receive(
-        self, response: httpcore.Response, transfer: _Transfer, skip: int, limiter: trio.CapacityLimiter
+        self,
+        response: httpcore.Response,
+        transfer: _Transfer,
+        skip: int,
+        limiter: trio.CapacityLimiter,
+        guard: trio.CancelScope,
     ) -> None:
         stats = self.stats
         length = header(response, b"content-length")
         expected = int(length) if length.isdigit() else None
         got = 0
+        progress_at = 0  # ``got`` when the stall deadline last moved on
         async for piece in response.aiter_stream():
             got += len(piece)
             stats.bytes_fetched += len(piece)
+            if got - progress_at >= STALL_PROGRESS:
+                progress_at = got
+                guard.deadline = trio.current_time() + self.stall_timeout
             if skip:
                 if len(piece) <= skip:
                     skip -= len(piece)
@@ -1066,8 +1165,20 @@ class ReaderPool:
                 if got == expected:
                     continue  # let httpcore see the end of the message: the connection stays reusable
                 return
-            if transfer.received >= transfer.want() and not await transfer.pause(limiter):
-                return
+            if transfer.received >= transfer.want():
+                guard.deadline = math.inf  # waiting for the reader is no stall
+                if not await transfer.pause(limiter):
+                    return
+                progress_at = got
+                guard.deadline = trio.current_time() + self.stall_timeout
             if transfer.should_jump():
                 return
 
+
+def _redirect_target(url: str, location: str) -> str:
+    """The checked URL a redirect from ``url`` points to (:class:`BadDownloadURL` if unusable)."""
+    try:
+        target = urljoin(url, location)
+    except ValueError:  # urljoin parses the Location: "Invalid IPv6 URL"
+        raise BadDownloadURL("a redirect points to a malformed URL") from None
+    return checked_url(target)

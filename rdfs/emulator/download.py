@@ -2,11 +2,13 @@
 
 Single byte ranges (206 + Content-Range, ``bytes=N-``, ``bytes=-N``, 416), HEAD, keep-alive,
 bodies streamed chunk by chunk. Faults: latency to first byte, bandwidth cap, bodies cut
-mid-way (the connection is dropped), ranges ignored, ranges answered from the wrong offset.
+mid-way (the connection is dropped), ranges ignored, ranges answered from the wrong offset, and
+hostile servers: bodies dripped a byte at a time, redirects to any Location, gzip-encoded bodies.
 """
 
 from __future__ import annotations
 
+import gzip
 import logging
 from datetime import date
 from typing import TYPE_CHECKING
@@ -18,7 +20,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from .content import iter_segments
+from .content import iter_segments, read_segments
 from .core import DownloadUnavailable
 from .model import DownloadRec, mime_type
 
@@ -115,7 +117,13 @@ class DownloadStream:
         for chunk in iter_segments(self.entry.segments, self.offset, self.length):
             if sent + len(chunk) > budget:
                 chunk = chunk[: budget - sent]
-            if chunk:
+            drip = self.emu.faults.download_drip_interval  # looked up per chunk: open responses start too
+            if chunk and drip > 0:  # a server that never stops and never gets anywhere
+                for index in range(len(chunk)):
+                    await send({"type": "http.response.body", "body": chunk[index : index + 1], "more_body": True})
+                    counters["download_drip_bytes"] += 1
+                    await trio.sleep(drip)
+            elif chunk:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 sent += len(chunk)
                 counters["download_bytes"] += len(chunk)
@@ -139,6 +147,9 @@ def route(emu: Emulator) -> Route:
         if emu.faults.download_redirect and "hop" not in request.query_params:
             emu.counters["download_redirects"] += 1
             return RedirectResponse(f"{request.url.path}?hop=1", status_code=302)  # a relative Location
+        if emu.faults.download_redirect_location is not None:
+            emu.counters["download_redirects"] += 1
+            return Response(status_code=302, headers={"location": emu.faults.download_redirect_location})
         try:
             entry = emu.resolve_download(request.path_params["id"])
         except DownloadUnavailable as unavailable:
@@ -172,6 +183,13 @@ def route(emu: Emulator) -> Route:
                     first, last = first - shift, last - shift
                 status, offset, length = 206, first, last - first + 1
                 headers.append((b"content-range", f"bytes {first}-{last}/{size}".encode()))
+        if faults.download_content_encoding:
+            # Compressed although the client asked for identity: the header tells, the bytes differ.
+            body = gzip.compress(read_segments(entry.segments, offset, length))
+            emu.counters["download_encoded"] += 1
+            encoded = {key.decode("latin-1"): value.decode("latin-1") for key, value in headers}
+            encoded["content-encoding"] = faults.download_content_encoding
+            return Response(body, status_code=status, headers=encoded)
         headers.append((b"content-length", str(length).encode()))
         head = request.method == "HEAD"
         drop_after = None

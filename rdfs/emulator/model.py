@@ -268,3 +268,7 @@ class Faults:
     # Adds (addMagnet, addTorrent) allowed in a sliding window of this many seconds, 429 beyond:
     # RD throttles adds harder than the global limit (field notes: ~20 per 10 s).
     add_limit: tuple[int, float] | None = None
+    # hostile downloads (issue 15)
+    download_drip_interval: float = 0.0  # > 0: download bodies come one byte per this many seconds
+    download_redirect_location: str | None = None  # every download is answered 302 to this Location
+    download_content_encoding: str | None = None  # e.g. "gzip": bodies compressed, with that header
