@@ -24,7 +24,7 @@ from typing import Any, Protocol, Self
 import trio
 
 from rdfs.api.errors import APIError, LoginExpired, ReauthRequired, UnexpectedResponse
-from rdfs.api.models import ClientCredentials, DeviceCode, Token
+from rdfs.api.models import ClientCredentials, DeviceCode, Token, decode_json
 from rdfs.api.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -110,10 +110,7 @@ class OAuthClient:
         response = await self._transport.request(
             method, f"{self.oauth_url}/{path}", endpoint=endpoint, idempotent=idempotent, **kwargs
         )
-        try:
-            data = response.json()
-        except ValueError:
-            data = None
+        data = decode_json(response.content, endpoint=endpoint, status=response.status_code) if response.content else None
         if not isinstance(data, dict):
             raise UnexpectedResponse(f"{endpoint}: expected a JSON object", endpoint=endpoint, status=response.status_code)
         return data
