@@ -26,7 +26,7 @@ from typing import Any, Generic, Literal, Self, TypeVar
 import httpx
 
 from rdfs.api.auth import DEFAULT_OAUTH_URL, OAuthClient, OAuthSession, TokenProvider
-from rdfs.api.errors import BadLink, BadRecord, BadToken, UnexpectedResponse
+from rdfs.api.errors import APIError, BadLink, BadRecord, BadToken, ServiceUnavailable, UnexpectedResponse
 from rdfs.api.models import (
     MAX_SIZE,
     ActiveCount,
@@ -45,7 +45,7 @@ from rdfs.api.models import (
     decode_json,
 )
 from rdfs.api.ratelimit import ADD_WINDOW, ADDS_PER_WINDOW, RateLimiter
-from rdfs.api.transport import ClientStats, RetryPolicy, Transport
+from rdfs.api.transport import DEFAULT_DEADLINE, ClientStats, RetryPolicy, Transport
 
 log = logging.getLogger(__name__)
 
@@ -153,12 +153,14 @@ class RDClient:
         verb_override: bool = False,
         token_in_query: bool = False,
         user_agent: str = "rdfs",
+        deadline: float = DEFAULT_DEADLINE,
     ) -> None:
         """
         ``retry`` overrides ``max_retries`` and the backoff (e.g. zero waits in tests);
         ``add_limiter`` paces adds (default: 20 in any 10.5 s, see :mod:`rdfs.api.ratelimit`);
         ``verb_override`` sends PUT/DELETE as POST with ``X-HTTP-Verb``; ``token_in_query`` sends
-        the token as ``?auth_token=`` instead of an ``Authorization`` header.
+        the token as ``?auth_token=`` instead of an ``Authorization`` header; ``deadline``
+        bounds each attempt of a request, body included (see :mod:`rdfs.api.transport`).
         """
         self.api_url = _check_base_url(api_url)
         self.oauth_url = _check_base_url(oauth_url)
@@ -176,7 +178,11 @@ class RDClient:
         self.add_limiter = add_limiter or RateLimiter(ADDS_PER_WINDOW, window=ADD_WINDOW)
         self.stats = ClientStats()
         self._transport = Transport(
-            http, self.limiter, retry=retry or RetryPolicy(max_retries=max_retries), stats=self.stats
+            http,
+            self.limiter,
+            retry=retry or RetryPolicy(max_retries=max_retries),
+            stats=self.stats,
+            deadline=deadline,
         )
         self.oauth = OAuthClient(self._transport, self.oauth_url)
         self.auth = auth
@@ -214,6 +220,7 @@ class RDClient:
         content: bytes | None = None,
         content_type: str = "application/octet-stream",
         raw_text: bool = False,
+        definite: tuple[type[APIError], ...] = (),
     ) -> _Answer:
         """One API call: auth, conditional GET, one retry after a refreshed token, decoding."""
         if idempotent is None:
@@ -251,6 +258,7 @@ class RDClient:
                     data=form,
                     content=content,
                     headers=headers,
+                    definite=definite,
                 )
             except BadToken:
                 # RD refused the token, so it did not act on the request: safe to send once more.
@@ -459,7 +467,12 @@ class RDClient:
         }
 
     async def streaming_media_infos(self, id: str) -> MediaInfo:
-        return MediaInfo.from_json(await self._object("streaming/mediaInfos", f"streaming/mediaInfos/{_segment(id)}"))
+        """Raises ``ServiceUnavailable`` at once when RD has no metadata for the file (its 503,
+        per the reference "problem finding metadata of the media"): a final answer, not retried."""
+        data = await self._object(
+            "streaming/mediaInfos", f"streaming/mediaInfos/{_segment(id)}", definite=(ServiceUnavailable,)
+        )
+        return MediaInfo.from_json(data)
 
     # ------------------------------------------------------------------ downloads
 
