@@ -268,3 +268,17 @@ class Faults:
     # Adds (addMagnet, addTorrent) allowed in a sliding window of this many seconds, 429 beyond:
     # RD throttles adds harder than the global limit (field notes: ~20 per 10 s).
     add_limit: tuple[int, float] | None = None
+    # hostile API answers (issue 15): values are raw JSON text, spliced as sent ("1e400",
+    # "Infinity", "18446744073709551616", "-5", "12345" for a number id, "[[[...]]]").
+    # Per torrent id: field -> raw JSON in its /torrents item and its /torrents/info answer;
+    # "info.<field>" changes the info answer only, "files.<n>.<field>" file n (0-based) of it.
+    torrent_fields: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Per hoster link ("*": every link): field -> raw JSON in its /unrestrict/link answer.
+    unrestrict_fields: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Per hoster link: an RD error name (ERRORS) /unrestrict/link answers instead, e.g. "infringing_file".
+    unrestrict_errors: dict[str, str] = field(default_factory=dict)
+    # Per endpoint counter name ("GET /torrents/info"): [status, body] answered instead of a
+    # success (a body starting with "<" is served as text/html).
+    api_raw_bodies: dict[str, tuple[int, str]] = field(default_factory=dict)
+    # Per endpoint counter name ("*": every endpoint): seconds between the bytes of its answers.
+    api_drip: dict[str, float] = field(default_factory=dict)
