@@ -126,7 +126,9 @@ def check_url(value: Any, name: str = "download") -> str:
         if parts.scheme not in ("http", "https") or not host:
             raise ValueError("not an http(s) URL with a host")
         if ":" in host:
-            ipaddress.IPv6Address(host)  # a zone id ("%eth0") is refused too
+            if "%" in host:
+                raise ValueError("an IPv6 zone id")
+            ipaddress.IPv6Address(host)
         else:
             host.encode("idna")  # empty or over-long labels
         if not httpx.URL(value).host:
