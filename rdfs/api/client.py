@@ -356,8 +356,9 @@ class RDClient:
             self._warn_once(endpoint, _record_key(record.raw), problem)
 
     def _warn_once(self, endpoint: str, key: str, problem: str) -> None:
-        """One warning per record and problem for the client's lifetime (not one per sync)."""
-        seen = f"{endpoint}\0{key}\0{problem}"
+        """One warning per record and problem for the client's lifetime: not one per sync, nor one
+        more when ``/torrents/info`` repeats what ``/torrents`` said."""
+        seen = f"{key}\0{problem}"
         if seen in self._warned:
             return
         if len(self._warned) >= _WARNED_MAX:
