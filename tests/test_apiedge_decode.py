@@ -76,7 +76,7 @@ def test_good_sizes(value: object, expected: int) -> None:
 def test_ids() -> None:
     assert check_id("ABCDEFGHIJKLM") == "ABCDEFGHIJKLM"
     assert check_id(12345) == "12345"  # a JSON number id: its decimal string
-    for bad in (True, 1.5, "", None, [], {}, NON_FINITE, -3, "a/b", "x\ny"):
+    for bad in (True, 1.5, "", None, [], {}, NON_FINITE, -3, "a/b", "x\ny", "..", ".", "a\\b"):
         with pytest.raises(BadRecord):
             check_id(bad)
 

@@ -104,8 +104,10 @@ def check_id(value: Any, name: str = "id") -> str:
     """An RD id as a non-empty string; a JSON integer id becomes its decimal string."""
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return str(value)
-    if isinstance(value, str) and value and value.isprintable() and len(value) <= 256 and "/" not in value:
-        return value
+    if isinstance(value, str) and value.isprintable() and 0 < len(value) <= 256 and value.strip("."):
+        if "/" in value or "\\" in value:
+            raise BadRecord(f"{name} {_show(value)} is not an id (a path separator)")
+        return value  # printable, no path separator, not "." or "..": one URL segment as it is
     raise BadRecord(f"{name} {_show(value)} is not an id (a non-empty string)")
 
 
