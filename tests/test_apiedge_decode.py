@@ -46,7 +46,7 @@ def test_non_finite_numbers_decode_to_the_marker(text: str) -> None:
 
 @pytest.mark.parametrize(
     ("body", "reason"),
-    [(DEEP.encode(), "nested too deep"), (b"<html>502</html>", "not JSON"), (b'{"a": "\xff"}', "not UTF-8"), (b"{", "not JSON")],
+    [(DEEP.encode(), "nested too deep"), (b"<html>502</html>", "non-JSON"), (b'{"a": "\xff"}', "not UTF-8"), (b"{", "non-JSON")],
 )
 def test_undecodable_bodies_are_unexpected_response(body: bytes, reason: str) -> None:
     with pytest.raises(UnexpectedResponse, match=reason) as caught:

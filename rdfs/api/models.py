@@ -78,14 +78,14 @@ def decode_json(content: bytes, *, endpoint: str = "", status: int = 0) -> Any:
     try:
         return json.loads(content, parse_constant=lambda _name: NON_FINITE, parse_float=_parse_float)
     except RecursionError:
-        reason = "nested too deep"
+        what = "a body nested too deep"
     except UnicodeDecodeError:
-        reason = "not UTF-8"
+        what = "a non-JSON body (not UTF-8)"
     except ValueError:
-        reason = "not JSON"
+        what = "a non-JSON body"
     where = f"{endpoint}: " if endpoint else ""
     raise UnexpectedResponse(
-        f"{where}HTTP {status} with a body that is {reason} ({len(content)} bytes)", endpoint=endpoint, status=status
+        f"{where}HTTP {status} with {what} ({len(content)} bytes)", endpoint=endpoint, status=status
     ) from None
 
 
