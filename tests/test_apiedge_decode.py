@@ -20,8 +20,10 @@ from rdfs.api.errors import BadLink, BadRecord, UnexpectedResponse
 from rdfs.api.models import (
     MAX_SIZE,
     NON_FINITE,
+    DeviceCode,
     Download,
     MediaInfo,
+    Token,
     Torrent,
     TorrentInfo,
     check_id,
@@ -189,6 +191,14 @@ def test_mediainfo_details_are_json_safe() -> None:
     assert info.duration == 0.0
     json.dumps(info.details)  # no marker, no depth beyond what json.dumps handles
     assert info.details["video"]["a"]["rate"] is None
+
+
+@pytest.mark.parametrize("value", [0, -5, NON_FINITE, 2**64, "soon", None])
+def test_odd_token_and_device_durations_fall_back_to_defaults(value: object) -> None:
+    token = Token.from_json({"access_token": "a", "refresh_token": "r", "expires_in": value}, now=1000.0)
+    assert token.expires_in == 3600 and token.expires_at == 4600.0
+    code = DeviceCode.from_json({"device_code": "d", "user_code": "U", "interval": value, "expires_in": value})
+    assert (code.interval, code.expires_in) == (5, 600)
 
 
 # ------------------------------------------------------------------ through the client (emulator's hostile mode)

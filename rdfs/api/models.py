@@ -181,6 +181,12 @@ def _int(value: Any, default: int = 0) -> int:
     return number if number in _INT64 else default
 
 
+def _bounded(value: Any, default: int, low: int, high: int) -> int:
+    """``_int`` for a duration rdfs waits on: ``default`` unless ``low <= value <= high``."""
+    number = _int(value, default)
+    return number if low <= number <= high else default
+
+
 def _float(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
@@ -500,7 +506,7 @@ class Token(Record):
 
     @classmethod
     def from_json(cls, data: dict[str, Any], now: float) -> Self:
-        expires_in = _int(data.get("expires_in"), 3600)
+        expires_in = _bounded(data.get("expires_in"), 3600, 1, 10**8)  # a token valid 0 s would refresh per request
         return cls(
             access_token=_str(data.get("access_token")),
             refresh_token=_str(data.get("refresh_token")),
@@ -528,8 +534,8 @@ class DeviceCode(Record):
         return cls(
             device_code=_str(data.get("device_code")),
             user_code=_str(data.get("user_code")),
-            interval=_int(data.get("interval"), 5),
-            expires_in=_int(data.get("expires_in"), 600),
+            interval=_bounded(data.get("interval"), 5, 1, 60),  # never a busy poll, never a stuck one
+            expires_in=_bounded(data.get("expires_in"), 600, 1, 86400),
             verification_url=_str(data.get("verification_url")),
             direct_verification_url=_str(data.get("direct_verification_url")),
             raw=data,
