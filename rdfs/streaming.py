@@ -48,7 +48,9 @@ NAMES = frozenset({MEDIAINFO, TRANSCODE})
 DEFAULT_TTL = 3600.0
 DEFAULT_MISS_TTL = 600.0
 # Coded answers about RD's load or the session, not about the file: never a cached miss.
-_TRANSIENT: tuple[type[APIError], ...] = (GatewayError, TooManyRequests, SlowDown, BadToken, InternalError, FairUsageLimit)
+_TRANSIENT: tuple[type[APIError], ...] = (
+    GatewayError, TooManyRequests, SlowDown, BadToken, InternalError, FairUsageLimit
+)  # fmt: skip
 
 
 def is_definite_miss(name: str, exc: RDError) -> bool:
@@ -97,20 +99,23 @@ class StreamingExtras:
             return known[1]
         miss = self._misses.get(key)
         if miss is not None and miss[0] > now:
-            raise miss[1]
+            raise miss[1].with_traceback(None)  # not a traceback growing with every re-raise
         self._forget_expired(now)
         download_id = (await self.resolver.resolve(hoster_link)).download_id
         try:
             if name == MEDIAINFO:
                 info = await self.client.streaming_media_infos(download_id)
                 # Not dataclasses.asdict: it would deep-copy ``raw`` (any depth RD sent) for nothing.
-                data = {f.name: getattr(info, f.name) for f in dataclasses.fields(info) if f.name not in ("raw", "problems")}
+                kept = (f.name for f in dataclasses.fields(info) if f.name not in ("raw", "problems"))
+                data = {attr: getattr(info, attr) for attr in kept}
             else:
                 data = await self.client.streaming_transcode(download_id)
         except RDError as exc:
             if is_definite_miss(name, exc):
                 self._misses[key] = (time.monotonic() + self.miss_ttl, exc)
-                log.info("%s of download %s: RD has none (%s), not asked again for %g s", name, download_id, exc, self.miss_ttl)
+                log.info(
+                    "%s of download %s: RD has none (%s), not asked again for %g s", name, download_id, exc, self.miss_ttl
+                )
             raise
         text = json.dumps(data, sort_keys=True)
         self._answers[key] = (time.monotonic() + self.ttl, text)

@@ -48,7 +48,12 @@ def test_non_finite_numbers_decode_to_the_marker(text: str) -> None:
 
 @pytest.mark.parametrize(
     ("body", "reason"),
-    [(DEEP.encode(), "nested too deep"), (b"<html>502</html>", "non-JSON"), (b'{"a": "\xff"}', "not UTF-8"), (b"{", "non-JSON")],
+    [
+        (DEEP.encode(), "nested too deep"),
+        (b"<html>502</html>", "non-JSON"),
+        (b'{"a": "\xff"}', "not UTF-8"),
+        (b"{", "non-JSON"),
+    ],
 )
 def test_undecodable_bodies_are_unexpected_response(body: bytes, reason: str) -> None:
     with pytest.raises(UnexpectedResponse, match=reason) as caught:
@@ -121,7 +126,8 @@ def test_bad_urls(url: object) -> None:
 
 
 @pytest.mark.parametrize(
-    ("value", "expected"), [("3000", 3000), ("0", 0), ("-1", None), ("garbage", None), ("1e3", None), ("", None), ("9" * 30, None)]
+    ("value", "expected"),
+    [("3000", 3000), ("0", 0), ("-1", None), ("garbage", None), ("1e3", None), ("", None), ("9" * 30, None)],
 )
 def test_total_count(value: str, expected: int | None) -> None:
     assert _total(httpx.Headers({"X-Total-Count": value})) == expected
@@ -187,7 +193,8 @@ def test_download_with_bad_size_or_url_is_refused() -> None:
 
 
 def test_mediainfo_details_are_json_safe() -> None:
-    info = MediaInfo.from_json({"duration": NON_FINITE, "details": {"video": {"a": {"rate": NON_FINITE, "deep": json.loads("[" * 50 + "]" * 50)}}}})
+    stream = {"rate": NON_FINITE, "deep": json.loads("[" * 50 + "]" * 50)}
+    info = MediaInfo.from_json({"duration": NON_FINITE, "details": {"video": {"a": stream}}})
     assert info.duration == 0.0
     json.dumps(info.details)  # no marker, no depth beyond what json.dumps handles
     assert info.details["video"]["a"]["rate"] is None
@@ -209,7 +216,9 @@ async def _library(emulator: Emulator, count: int = 4) -> list[str]:
 
 
 @pytest.mark.parametrize("raw", ["18446744073709551616", "9223372036854775808", "Infinity", "1e400", "-5"])
-async def test_bad_torrent_bytes_in_listing_clamped_once(emulator: Emulator, rd_client: RDClient, raw: str, caplog) -> None:
+async def test_bad_torrent_bytes_in_listing_clamped_once(
+    emulator: Emulator, rd_client: RDClient, raw: str, caplog: pytest.LogCaptureFixture
+) -> None:
     ids = await _library(emulator)
     emulator.set_faults(torrent_fields={ids[1]: {"bytes": raw}})
     caplog.set_level(logging.WARNING, logger="rdfs.api.client")
@@ -217,7 +226,8 @@ async def test_bad_torrent_bytes_in_listing_clamped_once(emulator: Emulator, rd_
         page = await rd_client.torrents(limit=100)
     assert sorted(t.id for t in page.items) == sorted(ids)
     assert {t.id: t.bytes for t in page.items}[ids[1]] == 0
-    assert all(t.bytes == 1000 + i for i, t in enumerate(sorted(page.items, key=lambda t: t.filename)) if t.id != ids[1])
+    by_name = sorted(page.items, key=lambda t: t.filename)  # "Movie 0" ... "Movie 3"
+    assert [t.bytes for t in by_name] == [0 if t.id == ids[1] else 1000 + i for i, t in enumerate(by_name)]
     warnings = [r.getMessage() for r in caplog.records if ids[1] in r.getMessage()]
     assert len(warnings) == 1
     assert "bytes" in warnings[0] and "taken as 0" in warnings[0]
@@ -241,7 +251,8 @@ async def test_deep_record_fails_the_answer_not_the_caller(emulator: Emulator, r
 
 @pytest.mark.parametrize("raw", ["Infinity", "1e400", "9223372036854775808", "-5", '"big"'])
 async def test_bad_file_size_in_info_drops_that_file(emulator: Emulator, rd_client: RDClient, raw: str) -> None:
-    torrent_id = emulator.add_torrent("Show", [FileSpec("/e1.mkv", 100), FileSpec("/e2.mkv", 200), FileSpec("/e3.mkv", 300)])
+    files = [FileSpec("/e1.mkv", 100), FileSpec("/e2.mkv", 200), FileSpec("/e3.mkv", 300)]
+    torrent_id = emulator.add_torrent("Show", files)
     emulator.set_faults(torrent_fields={torrent_id: {"files.1.bytes": raw}})
     info = await rd_client.torrent_info(torrent_id)
     assert [(f.path, f.bytes) for f in info.files] == [("/e1.mkv", 100), ("/e3.mkv", 300)]

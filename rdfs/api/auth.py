@@ -110,7 +110,9 @@ class OAuthClient:
         response = await self._transport.request(
             method, f"{self.oauth_url}/{path}", endpoint=endpoint, idempotent=idempotent, **kwargs
         )
-        data = decode_json(response.content, endpoint=endpoint, status=response.status_code) if response.content else None
+        data = None
+        if response.content:
+            data = decode_json(response.content, endpoint=endpoint, status=response.status_code)
         if not isinstance(data, dict):
             raise UnexpectedResponse(f"{endpoint}: expected a JSON object", endpoint=endpoint, status=response.status_code)
         return data
