@@ -15,7 +15,7 @@ import pytest
 
 from rdfs.api import errors
 from rdfs.api.auth import OAuthClient
-from rdfs.api.client import RDClient, _total
+from rdfs.api.client import Page, RDClient, _total
 from rdfs.api.errors import BadLink, BadRecord, UnexpectedResponse
 from rdfs.api.models import (
     MAX_SIZE,
@@ -295,3 +295,44 @@ async def test_oauth_answer_nested_too_deep_is_unexpected_response(emulator: Emu
         oauth = OAuthClient(Transport(http, RateLimiter(600), retry=RetryPolicy(max_retries=0)), emulator.oauth_url)
         with pytest.raises(UnexpectedResponse):
             await oauth.device_code()
+
+
+async def test_a_dropped_record_does_not_make_a_page_look_short(emulator: Emulator, rd_client: RDClient) -> None:
+    ids = await _library(emulator, 6)
+    newest = emulator.list_torrents(0, 1, False)[0][0]["id"]
+    emulator.set_faults(torrent_fields={newest: {"id": "null"}})  # dropped from page 1
+    page = await rd_client.torrents(page=1, limit=3)
+    assert len(page.items) == 2 and page.received == 3
+    listed = [t.id async for t in rd_client.iter_torrents(page_size=3)]
+    assert sorted(listed) == sorted(set(ids) - {newest})  # page 2 was still fetched
+
+
+async def test_paging_stops_when_a_page_adds_nothing_new(
+    emulator: Emulator, rd_client: RDClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = await _library(emulator, 4)
+    real = rd_client.torrents
+
+    async def ignores_page(offset=None, page=None, limit=None, filter=None):
+        # A server that ignores ``page`` and sends no usable total: only "nothing new" can stop it.
+        answer = await real(page=1, limit=limit, filter=filter)
+        return Page(answer.items, None, answer.not_modified, received=answer.received)
+
+    monkeypatch.setattr(rd_client, "torrents", ignores_page)
+    listed = [t.id async for t in rd_client.iter_torrents(page_size=2)]
+    assert len(listed) == 2 and set(listed) <= set(ids)
+    assert emulator.counters["GET /torrents"] == 2  # page 1, then a repeat of it: stop
+
+
+async def test_a_total_smaller_than_what_was_seen_is_not_believed(
+    emulator: Emulator, rd_client: RDClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = await _library(emulator, 5)
+    real = rd_client.torrents
+
+    async def lying_total(offset=None, page=None, limit=None, filter=None):
+        answer = await real(page=page, limit=limit, filter=filter)
+        return Page(answer.items, 0, answer.not_modified, received=answer.received)  # "X-Total-Count: 0"
+
+    monkeypatch.setattr(rd_client, "torrents", lying_total)
+    assert sorted([t.id async for t in rd_client.iter_torrents(page_size=2)]) == sorted(ids)

@@ -61,11 +61,20 @@ T = TypeVar("T")
 
 @dataclass
 class Page(Generic[T]):
-    """One page of a list endpoint; ``not_modified`` when RD answered 304 (items from cache)."""
+    """One page of a list endpoint; ``not_modified`` when RD answered 304 (items from cache).
+
+    ``received`` counts the entries RD sent, bad ones included: whether a page came back full
+    (so more may follow) is ``received >= limit``, never ``len(items)``, which drops bad records.
+    """
 
     items: list[T]
     total: int | None
     not_modified: bool = False
+    received: int = -1  # -1: as many as ``items``
+
+    def __post_init__(self) -> None:
+        if self.received < 0:
+            self.received = len(self.items)
 
 
 @dataclass
@@ -337,7 +346,8 @@ class RDClient:
     ) -> Page[T]:
         answer = await self._call("GET", path, endpoint=endpoint, params=params)
         items: list[T] = []
-        for raw in self._check_array(answer, endpoint):
+        entries = self._check_array(answer, endpoint)
+        for raw in entries:
             if not isinstance(raw, dict):
                 self._warn_once(endpoint, repr(type(raw).__name__), "not a JSON object: dropped")
                 continue
@@ -348,7 +358,7 @@ class RDClient:
                 continue
             self._report(endpoint, item)
             items.append(item)
-        return Page(items, _total(answer.headers), answer.not_modified)
+        return Page(items, _total(answer.headers), answer.not_modified, received=len(entries))
 
     def _report(self, endpoint: str, record: Any) -> None:
         """Warn (once) about what validation clamped or dropped inside a record it kept."""
@@ -513,12 +523,20 @@ class RDClient:
         number = 1
         while True:
             page: Page[Any] = await fetch(number)
+            new = 0
             for item in page.items:
                 # A torrent added while paging shifts the list: skip what an earlier page gave.
                 if item.id not in seen:
                     seen.add(item.id)
+                    new += 1
                     yield item
-            if len(page.items) < page_size or (page.total is not None and number * page_size >= page.total):
+            if page.received < page_size:
+                return  # a short page is the last one
+            if number > 1 and new == 0:
+                log.warning("listing page %d repeats earlier pages (RD ignores paging?): stopped", number)
+                return
+            # A total is believed only when it is not smaller than what was already seen.
+            if page.total is not None and len(seen) <= page.total <= number * page_size:
                 return
             number += 1
 
