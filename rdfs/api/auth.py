@@ -24,7 +24,7 @@ from typing import Any, Protocol, Self
 import trio
 
 from rdfs.api.errors import APIError, LoginExpired, ReauthRequired, UnexpectedResponse
-from rdfs.api.models import ClientCredentials, DeviceCode, Token
+from rdfs.api.models import ClientCredentials, DeviceCode, Token, decode_json
 from rdfs.api.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -110,10 +110,9 @@ class OAuthClient:
         response = await self._transport.request(
             method, f"{self.oauth_url}/{path}", endpoint=endpoint, idempotent=idempotent, **kwargs
         )
-        try:
-            data = response.json()
-        except ValueError:
-            data = None
+        data = None
+        if response.content:
+            data = decode_json(response.content, endpoint=endpoint, status=response.status_code)
         if not isinstance(data, dict):
             raise UnexpectedResponse(f"{endpoint}: expected a JSON object", endpoint=endpoint, status=response.status_code)
         return data
@@ -187,11 +186,18 @@ class OAuthClient:
         return await self._token(form, idempotent=False)
 
 
+REFUSED_RETRY = 300.0  # seconds a refused refresh is remembered before RD is asked again
+
+
 class OAuthSession:
     """An OAuth login that keeps its access token fresh.
 
     ``on_update(credentials)`` (plain function or coroutine function) is called after every
     refresh. ``oauth`` may be left out: ``RDClient`` binds its own ``OAuthClient``.
+
+    A refused refresh (the user revoked the app) is remembered for ``refused_retry`` seconds:
+    meanwhile every request fails at once with the same ``ReauthRequired`` (one warning line, no
+    refresh sent each sync), and the mount keeps serving what it has.
     """
 
     def __init__(
@@ -201,6 +207,7 @@ class OAuthSession:
         on_update: Callable[[Credentials], Any] | None = None,
         oauth: OAuthClient | None = None,
         refresh_margin: float = 60.0,
+        refused_retry: float = REFUSED_RETRY,
     ) -> None:
         self._credentials = credentials
         self._on_update = on_update
@@ -208,6 +215,8 @@ class OAuthSession:
         self._margin = refresh_margin
         self._lock = trio.Lock()
         self.refreshes = 0
+        self.refused_retry = refused_retry
+        self._refused: tuple[float, ReauthRequired] | None = None  # (monotonic retry time, error)
 
     def bind(self, oauth: OAuthClient) -> None:
         if self._oauth is None:
@@ -241,8 +250,19 @@ class OAuthSession:
                 return
             if self._oauth is None:
                 raise ReauthRequired("OAuthSession is not bound to an OAuthClient: cannot refresh the access token")
+            if self._refused is not None:
+                retry_at, refusal = self._refused
+                if time.monotonic() < retry_at:
+                    raise ReauthRequired(str(refusal))
             old = self._credentials
-            token = await self._oauth.refresh(old.client_id, old.client_secret, old.refresh_token)
+            try:
+                token = await self._oauth.refresh(old.client_id, old.client_secret, old.refresh_token)
+            except ReauthRequired as exc:
+                if self._refused is None:
+                    log.warning("%s (run `rdfs login`; asking again in %g s)", exc, self.refused_retry)
+                self._refused = (time.monotonic() + self.refused_retry, exc)
+                raise
+            self._refused = None
             self._credentials = Credentials(
                 old.client_id,
                 old.client_secret,

@@ -4,12 +4,15 @@ All requests share one ``httpx.AsyncClient`` (connection reuse), one ``RateLimit
 retry rules of ``Transport``. GET answers are cached with their ETag and revalidated with
 ``If-None-Match``; a 304 serves the cached body (``Page.not_modified`` tells list callers).
 Every string sent is NFC-normalised, as the reference asks. Answers are validated for shape:
-a list endpoint that answers 200 with a non-array raises ``UnexpectedResponse``.
+a list endpoint that answers 200 with a non-array raises ``UnexpectedResponse``; bodies are
+decoded by ``models.decode_json`` (no infinities, no ``RecursionError``) and records validated by
+the models. A list drops a bad record alone and logs one warning per record (remembered, so a
+sync every minute does not repeat it); an ``X-Total-Count`` that is not a non-negative int is
+``Page.total = None``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import unicodedata
 import urllib.parse
@@ -23,8 +26,9 @@ from typing import Any, Generic, Literal, Self, TypeVar
 import httpx
 
 from rdfs.api.auth import DEFAULT_OAUTH_URL, OAuthClient, OAuthSession, TokenProvider
-from rdfs.api.errors import BadToken, UnexpectedResponse
+from rdfs.api.errors import APIError, BadLink, BadRecord, BadToken, ServiceUnavailable, UnexpectedResponse
 from rdfs.api.models import (
+    MAX_SIZE,
     ActiveCount,
     AvailableHost,
     Created,
@@ -38,9 +42,10 @@ from rdfs.api.models import (
     TrafficDay,
     TrafficHost,
     User,
+    decode_json,
 )
 from rdfs.api.ratelimit import ADD_WINDOW, ADDS_PER_WINDOW, RateLimiter
-from rdfs.api.transport import ClientStats, RetryPolicy, Transport
+from rdfs.api.transport import DEFAULT_DEADLINE, ClientStats, RetryPolicy, Transport
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +53,7 @@ DEFAULT_API_URL = "https://api.real-debrid.com/rest/1.0"
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 MAX_PAGE_SIZE = 2500  # the reference's maximum for ``limit``
 _ETAG_CACHE_SIZE = 1024
+_WARNED_MAX = 10_000  # records remembered as warned about (then forgotten all at once)
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 
 T = TypeVar("T")
@@ -55,11 +61,20 @@ T = TypeVar("T")
 
 @dataclass
 class Page(Generic[T]):
-    """One page of a list endpoint; ``not_modified`` when RD answered 304 (items from cache)."""
+    """One page of a list endpoint; ``not_modified`` when RD answered 304 (items from cache).
+
+    ``received`` counts the entries RD sent, bad ones included: whether a page came back full
+    (so more may follow) is ``received >= limit``, never ``len(items)``, which drops bad records.
+    """
 
     items: list[T]
     total: int | None
     not_modified: bool = False
+    received: int = -1  # -1: as many as ``items``
+
+    def __post_init__(self) -> None:
+        if self.received < 0:
+            self.received = len(self.items)
 
 
 @dataclass
@@ -104,11 +119,22 @@ def _check_base_url(url: str) -> str:
 
 
 def _total(headers: httpx.Headers) -> int | None:
-    value = headers.get("x-total-count")
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
+    """``X-Total-Count`` when it is a plain non-negative integer; None (unknown) otherwise."""
+    value = (headers.get("x-total-count") or "").strip()
+    if not value.isascii() or not value.isdigit() or len(value) > 18:
         return None
+    total = int(value)
+    return total if total <= MAX_SIZE else None
+
+
+def _record_key(raw: dict[str, Any]) -> str:
+    """How a log line names a record: its id (and name) as sent, shortened. Never its URLs."""
+    ident = raw.get("id")
+    name = raw.get("filename")
+    text = f"id={ident!r}" if not isinstance(ident, (dict, list)) else "id=<not an id>"
+    if isinstance(name, str):
+        text += f" {name[:60]!r}"
+    return text[:120]
 
 
 def _as_date(value: date | str | None) -> str | None:
@@ -136,12 +162,14 @@ class RDClient:
         verb_override: bool = False,
         token_in_query: bool = False,
         user_agent: str = "rdfs",
+        deadline: float = DEFAULT_DEADLINE,
     ) -> None:
         """
         ``retry`` overrides ``max_retries`` and the backoff (e.g. zero waits in tests);
         ``add_limiter`` paces adds (default: 20 in any 10.5 s, see :mod:`rdfs.api.ratelimit`);
         ``verb_override`` sends PUT/DELETE as POST with ``X-HTTP-Verb``; ``token_in_query`` sends
-        the token as ``?auth_token=`` instead of an ``Authorization`` header.
+        the token as ``?auth_token=`` instead of an ``Authorization`` header; ``deadline``
+        bounds each attempt of a request, body included (see :mod:`rdfs.api.transport`).
         """
         self.api_url = _check_base_url(api_url)
         self.oauth_url = _check_base_url(oauth_url)
@@ -159,7 +187,11 @@ class RDClient:
         self.add_limiter = add_limiter or RateLimiter(ADDS_PER_WINDOW, window=ADD_WINDOW)
         self.stats = ClientStats()
         self._transport = Transport(
-            http, self.limiter, retry=retry or RetryPolicy(max_retries=max_retries), stats=self.stats
+            http,
+            self.limiter,
+            retry=retry or RetryPolicy(max_retries=max_retries),
+            stats=self.stats,
+            deadline=deadline,
         )
         self.oauth = OAuthClient(self._transport, self.oauth_url)
         self.auth = auth
@@ -168,6 +200,7 @@ class RDClient:
         self.verb_override = verb_override
         self.token_in_query = token_in_query
         self._etags: OrderedDict[str, tuple[str, _Answer]] = OrderedDict()
+        self._warned: set[str] = set()
 
     async def __aenter__(self) -> Self:
         return self
@@ -196,6 +229,7 @@ class RDClient:
         content: bytes | None = None,
         content_type: str = "application/octet-stream",
         raw_text: bool = False,
+        definite: tuple[type[APIError], ...] = (),
     ) -> _Answer:
         """One API call: auth, conditional GET, one retry after a refreshed token, decoding."""
         if idempotent is None:
@@ -233,6 +267,7 @@ class RDClient:
                     data=form,
                     content=content,
                     headers=headers,
+                    definite=definite,
                 )
             except BadToken:
                 # RD refused the token, so it did not act on the request: safe to send once more.
@@ -267,12 +302,7 @@ class RDClient:
             if raw_text:
                 body = response.text
             else:
-                try:
-                    body = json.loads(response.content)
-                except ValueError:
-                    raise UnexpectedResponse(
-                        f"{endpoint}: HTTP {status} with a non-JSON body", endpoint=endpoint, status=status
-                    ) from None
+                body = decode_json(response.content, endpoint=endpoint, status=status)
         answer = _Answer(status, body, response.headers)
         etag = response.headers.get("etag")
         if cache_key is not None and etag and status == 200:
@@ -315,8 +345,36 @@ class RDClient:
         self, endpoint: str, path: str, parse: Callable[[dict[str, Any]], T], params: dict[str, Any]
     ) -> Page[T]:
         answer = await self._call("GET", path, endpoint=endpoint, params=params)
-        items = [parse(item) for item in self._check_array(answer, endpoint) if isinstance(item, dict)]
-        return Page(items, _total(answer.headers), answer.not_modified)
+        items: list[T] = []
+        entries = self._check_array(answer, endpoint)
+        for raw in entries:
+            if not isinstance(raw, dict):
+                self._warn_once(endpoint, repr(type(raw).__name__), "not a JSON object: dropped")
+                continue
+            try:
+                item = parse(raw)
+            except BadRecord as exc:
+                self._warn_once(endpoint, _record_key(raw), f"{exc}: dropped")
+                continue
+            self._report(endpoint, item)
+            items.append(item)
+        return Page(items, _total(answer.headers), answer.not_modified, received=len(entries))
+
+    def _report(self, endpoint: str, record: Any) -> None:
+        """Warn (once) about what validation clamped or dropped inside a record it kept."""
+        for problem in getattr(record, "problems", ()):
+            self._warn_once(endpoint, _record_key(record.raw), problem)
+
+    def _warn_once(self, endpoint: str, key: str, problem: str) -> None:
+        """One warning per record and problem for the client's lifetime: not one per sync, nor one
+        more when ``/torrents/info`` repeats what ``/torrents`` said."""
+        seen = f"{key}\0{problem}"
+        if seen in self._warned:
+            return
+        if len(self._warned) >= _WARNED_MAX:
+            self._warned.clear()
+        self._warned.add(seen)
+        log.warning("%s: record %s: %s", endpoint, key, problem)
 
     async def _no_content(self, method: str, path: str, *, endpoint: str, **kwargs: Any) -> None:
         await self._call(method, path, endpoint=endpoint, idempotent=False, **kwargs)
@@ -375,7 +433,11 @@ class RDClient:
             idempotent=False,
             data={"link": link, "password": password, "remote": None if remote is None else int(bool(remote))},
         )
-        return Download.from_json(data)
+        try:
+            return Download.from_json(data)
+        except BadRecord as exc:
+            # The hoster link is not named: the caller logs it with its own context.
+            raise BadLink(f"unrestrict/link: unusable answer: {exc}", endpoint="unrestrict/link", status=200) from None
 
     async def unrestrict_folder(self, link: str) -> list[str]:
         return await self._strings(
@@ -410,11 +472,18 @@ class RDClient:
         """Transcoding links by format (``apple``, ``dash``, ``liveMP4``, ``h264WebM``) then quality."""
         data = await self._object("streaming/transcode", f"streaming/transcode/{_segment(id)}")
         return {
-            fmt: {str(q): str(url) for q, url in links.items()} for fmt, links in data.items() if isinstance(links, dict)
+            str(fmt): {str(q): url for q, url in links.items() if isinstance(url, str)}
+            for fmt, links in data.items()
+            if isinstance(links, dict)
         }
 
     async def streaming_media_infos(self, id: str) -> MediaInfo:
-        return MediaInfo.from_json(await self._object("streaming/mediaInfos", f"streaming/mediaInfos/{_segment(id)}"))
+        """Raises ``ServiceUnavailable`` at once when RD has no metadata for the file (its 503,
+        per the reference "problem finding metadata of the media"): a final answer, not retried."""
+        data = await self._object(
+            "streaming/mediaInfos", f"streaming/mediaInfos/{_segment(id)}", definite=(ServiceUnavailable,)
+        )
+        return MediaInfo.from_json(data)
 
     # ------------------------------------------------------------------ downloads
 
@@ -454,17 +523,32 @@ class RDClient:
         number = 1
         while True:
             page: Page[Any] = await fetch(number)
+            new = 0
             for item in page.items:
                 # A torrent added while paging shifts the list: skip what an earlier page gave.
                 if item.id not in seen:
                     seen.add(item.id)
+                    new += 1
                     yield item
-            if len(page.items) < page_size or (page.total is not None and number * page_size >= page.total):
+            if page.received < page_size:
+                return  # a short page is the last one
+            if number > 1 and new == 0:
+                log.warning("listing page %d repeats earlier pages (RD ignores paging?): stopped", number)
+                return
+            # A total is believed only when it is not smaller than what was already seen.
+            if page.total is not None and len(seen) <= page.total <= number * page_size:
                 return
             number += 1
 
     async def torrent_info(self, id: str) -> TorrentInfo:
-        return TorrentInfo.from_json(await self._object("torrents/info", f"torrents/info/{_segment(id)}"))
+        """Raises ``BadRecord`` for an unusable torrent (bad id); bad files are dropped alone."""
+        data = await self._object("torrents/info", f"torrents/info/{_segment(id)}")
+        try:
+            info = TorrentInfo.from_json(data)
+        except BadRecord as exc:
+            raise BadRecord(f"torrents/info {id}: {exc}", endpoint="torrents/info", status=200) from None
+        self._report("torrents/info", info)
+        return info
 
     async def instant_availability(self, *hashes: str) -> dict[str, Any]:
         """Raw availability by hash (RD disabled this endpoint in 2024: expect ``DisabledEndpoint``)."""

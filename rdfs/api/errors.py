@@ -39,6 +39,20 @@ class UnexpectedResponse(RDError):
         self.status = status
 
 
+class BadRecord(UnexpectedResponse):
+    """One record of an answer is unusable: a size that is not a finite int in 0..2^63-1, an id
+    that is not a string (or an integer), a URL that is not http(s) with an encodable host.
+
+    A list endpoint drops such a record (one warning); an object endpoint raises it."""
+
+
+class BadLink(UnexpectedResponse):
+    """``/unrestrict/link`` answered a download URL or ``filesize`` rdfs cannot use (a host that
+    does not encode, a broken IPv6 literal, a size out of range). This file's link is unusable
+    for now; it says nothing about the torrent, nor about other files. Never retried by the
+    client (RD did act: the answer is its result)."""
+
+
 class ReauthRequired(RDError):
     """The OAuth grant is gone (refresh refused, or no way to get a token): log in again."""
 
@@ -164,7 +178,7 @@ def error_for(status: int, body: bytes, *, endpoint: str = "") -> APIError:
     if body:
         try:
             data = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
             data = None
     if not isinstance(data, dict):
         kind = "an empty body" if not body else f"a non-JSON body ({len(body)} bytes)"

@@ -11,7 +11,13 @@ what is safe to repeat:
   answer) and a failure after the request was sent (read timeout, dropped connection): only
   idempotent requests, because RD may have acted on a non-idempotent one;
 - any other 5xx *with* an ``error_code`` (e.g. ``hoster_unavailable``) is RD's verdict: never
-  retried.
+  retried; nor is an answer the caller names ``definite`` for its endpoint (e.g. the 503 of
+  ``/streaming/mediaInfos``, RD's "no metadata for this file").
+
+Every attempt has a wall-clock deadline (``deadline``, default ``DEFAULT_DEADLINE``) covering
+the whole exchange: connecting, sending, the status line and the whole body. httpx's timeouts
+bound each socket operation only, so a server dripping one byte every 20 s would hold a request
+for ever; past the deadline the attempt fails as a ``NetworkError`` (and is retried like one).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import Any
 
 import httpx
 import stamina
+import trio
 
 from rdfs.api.errors import APIError, NetworkError, ServiceUnavailable, TooManyRequests, error_for
 from rdfs.api.ratelimit import RateLimiter
@@ -33,6 +40,7 @@ log = logging.getLogger(__name__)
 
 SUCCESS_STATUSES = frozenset({200, 201, 202, 204, 304})
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+DEFAULT_DEADLINE = 60.0  # seconds for one attempt: connect, send, status and the whole body
 _QUERY_SECRET = re.compile(r"(?i)(auth_token|access_token|refresh_token|client_secret|code)=[^&\s]+")
 
 
@@ -106,11 +114,15 @@ class Transport:
         *,
         retry: RetryPolicy | None = None,
         stats: ClientStats | None = None,
+        deadline: float = DEFAULT_DEADLINE,
     ) -> None:
+        if not deadline > 0:
+            raise ValueError("deadline must be a positive number of seconds")
         self.http = http
         self.limiter = limiter
         self.retry = retry or RetryPolicy()
         self.stats = stats or ClientStats()
+        self.deadline = deadline
 
     async def request(
         self,
@@ -123,10 +135,13 @@ class Transport:
         data: dict[str, str] | None = None,
         content: bytes | None = None,
         headers: dict[str, str] | None = None,
+        definite: tuple[type[APIError], ...] = (),
     ) -> httpx.Response:
-        """Send with pacing and retries; return a success response or raise ``RDError``."""
+        """Send with pacing and retries; return a success response or raise ``RDError``.
+
+        ``definite``: error classes that are this endpoint's final answer (never retried)."""
         retrying = stamina.retry_context(
-            on=partial(self._should_retry, idempotent=idempotent),
+            on=partial(self._should_retry, idempotent=idempotent, definite=definite),
             attempts=self.retry.max_retries + 1,
             timeout=None,
             wait_initial=self.retry.wait_initial,
@@ -147,7 +162,11 @@ class Transport:
             raise
         raise AssertionError("unreachable: stamina re-raises the last failure")  # pragma: no cover
 
-    def _should_retry(self, exc: Exception, *, idempotent: bool) -> bool | float:
+    def _should_retry(
+        self, exc: Exception, *, idempotent: bool, definite: tuple[type[APIError], ...] = ()
+    ) -> bool | float:
+        if definite and isinstance(exc, definite):
+            return False
         if isinstance(exc, TooManyRequests):
             return exc.retry_after if exc.retry_after else True
         if isinstance(exc, NetworkError):
@@ -173,9 +192,10 @@ class Transport:
         self.stats.requests[endpoint] += 1
         self.stats.total += 1
         try:
-            response = await self.http.request(
-                method, url, params=params, data=data, content=content, headers=headers
-            )
+            with trio.move_on_after(self.deadline) as scope:
+                response = await self.http.request(
+                    method, url, params=params, data=data, content=content, headers=headers
+                )
         except httpx.TransportError as exc:
             reached = not isinstance(exc, _NOT_SENT)
             detail = _scrub(_detail(exc))
@@ -183,6 +203,11 @@ class Transport:
             raise NetworkError(
                 f"{method} {endpoint}: {type(exc).__name__}: {detail}", reached=reached, endpoint=endpoint
             ) from exc
+        if scope.cancelled_caught:
+            log.warning("%s %s failed: no complete answer within %g s", method, endpoint, self.deadline)
+            raise NetworkError(
+                f"{method} {endpoint}: no complete answer within {self.deadline:g} s", reached=True, endpoint=endpoint
+            )
         if response.status_code in SUCCESS_STATUSES:
             self.limiter.succeeded()
             return response

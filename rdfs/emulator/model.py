@@ -272,3 +272,17 @@ class Faults:
     download_drip_interval: float = 0.0  # > 0: download bodies come one byte per this many seconds
     download_redirect_location: str | None = None  # every download is answered 302 to this Location
     download_content_encoding: str | None = None  # e.g. "gzip": bodies compressed, with that header
+    # hostile API answers (issue 15): values are raw JSON text, spliced as sent ("1e400",
+    # "Infinity", "18446744073709551616", "-5", "12345" for a number id, "[[[...]]]").
+    # Per torrent id: field -> raw JSON in its /torrents item and its /torrents/info answer;
+    # "info.<field>" changes the info answer only, "files.<n>.<field>" file n (0-based) of it.
+    torrent_fields: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Per hoster link ("*": every link): field -> raw JSON in its /unrestrict/link answer.
+    unrestrict_fields: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Per hoster link: an RD error name (ERRORS) /unrestrict/link answers instead, e.g. "infringing_file".
+    unrestrict_errors: dict[str, str] = field(default_factory=dict)
+    # Per endpoint counter name ("GET /torrents/info"): [status, body] answered instead of a
+    # success (a body starting with "<" is served as text/html).
+    api_raw_bodies: dict[str, tuple[int, str]] = field(default_factory=dict)
+    # Per endpoint counter name ("*": every endpoint): seconds between the bytes of its answers.
+    api_drip: dict[str, float] = field(default_factory=dict)

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs
 
 import trio
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from .model import Refusal
@@ -29,8 +29,71 @@ Handler = Callable[[Request], Awaitable[Any]]
 _STATUS_ERRORS = {401: "bad_token", 403: "permission_denied", 429: "too_many_requests", 500: "internal_error"}
 
 
+# A raw JSON value travels through json.dumps as this marker string, then replaces it.
+_RAW_MARK = "\x00raw:"
+_RAW_ENCODED = re.compile(rb'"\\u0000raw:([0-9a-f]*)\\u0000"')
+
+
+def raw_json(text: str) -> str:
+    """A placeholder that ``encode_json`` replaces by ``text`` verbatim (hostile answers)."""
+    return f"{_RAW_MARK}{text.encode().hex()}\x00"
+
+
 def encode_json(data: Any) -> bytes:
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+    body = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+    if b"\\u0000raw:" in body:
+        body = _RAW_ENCODED.sub(lambda m: bytes.fromhex(m.group(1).decode()), body)
+    return body
+
+
+def with_raw_fields(body: dict[str, Any], fields: dict[str, str], *, info: bool) -> dict[str, Any]:
+    """``body`` with the hostile overrides of ``Faults.torrent_fields`` / ``unrestrict_fields``.
+
+    A plain key applies to every answer; ``info.<key>`` and ``files.<n>.<key>`` only when
+    ``info`` (a ``/torrents/info`` answer)."""
+    body = dict(body)
+    for key, text in fields.items():
+        head, _, rest = key.partition(".")
+        if head == "info":
+            if info:
+                body[rest] = raw_json(text)
+        elif head == "files" and rest:
+            index, _, name = rest.partition(".")
+            files = body.get("files")
+            if info and isinstance(files, list) and index.isdigit() and int(index) < len(files):
+                files = body["files"] = list(files)
+                files[int(index)] = dict(files[int(index)], **{name: raw_json(text)})
+        else:
+            body[key] = raw_json(text)
+    return body
+
+
+def hostile_torrent(emu: Emulator, body: dict[str, Any], *, info: bool) -> dict[str, Any]:
+    fields = emu.faults.torrent_fields.get(str(body.get("id")))
+    return with_raw_fields(body, fields, info=info) if fields else body
+
+
+def hostile_unrestrict(emu: Emulator, link: str, unrestrict: Callable[[str], Any]) -> dict[str, Any]:
+    """``unrestrict(link).json()`` unless a hostile error is set for ``link`` (then no entry is made)."""
+    error = emu.faults.unrestrict_errors.get(link)
+    if error is not None:
+        raise Refusal(error)
+    body = unrestrict(link).json()
+    fields = emu.faults.unrestrict_fields.get(link) or emu.faults.unrestrict_fields.get("*")
+    return with_raw_fields(body, fields, info=False) if fields else body
+
+
+def _dripped(response: Response, interval: float) -> Response:
+    """The same answer, one byte every ``interval`` seconds (a server that never quite stalls)."""
+    body = bytes(response.body)
+
+    async def drip() -> Any:
+        for index in range(len(body)):
+            await trio.sleep(interval)
+            yield body[index : index + 1]
+
+    headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
+    return StreamingResponse(drip(), status_code=response.status_code, headers=headers)
 
 
 def refusal_response(refusal: Refusal) -> Response:
@@ -140,6 +203,15 @@ def api_route(emu: Emulator, method: str, path: str, handler: Handler, *, auth: 
         ):
             emu.counters["malformed_json"] += 1
             return Response(response.body[: len(response.body) // 2], media_type="application/json")
+        raw = faults.api_raw_bodies.get(name)
+        if raw is not None and 200 <= response.status_code < 300:
+            status, text = raw
+            media = "text/html" if text.startswith("<") else "application/json"
+            response = Response(text.encode(), status_code=status, media_type=media)
+        interval = faults.api_drip.get(name, faults.api_drip.get("*", 0.0))
+        if interval > 0:
+            emu.counters["dripped"] += 1
+            return _dripped(response, interval)
         return response
 
     return Route(path, endpoint, methods=[method])

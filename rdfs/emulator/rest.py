@@ -12,7 +12,17 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute
 
 from .model import HOST, Refusal, mime_type, missing, rd_date
-from .responses import api_route, bearer, encode_json, form, int_param, json_response, no_content
+from .responses import (
+    api_route,
+    bearer,
+    encode_json,
+    form,
+    hostile_torrent,
+    hostile_unrestrict,
+    int_param,
+    json_response,
+    no_content,
+)
 
 if TYPE_CHECKING:
     from .core import Emulator
@@ -128,7 +138,7 @@ def routes(emu: Emulator) -> list[BaseRoute]:
         params = await form(request)
         if not params.get("link"):
             raise missing("link")
-        return json_response(request, emu.unrestrict(params["link"]).json())
+        return json_response(request, hostile_unrestrict(emu, params["link"], emu.unrestrict))
 
     async def unrestrict_folder(request: Request) -> Response:
         params = await form(request)
@@ -207,10 +217,11 @@ def routes(emu: Emulator) -> list[BaseRoute]:
     async def torrents(request: Request) -> Response:
         offset, limit = _page(request)
         items, total = emu.list_torrents(offset, limit, request.query_params.get("filter") == "active")
+        items = [hostile_torrent(emu, item, info=False) for item in items]
         return _list_response(request, emu, items, total)
 
     async def torrent_info(request: Request) -> Response:
-        return json_response(request, emu.torrent_json(request.path_params["id"]))
+        return json_response(request, hostile_torrent(emu, emu.torrent_json(request.path_params["id"]), info=True))
 
     async def instant_availability(request: Request) -> Response:
         raise Refusal("disabled_endpoint")
