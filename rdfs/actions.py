@@ -127,30 +127,59 @@ def _shorten(text: str, limit: int = 60) -> str:
 # --- .torrent files -----------------------------------------------------------------------------
 
 
-def _bdecode(data: bytes, pos: int, spans: dict[bytes, tuple[int, int]] | None = None) -> tuple[Any, int]:
-    """The bencoded value at ``pos`` and the position after it; ``spans`` gets top-level dict value spans."""
+MAX_BENCODE_DEPTH = 64  # lists and dictionaries nested deeper than this are refused (real ones: < 10)
+MAX_INTEGER_DIGITS = 32  # a real .torrent's integers fit in 64 bits
+_BENCODE_INT = re.compile(rb"-?(?:0|[1-9][0-9]*)")
+_BENCODE_LENGTH = re.compile(rb"0|[1-9][0-9]*")
+
+
+def _bdecode(
+    data: bytes, pos: int, spans: dict[bytes, tuple[int, int]] | None = None, depth: int = 0
+) -> tuple[Any, int]:
+    """The bencoded value at ``pos`` and the position after it; ``spans`` gets top-level dict value spans.
+
+    Any malformed input raises ``ValueError``: integers and string lengths are checked against
+    the grammar (``int()`` alone would take ``b" 1_0"``), dictionary keys must be strings (a list
+    as a key used to escape as ``TypeError``), and nesting is bounded, so no input reaches the
+    recursion limit.
+    """
+    if depth > MAX_BENCODE_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_BENCODE_DEPTH} levels")
     lead = data[pos : pos + 1]
     if lead == b"i":
-        end = data.index(b"e", pos)
+        end = data.find(b"e", pos + 1, pos + 2 + MAX_INTEGER_DIGITS)
+        if end < 0 or not _BENCODE_INT.fullmatch(data, pos + 1, end) or data[pos + 1 : end] == b"-0":
+            raise ValueError(f"malformed integer at {pos}")
         return int(data[pos + 1 : end]), end + 1
     if lead in (b"l", b"d"):
         pos += 1
         items: list[Any] = []
-        while data[pos : pos + 1] != b"e":
+        keys: set[bytes] = set()
+        while True:
             if pos >= len(data):
                 raise ValueError("truncated")
+            if data[pos : pos + 1] == b"e":
+                break
             start = pos
-            item, pos = _bdecode(data, pos)
-            if spans is not None and lead == b"d" and len(items) % 2 == 1:
+            item, pos = _bdecode(data, pos, None, depth + 1)
+            if lead == b"d" and len(items) % 2 == 0:
+                if not isinstance(item, bytes):
+                    raise ValueError(f"dictionary key at {start} is not a string")
+                if item in keys:
+                    raise ValueError(f"duplicate dictionary key at {start}")
+                keys.add(item)
+            elif spans is not None and lead == b"d":
                 spans[items[-1]] = (start, pos)
             items.append(item)
         if lead == b"l":
             return items, pos + 1
-        if len(items) % 2 or not all(isinstance(k, bytes) for k in items[::2]):
-            raise ValueError("malformed dictionary")
+        if len(items) % 2:
+            raise ValueError("dictionary key without a value")
         return dict(zip(items[::2], items[1::2])), pos + 1
     if lead.isdigit():
-        colon = data.index(b":", pos)
+        colon = data.find(b":", pos, pos + 1 + MAX_INTEGER_DIGITS)
+        if colon < 0 or not _BENCODE_LENGTH.fullmatch(data, pos, colon):
+            raise ValueError(f"malformed string length at {pos}")
         end = colon + 1 + int(data[pos:colon])
         if end > len(data):
             raise ValueError("truncated string")
