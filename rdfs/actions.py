@@ -14,7 +14,7 @@ import hashlib
 import logging
 import re
 import urllib.parse
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -334,12 +334,14 @@ async def add_items(
     known_hashes: Mapping[str, str] | None = None,
     convert_timeout: float = 0.0,
     poll_interval: float = 1.0,
+    on_progress: Callable[[int], None] | None = None,
 ) -> list[Added]:
     """Add magnets and .torrent files as one batch; all of it or none of it.
 
     ``known_hashes`` maps the info hashes already in the account to their torrent ids: those
     are reported as duplicates and not added again. On a failure every torrent this batch
-    created is deleted and ``ActionFailed`` raised.
+    created is deleted and ``ActionFailed`` raised. ``on_progress`` gets the number of items
+    handled so far after each one (for a queue's status).
     """
     check_policy(policy)
     known = dict(known_hashes or {})
@@ -349,10 +351,12 @@ async def add_items(
         for item in items:
             if item.info_hash in known:
                 results.append(Added(known[item.info_hash], item.info_hash, "", "", duplicate=True))
-                continue
-            added = await _add_one(client, item, policy, convert_timeout, poll_interval, created)
-            known[item.info_hash] = added.id
-            results.append(added)
+            else:
+                added = await _add_one(client, item, policy, convert_timeout, poll_interval, created)
+                known[item.info_hash] = added.id
+                results.append(added)
+            if on_progress is not None:
+                on_progress(len(results))
     except (RDError, ActionFailed) as exc:
         left = await _rollback(client, created) if created else []
         undone = f"; the {len(created)} torrent(s) this batch had added were removed" if created and not left else ""
@@ -376,8 +380,12 @@ class Target:
         return {"kind": self.kind, "id": self.id, "label": self.label}
 
 
-async def delete_targets(client: RDClient, targets: Sequence[Target]) -> list[Target]:
-    """Delete each target upstream (already gone counts as deleted); ``ActionFailed`` on an error."""
+async def delete_targets(
+    client: RDClient, targets: Sequence[Target], *, on_progress: Callable[[int], None] | None = None
+) -> list[Target]:
+    """Delete each target upstream (already gone counts as deleted); ``ActionFailed`` on an error.
+
+    ``on_progress`` gets the number of targets deleted so far after each one."""
     done: list[Target] = []
     for target in dict.fromkeys(targets):
         try:
@@ -395,4 +403,6 @@ async def delete_targets(client: RDClient, targets: Sequence[Target]) -> list[Ta
         else:
             log.info("deleted %s %s (%s)", target.kind, target.id, target.label)
         done.append(target)
+        if on_progress is not None:
+            on_progress(len(done))
     return done

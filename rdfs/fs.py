@@ -339,8 +339,9 @@ class Operations(pyfuse3.Operations):
         self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields, fh: int | None, ctx
     ) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
-        # Truncating a control file before writing to it (`echo x > .rdfs/add`) is harmless.
-        if self.control is not None and self.control.owns(inode) and fields.update_size and attr.st_size == 0:
+        # The control layer decides what truncating its files means (an upload's O_TRUNC, truncate).
+        if self.control is not None and self.control.owns(inode) and fields.update_size:
+            self.control.truncate(inode, attr.st_size)
             return self._attrs(node)
         if fields.update_size or fields.update_mode or fields.update_uid or fields.update_gid:
             raise pyfuse3.FUSEError(errno.EROFS)
