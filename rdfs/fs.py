@@ -9,6 +9,7 @@ opens (RD content never changes) and sync changes reach the kernel through inval
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import stat
@@ -20,6 +21,7 @@ import trio
 
 from rdfs.api.errors import RDError
 from rdfs.links import LinkGone
+from rdfs.outcome import FsError
 from rdfs.reader import FileSource
 from rdfs.tree import Node
 
@@ -392,3 +394,20 @@ class Operations(pyfuse3.Operations):
                 pyfuse3.invalidate_inode(inode, attr_only=True)
             except OSError as exc:  # ENOENT: the kernel does not know it, nothing to drop
                 log.debug("invalidate inode %d: %s", inode, exc)
+
+
+# Stopgap until the FUSE boundary's single wrapper lands: the control layer's FsError as the
+# kernel's errno (the boundary's wrapper supersedes this; drop it when merging that).
+def _answer_fs_errors(handler):  # type: ignore[no-untyped-def]
+    @functools.wraps(handler)
+    async def answer(*args, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            return await handler(*args, **kwargs)
+        except FsError as exc:
+            raise pyfuse3.FUSEError(exc.errno) from None
+
+    return answer
+
+
+for _name in ("open", "read", "write", "flush", "release", "create", "setattr", "unlink", "rmdir"):
+    setattr(Operations, _name, _answer_fs_errors(getattr(Operations, _name)))
