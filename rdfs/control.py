@@ -185,6 +185,7 @@ class Control:
         self._queue: collections.deque[Job] = collections.deque()
         self._queued_items = 0
         self._current: Job | None = None
+        self._finished = 0  # batches the worker has run, whatever their outcome
         self._work = trio.Event()  # set when a job is queued
         self._added_hashes: dict[str, str] = {}  # added by this process, maybe not synced yet
         self._watch: dict[str, None] = {}
@@ -473,6 +474,7 @@ class Control:
                     await self._run_job(job)
                 finally:
                     self._current = None
+                    self._finished += 1
                     self._queued_items -= len(job.items)
                     self._upload_bytes -= job.memory
 
@@ -625,6 +627,7 @@ class Control:
             "items": self._queued_items,
             "current": self._current.to_json() if self._current is not None else None,
             "pending": [job.to_json() for job in list(self._queue)[:MAX_LISTED_JOBS]],
+            "finished": self._finished,
             "uploads_open": len(self._uploads),
             "upload_bytes": self._upload_bytes,
         }
