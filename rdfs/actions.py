@@ -48,6 +48,10 @@ class InvalidInput(ActionError):
     """The request itself is wrong (a bad line, a broken .torrent): nothing was sent to RD."""
 
 
+class TruncatedTorrent(InvalidInput):
+    """The bytes are a valid beginning of a .torrent, cut short (maybe still being written)."""
+
+
 class ActionFailed(ActionError):
     """RD failed during the batch; ``done`` lists what did happen (for deletes) before the failure."""
 
@@ -131,6 +135,11 @@ MAX_BENCODE_DEPTH = 64  # lists and dictionaries nested deeper than this are ref
 MAX_INTEGER_DIGITS = 32  # a real .torrent's integers fit in 64 bits
 _BENCODE_INT = re.compile(rb"-?(?:0|[1-9][0-9]*)")
 _BENCODE_LENGTH = re.compile(rb"0|[1-9][0-9]*")
+_BENCODE_INT_START = re.compile(rb"-?(?:0|[1-9][0-9]*)?")
+
+
+class _Truncated(ValueError):
+    """The data ends inside a value that was well-formed so far."""
 
 
 def _bdecode(
@@ -146,8 +155,13 @@ def _bdecode(
     if depth > MAX_BENCODE_DEPTH:
         raise ValueError(f"nested deeper than {MAX_BENCODE_DEPTH} levels")
     lead = data[pos : pos + 1]
+    if not lead:
+        raise _Truncated("truncated")
     if lead == b"i":
-        end = data.find(b"e", pos + 1, pos + 2 + MAX_INTEGER_DIGITS)
+        limit = pos + 2 + MAX_INTEGER_DIGITS
+        end = data.find(b"e", pos + 1, limit)
+        if end < 0 and len(data) < limit and _BENCODE_INT_START.fullmatch(data, pos + 1):
+            raise _Truncated("truncated integer")
         if end < 0 or not _BENCODE_INT.fullmatch(data, pos + 1, end) or data[pos + 1 : end] == b"-0":
             raise ValueError(f"malformed integer at {pos}")
         return int(data[pos + 1 : end]), end + 1
@@ -157,7 +171,7 @@ def _bdecode(
         keys: set[bytes] = set()
         while True:
             if pos >= len(data):
-                raise ValueError("truncated")
+                raise _Truncated("truncated")
             if data[pos : pos + 1] == b"e":
                 break
             start = pos
@@ -178,11 +192,13 @@ def _bdecode(
         return dict(zip(items[::2], items[1::2])), pos + 1
     if lead.isdigit():
         colon = data.find(b":", pos, pos + 1 + MAX_INTEGER_DIGITS)
+        if colon < 0 and len(data) < pos + 1 + MAX_INTEGER_DIGITS and data[pos:].isdigit():
+            raise _Truncated("truncated string length")
         if colon < 0 or not _BENCODE_LENGTH.fullmatch(data, pos, colon):
             raise ValueError(f"malformed string length at {pos}")
         end = colon + 1 + int(data[pos:colon])
         if end > len(data):
-            raise ValueError("truncated string")
+            raise _Truncated("truncated string")
         return data[colon + 1 : end], end
     raise ValueError(f"unexpected byte at {pos}")
 
@@ -195,18 +211,26 @@ class TorrentFile:
 
 
 def parse_torrent_file(data: bytes) -> TorrentFile:
-    """Check a .torrent's structure and compute its info hash; raises ``InvalidInput``."""
+    """Check a .torrent's structure and compute its info hash.
+
+    Raises ``TruncatedTorrent`` for a well-formed beginning of one (a copy still being written),
+    ``InvalidInput`` for anything else that is not a .torrent.
+    """
     spans: dict[bytes, tuple[int, int]] = {}
     try:
         meta, end = _bdecode(data, 0, spans)
-        if end != len(data) or not isinstance(meta, dict):
+        if not isinstance(meta, dict):
+            raise ValueError("not a dictionary")
+        if end != len(data):
             raise ValueError("trailing data")
         info = meta.get(b"info")
         if not isinstance(info, dict) or b"info" not in spans:
             raise ValueError("no info dictionary")
         if not isinstance(info.get(b"piece length"), int) or not (b"length" in info or b"files" in info):
             raise ValueError("incomplete info dictionary")
-    except (ValueError, IndexError, RecursionError) as exc:
+    except _Truncated as exc:
+        raise TruncatedTorrent(f"not a valid .torrent file ({exc})") from None
+    except ValueError as exc:
         raise InvalidInput(f"not a valid .torrent file ({exc})") from None
     start, stop = spans[b"info"]
     name = info.get(b"name", b"")

@@ -26,11 +26,13 @@ FUSE layer turns them into the kernel's answers.
 
 from __future__ import annotations
 
+import codecs
 import collections
 import errno
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +46,7 @@ from rdfs.actions import (
     ActionFailed,
     InvalidInput,
     Target,
+    TruncatedTorrent,
     add_items,
     check_policy,
     delete_targets,
@@ -89,6 +92,12 @@ TRAFFIC_TTL = 300.0  # status re-reads /traffic at most this often
 TRAFFIC_TIMEOUT = 3.0  # and never waits longer than this for it
 PROBE_TTL = 5.0  # status checks that the API answers at most this often
 PROBE_TIMEOUT = 2.0  # an API that has not answered /time by then counts as unreachable
+
+# What an unterminated line may still grow into (see Control._hopeless).
+_HEX_PREFIX = re.compile(r"[0-9a-fA-F]{1,40}")
+_BASE32_PREFIX = re.compile(r"[A-Za-z2-7]{1,32}")
+_ID_PREFIX = re.compile(r"[A-Z2-7]{1,26}")
+_DELETE_PREFIXES = (f"{TORRENTS_DIR}/", f"{DOWNLOADS_DIR}/", ".")
 
 InvalidateEntry = Callable[[int, str], None]  # (parent inode, name): drop the kernel's entry
 
@@ -281,9 +290,10 @@ class Control:
     async def flush(self, handle: Handle) -> None:
         """Every ``close()`` of a descriptor of the handle: reports, changes nothing.
 
-        A refused batch fails again; an unterminated last line, or an upload, that would be
-        refused as it stands fails with EINVAL, but stays as it is: a duplicate's close while
-        the line (or file) is half-written must not cut it.
+        A refused batch fails again. An unterminated last line, or an upload, fails with EINVAL
+        when nothing written after it could make it valid; one that is merely incomplete (a
+        duplicate closed while the line or file is half-written) passes, and nothing is cut:
+        the last close judges it.
         """
         if handle.refused is not None:
             raise FsError(*handle.refused)
@@ -291,12 +301,14 @@ class Control:
             if handle.upload.data:
                 try:
                     parse_torrent_file(bytes(handle.upload.data))
+                except TruncatedTorrent:
+                    pass
                 except InvalidInput as exc:
                     raise FsError(errno.EINVAL, f"{handle.upload.node.name}: {exc}") from None
         elif handle.kind in ("add", "delete") and handle.pending:
-            checked = self._check(handle.kind, bytes(handle.pending), handle.lines)
-            if checked.bad:
-                raise FsError(errno.EINVAL, "; ".join(checked.bad))
+            problem = self._hopeless(handle.kind, bytes(handle.pending), handle.lines)
+            if problem:
+                raise FsError(errno.EINVAL, problem)
 
     async def release(self, handle: Handle) -> None:
         """The last close: a good batch (or upload) is queued for the worker; nothing waits for RD."""
@@ -413,6 +425,36 @@ class Control:
                 if not known:
                     checked.unverified.append(target.id)
         return checked
+
+    def _hopeless(self, kind: str, data: bytes, first_line: int) -> str:
+        """Why no continuation can make the unterminated line ``data`` valid; "" while one can."""
+        try:
+            text = codecs.getincrementaldecoder("utf-8")().decode(data, final=False)
+        except UnicodeDecodeError:
+            return f"line {first_line + 1}: not UTF-8 text"
+        if text[-1:].isspace():  # only an end of line can follow: it must be valid as it is
+            return "; ".join(self._check(kind, data, first_line).bad)
+        line = text.strip()
+        if not line or line.startswith("#"):
+            return ""
+        if kind == "add":
+            low = line.lower()
+            if (
+                low.startswith("magnet:?")
+                or "magnet:?".startswith(low)
+                or _HEX_PREFIX.fullmatch(line)
+                or _BASE32_PREFIX.fullmatch(line)
+            ):
+                return ""
+            try:
+                parse_magnet(line)
+            except InvalidInput as exc:
+                return f"line {first_line + 1}: {exc}"
+            return ""
+        path = line.removeprefix("./").lstrip("/")
+        if _ID_PREFIX.fullmatch(path) or any(p.startswith(path) or path.startswith(p) for p in _DELETE_PREFIXES):
+            return ""
+        return f"line {first_line + 1}: no torrent or download named {line!r}"
 
     def _resolve(self, line: str) -> tuple[Target | None, str, bool]:
         """A delete line as a target, from the local tree only, whether the cache knows it; or

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rdfs.actions import MAX_BENCODE_DEPTH, InvalidInput, TorrentFile, parse_torrent_file
+from rdfs.actions import MAX_BENCODE_DEPTH, InvalidInput, TorrentFile, TruncatedTorrent, parse_torrent_file
 from rdfs.emulator.bencode import encode
 
 
@@ -112,3 +112,18 @@ def test_nesting_up_to_the_bound_is_accepted() -> None:
         deep = [deep]
     info = {b"name": b"Deep", b"piece length": 1, b"length": 1, b"x": deep}
     assert parse_or_refuse(encode({b"info": info})) is not None
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(info_extra=st.dictionaries(st.binary(min_size=1, max_size=8), _VALUES, max_size=4), data=st.data())
+def test_every_beginning_of_a_torrent_counts_as_truncated(info_extra: dict[bytes, object], data: st.DataObject) -> None:
+    """A copy still being written is told apart from a broken file (a close mid-copy is no error)."""
+    info = {**info_extra, b"name": b"Cut", b"piece length": 16384, b"length": 5, b"pieces": b"\0" * 20}
+    whole = encode({b"info": info})
+    cut = data.draw(st.integers(0, len(whole) - 1))
+    with pytest.raises(TruncatedTorrent):
+        parse_torrent_file(whole[:cut])
+    for hopeless in (whole + b"e", b"x" + whole[:cut]):
+        with pytest.raises(InvalidInput) as refused:
+            parse_torrent_file(hopeless)
+        assert not isinstance(refused.value, TruncatedTorrent)
