@@ -109,6 +109,7 @@ class Upload:
     node: Node
     data: bytearray = field(default_factory=bytearray)
     opens: int = 1
+    over_bound: bool = False  # a write hit the total bound already (noted once, not per write)
 
 
 @dataclass
@@ -501,24 +502,32 @@ class Control:
     # --- the worker -------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Send queued batches to RD one at a time, and watch what was added. Runs until cancelled."""
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._watch_loop)
-            task_status.started()
-            while True:
-                if not self._queue:
-                    self._work = trio.Event()
-                    await self._work.wait()
-                    continue
-                job = self._queue.popleft()
-                self._current = job
-                try:
-                    await self._run_job(job)
-                finally:
-                    self._current = None
-                    self._finished += 1
-                    self._queued_items -= len(job.items)
-                    self._upload_bytes -= job.memory
+        """Send queued batches to RD one at a time, and watch what was added. Runs until cancelled.
+
+        The queue lives in memory: what is still queued when the mount stops is not sent (a
+        batch cut short keeps what RD added of it), and the log says so.
+        """
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_loop)
+                task_status.started()
+                while True:
+                    if not self._queue:
+                        self._work = trio.Event()
+                        await self._work.wait()
+                        continue
+                    job = self._queue.popleft()
+                    self._current = job
+                    try:
+                        await self._run_job(job)
+                    finally:
+                        self._current = None
+                        self._finished += 1
+                        self._queued_items -= len(job.items)
+                        self._upload_bytes -= job.memory
+        finally:
+            if self._queued_items:
+                log.warning("stopping with %d queued item(s) of .rdfs/ not sent to RD", self._queued_items)
 
     async def _run_job(self, job: Job) -> None:
         """One batch; whatever happens is recorded for status, and the worker goes on."""
@@ -745,7 +754,11 @@ class Control:
             raise FsError(errno.EFBIG, f"{upload.node.name}: larger than {MAX_UPLOAD_BYTES} bytes")
         growth = size - len(upload.data)
         if growth > 0 and self._upload_bytes + growth > self.upload_memory:
-            self._note_error("add", f"refused: {upload.node.name}: uploads in flight hold {self._upload_bytes} bytes")
+            if not upload.over_bound:
+                upload.over_bound = True
+                self._note_error(
+                    "add", f"refused: {upload.node.name}: uploads in flight hold {self._upload_bytes} bytes already"
+                )
             raise FsError(errno.ENOSPC, "upload memory exhausted")
         if growth > 0:
             upload.data.extend(bytes(growth))
