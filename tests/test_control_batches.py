@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from rdfs.api.auth import StaticToken
 from rdfs.api.client import RDClient
@@ -290,3 +292,58 @@ async def test_status_is_read_only_and_control_files_only_truncate_to_zero(rig: 
         rig.control.truncate(add_inode, 10)
     assert caught.value.errno == errno.EINVAL
 
+
+
+# --- junk into every control file: only FsError leaves a handler -----------------------------
+
+_JUNK = st.lists(
+    st.tuples(
+        st.sampled_from(["add", "delete", "refresh", "status", "upload"]),
+        st.sampled_from(["write", "flush", "release", "truncate", "read"]),
+        st.binary(max_size=64) | st.sampled_from([b"\n", b"junk\n", b"torrents/x", b"d", b"dli1eei1ee", b"\xff\n"]),
+        st.integers(0, 2**62),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(operations=_JUNK)
+def test_junk_into_every_control_file_only_ever_raises_fs_error(tmp_path: Path, operations) -> None:  # type: ignore[no-untyped-def]
+    async def main() -> None:
+        # Nothing of this may ever be sent: the API address is one that refuses connections.
+        async with RDClient(api_url="http://127.0.0.1:9/rest/1.0", auth=StaticToken("t"), retry=NO_WAIT) as client:
+            cache = Cache.open(tmp_path / os.urandom(6).hex(), 1)
+            try:
+                control = Control(Namespace(cache), Syncer(client, cache), client, cache)
+                handles: dict[str, Handle] = {}
+                for kind, operation, data, offset in operations:
+                    handle = handles.get(kind)
+                    try:
+                        if handle is None:
+                            handle = handles[kind] = (
+                                control.create(CONTROL_INODE, "j.torrent")[1]
+                                if kind == "upload"
+                                else control.open(cache.inode_for(f"ctl:{kind}"), os.O_RDWR if kind != "status" else 0)
+                            )
+                        if operation == "write":
+                            await control.write(handle, offset % (MAX_UPLOAD_BYTES + 2), data)
+                        elif operation == "flush":
+                            await control.flush(handle)
+                        elif operation == "read":
+                            assert isinstance(await control.read(handle, offset, 4096), bytes)
+                        elif operation == "truncate":
+                            control.truncate(handle.inode, offset % (MAX_UPLOAD_BYTES + 2))
+                        else:
+                            del handles[kind]
+                            await control.release(handle)
+                    except FsError as exc:
+                        assert exc.errno in (errno.EINVAL, errno.EACCES, errno.EFBIG, errno.ENOSPC, errno.ENOENT)
+                for handle in handles.values():
+                    await control.release(handle)
+                queue = control.queue_status()
+                assert (queue["batches"], queue["uploads_open"], queue["upload_bytes"]) == (0, 0, 0)
+            finally:
+                cache.close()
+
+    trio.run(main)
