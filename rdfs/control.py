@@ -379,14 +379,14 @@ class Control:
         handle.received += len(buf)
         if handle.received > MAX_BATCH_BYTES:
             self._refuse(handle, f"more than {MAX_BATCH_BYTES} bytes in one batch", errno.EFBIG)
-        handle.pending += buf
-        end = handle.pending.rfind(b"\n")
+        end = buf.rfind(b"\n")  # only the new bytes are searched: byte-sized writes stay linear
         if end < 0:
+            handle.pending += buf
             if len(handle.pending) > MAX_LINE_BYTES:
                 self._refuse(handle, f"a line longer than {MAX_LINE_BYTES} bytes")
             return
-        complete = bytes(handle.pending[: end + 1])
-        del handle.pending[: end + 1]
+        complete = bytes(handle.pending) + buf[: end + 1]
+        handle.pending = bytearray(buf[end + 1 :])
         self._accept(handle, complete)
 
     def _accept(self, handle: Handle, data: bytes) -> None:
