@@ -163,6 +163,8 @@ class _Checked:
 
 
 class Control:
+    """The ``.rdfs/`` directory: the handlers fs.py calls for it, and the worker behind them."""
+
     def __init__(
         self,
         namespace: Namespace,
