@@ -86,6 +86,7 @@ MAX_LINE_BYTES = 1024 * 1024  # an unterminated line longer than this is refused
 MAX_BATCH_BYTES = 8 * 1024 * 1024  # what one open add/delete file may receive (EFBIG beyond)
 MAX_QUEUED_ITEMS = 10_000  # lines and uploads waiting for the worker (ENOSPC beyond)
 MAX_RECENT = 20
+REMOVE_TIMEOUT = 30.0  # an rm with --allow-delete that RD has not answered by then fails with EIO
 MAX_LISTED_JOBS = 20  # queued batches listed one by one in status
 WATCH_INTERVAL = 2.0  # seconds between checks of torrents added here until RD finished them
 TRAFFIC_TTL = 300.0  # status re-reads /traffic at most this often
@@ -351,7 +352,8 @@ class Control:
 
         Files and folders inside a torrent cannot be deleted one by one on RD; removing them is
         accepted without effect so that ``rm -r torrents/<name>`` reaches the directory itself.
-        This one is not queued: ``rm`` must learn whether it worked, and it is one API call.
+        This one is not queued: ``rm`` must learn whether it worked, and it is one API call,
+        bounded by ``REMOVE_TIMEOUT`` (EIO beyond).
         """
         if node.parent == TORRENTS_INODE and node.torrent_id:
             target = Target("torrent", node.torrent_id, f"{TORRENTS_DIR}/{node.name}")
@@ -362,13 +364,20 @@ class Control:
             return
         else:
             raise FsError(errno.EPERM, f"{node.name} cannot be removed")
-        async with self._lock:
+        done: list[Target] = []
+        # Not behind the worker's lock: an add batch may run for minutes. Deleting what a
+        # batch deletes too is harmless (already gone counts as deleted).
+        with trio.move_on_after(REMOVE_TIMEOUT):
             try:
                 done = await delete_targets(self.client, [target])
             except ActionFailed as exc:
                 self._note_error("delete", str(exc))
                 raise FsError(errno.EIO, str(exc)) from None
             self._forget(done)
+        if not done:
+            reason = f"rm {target.label}: no answer within {REMOVE_TIMEOUT:.0f}s (the next sync shows whether RD deleted it)"
+            self._note_error("delete", reason)
+            raise FsError(errno.EIO, reason)
         self._note_action("delete", f"rm {target.label}", "done", [t.to_json() for t in done])
         self.syncer.trigger()
 

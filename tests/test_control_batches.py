@@ -22,7 +22,7 @@ from rdfs.api.auth import StaticToken
 from rdfs.api.client import RDClient
 from rdfs.api.ratelimit import RateLimiter
 from rdfs.api.transport import RetryPolicy
-from rdfs.cache import CONTROL_INODE, Cache
+from rdfs.cache import CONTROL_INODE, TORRENTS_INODE, Cache
 from rdfs.control import MAX_UPLOAD_BYTES, Control, Handle
 from rdfs.emulator import Emulator, FileSpec
 from rdfs.emulator.bencode import encode
@@ -347,3 +347,39 @@ def test_junk_into_every_control_file_only_ever_raises_fs_error(tmp_path: Path, 
                 cache.close()
 
     trio.run(main)
+
+
+async def test_rm_is_not_held_up_by_a_batch_and_has_a_deadline(rig: Rig, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import rdfs.control
+
+    await rig.control.syncer.sync_once()
+    node = rig.control.namespace.lookup(TORRENTS_INODE, "Already Here")
+    assert node is not None
+    rig.emulator.faults.api_latency = 5.0  # RD answers nothing in time
+    monkeypatch.setattr(rdfs.control, "REMOVE_TIMEOUT", 0.2)
+    error = await refused(rig.control.remove_node(node))
+    assert error.errno == errno.EIO and "no answer within" in error.reason
+    rig.emulator.faults.api_latency = 0.0
+    assert "no answer within" in (await rig.control.status())["recent_errors"][-1]["error"]
+    # While a long add batch runs (its adds wait here), rm is answered at once.
+    gate = trio.Event()
+    original = rig.control.client.add_magnet
+
+    async def slow_add(uri: str):  # type: ignore[no-untyped-def]
+        await gate.wait()
+        return await original(uri)
+
+    monkeypatch.setattr(rig.control.client, "add_magnet", slow_add)
+    handle = rig.open("add")
+    await write_lines(rig, handle, f"{fake_hash('held')}\n".encode())
+    await rig.control.release(handle)
+    with trio.fail_after(WAIT):
+        while rig.control.queue_status()["current"] is None:
+            await trio.sleep(0.01)
+    monkeypatch.setattr(rdfs.control, "REMOVE_TIMEOUT", WAIT)
+    await rig.control.remove_node(node)
+    assert node.torrent_id not in rig.emulator.torrent_ids()
+    assert rig.control.queue_status()["current"] is not None  # the batch is still running
+    gate.set()
+    await rig.finished(1)
+    assert fake_hash("held") in rig.hashes()
