@@ -364,7 +364,8 @@ async def add_items(
 
     ``known_hashes`` maps the info hashes already in the account to their torrent ids: those
     are reported as duplicates and not added again. On a failure every torrent this batch
-    created is deleted and ``ActionFailed`` raised. ``on_progress`` gets the number of items
+    created is deleted and ``ActionFailed`` raised; when the batch is cancelled, too (within
+    ``ROLLBACK_TIMEOUT``). ``on_progress`` gets the number of items
     handled so far after each one (for a queue's status).
     """
     check_policy(policy)
@@ -381,6 +382,12 @@ async def add_items(
                 results.append(added)
             if on_progress is not None:
                 on_progress(len(results))
+    except trio.Cancelled:
+        # Stopped half-way (the mount stops): all or nothing still holds, within the bound.
+        if created:
+            log.warning("add batch stopped half-way: removing the %d torrent(s) it had added", len(created))
+            await _rollback(client, created)
+        raise
     except (RDError, ActionFailed) as exc:
         left = await _rollback(client, created) if created else []
         undone = f"; the {len(created)} torrent(s) this batch had added were removed" if created and not left else ""

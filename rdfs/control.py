@@ -515,8 +515,8 @@ class Control:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Send queued batches to RD one at a time, and watch what was added. Runs until cancelled.
 
-        The queue lives in memory: what is still queued when the mount stops is not sent (a
-        batch cut short keeps what RD added of it), and the log says so.
+        The queue lives in memory: what is still queued when the mount stops is not sent, and
+        the log says so; a batch cut short is rolled back like a failed one.
         """
         try:
             async with trio.open_nursery() as nursery:

@@ -383,3 +383,29 @@ async def test_rm_is_not_held_up_by_a_batch_and_has_a_deadline(rig: Rig, monkeyp
     gate.set()
     await rig.finished(1)
     assert fake_hash("held") in rig.hashes()
+
+
+async def test_an_add_batch_stopped_half_way_is_rolled_back(rig: Rig, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from rdfs.actions import add_items, parse_magnet
+
+    before = rig.hashes()
+    client = rig.control.client
+    original, calls = client.add_magnet, []
+
+    async def add_then_hang(uri: str):  # type: ignore[no-untyped-def]
+        calls.append(uri)
+        if len(calls) > 1:
+            await trio.sleep_forever()  # the stop arrives while RD handles the second add
+        return await original(uri)
+
+    monkeypatch.setattr(client, "add_magnet", add_then_hang)
+    items = [parse_magnet(fake_hash(f"stopped {i}")) for i in range(3)]
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: add_items(client, items))
+            with trio.fail_after(WAIT):
+                while len(calls) < 2:
+                    await trio.sleep(0.01)
+            assert items[0].info_hash in rig.hashes()
+            scope.cancel()
+    assert rig.hashes() == before
