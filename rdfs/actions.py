@@ -14,7 +14,7 @@ import hashlib
 import logging
 import re
 import urllib.parse
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -46,6 +46,10 @@ class ActionError(Exception):
 
 class InvalidInput(ActionError):
     """The request itself is wrong (a bad line, a broken .torrent): nothing was sent to RD."""
+
+
+class TruncatedTorrent(InvalidInput):
+    """The bytes are a valid beginning of a .torrent, cut short (maybe still being written)."""
 
 
 class ActionFailed(ActionError):
@@ -127,33 +131,74 @@ def _shorten(text: str, limit: int = 60) -> str:
 # --- .torrent files -----------------------------------------------------------------------------
 
 
-def _bdecode(data: bytes, pos: int, spans: dict[bytes, tuple[int, int]] | None = None) -> tuple[Any, int]:
-    """The bencoded value at ``pos`` and the position after it; ``spans`` gets top-level dict value spans."""
+MAX_BENCODE_DEPTH = 64  # lists and dictionaries nested deeper than this are refused (real ones: < 10)
+MAX_INTEGER_DIGITS = 32  # a real .torrent's integers fit in 64 bits
+_BENCODE_INT = re.compile(rb"-?(?:0|[1-9][0-9]*)")
+_BENCODE_LENGTH = re.compile(rb"0|[1-9][0-9]*")
+_BENCODE_INT_START = re.compile(rb"-?(?:0|[1-9][0-9]*)?")
+
+
+class _Truncated(ValueError):
+    """The data ends inside a value that was well-formed so far."""
+
+
+def _bdecode(
+    data: bytes, pos: int, spans: dict[bytes, tuple[int, int]] | None = None, depth: int = 0
+) -> tuple[Any, int]:
+    """The bencoded value at ``pos`` and the position after it; ``spans`` gets top-level dict value spans.
+
+    Any malformed input raises ``ValueError``: integers and string lengths are checked against
+    the grammar (``int()`` alone would take ``b" 1_0"``), dictionary keys must be strings (a list
+    as a key used to escape as ``TypeError``), and nesting is bounded, so no input reaches the
+    recursion limit.
+    """
+    if depth > MAX_BENCODE_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_BENCODE_DEPTH} levels")
     lead = data[pos : pos + 1]
+    if not lead:
+        raise _Truncated("truncated")
     if lead == b"i":
-        end = data.index(b"e", pos)
+        limit = pos + 2 + MAX_INTEGER_DIGITS
+        end = data.find(b"e", pos + 1, limit)
+        if end < 0 and len(data) < limit and _BENCODE_INT_START.fullmatch(data, pos + 1):
+            raise _Truncated("truncated integer")
+        if end < 0 or not _BENCODE_INT.fullmatch(data, pos + 1, end) or data[pos + 1 : end] == b"-0":
+            raise ValueError(f"malformed integer at {pos}")
         return int(data[pos + 1 : end]), end + 1
     if lead in (b"l", b"d"):
         pos += 1
         items: list[Any] = []
-        while data[pos : pos + 1] != b"e":
+        keys: set[bytes] = set()
+        while True:
             if pos >= len(data):
-                raise ValueError("truncated")
+                raise _Truncated("truncated")
+            if data[pos : pos + 1] == b"e":
+                break
             start = pos
-            item, pos = _bdecode(data, pos)
-            if spans is not None and lead == b"d" and len(items) % 2 == 1:
+            item, pos = _bdecode(data, pos, None, depth + 1)
+            if lead == b"d" and len(items) % 2 == 0:
+                if not isinstance(item, bytes):
+                    raise ValueError(f"dictionary key at {start} is not a string")
+                if item in keys:
+                    raise ValueError(f"duplicate dictionary key at {start}")
+                keys.add(item)
+            elif spans is not None and lead == b"d":
                 spans[items[-1]] = (start, pos)
             items.append(item)
         if lead == b"l":
             return items, pos + 1
-        if len(items) % 2 or not all(isinstance(k, bytes) for k in items[::2]):
-            raise ValueError("malformed dictionary")
+        if len(items) % 2:
+            raise ValueError("dictionary key without a value")
         return dict(zip(items[::2], items[1::2])), pos + 1
     if lead.isdigit():
-        colon = data.index(b":", pos)
+        colon = data.find(b":", pos, pos + 1 + MAX_INTEGER_DIGITS)
+        if colon < 0 and len(data) < pos + 1 + MAX_INTEGER_DIGITS and data[pos:].isdigit():
+            raise _Truncated("truncated string length")
+        if colon < 0 or not _BENCODE_LENGTH.fullmatch(data, pos, colon):
+            raise ValueError(f"malformed string length at {pos}")
         end = colon + 1 + int(data[pos:colon])
         if end > len(data):
-            raise ValueError("truncated string")
+            raise _Truncated("truncated string")
         return data[colon + 1 : end], end
     raise ValueError(f"unexpected byte at {pos}")
 
@@ -166,18 +211,26 @@ class TorrentFile:
 
 
 def parse_torrent_file(data: bytes) -> TorrentFile:
-    """Check a .torrent's structure and compute its info hash; raises ``InvalidInput``."""
+    """Check a .torrent's structure and compute its info hash.
+
+    Raises ``TruncatedTorrent`` for a well-formed beginning of one (a copy still being written),
+    ``InvalidInput`` for anything else that is not a .torrent.
+    """
     spans: dict[bytes, tuple[int, int]] = {}
     try:
         meta, end = _bdecode(data, 0, spans)
-        if end != len(data) or not isinstance(meta, dict):
+        if not isinstance(meta, dict):
+            raise ValueError("not a dictionary")
+        if end != len(data):
             raise ValueError("trailing data")
         info = meta.get(b"info")
         if not isinstance(info, dict) or b"info" not in spans:
             raise ValueError("no info dictionary")
         if not isinstance(info.get(b"piece length"), int) or not (b"length" in info or b"files" in info):
             raise ValueError("incomplete info dictionary")
-    except (ValueError, IndexError, RecursionError) as exc:
+    except _Truncated as exc:
+        raise TruncatedTorrent(f"not a valid .torrent file ({exc})") from None
+    except ValueError as exc:
         raise InvalidInput(f"not a valid .torrent file ({exc})") from None
     start, stop = spans[b"info"]
     name = info.get(b"name", b"")
@@ -305,12 +358,15 @@ async def add_items(
     known_hashes: Mapping[str, str] | None = None,
     convert_timeout: float = 0.0,
     poll_interval: float = 1.0,
+    on_progress: Callable[[int], None] | None = None,
 ) -> list[Added]:
     """Add magnets and .torrent files as one batch; all of it or none of it.
 
     ``known_hashes`` maps the info hashes already in the account to their torrent ids: those
     are reported as duplicates and not added again. On a failure every torrent this batch
-    created is deleted and ``ActionFailed`` raised.
+    created is deleted and ``ActionFailed`` raised; when the batch is cancelled, too (within
+    ``ROLLBACK_TIMEOUT``). ``on_progress`` gets the number of items
+    handled so far after each one (for a queue's status).
     """
     check_policy(policy)
     known = dict(known_hashes or {})
@@ -320,10 +376,18 @@ async def add_items(
         for item in items:
             if item.info_hash in known:
                 results.append(Added(known[item.info_hash], item.info_hash, "", "", duplicate=True))
-                continue
-            added = await _add_one(client, item, policy, convert_timeout, poll_interval, created)
-            known[item.info_hash] = added.id
-            results.append(added)
+            else:
+                added = await _add_one(client, item, policy, convert_timeout, poll_interval, created)
+                known[item.info_hash] = added.id
+                results.append(added)
+            if on_progress is not None:
+                on_progress(len(results))
+    except trio.Cancelled:
+        # Stopped half-way (the mount stops): all or nothing still holds, within the bound.
+        if created:
+            log.warning("add batch stopped half-way: removing the %d torrent(s) it had added", len(created))
+            await _rollback(client, created)
+        raise
     except (RDError, ActionFailed) as exc:
         left = await _rollback(client, created) if created else []
         undone = f"; the {len(created)} torrent(s) this batch had added were removed" if created and not left else ""
@@ -347,8 +411,12 @@ class Target:
         return {"kind": self.kind, "id": self.id, "label": self.label}
 
 
-async def delete_targets(client: RDClient, targets: Sequence[Target]) -> list[Target]:
-    """Delete each target upstream (already gone counts as deleted); ``ActionFailed`` on an error."""
+async def delete_targets(
+    client: RDClient, targets: Sequence[Target], *, on_progress: Callable[[int], None] | None = None
+) -> list[Target]:
+    """Delete each target upstream (already gone counts as deleted); ``ActionFailed`` on an error.
+
+    ``on_progress`` gets the number of targets deleted so far after each one."""
     done: list[Target] = []
     for target in dict.fromkeys(targets):
         try:
@@ -366,4 +434,6 @@ async def delete_targets(client: RDClient, targets: Sequence[Target]) -> list[Ta
         else:
             log.info("deleted %s %s (%s)", target.kind, target.id, target.label)
         done.append(target)
+        if on_progress is not None:
+            on_progress(len(done))
     return done

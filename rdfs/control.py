@@ -1,46 +1,58 @@
 """The control files in ``MOUNTPOINT/.rdfs/``: add, delete, refresh, status, and ``.torrent`` drops.
 
+They behave like files, and nothing a writer does makes it wait for RD:
+
 * ``add``: each line a magnet URI or info hash. ``delete``: each line a torrent id or a path
-  relative to the mount (``torrents/<name>``, ``downloads/<name>``). Each ``write()`` is one
-  batch (its complete lines; a last line without a newline is taken at ``close()``): every line
-  is checked first, a bad one fails the call with EINVAL and nothing is sent to RD; an API
-  failure fails it with EIO after rolling back what the batch added. Reasons go to ``status``.
+  relative to the mount (``torrents/<name>``, ``downloads/<name>``). A *batch* is everything one
+  open file receives until its last close (``release``), over any number of ``write()`` calls.
+  Each complete line is checked when the write carrying it arrives: a bad line fails that write
+  with EINVAL, the whole batch is dropped, and every later write (and ``close()``) of that open
+  file fails with EINVAL too. A last line without a newline is checked at close: ``close()``
+  reports EINVAL for it (the line is not cut: a duplicate's close leaves the batch going on), and
+  the last close drops the batch. At the last close a good batch is queued and the call returns;
+  the Control's worker (``run``) sends it to RD, one batch at a time, rolling back an add batch
+  that fails half-way. Queue, progress, results and errors are in ``status``.
 * ``refresh``: any write syncs now. ``status``: JSON, built when it is read from offset 0.
-* ``cp x.torrent .rdfs/``: the file lives here in memory while it is written; on ``close()`` it
-  is sent to ``addTorrent`` (a broken file fails the close with EINVAL) and disappears.
+* ``cp x.torrent .rdfs/``: the file lives here in memory while it is open (``O_TRUNC`` and
+  ``truncate`` work); at its last close it is checked (a broken file fails ``close()`` with
+  EINVAL) and queued for ``addTorrent``, and it disappears. One upload may hold at most
+  ``MAX_UPLOAD_BYTES`` (EFBIG), all uploads together (open or queued) ``upload_memory`` (ENOSPC):
+  in memory rather than spooled to the cache's disk, which a writer could otherwise fill.
 
 Added torrents are watched until RD finished them, then a sync shows them at once. Deletions are
-removed from the tree as soon as RD confirmed them.
+removed from the tree as soon as RD confirmed them. Errors are raised as ``FsError``; only the
+FUSE layer turns them into the kernel's answers.
 """
 
 from __future__ import annotations
 
+import codecs
 import collections
 import errno
 import json
 import logging
 import os
+import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
-import pyfuse3
 import trio
 
 from rdfs.actions import (
     FAILED_STATUSES,
+    ActionError,
     ActionFailed,
-    Added,
     InvalidInput,
-    Magnet,
     Target,
-    TorrentFile,
+    TruncatedTorrent,
     add_items,
     check_policy,
     delete_targets,
     looks_like_id,
     parse_lines,
-    parse_magnets,
+    parse_magnet,
     parse_torrent_file,
     select_when_ready,
 )
@@ -58,6 +70,7 @@ from rdfs.cache import (
     EntrySpec,
     Scope,
 )
+from rdfs.outcome import FsError
 from rdfs.sync import Syncer, TreeChange
 from rdfs.tree import Namespace, Node, download_specs
 
@@ -67,29 +80,92 @@ log = logging.getLogger(__name__)
 CONTROL_FILES = {"add": 0o644, "delete": 0o644, "refresh": 0o644, "status": 0o444}
 CONTROL_KEY = "top:.rdfs"
 UPLOAD_SUFFIX = ".torrent"
-MAX_UPLOAD_BYTES = 16 * 1024 * 1024  # far above any real .torrent
-MAX_BATCH_BYTES = 1024 * 1024  # an unterminated line longer than this is refused
+MAX_UPLOAD_BYTES = 16 * 1024 * 1024  # one upload; far above any real .torrent (EFBIG beyond)
+UPLOAD_MEMORY = 64 * 1024 * 1024  # all uploads open or queued, together (ENOSPC beyond)
+MAX_LINE_BYTES = 1024 * 1024  # an unterminated line longer than this is refused
+MAX_BATCH_BYTES = 8 * 1024 * 1024  # what one open add/delete file may receive (EFBIG beyond)
+MAX_QUEUED_ITEMS = 10_000  # lines and uploads waiting for the worker (ENOSPC beyond)
 MAX_RECENT = 20
+REMOVE_TIMEOUT = 30.0  # an rm with --allow-delete that RD has not answered by then fails with EIO
+MAX_LISTED_JOBS = 20  # queued batches listed one by one in status
 WATCH_INTERVAL = 2.0  # seconds between checks of torrents added here until RD finished them
 TRAFFIC_TTL = 300.0  # status re-reads /traffic at most this often
 TRAFFIC_TIMEOUT = 3.0  # and never waits longer than this for it
 PROBE_TTL = 5.0  # status checks that the API answers at most this often
 PROBE_TIMEOUT = 2.0  # an API that has not answered /time by then counts as unreachable
 
+# What an unterminated line may still grow into (see Control._hopeless).
+_HEX_PREFIX = re.compile(r"[0-9a-fA-F]{1,40}")
+_BASE32_PREFIX = re.compile(r"[A-Za-z2-7]{1,32}")
+_ID_PREFIX = re.compile(r"[A-Z2-7]{1,26}")
+_DELETE_PREFIXES = (f"{TORRENTS_DIR}/", f"{DOWNLOADS_DIR}/", ".")
+
+InvalidateEntry = Callable[[int, str], None]  # (parent inode, name): drop the kernel's entry
+
+
+@dataclass
+class Upload:
+    """A ``.torrent`` being copied into ``.rdfs/``: it exists while any handle has it open."""
+
+    node: Node
+    data: bytearray = field(default_factory=bytearray)
+    opens: int = 1
+    over_bound: bool = False  # a write hit the total bound already (noted once, not per write)
+
 
 @dataclass
 class Handle:
-    """One open control file (or in-flight ``.torrent`` upload)."""
+    """One open control file (or in-flight ``.torrent`` upload): the unit of a batch."""
 
     kind: str  # a CONTROL_FILES name, or "upload"
     inode: int
-    buffer: bytearray = field(default_factory=bytearray)
+    pending: bytearray = field(default_factory=bytearray)  # add/delete: the unterminated last line
+    items: list[Any] = field(default_factory=list)  # add: Magnets; delete: Targets checked so far
+    unverified: list[str] = field(default_factory=list)  # delete: ids to confirm upstream first
+    lines: int = 0  # add/delete: lines received so far (for messages)
+    received: int = 0  # add/delete: bytes received so far
+    refused: tuple[int, str] | None = None  # add/delete: (errno, reason) of a refused batch, repeated
     snapshot: bytes = b""  # status: the JSON being read
-    node: Node | None = None  # upload: its (in-memory) node
-    done: bool = False  # upload: sent (or refused) already
+    upload: Upload | None = None
+
+
+@dataclass
+class Job:
+    """A batch waiting for (or being run by) the worker."""
+
+    action: Literal["add", "delete"]
+    source: str  # the control file it came from, for status
+    items: list[Any]  # add: Magnets / TorrentFiles; delete: Targets
+    queued_at: float
+    unverified: list[str] = field(default_factory=list)  # delete: ids the cache did not know
+    memory: int = 0  # upload bytes it holds (counted against upload_memory)
+    done: int = 0
+    started_at: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "source": self.source,
+            "items": len(self.items),
+            "done": self.done,
+            "queued_at": self.queued_at,
+            "started_at": self.started_at,
+        }
+
+
+@dataclass
+class _Checked:
+    """What a dry run over some lines of a batch found."""
+
+    items: list[Any] = field(default_factory=list)
+    unverified: list[str] = field(default_factory=list)
+    bad: list[str] = field(default_factory=list)
+    lines: int = 0
 
 
 class Control:
+    """The ``.rdfs/`` directory: the handlers fs.py calls for it, and the worker behind them."""
+
     def __init__(
         self,
         namespace: Namespace,
@@ -97,27 +173,36 @@ class Control:
         client: RDClient,
         cache: Cache,
         *,
+        invalidate_entry: InvalidateEntry | None = None,
         allow_delete: bool = False,
         selection: str = "all",
-        nursery: trio.Nursery | None = None,
         watch_interval: float = WATCH_INTERVAL,
+        upload_memory: int = UPLOAD_MEMORY,
     ) -> None:
-        """``nursery`` runs the watcher of added torrents (without one, they show at the next sync)."""
+        """``invalidate_entry`` tells the kernel an upload's name is gone; ``run`` is the worker
+        that sends queued batches to RD and watches added torrents (without it, batches wait)."""
         self.namespace = namespace
         self.syncer = syncer
         self.client = client
         self.cache = cache
+        self.invalidate_entry = invalidate_entry
         self.allow_delete = allow_delete
         self.selection = check_policy(selection)
-        self.nursery = nursery
         self.watch_interval = watch_interval
+        self.upload_memory = upload_memory
         self._files = self._ensure_entries()  # inode -> control file name
-        self._uploads: dict[int, Handle] = {}
+        self._uploads: dict[int, Upload] = {}
+        self._upload_bytes = 0  # held by open uploads and queued upload jobs
         self._next_upload = 5  # inodes 5 .. FIRST_DYNAMIC_INODE-1 belong to the control layer
         self._lock = trio.Lock()  # one batch at a time: duplicate checks see the previous batch
+        self._queue: collections.deque[Job] = collections.deque()
+        self._queued_items = 0
+        self._current: Job | None = None
+        self._finished = 0  # batches the worker has run, whatever their outcome
+        self._work = trio.Event()  # set when a job is queued
         self._added_hashes: dict[str, str] = {}  # added by this process, maybe not synced yet
         self._watch: dict[str, None] = {}
-        self._watching = False
+        self._watch_more = trio.Event()  # set when a torrent is to be watched
         self._errors: collections.deque[dict[str, Any]] = collections.deque(maxlen=MAX_RECENT)
         self._actions: collections.deque[dict[str, Any]] = collections.deque(maxlen=MAX_RECENT)
         self._traffic: dict[str, Any] | None = None
@@ -156,20 +241,38 @@ class Control:
         if parent_inode != CONTROL_INODE:
             return None
         for upload in self._uploads.values():
-            if upload.node is not None and upload.node.name == name:
+            if upload.node.name == name:
                 return upload.node
         return None
 
     def open(self, inode: int, flags: int) -> Handle:
         upload = self._uploads.get(inode)
         if upload is not None:
-            return upload
-        kind = self._files[inode]
-        if kind == "status" and flags & (os.O_WRONLY | os.O_RDWR):
-            raise pyfuse3.FUSEError(errno.EACCES)
+            if flags & os.O_TRUNC:
+                self._resize(upload, 0)
+            upload.opens += 1
+            return Handle("upload", inode, upload=upload)
+        kind = self._files.get(inode)
+        if kind is None:
+            raise FsError(errno.ENOENT, f"inode {inode} is no control file")
+        if kind == "status" and flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
+            raise FsError(errno.EACCES, ".rdfs/status is read-only")
         return Handle(kind, inode)
 
+    def truncate(self, inode: int, size: int) -> None:
+        """``truncate``/``ftruncate`` (and ``O_TRUNC`` without atomic open): uploads take any size
+        within the caps; the other control files are always empty, so only size 0 is accepted."""
+        upload = self._uploads.get(inode)
+        if upload is not None:
+            self._resize(upload, size)
+        elif self._files.get(inode) == "status":
+            raise FsError(errno.EACCES, ".rdfs/status is read-only")
+        elif size != 0:
+            raise FsError(errno.EINVAL, "control files cannot be extended")
+
     async def read(self, handle: Handle, off: int, size: int) -> bytes:
+        if handle.upload is not None:
+            return bytes(handle.upload.data[off : off + size])
         if handle.kind != "status":
             return b""
         if off == 0 or not handle.snapshot:
@@ -178,49 +281,56 @@ class Control:
 
     async def write(self, handle: Handle, off: int, buf: bytes) -> int:
         if handle.kind == "status":
-            raise pyfuse3.FUSEError(errno.EACCES)
+            raise FsError(errno.EACCES, ".rdfs/status is read-only")
         if handle.kind == "refresh":
             log.info("refresh requested through .rdfs/refresh")
             self.syncer.trigger()
             return len(buf)
-        if handle.kind == "upload":
-            return self._write_upload(handle, off, buf)
-        handle.buffer += buf
-        end = handle.buffer.rfind(b"\n")
-        if end >= 0:
-            batch = bytes(handle.buffer[: end + 1])
-            del handle.buffer[: end + 1]
-            await self._run(handle.kind, batch)
-        elif len(handle.buffer) > MAX_BATCH_BYTES:
-            handle.buffer.clear()
-            self._refuse(handle.kind, f"a line longer than {MAX_BATCH_BYTES} bytes")
+        if handle.upload is not None:
+            return self._write_upload(handle.upload, off, buf)
+        self._take(handle, buf)
         return len(buf)
 
     async def flush(self, handle: Handle) -> None:
-        if handle.kind == "upload":
-            if handle.buffer and not handle.done:
-                handle.done = True
-                await self._add_upload(handle)
-        elif handle.kind in ("add", "delete") and handle.buffer:
-            batch = bytes(handle.buffer)
-            handle.buffer.clear()
-            await self._run(handle.kind, batch)
+        """Every ``close()`` of a descriptor of the handle: reports, changes nothing.
+
+        A refused batch fails again. An unterminated last line, or an upload, fails with EINVAL
+        when nothing written after it could make it valid; one that is merely incomplete (a
+        duplicate closed while the line or file is half-written) passes, and nothing is cut:
+        the last close judges it.
+        """
+        if handle.refused is not None:
+            raise FsError(*handle.refused)
+        if handle.upload is not None:
+            if handle.upload.data:
+                try:
+                    parse_torrent_file(bytes(handle.upload.data))
+                except TruncatedTorrent:
+                    pass
+                except InvalidInput as exc:
+                    raise FsError(errno.EINVAL, f"{handle.upload.node.name}: {exc}") from None
+        elif handle.kind in ("add", "delete") and handle.pending:
+            problem = self._hopeless(handle.kind, bytes(handle.pending), handle.lines)
+            if problem:
+                raise FsError(errno.EINVAL, problem)
 
     async def release(self, handle: Handle) -> None:
-        if handle.kind != "upload":
+        """The last close: a good batch (or upload) is queued for the worker; nothing waits for RD."""
+        if handle.upload is not None:
+            self._release_upload(handle.upload)
             return
-        if handle.buffer and not handle.done:
-            handle.done = True
-            try:
-                await self._add_upload(handle)
-            except pyfuse3.FUSEError:
-                pass  # recorded for status; release cannot report errors
-        self._uploads.pop(handle.inode, None)
-        if handle.node is not None:
-            try:
-                pyfuse3.invalidate_entry_async(CONTROL_INODE, os.fsencode(handle.node.name), ignore_enoent=True)
-            except OSError as exc:
-                log.debug("invalidate upload %s: %s", handle.node.name, exc)
+        if handle.kind not in ("add", "delete") or handle.refused is not None:
+            return
+        try:
+            if handle.pending:
+                last = bytes(handle.pending)
+                handle.pending.clear()
+                self._accept(handle, last)
+            if handle.items:
+                source = f".rdfs/{handle.kind}"
+                self._enqueue(Job(handle.kind, source, handle.items, time.time(), unverified=handle.unverified))
+        except FsError:
+            pass  # recorded for status by _refuse; release cannot report errors
 
     def accepts_create(self, parent_inode: int, name: str) -> bool:
         return (
@@ -233,15 +343,17 @@ class Control:
     def create(self, parent_inode: int, name: str) -> tuple[Node, Handle]:
         inode = self._upload_inode()
         node = Node(inode=inode, parent=parent_inode, name=name, kind="file", size=0, mtime=time.time(), nlink=1)
-        handle = Handle("upload", inode, node=node)
-        self._uploads[inode] = handle
-        return node, handle
+        upload = Upload(node)
+        self._uploads[inode] = upload
+        return node, Handle("upload", inode, upload=upload)
 
     async def remove_node(self, node: Node) -> None:
         """``rm``/``rmdir`` with ``--allow-delete``: a torrent directory or a ``downloads/`` file.
 
         Files and folders inside a torrent cannot be deleted one by one on RD; removing them is
         accepted without effect so that ``rm -r torrents/<name>`` reaches the directory itself.
+        This one is not queued: ``rm`` must learn whether it worked, and it is one API call,
+        bounded by ``REMOVE_TIMEOUT`` (EIO beyond).
         """
         if node.parent == TORRENTS_INODE and node.torrent_id:
             target = Target("torrent", node.torrent_id, f"{TORRENTS_DIR}/{node.name}")
@@ -251,103 +363,248 @@ class Control:
             log.debug("rm of %s inside torrent %s: no upstream effect", node.name, node.torrent_id)
             return
         else:
-            raise pyfuse3.FUSEError(errno.EPERM)
-        await self._delete([target])
-
-    # --- batches --------------------------------------------------------------------------------
-
-    async def _run(self, kind: str, batch: bytes) -> None:
-        try:
-            lines = parse_lines(batch.decode("utf-8"))
-        except UnicodeDecodeError:
-            self._refuse(kind, "the input is not UTF-8 text")
-        if not lines:
-            return
-        if kind == "add":
+            raise FsError(errno.EPERM, f"{node.name} cannot be removed")
+        done: list[Target] = []
+        # Not behind the worker's lock: an add batch may run for minutes. Deleting what a
+        # batch deletes too is harmless (already gone counts as deleted).
+        with trio.move_on_after(REMOVE_TIMEOUT):
             try:
-                magnets = parse_magnets(lines)
-            except InvalidInput as exc:
-                self._refuse(kind, str(exc))
-            await self._add(magnets)
-        else:
-            await self._delete(await self._targets(lines))
+                done = await delete_targets(self.client, [target])
+            except ActionFailed as exc:
+                self._note_error("delete", str(exc))
+                raise FsError(errno.EIO, str(exc)) from None
+            self._forget(done)
+        if not done:
+            reason = f"rm {target.label}: no answer within {REMOVE_TIMEOUT:.0f}s (the next sync shows whether RD deleted it)"
+            self._note_error("delete", reason)
+            raise FsError(errno.EIO, reason)
+        self._note_action("delete", f"rm {target.label}", "done", [t.to_json() for t in done])
+        self.syncer.trigger()
 
-    async def _add(self, items: list[Magnet] | list[TorrentFile]) -> list[Added]:
+    # --- batches: checked as they are written, queued at the last close -----------------------
+
+    def _take(self, handle: Handle, buf: bytes) -> None:
+        """One ``write()`` to ``add``/``delete``: check its complete lines now, keep the rest."""
+        if handle.refused is not None:
+            raise FsError(*handle.refused)
+        handle.received += len(buf)
+        if handle.received > MAX_BATCH_BYTES:
+            self._refuse(handle, f"more than {MAX_BATCH_BYTES} bytes in one batch", errno.EFBIG)
+        end = buf.rfind(b"\n")  # only the new bytes are searched: byte-sized writes stay linear
+        if end < 0:
+            handle.pending += buf
+            if len(handle.pending) > MAX_LINE_BYTES:
+                self._refuse(handle, f"a line longer than {MAX_LINE_BYTES} bytes")
+            return
+        complete = bytes(handle.pending) + buf[: end + 1]
+        handle.pending = bytearray(buf[end + 1 :])
+        self._accept(handle, complete)
+
+    def _accept(self, handle: Handle, data: bytes) -> None:
+        """Add the lines in ``data`` to the batch, or refuse the whole batch."""
+        checked = self._check(handle.kind, data, handle.lines)
+        if checked.bad:
+            self._refuse(handle, "; ".join(checked.bad))
+        handle.lines += checked.lines
+        handle.items += checked.items
+        handle.unverified += checked.unverified
+        if len(handle.items) + self._queued_items > MAX_QUEUED_ITEMS:
+            self._refuse(handle, f"more than {MAX_QUEUED_ITEMS} items waiting for RD", errno.ENOSPC)
+
+    def _check(self, kind: str, data: bytes, first_line: int) -> _Checked:
+        """A dry run over the lines in ``data`` (numbered after ``first_line``): changes nothing."""
+        checked = _Checked()
+        for raw in data.removesuffix(b"\n").split(b"\n"):
+            checked.lines += 1
+            number = first_line + checked.lines
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                checked.bad.append(f"line {number}: not UTF-8 text")
+                continue
+            for line in parse_lines(text):
+                if kind == "add":
+                    try:
+                        checked.items.append(parse_magnet(line))
+                    except InvalidInput as exc:
+                        checked.bad.append(f"line {number}: {exc}")
+                    continue
+                target, problem, known = self._resolve(line)
+                if target is None:
+                    checked.bad.append(f"line {number}: {problem}")
+                    continue
+                checked.items.append(target)
+                if not known:
+                    checked.unverified.append(target.id)
+        return checked
+
+    def _hopeless(self, kind: str, data: bytes, first_line: int) -> str:
+        """Why no continuation can make the unterminated line ``data`` valid; "" while one can."""
+        try:
+            text = codecs.getincrementaldecoder("utf-8")().decode(data, final=False)
+        except UnicodeDecodeError:
+            return f"line {first_line + 1}: not UTF-8 text"
+        if text[-1:].isspace():  # only an end of line can follow: it must be valid as it is
+            return "; ".join(self._check(kind, data, first_line).bad)
+        line = text.strip()
+        if not line or line.startswith("#"):
+            return ""
+        if kind == "add":
+            low = line.lower()
+            if (
+                low.startswith("magnet:?")
+                or "magnet:?".startswith(low)
+                or _HEX_PREFIX.fullmatch(line)
+                or _BASE32_PREFIX.fullmatch(line)
+            ):
+                return ""
+            try:
+                parse_magnet(line)
+            except InvalidInput as exc:
+                return f"line {first_line + 1}: {exc}"
+            return ""
+        path = line.removeprefix("./").lstrip("/")
+        if _ID_PREFIX.fullmatch(path) or any(p.startswith(path) or path.startswith(p) for p in _DELETE_PREFIXES):
+            return ""
+        return f"line {first_line + 1}: no torrent or download named {line!r}"
+
+    def _resolve(self, line: str) -> tuple[Target | None, str, bool]:
+        """A delete line as a target, from the local tree only, whether the cache knows it; or
+        the reason it is none.
+
+        An id-shaped line the cache does not know (added moments ago elsewhere) is accepted
+        here and confirmed upstream by the worker before anything of its batch is deleted.
+        """
+        path = line.removeprefix("./").strip("/")
+        top, _, name = path.partition("/")
+        if looks_like_id(path):
+            return Target("torrent", path, path), "", self.cache.torrent(path) is not None
+        if top in (TORRENTS_DIR, DOWNLOADS_DIR) and name:
+            if "/" in name:
+                return None, f"{line!r} is inside an entry: name the torrent directory or the download itself", False
+            parent = TORRENTS_INODE if top == TORRENTS_DIR else DOWNLOADS_INODE
+            node = self.namespace.lookup(parent, name)
+            if node is not None and top == TORRENTS_DIR and node.torrent_id:
+                return Target("torrent", node.torrent_id, path), "", True
+            if node is not None and top == DOWNLOADS_DIR and node.download_id:
+                return Target("download", node.download_id, path), "", True
+        return None, f"no torrent or download named {line!r}", False
+
+    def _enqueue(self, job: Job) -> None:
+        if self._queued_items + len(job.items) > MAX_QUEUED_ITEMS:
+            self._note_error(job.action, f"refused: {job.source}: more than {MAX_QUEUED_ITEMS} items waiting for RD")
+            raise FsError(errno.ENOSPC, "queue full")
+        self._queue.append(job)
+        self._queued_items += len(job.items)
+        self._upload_bytes += job.memory
+        self._work.set()
+        log.info("%s: queued %s of %d item(s)", job.source, job.action, len(job.items))
+
+    def _refuse(self, handle: Handle, reason: str, code: int = errno.EINVAL) -> NoReturn:
+        """Bad input: the batch is dropped, recorded for status, the writer gets ``code`` now and
+        on every later write or close of this open file. Never returns."""
+        handle.refused = (code, reason)
+        handle.items.clear()
+        handle.unverified.clear()
+        handle.pending.clear()
+        self._note_error(handle.kind, f"refused: {reason}")
+        raise FsError(code, reason)
+
+    # --- the worker -------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Send queued batches to RD one at a time, and watch what was added. Runs until cancelled.
+
+        The queue lives in memory: what is still queued when the mount stops is not sent, and
+        the log says so; a batch cut short is rolled back like a failed one.
+        """
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_loop)
+                task_status.started()
+                while True:
+                    if not self._queue:
+                        self._work = trio.Event()
+                        await self._work.wait()
+                        continue
+                    job = self._queue.popleft()
+                    self._current = job
+                    try:
+                        await self._run_job(job)
+                    finally:
+                        self._current = None
+                        self._finished += 1
+                        self._queued_items -= len(job.items)
+                        self._upload_bytes -= job.memory
+        finally:
+            if self._queued_items:
+                log.warning("stopping with %d queued item(s) of .rdfs/ not sent to RD", self._queued_items)
+
+    async def _run_job(self, job: Job) -> None:
+        """One batch; whatever happens is recorded for status, and the worker goes on."""
+        job.started_at = time.time()
+        try:
+            if job.action == "add":
+                await self._add(job)
+            else:
+                await self._delete(job)
+        except InvalidInput as exc:
+            self._note_error(job.action, f"refused: {job.source}: {exc}")
+            self._note_action(job.action, job.source, "refused", error=str(exc))
+        except ActionError as exc:
+            self._note_error(job.action, f"{job.source}: {exc}")
+            self._note_action(job.action, job.source, "failed", error=str(exc))
+        except Exception as exc:  # a bug must not end the worker, and with it the mount
+            log.exception("%s of %s failed unexpectedly", job.action, job.source)
+            self._note_error(job.action, f"{job.source}: internal error ({type(exc).__name__})")
+            self._note_action(job.action, job.source, "failed", error=f"internal error ({type(exc).__name__})")
+
+    def _progress(self, job: Job) -> Callable[[int], None]:
+        def note(done: int) -> None:
+            job.done = done
+
+        return note
+
+    async def _add(self, job: Job) -> None:
         async with self._lock:
             known = {t.hash.lower(): t.id for t in self.cache.torrents()} | self._added_hashes
-            try:
-                results = await add_items(self.client, items, policy=self.selection, known_hashes=known)
-            except ActionFailed as exc:
-                self._fail("add", str(exc))
+            results = await add_items(
+                self.client, job.items, policy=self.selection, known_hashes=known, on_progress=self._progress(job)
+            )
         for added in results:
             if added.duplicate:
                 log.info("%s is already in the account as torrent %s: not added again", added.info_hash, added.id)
                 continue
             self._added_hashes[added.info_hash] = added.id
             self._watch_torrent(added.id)
-        self._note_action("add", [a.to_json() for a in results])
+        self._note_action("add", job.source, "done", [a.to_json() for a in results])
         self.syncer.trigger()
-        return results
 
-    async def _add_upload(self, handle: Handle) -> None:
-        try:
-            torrent = parse_torrent_file(bytes(handle.buffer))
-        except InvalidInput as exc:
-            self._refuse("add", f"{handle.node.name if handle.node else 'upload'}: {exc}")
-        await self._add([torrent])
-
-    async def _targets(self, lines: list[str]) -> list[Target]:
-        """Resolve every line of a delete batch, or refuse the batch naming the bad lines."""
-        targets: list[Target] = []
-        bad: list[str] = []
-        for number, line in enumerate(lines, start=1):
-            path = line.removeprefix("./").strip("/")
-            top, _, name = path.partition("/")
-            target: Target | None = None
-            problem = f"no torrent or download named {line!r}"
-            if looks_like_id(path):
-                if self.cache.torrent(path) is not None or await self._exists_upstream(path):
-                    target = Target("torrent", path, path)
-                else:
-                    problem = f"no torrent with id {path}"
-            elif top in (TORRENTS_DIR, DOWNLOADS_DIR) and name:
-                if "/" in name:
-                    problem = f"{line!r} is inside an entry: name the torrent directory or the download itself"
-                else:
-                    parent = TORRENTS_INODE if top == TORRENTS_DIR else DOWNLOADS_INODE
-                    node = self.namespace.lookup(parent, name)
-                    if node is not None and top == TORRENTS_DIR and node.torrent_id:
-                        target = Target("torrent", node.torrent_id, path)
-                    elif node is not None and top == DOWNLOADS_DIR and node.download_id:
-                        target = Target("download", node.download_id, path)
-            if target is None:
-                bad.append(f"line {number}: {problem}")
-            else:
-                targets.append(target)
-        if bad:
-            self._refuse("delete", "; ".join(bad))
-        return targets
+    async def _delete(self, job: Job) -> None:
+        async with self._lock:
+            missing = [torrent_id for torrent_id in job.unverified if not await self._exists_upstream(torrent_id)]
+            if missing:
+                raise InvalidInput("; ".join(f"no torrent with id {torrent_id}" for torrent_id in missing))
+            try:
+                done = await delete_targets(self.client, job.items, on_progress=self._progress(job))
+            except ActionFailed as exc:
+                self._forget([t for t in job.items if t.id in exc.done])
+                raise
+            self._forget(done)
+        self._note_action("delete", job.source, "done", [t.to_json() for t in done])
+        self.syncer.trigger()
 
     async def _exists_upstream(self, torrent_id: str) -> bool:
-        """An id the cache does not know yet (added moments ago elsewhere): ask RD."""
+        """An id the cache does not know (added moments ago elsewhere): ask RD."""
+        if self.cache.torrent(torrent_id) is not None:
+            return True
         try:
             await self.client.torrent_info(torrent_id)
         except UnknownResource:
             return False
         except RDError as exc:
-            self._fail("delete", f"cannot check torrent {torrent_id}: {exc}")
+            raise ActionFailed(f"cannot check torrent {torrent_id}: {exc}", cause=exc) from None
         return True
-
-    async def _delete(self, targets: list[Target]) -> None:
-        async with self._lock:
-            try:
-                done = await delete_targets(self.client, targets)
-            except ActionFailed as exc:
-                self._forget([t for t in targets if t.id in exc.done])
-                self._fail("delete", str(exc))
-            self._forget(done)
-        self._note_action("delete", [t.to_json() for t in done])
-        self.syncer.trigger()
 
     def _forget(self, targets: list[Target]) -> None:
         """Remove what RD deleted from the tree now, without waiting for a sync."""
@@ -374,42 +631,40 @@ class Control:
 
     # --- errors ---------------------------------------------------------------------------------
 
-    def _refuse(self, kind: str, reason: str) -> NoReturn:
-        """Bad input: recorded for status, the writer gets EINVAL. Never returns."""
-        self._note_error(kind, f"refused: {reason}")
-        raise pyfuse3.FUSEError(errno.EINVAL)
-
-    def _fail(self, kind: str, reason: str) -> NoReturn:
-        """RD failed: recorded for status, the writer gets EIO. Never returns."""
-        self._note_error(kind, reason)
-        raise pyfuse3.FUSEError(errno.EIO)
-
     def _note_error(self, where: str, error: str) -> None:
         log.warning(".rdfs/%s: %s", where, error)
         self._errors.append({"time": time.time(), "where": f".rdfs/{where}", "error": error})
 
-    def _note_action(self, kind: str, items: list[dict[str, Any]]) -> None:
-        self._actions.append({"time": time.time(), "action": kind, "items": items})
+    def _note_action(
+        self, kind: str, source: str, outcome: str, items: list[dict[str, Any]] | None = None, error: str = ""
+    ) -> None:
+        entry: dict[str, Any] = {"time": time.time(), "action": kind, "source": source, "outcome": outcome}
+        entry["items"] = items or []
+        if error:
+            entry["error"] = error
+        self._actions.append(entry)
 
     # --- watching added torrents ---------------------------------------------------------------
 
     def _watch_torrent(self, torrent_id: str) -> None:
         self._watch[torrent_id] = None
-        if self.nursery is not None and not self._watching:
-            self._watching = True
-            self.nursery.start_soon(self._watch_loop)
+        self._watch_more.set()
 
     async def _watch_loop(self) -> None:
         """Follow torrents added here: select files once converted, sync once downloaded."""
-        try:
-            while self._watch:
-                await trio.sleep(self.watch_interval)
-                for torrent_id in list(self._watch):
-                    await self._check(torrent_id)
-        finally:
-            self._watching = False
+        while True:
+            if not self._watch:
+                self._watch_more = trio.Event()
+                await self._watch_more.wait()
+            await trio.sleep(self.watch_interval)
+            for torrent_id in list(self._watch):
+                try:
+                    await self._check_added(torrent_id)
+                except Exception:  # keep watching the others; a bug here must not end the mount
+                    log.exception("watching torrent %s failed", torrent_id)
+                    self._watch.pop(torrent_id, None)
 
-    async def _check(self, torrent_id: str) -> None:
+    async def _check_added(self, torrent_id: str) -> None:
         try:
             info = await select_when_ready(self.client, torrent_id, self.selection)
         except UnknownResource:
@@ -427,6 +682,18 @@ class Control:
 
     # --- status ---------------------------------------------------------------------------------
 
+    def queue_status(self) -> dict[str, Any]:
+        """What waits for the worker, and what it is doing."""
+        return {
+            "batches": len(self._queue) + (self._current is not None),
+            "items": self._queued_items,
+            "current": self._current.to_json() if self._current is not None else None,
+            "pending": [job.to_json() for job in list(self._queue)[:MAX_LISTED_JOBS]],
+            "finished": self._finished,
+            "uploads_open": len(self._uploads),
+            "upload_bytes": self._upload_bytes,
+        }
+
     async def status(self) -> dict[str, Any]:
         """The sync status plus API health, traffic left and what the control files did."""
         status = self.syncer.status()
@@ -442,6 +709,7 @@ class Control:
             traffic=self._traffic,
             recent_errors=errors[-MAX_RECENT:],
             recent_actions=list(self._actions),
+            queue=self.queue_status(),
             watching=list(self._watch),
             selection=self.selection,
             allow_delete=self.allow_delete,
@@ -489,16 +757,56 @@ class Control:
             self._next_upload = inode + 1 if inode + 1 < FIRST_DYNAMIC_INODE else 5
             if inode not in self._uploads:
                 return inode
-        raise pyfuse3.FUSEError(errno.ENFILE)
+        raise FsError(errno.ENFILE, "too many uploads in flight")
 
-    def _write_upload(self, handle: Handle, off: int, buf: bytes) -> int:
+    def _resize(self, upload: Upload, size: int) -> None:
+        """Grow (with zeros) or cut an upload, within the per-file and the total bound."""
+        if size > MAX_UPLOAD_BYTES:
+            raise FsError(errno.EFBIG, f"{upload.node.name}: larger than {MAX_UPLOAD_BYTES} bytes")
+        growth = size - len(upload.data)
+        if growth > 0 and self._upload_bytes + growth > self.upload_memory:
+            if not upload.over_bound:
+                upload.over_bound = True
+                self._note_error(
+                    "add", f"refused: {upload.node.name}: uploads in flight hold {self._upload_bytes} bytes already"
+                )
+            raise FsError(errno.ENOSPC, "upload memory exhausted")
+        if growth > 0:
+            upload.data.extend(bytes(growth))
+        else:
+            del upload.data[size:]
+        self._upload_bytes += growth
+        upload.node.size = size
+        upload.node.mtime = time.time()
+
+    def _write_upload(self, upload: Upload, off: int, buf: bytes) -> int:
         end = off + len(buf)
-        if end > MAX_UPLOAD_BYTES:
-            raise pyfuse3.FUSEError(errno.EFBIG)
-        if end > len(handle.buffer):
-            handle.buffer.extend(bytes(end - len(handle.buffer)))
-        handle.buffer[off:end] = buf
-        handle.done = False
-        if handle.node is not None:
-            handle.node.size = len(handle.buffer)
+        if end > len(upload.data):
+            self._resize(upload, end)
+        upload.data[off:end] = buf
         return len(buf)
+
+    def _release_upload(self, upload: Upload) -> None:
+        """Once its last handle is closed an upload disappears; good bytes are queued for RD."""
+        upload.opens -= 1
+        if upload.opens > 0:
+            return
+        inode, name = upload.node.inode, upload.node.name
+        self._uploads.pop(inode, None)
+        data = bytes(upload.data)
+        self._upload_bytes -= len(upload.data)
+        upload.data = bytearray()
+        if self.invalidate_entry is not None:
+            self.invalidate_entry(CONTROL_INODE, name)
+        if not data:
+            log.info(".rdfs/%s closed empty: nothing to add", name)
+            return
+        try:
+            torrent = parse_torrent_file(data)
+        except InvalidInput as exc:
+            self._note_error("add", f"refused: {name}: {exc}")
+            return
+        try:
+            self._enqueue(Job("add", f".rdfs/{name}", [torrent], time.time(), memory=len(data)))
+        except FsError:
+            pass  # recorded for status; release cannot report errors

@@ -9,6 +9,7 @@ opens (RD content never changes) and sync changes reach the kernel through inval
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import stat
@@ -20,6 +21,7 @@ import trio
 
 from rdfs.api.errors import RDError
 from rdfs.links import LinkGone
+from rdfs.outcome import FsError
 from rdfs.reader import FileSource
 from rdfs.tree import Node
 
@@ -339,8 +341,9 @@ class Operations(pyfuse3.Operations):
         self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields, fh: int | None, ctx
     ) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
-        # Truncating a control file before writing to it (`echo x > .rdfs/add`) is harmless.
-        if self.control is not None and self.control.owns(inode) and fields.update_size and attr.st_size == 0:
+        # The control layer decides what truncating its files means (an upload's O_TRUNC, truncate).
+        if self.control is not None and self.control.owns(inode) and fields.update_size:
+            self.control.truncate(inode, attr.st_size)
             return self._attrs(node)
         if fields.update_size or fields.update_mode or fields.update_uid or fields.update_gid:
             raise pyfuse3.FUSEError(errno.EROFS)
@@ -391,3 +394,20 @@ class Operations(pyfuse3.Operations):
                 pyfuse3.invalidate_inode(inode, attr_only=True)
             except OSError as exc:  # ENOENT: the kernel does not know it, nothing to drop
                 log.debug("invalidate inode %d: %s", inode, exc)
+
+
+# Stopgap until the FUSE boundary's single wrapper lands: the control layer's FsError as the
+# kernel's errno (the boundary's wrapper supersedes this; drop it when merging that).
+def _answer_fs_errors(handler):  # type: ignore[no-untyped-def]
+    @functools.wraps(handler)
+    async def answer(*args, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            return await handler(*args, **kwargs)
+        except FsError as exc:
+            raise pyfuse3.FUSEError(exc.errno) from None
+
+    return answer
+
+
+for _name in ("open", "read", "write", "flush", "release", "create", "setattr", "unlink", "rmdir"):
+    setattr(Operations, _name, _answer_fs_errors(getattr(Operations, _name)))

@@ -38,7 +38,7 @@ from rdfs.probecache import open_probe_cache
 from rdfs.reader import ReaderPool
 from rdfs.repair import Repairer, RepairPolicy
 from rdfs.streaming import StreamingExtras
-from rdfs.sync import Syncer
+from rdfs.sync import Syncer, TreeChange
 from rdfs.tree import Namespace
 from rdfs.views import Views, ViewsError, load_views
 
@@ -215,8 +215,9 @@ async def _serve(config: Config, mountpoint: Path, client: RDClient, cache: Cach
         )
         syncer = Syncer(client, cache, interval=config.sync_interval, max_delete_fraction=config.max_delete_fraction)
         control = Control(
-            namespace, syncer, client, cache, allow_delete=config.allow_delete, selection=config.selection, nursery=nursery
-        )
+            namespace, syncer, client, cache, allow_delete=config.allow_delete, selection=config.selection,
+            invalidate_entry=lambda parent, name: ops.invalidate(TreeChange([(parent, name)], [], [])),
+        )  # fmt: skip
         ops = Operations(
             namespace,
             syncer,
@@ -250,6 +251,7 @@ async def _serve(config: Config, mountpoint: Path, client: RDClient, cache: Cach
                 nursery.start_soon(_show_progress, syncer)
             nursery.start_soon(cache.retry_pending)
             await nursery.start(syncer.run)
+            await nursery.start(control.run)
             nursery.start_soon(archives.run)
             nursery.start_soon(views.run)
             if hook is not None:
