@@ -521,13 +521,15 @@ class Operations(pyfuse3.Operations):
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        try:
+            text: str | None = decode_name(name)  # ENAMETOOLONG wherever it is
+        except BadName:
+            text = None
         if self.control is None or parent_inode != CONTROL_INODE:
             raise pyfuse3.FUSEError(errno.EROFS)
         self._refuse_other(ctx, "upload into .rdfs/")
-        try:
-            text = decode_name(name)
-        except BadName:  # no .torrent upload can be named so: the name is refused, not the fs
-            raise pyfuse3.FUSEError(errno.EINVAL) from None
+        if text is None:  # no .torrent upload can be named so: the name is refused, not the fs
+            raise pyfuse3.FUSEError(errno.EINVAL)
         if not self.control.accepts_create(parent_inode, text):
             raise pyfuse3.FUSEError(errno.EROFS)
         node, handle = self.control.create(parent_inode, text)

@@ -8,6 +8,7 @@ import logging
 import os
 import sqlite3
 import stat
+from pathlib import Path
 from types import SimpleNamespace
 
 import pyfuse3
@@ -416,3 +417,208 @@ def test_every_pyfuse3_handler_passes_the_boundary() -> None:
     assert "lookup" in handlers and "create" in handlers
     for name in handlers:
         assert hasattr(getattr(Operations, name), "__wrapped__"), name
+
+
+# --- the README's errno table, walked row by row ------------------------------------------------
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def errno_table() -> list[tuple[str, str, str]]:
+    """(operation, condition, errno) of each row of the table in "Errors and permissions"."""
+    text = README.read_text()
+    section = text.split("\n## Errors and permissions\n", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("| ") else []
+        if len(cells) == 3 and cells[0] != "operation" and not set(cells[0]) <= set("-"):
+            rows.append((cells[0], cells[1], cells[2]))
+    return rows
+
+
+def expected(cell: str) -> Refused | None:
+    """The errno a row names (its first word), or None for "no error"."""
+    word = cell.split()[0].strip("`,")
+    if word == "no":
+        return None
+    return ENOATTR if word == "ENOATTR" else Refused(getattr(errno, word))
+
+
+async def _names_absent(w: World) -> list:
+    ops = w.ops
+    out = [await outcome(ops.getattr(424242, ctx())), await outcome(ops.lookup(TORRENTS_INODE, b"nope", ctx()))]
+    for name in (b"\xff", b"\xed\xa0\x80", b"nope"):
+        for call in (ops.lookup, ops.unlink, ops.rmdir):
+            out.append(await outcome(call(TORRENTS_INODE, name, ctx())))
+    return out
+
+
+async def _too_long(w: World) -> list:
+    ops, name = w.ops, b"x" * 256
+    out = [await outcome(call(TORRENTS_INODE, name, ctx())) for call in (w.ops.lookup, w.ops.unlink, w.ops.rmdir)]
+    for parent in (CONTROL_INODE, TORRENTS_INODE):
+        out.append(await outcome(ops.create(parent, name[:-8] + b".torrent", 0o644, os.O_WRONLY, ctx())))
+    return out
+
+
+async def _xattr_absent(w: World) -> list:
+    movie = w.inode("Movie (2024)", "movie.mkv")
+    names = [b"security.selinux", b"system.posix_acl_access", b"trusted.x", b"user.x", b"user.\xff"]
+    return [await outcome(w.ops.getxattr(movie, name, ctx())) for name in names]
+
+
+async def _xattr_write(w: World) -> list:
+    movie = w.inode("Movie (2024)", "movie.mkv")
+    return [
+        await outcome(w.ops.setxattr(movie, b"user.x", b"1", ctx())),
+        await outcome(w.ops.removexattr(movie, b"user.rdfs.file_id", ctx())),
+    ]
+
+
+async def _changes_outside_control(w: World) -> list:
+    ops, movie = w.ops, w.inode("Movie (2024)", "movie.mkv")
+    return [
+        await outcome(ops.create(TORRENTS_INODE, b"x.torrent", 0o644, os.O_WRONLY, ctx())),
+        await outcome(ops.create(CONTROL_INODE, b"notes.txt", 0o644, os.O_WRONLY, ctx())),
+        await outcome(ops.create(CONTROL_INODE, b"add", 0o644, os.O_WRONLY, ctx())),
+        await outcome(ops.mkdir(CONTROL_INODE, b"d", 0o755, ctx())),
+        await outcome(ops.mknod(TORRENTS_INODE, b"n", 0o644, 0, ctx())),
+        await outcome(ops.symlink(TORRENTS_INODE, b"s", b"/etc", ctx())),
+        await outcome(ops.link(movie, TORRENTS_INODE, b"l", ctx())),
+        await outcome(ops.rename(TORRENTS_INODE, "Movie (2024)".encode(), TORRENTS_INODE, b"r", 0, ctx())),
+    ]
+
+
+async def _create_not_utf8(w: World) -> list:
+    return [await outcome(w.ops.create(CONTROL_INODE, b"\xff.torrent", 0o644, os.O_WRONLY, ctx()))]
+
+
+async def _open_media_writing(w: World) -> list:
+    movie = w.inode("Movie (2024)", "movie.mkv")
+    flags = (os.O_WRONLY, os.O_RDWR, os.O_RDONLY | os.O_TRUNC, os.O_RDONLY | os.O_APPEND)
+    return [await outcome(w.ops.open(movie, f, ctx())) for f in flags]
+
+
+async def _open_dir(w: World) -> list:
+    return [await outcome(w.ops.open(i, os.O_RDONLY, ctx())) for i in (TORRENTS_INODE, w.inode("Movie (2024)"))]
+
+
+async def _open_status_writing(w: World) -> list:
+    status = w.control_inode("status")
+    return [await outcome(w.ops.open(status, f, ctx())) for f in (os.O_WRONLY, os.O_RDWR)]
+
+
+async def _read_past_end(w: World) -> list:
+    fh = (await w.ops.open(w.inode("Movie (2024)", "movie.mkv"), os.O_RDONLY, ctx())).fh
+    out = [await outcome(w.ops.read(fh, off, n)) for off, n in ((MOVIE_SIZE, 10), (2**62, 4096), (2**63 - 1, 1), (0, 0))]
+    await w.ops.release(fh)
+    assert out == [b""] * 4
+    return [None]
+
+
+async def _write_bad_line(w: World) -> list:
+    out = []
+    for name in ("add", "delete"):
+        fh = (await w.ops.open(w.control_inode(name), os.O_WRONLY, ctx())).fh
+        out.append(await outcome(w.ops.write(fh, 0, b"not a magnet or a path\n")))
+        await w.ops.release(fh)
+    return out
+
+
+async def _write_upload_too_big(w: World) -> list:
+    info, _ = await w.ops.create(CONTROL_INODE, b"big.torrent", 0o644, os.O_WRONLY, ctx())
+    answer = await outcome(w.ops.write(info.fh, 16 * 1024 * 1024, b"d"))
+    await w.ops.release(info.fh)
+    return [answer]
+
+
+async def _remove_without_allow_delete(w: World) -> list:
+    w.ops.allow_delete = False
+    try:
+        return [
+            await outcome(w.ops.rmdir(TORRENTS_INODE, "Movie (2024)".encode(), ctx())),
+            await outcome(w.ops.unlink(w.inode("Movie (2024)"), b"movie.mkv", ctx())),
+        ]
+    finally:
+        w.ops.allow_delete = True
+
+
+async def _other_user(w: World) -> list:
+    ops, movie = w.ops, w.inode("Movie (2024)", "movie.mkv")
+    out = [await outcome(ops.open(w.control_inode(n), os.O_RDONLY, ctx(OTHER))) for n in ("add", "status")]
+    out.append(await outcome(ops.create(CONTROL_INODE, b"x.torrent", 0o644, os.O_WRONLY, ctx(OTHER))))
+    out.append(await outcome(ops.unlink(w.inode("Movie (2024)"), b"movie.mkv", ctx(OTHER))))
+    out.append(await outcome(ops.rmdir(TORRENTS_INODE, "Movie (2024)".encode(), ctx(OTHER))))
+    for name in (b"user.rdfs.transcode", b"user.rdfs.mediainfo"):
+        out.append(await outcome(ops.getxattr(movie, name, ctx(OTHER))))
+    return out
+
+
+async def _failing_store(w: World, exc: Exception) -> list:
+    original = w.ops.namespace.node
+
+    def node(inode: int):
+        raise exc
+
+    w.ops.namespace.node = node  # type: ignore[method-assign]
+    try:
+        return [await outcome(w.ops.getattr(w.inode("Movie (2024)", "movie.mkv"), ctx()))]
+    finally:
+        w.ops.namespace.node = original  # type: ignore[method-assign]
+
+
+async def _rd_failed(w: World) -> list:
+    answers = await _failing_store(w, NetworkError("connection reset", reached=False))
+    # And for real: RD says the torrent is dead; the read fails, the next file reads on.
+    w.emulator.kill_torrent(w.show_id)
+    fh = (await w.ops.open(w.inode("Show S01", "e01.mkv"), os.O_RDONLY, ctx())).fh
+    answers.append(await outcome(w.ops.read(fh, 0, 100)))
+    await w.ops.release(fh)
+    return answers
+
+
+async def _unexpected(w: World) -> list:
+    return await _failing_store(w, sqlite3.DatabaseError("database disk image is malformed"))
+
+
+TABLE_SCENARIOS = {
+    ("`lookup`, `getattr`, `unlink`, `rmdir`", "ENOENT"): _names_absent,
+    ("`lookup`, `unlink`, `rmdir`, `create`", "ENAMETOOLONG"): _too_long,
+    ("`getxattr`", "ENOATTR"): _xattr_absent,
+    ("`setxattr`, `removexattr`", "EROFS"): _xattr_write,
+    ("`create`, `mkdir`, `mknod`, `symlink`, `link`, `rename`", "EROFS"): _changes_outside_control,
+    ("`create`", "EINVAL"): _create_not_utf8,
+    ("`open`", "EROFS"): _open_media_writing,
+    ("`open`", "EISDIR"): _open_dir,
+    ("`open`", "EACCES"): _open_status_writing,
+    ("`read`", "no"): _read_past_end,
+    ("`write`", "EINVAL"): _write_bad_line,
+    ("`write`", "EFBIG"): _write_upload_too_big,
+    ("`unlink`, `rmdir`", "EPERM"): _remove_without_allow_delete,
+    (
+        "`open` of `.rdfs/*`, `create`, `unlink`, `rmdir`, `getxattr` of `user.rdfs.transcode` or `user.rdfs.mediainfo`",
+        "EACCES",
+    ): _other_user,
+    ("any", "EIO"): None,  # two rows: told apart by their condition below
+}
+
+
+async def test_the_readme_errno_table(world: World, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="rdfs")
+    rows = errno_table()
+    assert len(rows) >= 15
+    seen = set()
+    for operation, condition, cell in rows:
+        key = (operation, cell.split()[0].strip("`,"))
+        assert key in TABLE_SCENARIOS, f"README row without a scenario here: {key}"
+        seen.add(key)
+        scenario = TABLE_SCENARIOS[key]
+        if key == ("any", "EIO"):
+            scenario = _rd_failed if "Real-Debrid" in condition else _unexpected
+            level = logging.WARNING if "Real-Debrid" in condition else logging.ERROR
+        caplog.clear()
+        answers = await scenario(world)
+        assert answers and all(a == expected(cell) for a in answers), (operation, condition, answers)
+        if key == ("any", "EIO"):
+            assert any(r.levelno == level for r in caplog.records), condition
+    assert seen == set(TABLE_SCENARIOS), f"scenarios without a README row: {set(TABLE_SCENARIOS) - seen}"
