@@ -11,8 +11,8 @@ ended loop unmounts: the media server then sees an empty library):
 
 * ``pyfuse3.FUSEError`` passes; :class:`rdfs.outcome.FsError` becomes ``FUSEError(its errno)``;
 * :class:`rdfs.api.errors.RDError` (network, API, a gone link) is EIO, logged at WARNING;
-* anything else is logged once at ERROR with the handler, its arguments and a traceback, and
-  answered EIO. ``BaseException`` that is not an ``Exception`` (trio's ``Cancelled``,
+* anything else is logged once at ERROR with the handler and its arguments (a traceback the
+  first time each kind of failure is seen), and answered EIO. ``BaseException`` that is not an ``Exception`` (trio's ``Cancelled``,
   ``KeyboardInterrupt``) propagates.
 
 Names from the kernel are decoded strictly as UTF-8: a name that is not UTF-8 (or is longer than
@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import stat
+import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -71,6 +72,7 @@ MAX_SIZE = 2**63 - 1
 MAX_MTIME = 2**62 // 10**9  # seconds; far beyond any real date, far inside int64 nanoseconds
 MAX_NLINK = 2**32 - 1
 MAX_WARNED = 10_000  # inodes whose odd attributes were logged (once each); the set starts over beyond
+MAX_FAILURES = 1_000  # kinds of unexpected failure whose traceback was logged; starts over beyond
 # Handlers whose first argument is a file handle (the rest take an inode, a dir handle or a list).
 _FH_HANDLERS = frozenset({"read", "write", "flush", "release", "fsync"})
 # Handlers whose bytes arguments are data, never logged (only their length).
@@ -126,6 +128,24 @@ def _target(ops: Operations, handler: str, args: tuple[Any, ...]) -> str:
     return _describe(ops, handler, args)
 
 
+def _log_unexpected(ops: Operations, handler: str, args: tuple[Any, ...], exc: Exception) -> None:
+    """One ERROR line per failed request, with its context; the traceback only the first time this
+    kind of failure (handler, exception type, where it was raised) is seen: a broken cache under a
+    media scan fails thousands of requests alike, and one traceback tells all of them."""
+    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    kind = (handler, type(exc).__qualname__, frame.filename if frame else "", frame.lineno if frame else 0)
+    first = kind not in ops._failures
+    if first:
+        if len(ops._failures) >= MAX_FAILURES:
+            ops._failures.clear()
+        ops._failures.add(kind)
+    message = "%s(%s) failed unexpectedly; answered EIO"
+    if first:
+        log.error(message, handler, _describe(ops, handler, args), exc_info=exc)
+    else:
+        log.error(message + ": %s: %s (traceback logged before)", handler, _describe(ops, handler, args), type(exc).__name__, exc)
+
+
 _Handler = TypeVar("_Handler", bound=Callable[..., Awaitable[Any]])
 
 
@@ -150,8 +170,8 @@ def _boundary(handler: _Handler) -> _Handler:
             reason = f"link gone ({exc})" if isinstance(exc, LinkGone) else str(exc)
             log.warning("%s of %s failed: %s", name, _target(self, name, args), reason)
             raise pyfuse3.FUSEError(errno.EIO) from None
-        except Exception:
-            log.exception("%s(%s) failed unexpectedly; answered EIO", name, _describe(self, name, args))
+        except Exception as exc:
+            _log_unexpected(self, name, args, exc)
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapper  # type: ignore[return-value]
@@ -214,8 +234,11 @@ class Operations(pyfuse3.Operations):
         self._retained: dict[int, Node] = {}
         # (parent inode, name) -> inode of every entry the kernel holds: only those are invalidated.
         self._entries: dict[tuple[int, str], int] = {}
+        self._entry_keys: dict[int, set[tuple[int, str]]] = {}  # inode -> its keys in _entries
         # Inodes whose odd stored attributes were logged already (once each).
         self._warned: set[int] = set()
+        # Kinds of unexpected failure whose traceback was logged already (see _log_unexpected).
+        self._failures: set[tuple[str, str, str, int | None]] = set()
         # Invalidations before the kernel's INIT fail (ENOSYS) and have nothing to drop anyway.
         self._kernel_ready = False
 
@@ -328,7 +351,9 @@ class Operations(pyfuse3.Operations):
     def _remember(self, node: Node) -> None:
         self._lookups[node.inode] = self._lookups.get(node.inode, 0) + 1
         self._retained[node.inode] = node
-        self._entries[(node.parent, node.name)] = node.inode
+        key = (node.parent, node.name)
+        self._entries[key] = node.inode
+        self._entry_keys.setdefault(node.inode, set()).add(key)  # a renamed entry keeps its old key too
 
     # --- namespace -----------------------------------------------------------------------------
 
@@ -367,9 +392,9 @@ class Operations(pyfuse3.Operations):
                 self._lookups[inode] = left
                 continue
             self._lookups.pop(inode, None)
-            node = self._retained.get(inode)
-            if node is not None and self._entries.get((node.parent, node.name)) == inode:
-                del self._entries[(node.parent, node.name)]
+            for key in self._entry_keys.pop(inode, ()):
+                if self._entries.get(key) == inode:
+                    del self._entries[key]
             if not any(f.node.inode == inode for f in self._open.values()):
                 self._retained.pop(inode, None)
 

@@ -352,6 +352,7 @@ async def test_only_what_the_kernel_holds_is_invalidated(world: World, monkeypat
     entries.clear(), inodes.clear()
     ops.invalidate(change)
     assert entries == [] and inodes == []
+    assert ops._entries == {} and ops._entry_keys == {}  # nothing kept for what the kernel forgot
 
 
 async def test_the_boundary_maps_every_outcome(world: World, caplog, monkeypatch) -> None:
@@ -622,3 +623,19 @@ async def test_the_readme_errno_table(world: World, caplog) -> None:
         if key == ("any", "EIO"):
             assert any(r.levelno == level for r in caplog.records), condition
     assert seen == set(TABLE_SCENARIOS), f"scenarios without a README row: {set(TABLE_SCENARIOS) - seen}"
+
+
+async def test_a_repeated_failure_logs_one_traceback(world: World, caplog, monkeypatch) -> None:
+    caplog.set_level(logging.WARNING, logger="rdfs")
+    ops = world.ops
+
+    def node(inode: int):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(ops.namespace, "node", node)
+    for inode in range(1000, 1050):
+        assert await outcome(ops.getattr(inode, ctx())) == EIO
+    records = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(records) == 50 and all(f"inode {1000 + i}" in r.getMessage() for i, r in enumerate(records))
+    assert [r.exc_info is not None for r in records] == [True] + [False] * 49
+    assert "database or disk is full" in records[-1].getMessage()
