@@ -12,8 +12,10 @@ ended loop unmounts: the media server then sees an empty library):
 * ``pyfuse3.FUSEError`` passes; :class:`rdfs.outcome.FsError` becomes ``FUSEError(its errno)``;
 * :class:`rdfs.api.errors.RDError` (network, API, a gone link) is EIO, logged at WARNING;
 * anything else is logged once at ERROR with the handler and its arguments (a traceback the
-  first time each kind of failure is seen), and answered EIO. ``BaseException`` that is not an ``Exception`` (trio's ``Cancelled``,
-  ``KeyboardInterrupt``) propagates.
+  first time each kind of failure is seen), and answered EIO.
+
+``BaseException`` that is not an ``Exception`` (trio's ``Cancelled``, ``KeyboardInterrupt``)
+propagates.
 
 Names from the kernel are decoded strictly as UTF-8: a name that is not UTF-8 (or is longer than
 255 bytes) cannot exist here and is answered ENOENT (ENAMETOOLONG) before it reaches SQLite.
