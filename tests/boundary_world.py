@@ -159,3 +159,38 @@ def flags_to_try() -> list[int]:
         os.O_NOCTTY, os.O_ASYNC, os.O_TMPFILE,
     ]  # fmt: skip
     return sorted({mode | flag for mode in (os.O_RDONLY, os.O_WRONLY, os.O_RDWR) for flag in extra})
+
+
+# Odd arguments the tests pass (names, xattr names, control-file junk, broken .torrent files).
+
+NOT_UTF8 = [b"\xff", b"\xed\xa0\x80", b"caf\xe9", b"\x80abc", b"ok\xc3", b"\xf4\x90\x80\x80", b"\xc0\xaf"]
+
+XATTR_NAMES = [
+    b"security.selinux", b"security.capability", b"security.ima", b"system.posix_acl_access",
+    b"system.posix_acl_default", b"system.nfs4_acl", b"trusted.overlay.opaque", b"trusted.x",
+    b"user.x", b"user.rdfs.nope", b"user.", b"", b"x", b"user." + b"a" * 250, b"user.\xff", b"\xed\xa0\x80",
+    b"user.rdfs.torrent_id", b"user.rdfs.file_id", b"user.rdfs.mediainfo", b"user.rdfs.transcode",
+]  # fmt: skip
+
+JUNK = [
+    b"", b"\n", b"junk\n", b"\xff\xfe\x00\n", b"\xed\xa0\x80\n", b"\x00" * 100, b"magnet:?xt=urn:btih:zz\n",
+    b"magnet:?xt=urn:btih:" + b"g" * 40 + b"\n", b"torrents/../..\n", b"torrents/\n", b"downloads/nothing\n",
+    b"123456789\n", b"a" * 2_000_000, b"line\r\nline2\r\n", "é\u202e\n".encode(),
+]  # fmt: skip
+
+MALFORMED_TORRENTS = [
+    b"dli1eei1ee", b"", b"d", b"de", b"le", b"i1e", b"4:spam", b"d4:infoi1ee", b"d4:infod4:name3:abcee",
+    b"d4:infod6:lengthi-5e4:name1:xee", b"l" * 5000 + b"e" * 5000, b"d" * 3000, b"i99999999999999999999999999e",
+    b"d3:cow3:moo4:spam4:eggse", b"\xff" * 100, b"d8:announce3:abc4:infod4:name" + b"9" * 30 + b":xee",
+]  # fmt: skip
+
+def truncate_attr() -> pyfuse3.EntryAttributes:
+    """The attributes pyfuse3 passes to setattr for a truncate to 0."""
+    attr = pyfuse3.EntryAttributes()
+    attr.st_size = 0
+    return attr
+
+def truncate_fields() -> SimpleNamespace:
+    """What pyfuse3's SetattrFields holds for a truncate (its attributes are read-only)."""
+    fields = dict.fromkeys(("update_atime", "update_mtime", "update_ctime", "update_mode", "update_uid", "update_gid"), False)
+    return SimpleNamespace(update_size=True, **fields)

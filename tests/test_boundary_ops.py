@@ -9,7 +9,6 @@ import os
 import sqlite3
 import stat
 from pathlib import Path
-from types import SimpleNamespace
 
 import pyfuse3
 import pytest
@@ -21,6 +20,12 @@ from rdfs.fs import Operations
 from rdfs.outcome import FsError
 from rdfs.sync import TreeChange
 from tests.boundary_world import (
+    JUNK,
+    MALFORMED_TORRENTS,
+    NOT_UTF8,
+    XATTR_NAMES,
+    truncate_attr,
+    truncate_fields,
     MOVIE_SIZE,
     OTHER,
     OWNER,
@@ -39,7 +44,6 @@ ENOENT, ENAMETOOLONG, EROFS, EACCES, EINVAL, EIO = (
     Refused(errno.EINVAL), Refused(errno.EIO),
 )  # fmt: skip
 ENOATTR = Refused(pyfuse3.ENOATTR)
-NOT_UTF8 = [b"\xff", b"\xed\xa0\x80", b"caf\xe9", b"\x80abc", b"ok\xc3", b"\xf4\x90\x80\x80", b"\xc0\xaf"]
 NAME_255 = b"n" * 255
 
 
@@ -153,14 +157,6 @@ async def test_offsets_and_sizes(world: World, errors) -> None:
     assert errors() == []
 
 
-XATTR_NAMES = [
-    b"security.selinux", b"security.capability", b"security.ima", b"system.posix_acl_access",
-    b"system.posix_acl_default", b"system.nfs4_acl", b"trusted.overlay.opaque", b"trusted.x",
-    b"user.x", b"user.rdfs.nope", b"user.", b"", b"x", b"user." + b"a" * 250, b"user.\xff", b"\xed\xa0\x80",
-    b"user.rdfs.torrent_id", b"user.rdfs.file_id", b"user.rdfs.mediainfo", b"user.rdfs.transcode",
-]  # fmt: skip
-
-
 async def test_xattr_names_in_every_namespace(world: World, errors) -> None:
     ops = world.ops
     nodes = [pyfuse3.ROOT_INODE, TORRENTS_INODE, CONTROL_INODE, world.control_inode("add")]
@@ -180,13 +176,6 @@ async def test_xattr_names_in_every_namespace(world: World, errors) -> None:
     assert errors() == []
 
 
-JUNK = [
-    b"", b"\n", b"junk\n", b"\xff\xfe\x00\n", b"\xed\xa0\x80\n", b"\x00" * 100, b"magnet:?xt=urn:btih:zz\n",
-    b"magnet:?xt=urn:btih:" + b"g" * 40 + b"\n", b"torrents/../..\n", b"torrents/\n", b"downloads/nothing\n",
-    b"123456789\n", b"a" * 2_000_000, b"line\r\nline2\r\n", "é\u202e\n".encode(),
-]  # fmt: skip
-
-
 async def test_junk_into_every_control_file(world: World, errors) -> None:
     ops, before = world.ops, world.torrent_ids()
     for name in ("add", "delete", "refresh", "status"):
@@ -197,7 +186,7 @@ async def test_junk_into_every_control_file(world: World, errors) -> None:
                 if name == "status":
                     assert opened == EACCES
                     continue
-                assert await outcome(ops.setattr(inode, _size0(), _size_fields(), opened.fh, ctx())) != EIO
+                assert await outcome(ops.setattr(inode, truncate_attr(), truncate_fields(), opened.fh, ctx())) != EIO
                 wrote = await outcome(ops.write(opened.fh, off, junk))
                 assert wrote in (len(junk), EINVAL), (name, junk[:40], wrote)
                 assert await outcome(ops.flush(opened.fh)) in (None, EINVAL), (name, junk[:40])
@@ -205,13 +194,6 @@ async def test_junk_into_every_control_file(world: World, errors) -> None:
     assert world.torrent_ids() == before
     assert ops.open_files == 0
     assert errors() == []
-
-
-MALFORMED_TORRENTS = [
-    b"dli1eei1ee", b"", b"d", b"de", b"le", b"i1e", b"4:spam", b"d4:infoi1ee", b"d4:infod4:name3:abcee",
-    b"d4:infod6:lengthi-5e4:name1:xee", b"l" * 5000 + b"e" * 5000, b"d" * 3000, b"i99999999999999999999999999e",
-    b"d3:cow3:moo4:spam4:eggse", b"\xff" * 100, b"d8:announce3:abc4:infod4:name" + b"9" * 30 + b":xee",
-]  # fmt: skip
 
 
 async def test_malformed_torrent_uploads(world: World, errors) -> None:
@@ -228,18 +210,6 @@ async def test_malformed_torrent_uploads(world: World, errors) -> None:
     await outcome(ops.release(info.fh))
     assert world.torrent_ids() == before
     assert ops.open_files == 0
-
-
-def _size0() -> pyfuse3.EntryAttributes:
-    attr = pyfuse3.EntryAttributes()
-    attr.st_size = 0
-    return attr
-
-
-def _size_fields() -> SimpleNamespace:
-    """What pyfuse3's SetattrFields holds for a truncate (its attributes are read-only)."""
-    fields = dict.fromkeys(("update_atime", "update_mtime", "update_ctime", "update_mode", "update_uid", "update_gid"), False)
-    return SimpleNamespace(update_size=True, **fields)
 
 
 async def test_odd_attributes_in_the_store_never_fail_stat(world: World, caplog) -> None:
@@ -317,7 +287,7 @@ async def test_other_users_read_only_and_spend_no_api_call(world: World, errors)
     for name in ("add", "delete", "refresh", "status"):
         for flags in (os.O_RDONLY, os.O_WRONLY, os.O_WRONLY | os.O_TRUNC, os.O_RDWR):
             assert await outcome(ops.open(world.control_inode(name), flags, ctx(OTHER))) == EACCES, (name, flags)
-        assert await outcome(ops.setattr(world.control_inode(name), _size0(), _size_fields(), None, ctx(OTHER))) in (
+        assert await outcome(ops.setattr(world.control_inode(name), truncate_attr(), truncate_fields(), None, ctx(OTHER))) in (
             EACCES,
             EROFS,
         )

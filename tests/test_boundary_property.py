@@ -19,7 +19,10 @@ from hypothesis import strategies as st
 from rdfs.cache import CONTROL_INODE, TORRENTS_INODE
 from rdfs.emulator import Emulator
 from tests.boundary_world import (
-    NO_WAIT,
+    JUNK,
+    MALFORMED_TORRENTS,
+    NOT_UTF8,
+    XATTR_NAMES,
     OTHER,
     OWNER,
     Refused,
@@ -29,10 +32,9 @@ from tests.boundary_world import (
     flags_to_try,
     open_world,
     outcome,
+    truncate_attr,
+    truncate_fields,
 )
-from tests.test_boundary_ops import JUNK, MALFORMED_TORRENTS, NOT_UTF8, XATTR_NAMES, _size0, _size_fields
-
-assert NO_WAIT  # the world's client fails at once: no example waits on retries
 
 NAMES = [b"Movie (2024)", b"Show S01", b"movie.mkv", b"Subs", b"en.srt", b"add", b"status", b".", b"..", b"x.torrent"]
 names = st.one_of(
@@ -110,7 +112,7 @@ class Runner:
         elif op == "getattr":
             call = ops.getattr(self.inode(args[0]), ctx(args[1]))
         elif op == "truncate":
-            call = ops.setattr(self.inode(args[0]), _size0(), _size_fields(), None, ctx(args[1]))
+            call = ops.setattr(self.inode(args[0]), truncate_attr(), truncate_fields(), None, ctx(args[1]))
         elif op == "listdir":
             return await self.listdir(self.inode(args[0]), args[1])
         elif op == "open":
