@@ -239,6 +239,8 @@ class Operations(pyfuse3.Operations):
         self._entry_keys: dict[int, set[tuple[int, str]]] = {}  # inode -> its keys in _entries
         # Inodes whose odd stored attributes were logged already (once each).
         self._warned: set[int] = set()
+        # Requests of other users refused and logged already (see _refuse_other).
+        self._refused: set[tuple[int | None, str]] = set()
         # Kinds of unexpected failure whose traceback was logged already (see _log_unexpected).
         self._failures: set[tuple[str, str, str, int | None]] = set()
         # Invalidations before the kernel's INIT fail (ENOSYS) and have nothing to drop anyway.
@@ -274,9 +276,16 @@ class Operations(pyfuse3.Operations):
         return uid not in (self.uid, 0)
 
     def _refuse_other(self, ctx: pyfuse3.RequestContext, what: str) -> None:
-        if self._is_other(ctx):
-            log.info("%s refused for uid %s: only the mount owner may do that", what, getattr(ctx, "uid", None))
-            raise pyfuse3.FUSEError(errno.EACCES)
+        """EACCES for another user; logged once per user and kind of request (no log flood)."""
+        if not self._is_other(ctx):
+            return
+        uid = getattr(ctx, "uid", None)
+        if (uid, what) not in self._refused:
+            if len(self._refused) >= MAX_WARNED:
+                self._refused.clear()
+            self._refused.add((uid, what))
+            log.info("%s refused for uid %s: only the mount owner may do that", what, uid)
+        raise pyfuse3.FUSEError(errno.EACCES)
 
     def _dir_mode(self, node: Node) -> int:
         """Directories the owner changes are owner-writable, so the kernel's permission check
@@ -602,7 +611,7 @@ class Operations(pyfuse3.Operations):
         node = self.namespace.lookup(parent_inode, name) if 0 < parent_inode <= MAX_SIZE else None
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        self._refuse_other(ctx, f"removal of {name!r}")
+        self._refuse_other(ctx, "removal")
         if not self.allow_delete or self.control is None:
             raise pyfuse3.FUSEError(errno.EPERM)
         await self.control.remove_node(node)
