@@ -1,25 +1,46 @@
 """The pyfuse3 adapter: kernel requests in, namespace / reader / control calls out.
 
 This module holds no policy of its own. Names and inodes come from :mod:`rdfs.tree`, bytes from
-:mod:`rdfs.reader`, the ``.rdfs/`` files from :mod:`rdfs.control`; errors become
-``pyfuse3.FUSEError(errno)``. Media files are read-only; the kernel page cache is kept across
-opens (RD content never changes) and sync changes reach the kernel through invalidation.
+:mod:`rdfs.reader`, the ``.rdfs/`` files from :mod:`rdfs.control`. Media files are read-only; the
+kernel page cache is kept across opens (RD content never changes) and sync changes reach the
+kernel through invalidation.
+
+Every handler passes through one boundary (:func:`_boundary`) that maps outcomes to errnos, so no
+request can end the FUSE loop (pyfuse3 ends ``main()`` on any exception but ``FUSEError``, and an
+ended loop unmounts: the media server then sees an empty library):
+
+* ``pyfuse3.FUSEError`` passes; :class:`rdfs.outcome.FsError` becomes ``FUSEError(its errno)``;
+* :class:`rdfs.api.errors.RDError` (network, API, a gone link) is EIO, logged at WARNING;
+* anything else is logged once at ERROR with the handler and its arguments (a traceback the
+  first time each kind of failure is seen), and answered EIO.
+
+``BaseException`` that is not an ``Exception`` (trio's ``Cancelled``, ``KeyboardInterrupt``)
+propagates.
+
+Names from the kernel are decoded strictly as UTF-8: a name that is not UTF-8 (or is longer than
+255 bytes) cannot exist here and is answered ENOENT (ENAMETOOLONG) before it reaches SQLite.
+The errno table is in the README's "Errors and permissions".
 """
 
 from __future__ import annotations
 
 import errno
 import functools
+import inspect
 import logging
+import math
 import os
 import stat
+import traceback
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import pyfuse3
 import trio
 
 from rdfs.api.errors import RDError
+from rdfs.cache import CONTROL_INODE, DOWNLOADS_INODE, TORRENTS_INODE
 from rdfs.links import LinkGone
 from rdfs.outcome import FsError
 from rdfs.reader import FileSource
@@ -47,6 +68,115 @@ BLOCK_SIZE = 4096  # statfs units
 IO_SIZE = 128 * 1024
 # Directory listings are answered in pages of this many entries.
 READDIR_PAGE = 512
+NAME_MAX = 255  # bytes of one name (the kernel's limit too; statfs reports it)
+# What the kernel's stat can carry: st_size is an off_t, times are int64 nanoseconds.
+MAX_SIZE = 2**63 - 1
+MAX_MTIME = 2**62 // 10**9  # seconds; far beyond any real date, far inside int64 nanoseconds
+MAX_NLINK = 2**32 - 1
+MAX_WARNED = 10_000  # inodes whose odd attributes were logged (once each); the set starts over beyond
+MAX_FAILURES = 1_000  # kinds of unexpected failure whose traceback was logged; starts over beyond
+# Handlers whose first argument is a file handle (the rest take an inode, a dir handle or a list).
+_FH_HANDLERS = frozenset({"read", "write", "flush", "release", "fsync"})
+# Handlers whose bytes arguments are data, never logged (only their length).
+_DATA_HANDLERS = frozenset({"write", "setxattr"})
+
+
+class BadName(Exception):
+    """A name from the kernel that no entry here can have (not UTF-8)."""
+
+
+def decode_name(raw: bytes) -> str:
+    """The kernel's name as text: strict UTF-8 (``os.fsdecode`` would yield surrogates that
+    SQLite cannot encode), at most :data:`NAME_MAX` bytes (ENAMETOOLONG)."""
+    if len(raw) > NAME_MAX:
+        raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadName(raw) from None
+
+
+def _describe(ops: Operations, handler: str, args: tuple[Any, ...]) -> str:
+    """The arguments of a request, for a log line: inodes, handles (with the file's name), names
+    (shortened, repr: they may be any bytes) and the length of data (never its content)."""
+    parts: list[str] = []
+    for index, arg in enumerate(args):
+        if isinstance(arg, bool) or arg is None:
+            continue
+        if isinstance(arg, int):
+            if index == 0 and handler in _FH_HANDLERS:
+                opened = ops._open.get(arg)
+                parts.append(f"fh {arg}" + (f" ({opened.node.name!r})" if opened is not None else ""))
+            elif index == 0:
+                parts.append(f"inode {arg}")
+            else:
+                parts.append(str(arg))
+        elif isinstance(arg, bytes):
+            if handler in _DATA_HANDLERS and not (handler == "setxattr" and index == 1):
+                parts.append(f"<{len(arg)} bytes>")
+            else:
+                parts.append(repr(arg[:80]) + ("..." if len(arg) > 80 else ""))
+        elif isinstance(arg, list):
+            parts.append(f"<{len(arg)} items>")
+    return ", ".join(parts)
+
+
+def _target(ops: Operations, handler: str, args: tuple[Any, ...]) -> str:
+    """What a request is about, for a warning: the open file's name, else its arguments."""
+    if handler in _FH_HANDLERS and args and isinstance(args[0], int):
+        opened = ops._open.get(args[0])
+        if opened is not None:
+            return opened.node.name
+    return _describe(ops, handler, args)
+
+
+def _log_unexpected(ops: Operations, handler: str, args: tuple[Any, ...], exc: Exception) -> None:
+    """One ERROR line per failed request, with its context; the traceback only the first time this
+    kind of failure (handler, exception type, where it was raised) is seen: a broken cache under a
+    media scan fails thousands of requests alike, and one traceback tells all of them."""
+    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    kind = (handler, type(exc).__qualname__, frame.filename if frame else "", frame.lineno if frame else 0)
+    first = kind not in ops._failures
+    if first:
+        if len(ops._failures) >= MAX_FAILURES:
+            ops._failures.clear()
+        ops._failures.add(kind)
+    message = "%s(%s) failed unexpectedly; answered EIO"
+    if first:
+        log.error(message, handler, _describe(ops, handler, args), exc_info=exc)
+    else:
+        log.error(message + ": %s: %s (traceback logged before)", handler, _describe(ops, handler, args), type(exc).__name__, exc)
+
+
+_Handler = TypeVar("_Handler", bound=Callable[..., Awaitable[Any]])
+
+
+def _boundary(handler: _Handler) -> _Handler:
+    """The one place every request passes: outcomes become errnos, nothing else leaves."""
+    name = handler.__name__
+
+    @functools.wraps(handler)
+    async def wrapper(self: Operations, *args: Any) -> Any:
+        try:
+            return await handler(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except FsError as exc:
+            if exc.reason:
+                log.debug("%s(%s): %s", name, _describe(self, name, args), exc.reason)
+            raise pyfuse3.FUSEError(exc.errno) from None
+        except BadName:
+            # Only names that must match an entry get here (lookup, unlink, rmdir, getxattr).
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR if "xattr" in name else errno.ENOENT) from None
+        except RDError as exc:
+            reason = f"link gone ({exc})" if isinstance(exc, LinkGone) else str(exc)
+            log.warning("%s of %s failed: %s", name, _target(self, name, args), reason)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception as exc:
+            _log_unexpected(self, name, args, exc)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper  # type: ignore[return-value]
 
 
 class Files(Protocol):
@@ -63,6 +193,10 @@ class OpenFile:
 
 
 class Operations(pyfuse3.Operations):
+    """The kernel's requests. Every handler passes through :func:`_boundary` (applied below the
+    class to each handler pyfuse3 knows), so each may raise ``FUSEError``, ``FsError``,
+    ``RDError`` or fail unexpectedly without ending the FUSE loop."""
+
     supports_dot_lookup = True
     enable_writeback_cache = False
     enable_acl = False
@@ -86,6 +220,7 @@ class Operations(pyfuse3.Operations):
         self.files = files
         self.readers = readers
         self.control = control
+        # The mount owner: every entry is theirs, and only they (and root) may change anything.
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
         self.allow_delete = allow_delete
@@ -99,6 +234,15 @@ class Operations(pyfuse3.Operations):
         # through handles that are already open until the kernel forgets the inode.
         self._lookups: dict[int, int] = {}
         self._retained: dict[int, Node] = {}
+        # (parent inode, name) -> inode of every entry the kernel holds: only those are invalidated.
+        self._entries: dict[tuple[int, str], int] = {}
+        self._entry_keys: dict[int, set[tuple[int, str]]] = {}  # inode -> its keys in _entries
+        # Inodes whose odd stored attributes were logged already (once each).
+        self._warned: set[int] = set()
+        # Requests of other users refused and logged already (see _refuse_other).
+        self._refused: set[tuple[int | None, str]] = set()
+        # Kinds of unexpected failure whose traceback was logged already (see _log_unexpected).
+        self._failures: set[tuple[str, str, str, int | None]] = set()
         # Invalidations before the kernel's INIT fail (ENOSYS) and have nothing to drop anyway.
         self._kernel_ready = False
 
@@ -113,6 +257,8 @@ class Operations(pyfuse3.Operations):
     # --- helpers -----------------------------------------------------------------------------
 
     def _node(self, inode: int) -> Node:
+        if not 0 < inode <= MAX_SIZE:  # no SQLite integer: no such inode
+            raise pyfuse3.FUSEError(errno.ENOENT)
         node = self.namespace.node(inode) or self._control_node(inode) or self._retained.get(inode)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
@@ -122,25 +268,82 @@ class Operations(pyfuse3.Operations):
         """Files being copied into ``.rdfs/`` exist only in the control layer until closed."""
         return self.control.node(inode) if self.control is not None else None
 
+    def _is_other(self, ctx: pyfuse3.RequestContext) -> bool:
+        """A request of a user who is neither the mount owner nor root (only with --allow-other):
+        they read media and listings, and nothing that changes the account or costs an API call
+        beyond reading. Checked in the handlers besides the modes (``default_permissions``)."""
+        uid = getattr(ctx, "uid", None)
+        return uid not in (self.uid, 0)
+
+    def _refuse_other(self, ctx: pyfuse3.RequestContext, what: str) -> None:
+        """EACCES for another user; logged once per user and kind of request (no log flood)."""
+        if not self._is_other(ctx):
+            return
+        uid = getattr(ctx, "uid", None)
+        if (uid, what) not in self._refused:
+            if len(self._refused) >= MAX_WARNED:
+                self._refused.clear()
+            self._refused.add((uid, what))
+            log.info("%s refused for uid %s: only the mount owner may do that", what, uid)
+        raise pyfuse3.FUSEError(errno.EACCES)
+
+    def _dir_mode(self, node: Node) -> int:
+        """Directories the owner changes are owner-writable, so the kernel's permission check
+        (``default_permissions``) lets a non-root owner do it: ``.rdfs/`` (``cp x.torrent``), and
+        with ``--allow-delete`` the torrents/downloads trees (``rm -r``)."""
+        if node.inode == CONTROL_INODE:
+            return 0o755
+        if self.allow_delete and (node.inode in (TORRENTS_INODE, DOWNLOADS_INODE) or node.torrent_id):
+            return 0o755
+        return 0o555
+
+    def _warn_once(self, node: Node, what: str) -> None:
+        if node.inode in self._warned:
+            return
+        if len(self._warned) >= MAX_WARNED:
+            self._warned.clear()
+        self._warned.add(node.inode)
+        log.warning("entry %r (inode %d) has %s in the cache: shown clamped", node.name, node.inode, what)
+
+    def _size(self, node: Node) -> int:
+        size = node.size
+        if isinstance(size, int) and 0 <= size <= MAX_SIZE:
+            return size
+        self._warn_once(node, f"size {size!r}")
+        return min(max(size, 0), MAX_SIZE) if isinstance(size, int) else 0
+
+    def _mtime_ns(self, node: Node) -> int:
+        mtime = node.mtime
+        if isinstance(mtime, (int, float)) and math.isfinite(mtime) and 0 <= mtime <= MAX_MTIME:
+            return int(mtime * 1e9)
+        self._warn_once(node, f"mtime {mtime!r}")
+        if isinstance(mtime, (int, float)) and not math.isnan(mtime):
+            return int(min(max(mtime, 0), MAX_MTIME) * 1e9)
+        return 0
+
     def _attrs(self, node: Node) -> pyfuse3.EntryAttributes:
+        """The stat of an entry. Whatever the store holds (a negative or absurd size or time),
+        stat succeeds: odd values are clamped and logged once per inode."""
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = node.inode
         attr.generation = 0
         attr.entry_timeout = ENTRY_TIMEOUT
         attr.attr_timeout = ATTR_TIMEOUT
         if node.kind == "dir":
-            attr.st_mode = stat.S_IFDIR | 0o555
+            attr.st_mode = stat.S_IFDIR | self._dir_mode(node)
         elif self.control is not None and self.control.owns(node.inode):
             attr.st_mode = stat.S_IFREG | self.control.mode(node.inode)
         else:
             attr.st_mode = stat.S_IFREG | 0o444
-        attr.st_nlink = node.nlink
+        nlink = node.nlink
+        attr.st_nlink = nlink if isinstance(nlink, int) and 0 < nlink <= MAX_NLINK else 1
         attr.st_uid = self.uid
         attr.st_gid = self.gid
-        attr.st_size = node.size
+        size = self._size(node)
+        attr.st_size = size
         attr.st_blksize = IO_SIZE
-        attr.st_blocks = (node.size + 511) // 512
-        mtime_ns = int(node.mtime * 1e9)
+        attr.st_blocks = (size + 511) // 512
+        mtime_ns = self._mtime_ns(node)
         attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = mtime_ns
         return attr
 
@@ -159,11 +362,14 @@ class Operations(pyfuse3.Operations):
     def _remember(self, node: Node) -> None:
         self._lookups[node.inode] = self._lookups.get(node.inode, 0) + 1
         self._retained[node.inode] = node
+        key = (node.parent, node.name)
+        self._entries[key] = node.inode
+        self._entry_keys.setdefault(node.inode, set()).add(key)  # a renamed entry keeps its old key too
 
     # --- namespace -----------------------------------------------------------------------------
 
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        text = os.fsdecode(name)
+        text = decode_name(name)
         if text == ".":
             node = self._node(parent_inode)
         elif text == "..":
@@ -178,10 +384,13 @@ class Operations(pyfuse3.Operations):
                     node = self._lookup_child(parent_inode, text)
             if node is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
+        attrs = self._attrs(node)
         self._remember(node)
-        return self._attrs(node)
+        return attrs
 
     def _lookup_child(self, parent_inode: int, name: str) -> Node | None:
+        if not 0 < parent_inode <= MAX_SIZE:
+            return None
         node = self.namespace.lookup(parent_inode, name)
         if node is None and self.control is not None:
             node = self.control.lookup(parent_inode, name)
@@ -192,10 +401,13 @@ class Operations(pyfuse3.Operations):
             left = self._lookups.get(inode, 0) - count
             if left > 0:
                 self._lookups[inode] = left
-            else:
-                self._lookups.pop(inode, None)
-                if not any(f.node.inode == inode for f in self._open.values()):
-                    self._retained.pop(inode, None)
+                continue
+            self._lookups.pop(inode, None)
+            for key in self._entry_keys.pop(inode, ()):
+                if self._entries.get(key) == inode:
+                    del self._entries[key]
+            if not any(f.node.inode == inode for f in self._open.values()):
+                self._retained.pop(inode, None)
 
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         return self._attrs(self._node(inode))
@@ -216,7 +428,13 @@ class Operations(pyfuse3.Operations):
             if not batch:
                 return
             for node in batch:
-                if not pyfuse3.readdir_reply(token, os.fsencode(node.name), self._attrs(node), node.inode):
+                try:
+                    name = node.name.encode("utf-8")
+                except UnicodeEncodeError:  # the tree never stores such a name; skip, never fail the listing
+                    self._warn_once(node, "a name that is not UTF-8")
+                    cursor = node.inode
+                    continue
+                if not pyfuse3.readdir_reply(token, name, self._attrs(node), node.inode):
                     return
                 self._remember(node)
                 cursor = node.inode
@@ -229,21 +447,23 @@ class Operations(pyfuse3.Operations):
         data = pyfuse3.StatvfsData()
         data.f_bsize = BLOCK_SIZE
         data.f_frsize = BLOCK_SIZE
-        data.f_blocks = (totals.bytes + BLOCK_SIZE - 1) // BLOCK_SIZE
+        data.f_blocks = (min(max(totals.bytes or 0, 0), MAX_SIZE) + BLOCK_SIZE - 1) // BLOCK_SIZE
         data.f_bfree = data.f_bavail = 0
-        data.f_files = totals.entries
+        data.f_files = min(max(totals.entries or 0, 0), MAX_SIZE)
         data.f_ffree = data.f_favail = 0
-        data.f_namemax = 255
+        data.f_namemax = NAME_MAX
         return data
 
     # --- extended attributes ------------------------------------------------------------------
 
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         node = self._node(inode)
-        key = os.fsdecode(name)
+        key = decode_name(name)
         value = node.xattrs.get(key)
         extras = self.extras
         if value is None and extras is not None and key in extras.names and node.hoster_link and not node.link_offset:
+            # Secrets (transcode links) and API calls: the owner's only.
+            self._refuse_other(ctx, f"getxattr {key}")
             try:
                 value = await extras.get(key, node.hoster_link)  # RD's streaming data, on demand
             except RDError as exc:
@@ -267,10 +487,13 @@ class Operations(pyfuse3.Operations):
         node = self._node(inode)
         if node.kind == "dir":
             raise pyfuse3.FUSEError(errno.EISDIR)
-        fh = self._next_fh
-        self._next_fh += 1
         if self.control is not None and self.control.owns(inode):
-            self._open[fh] = OpenFile(node, control=self.control.open(inode, flags))
+            # Control files add, delete and cost API calls (status too): the owner's only.
+            # pyfuse3's write() has no ctx, so this is where other users are turned away.
+            self._refuse_other(ctx, f"open of .rdfs/{node.name}")
+            handle = self.control.open(inode, flags)
+            fh = self._new_fh()
+            self._open[fh] = OpenFile(node, control=handle)
             return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise pyfuse3.FUSEError(errno.EROFS)
@@ -278,27 +501,31 @@ class Operations(pyfuse3.Operations):
             log.warning("no link for %s (inode %d): file is not readable", node.name, inode)
             raise pyfuse3.FUSEError(errno.EIO)
         source = FileSource(
-            key=str(node.inode), hoster_link=node.hoster_link, size=node.size, offset=node.link_offset, name=node.name
+            key=str(node.inode), hoster_link=node.hoster_link, size=self._size(node), offset=node.link_offset, name=node.name
         )
-        self._open[fh] = OpenFile(node, handle=self.readers.open(source))
+        handle = self.readers.open(source)
+        fh = self._new_fh()
+        self._open[fh] = OpenFile(node, handle=handle)
         self._retained[inode] = node
         return pyfuse3.FileInfo(fh=fh, direct_io=not self.page_cache, keep_cache=self.page_cache)
+
+    def _new_fh(self) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        return fh
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         opened = self._open.get(fh)
         if opened is None:
             raise pyfuse3.FUSEError(errno.EBADF)
+        if size <= 0:
+            return b""
         if opened.control is not None:
             return await self.control.read(opened.control, off, size)
         assert opened.handle is not None
-        try:
-            return await opened.handle.read(off, size)
-        except LinkGone as exc:
-            log.error("read of %s failed: link gone (%s)", opened.node.name, exc)
-            raise pyfuse3.FUSEError(errno.EIO) from None
-        except RDError as exc:
-            log.error("read of %s failed: %s", opened.node.name, exc)
-            raise pyfuse3.FUSEError(errno.EIO) from None
+        if off >= self._size(opened.node):
+            return b""
+        return await opened.handle.read(off, size)  # RDError (a gone link too): EIO at the boundary
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         opened = self._open.get(fh)
@@ -315,24 +542,34 @@ class Operations(pyfuse3.Operations):
         opened = self._open.pop(fh, None)
         if opened is None:
             return
-        if opened.control is not None:
-            await self.control.release(opened.control)
-        elif opened.handle is not None:
-            await opened.handle.close()
-        inode = opened.node.inode
-        if inode not in self._lookups and not any(f.node.inode == inode for f in self._open.values()):
-            self._retained.pop(inode, None)
+        try:
+            if opened.control is not None:
+                await self.control.release(opened.control)
+            elif opened.handle is not None:
+                await opened.handle.close()
+        finally:
+            inode = opened.node.inode
+            if inode not in self._lookups and not any(f.node.inode == inode for f in self._open.values()):
+                self._retained.pop(inode, None)
 
     # --- everything that would change the tree ---------------------------------------------------
 
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        if self.control is None or not self.control.accepts_create(parent_inode, os.fsdecode(name)):
+        try:
+            text: str | None = decode_name(name)  # ENAMETOOLONG wherever it is
+        except BadName:
+            text = None
+        if self.control is None or parent_inode != CONTROL_INODE:
             raise pyfuse3.FUSEError(errno.EROFS)
-        node, handle = self.control.create(parent_inode, os.fsdecode(name))
-        fh = self._next_fh
-        self._next_fh += 1
+        self._refuse_other(ctx, "upload into .rdfs/")
+        if text is None:  # no .torrent upload can be named so: the name is refused, not the fs
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        if not self.control.accepts_create(parent_inode, text):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        node, handle = self.control.create(parent_inode, text)
+        fh = self._new_fh()
         self._open[fh] = OpenFile(node, control=handle)
         self._remember(node)
         return pyfuse3.FileInfo(fh=fh, direct_io=True), self._attrs(node)
@@ -343,6 +580,7 @@ class Operations(pyfuse3.Operations):
         node = self._node(inode)
         # The control layer decides what truncating its files means (an upload's O_TRUNC, truncate).
         if self.control is not None and self.control.owns(inode) and fields.update_size:
+            self._refuse_other(ctx, f"truncate of .rdfs/{node.name}")
             self.control.truncate(inode, attr.st_size)
             return self._attrs(node)
         if fields.update_size or fields.update_mode or fields.update_uid or fields.update_gid:
@@ -365,15 +603,16 @@ class Operations(pyfuse3.Operations):
         raise pyfuse3.FUSEError(errno.EROFS)
 
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        await self._remove(parent_inode, os.fsdecode(name))
+        await self._remove(parent_inode, decode_name(name), ctx)
 
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        await self._remove(parent_inode, os.fsdecode(name))
+        await self._remove(parent_inode, decode_name(name), ctx)
 
-    async def _remove(self, parent_inode: int, name: str) -> None:
-        node = self.namespace.lookup(parent_inode, name)
+    async def _remove(self, parent_inode: int, name: str, ctx: pyfuse3.RequestContext) -> None:
+        node = self.namespace.lookup(parent_inode, name) if 0 < parent_inode <= MAX_SIZE else None
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
+        self._refuse_other(ctx, "removal")
         if not self.allow_delete or self.control is None:
             raise pyfuse3.FUSEError(errno.EPERM)
         await self.control.remove_node(node)
@@ -381,33 +620,31 @@ class Operations(pyfuse3.Operations):
     # --- invalidation from the sync task ------------------------------------------------------
 
     def invalidate(self, change: TreeChange) -> None:
-        """Tell the kernel what a sync changed (called from the trio loop, never blocks)."""
+        """Tell the kernel what a sync changed (called from the trio loop, never blocks).
+
+        Only what the kernel holds is invalidated (entries and inodes it looked up and has not
+        forgotten): pyfuse3 logs a failed invalidation at ERROR, and a sync removing thousands of
+        torrents nobody listed would flood the log with them."""
         if not self._kernel_ready:
             return
         for parent, name in change.entries:
+            if (parent, name) not in self._entries:
+                continue
             try:
-                pyfuse3.invalidate_entry_async(parent, os.fsencode(name), ignore_enoent=True)
-            except OSError as exc:
-                log.debug("invalidate %d/%s: %s", parent, name, exc)
+                pyfuse3.invalidate_entry_async(parent, name.encode("utf-8"), ignore_enoent=True)
+            except (OSError, UnicodeEncodeError) as exc:
+                log.debug("invalidate %d/%r: %s", parent, name, exc)
         for inode in change.inodes:
+            if inode != pyfuse3.ROOT_INODE and inode not in self._lookups:
+                continue
             try:
                 pyfuse3.invalidate_inode(inode, attr_only=True)
-            except OSError as exc:  # ENOENT: the kernel does not know it, nothing to drop
+            except OSError as exc:  # ENOENT: the kernel forgot it meanwhile, nothing to drop
                 log.debug("invalidate inode %d: %s", inode, exc)
 
 
-# Stopgap until the FUSE boundary's single wrapper lands: the control layer's FsError as the
-# kernel's errno (the boundary's wrapper supersedes this; drop it when merging that).
-def _answer_fs_errors(handler):  # type: ignore[no-untyped-def]
-    @functools.wraps(handler)
-    async def answer(*args, **kwargs):  # type: ignore[no-untyped-def]
-        try:
-            return await handler(*args, **kwargs)
-        except FsError as exc:
-            raise pyfuse3.FUSEError(exc.errno) from None
-
-    return answer
-
-
-for _name in ("open", "read", "write", "flush", "release", "create", "setattr", "unlink", "rmdir"):
-    setattr(Operations, _name, _answer_fs_errors(getattr(Operations, _name)))
+# The boundary, on every handler pyfuse3 may call (also those only the base class answers).
+HANDLERS = tuple(name for name, value in vars(pyfuse3.Operations).items() if inspect.iscoroutinefunction(value))
+for _name in HANDLERS:
+    setattr(Operations, _name, _boundary(getattr(Operations, _name)))
+del _name

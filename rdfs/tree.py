@@ -468,6 +468,8 @@ class Namespace:
         return "/".join(reversed(parts))
 
     def totals(self) -> Totals:
-        count, size = self.cache.conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM entries").fetchone()
-        return Totals(entries=count, bytes=size)
+        # total() is a float sum: sizes near 2^63 never overflow it (sum() would raise).
+        sql = "SELECT count(*), total(CASE WHEN size > 0 THEN size ELSE 0 END) FROM entries"
+        count, size = self.cache.conn.execute(sql).fetchone()
+        return Totals(entries=count, bytes=int(size))
 

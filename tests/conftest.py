@@ -8,6 +8,7 @@ import selectors
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -23,6 +24,12 @@ from rdfs.emulator import Emulator
 from rdfs.emulator.control import EmulatorControl
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Hypothesis keeps its files outside the work tree (the property tests use no example database).
+with contextlib.suppress(ImportError):
+    from hypothesis.configuration import set_hypothesis_home_dir
+
+    set_hypothesis_home_dir(os.path.join(tempfile.gettempdir(), "rdfs-hypothesis"))
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -11,7 +12,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from rdfs.mount import is_fuse_mount
 
@@ -47,6 +48,38 @@ def force_unmount(path: Path) -> None:
         subprocess.run([fusermount, "-u", "-z", str(path)], capture_output=True)
 
 
+TRACEBACK = "Traceback (most recent call last):"
+_RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")  # how rdfs.logs starts each record
+
+
+def unexpected_tracebacks(log: str, allowed: tuple[str, ...] = ()) -> list[str]:
+    """The tracebacks in a mount's log whose text matches none of the ``allowed`` regexes.
+
+    A traceback in the log means a request or a task failed in a way nobody planned for (the
+    FUSE boundary logs those at ERROR): a mount test fails on one unless it provokes it on purpose.
+    Each traceback is taken with the log line before it (its record's message) up to the next
+    line that starts a new log record."""
+    found = []
+    lines = log.splitlines()
+    for index, line in enumerate(lines):
+        if TRACEBACK not in line:
+            continue
+        end = index + 1
+        while end < len(lines) and end - index < 400 and not _RECORD.match(lines[end]):
+            end += 1
+        block = "\n".join(lines[max(0, index - 1) : end])
+        if not any(re.search(pattern, block) for pattern in allowed):
+            found.append(block)
+    return found
+
+
+def check_log(mounted: Mounted, allowed: tuple[str, ...] = ()) -> None:
+    """Fail when the mount's log holds an unexpected traceback (see :func:`unexpected_tracebacks`)."""
+    found = unexpected_tracebacks(mounted.log(), allowed)
+    if found:
+        raise AssertionError(f"the mount's log holds {len(found)} unexpected traceback(s):\n" + "\n---\n".join(found))
+
+
 def stop(mounted: Mounted, sig: int = signal.SIGTERM) -> int | None:
     """Stop the mount process (SIGTERM: clean unmount), then make sure nothing is left mounted."""
     proc = mounted.process
@@ -70,8 +103,14 @@ def mount(
     cache_dir: Path | None = None,
     name: str = "mnt",
     env: dict[str, str] | None = None,
+    allowed_tracebacks: tuple[str, ...] = (),
+    popen: dict[str, Any] | None = None,
 ) -> Iterator[Mounted]:
-    """Mount at ``base/name``; unmount and stop the process on exit, also when the test failed."""
+    """Mount at ``base/name``; unmount and stop the process on exit, also when the test failed.
+
+    A test that passed fails when the log holds a traceback none of ``allowed_tracebacks`` (regexes)
+    matches. ``popen``: more arguments for ``subprocess.Popen`` (``user=``/``group=`` for a mount
+    made by another user)."""
     mountpoint = base / name
     mountpoint.mkdir(parents=True, exist_ok=True)
     cache_dir = cache_dir or base / "cache"
@@ -83,7 +122,9 @@ def mount(
     ]  # fmt: skip
     child_env = dict(os.environ, RDFS_CONFIG=str(base / "no-config.toml"), **(env or {}))
     with open(log_file, "ab") as out:
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env)
+        process = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env, **(popen or {})
+        )
     mounted = Mounted(mountpoint, cache_dir, log_file, process)
     try:
         deadline = time.monotonic() + MOUNT_TIMEOUT
@@ -94,5 +135,8 @@ def mount(
                 raise AssertionError(f"mount did not appear:\n{mounted.log()}")
             time.sleep(0.05)
         yield mounted
-    finally:
+    except BaseException:
         stop(mounted)
+        raise
+    stop(mounted)
+    check_log(mounted, allowed_tracebacks)
