@@ -10,6 +10,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Sequence
 from pathlib import Path
@@ -116,17 +117,85 @@ def _config(args: argparse.Namespace) -> configuration.Config:
     return config
 
 
+# Exit statuses (README "Signals, stopping and restarts").
+EXIT_OK = 0
+EXIT_USER_ERROR = 1  # a bad setting, a refused mountpoint, RD refusing: one line on stderr
+EXIT_INTERNAL_ERROR = 2  # an unexpected error: one line; a mount is left stale, not emptied
+EXIT_INTERRUPTED = 130
+
+
 def cmd_mount(args: argparse.Namespace) -> int:
     from rdfs import mount
 
     config = _config(args)
     mountpoint = args.mountpoint.expanduser().resolve()
     mount.check_mountpoint(mountpoint)
+    log_file = config.log_file or (None if args.foreground else config.cache_dir / "rdfs.log")
+    _check_outside(mountpoint, ("cache_dir", config.cache_dir), ("log_file", log_file))
+    _check_writable_dir(config.cache_dir, "cache dir")
+    if log_file is not None:
+        _check_writable_dir(log_file.parent, "log file directory")
     if not args.foreground:
         return _daemonize(args, config, mountpoint)
-    logs.setup("DEBUG" if args.verbose else config.log_level, config.log_file)
-    trio.run(mount.run, config, mountpoint)
-    return 0
+    try:
+        logs.setup("DEBUG" if args.verbose else config.log_level, config.log_file)
+    except OSError as exc:
+        raise UsageError(f"cannot write the log file {config.log_file}: {exc.strerror}") from None
+    try:
+        trio.run(mount.run, config, mountpoint)
+    except Exception as exc:
+        if isinstance(_single(exc), _user_errors()):
+            raise _single(exc) from None
+        # One line, never a traceback on stderr (it is at debug level in the log). The mount is
+        # left stale on purpose: ENOTCONN fails loudly where an empty directory empties libraries.
+        what = _describe_unexpected(exc)
+        if mount.is_fuse_mount(mountpoint):
+            log.critical("stopped by an unexpected error: %s; %s left stale: clear it with: rdfs umount %s", what, mountpoint, mountpoint)
+        else:
+            log.critical("stopped by an unexpected error: %s", what)
+        log.debug("the unexpected error", exc_info=exc)
+        return EXIT_INTERNAL_ERROR
+    return EXIT_OK
+
+
+def _describe_unexpected(exc: BaseException) -> str:
+    leaf = _single(exc)
+    text = logs.redact(str(leaf)).strip().splitlines()
+    return f"{type(leaf).__name__}: {text[0]}" if text else type(leaf).__name__
+
+
+def _single(exc: BaseException) -> BaseException:
+    """The one exception inside nested exception groups of one (trio nurseries wrap errors)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _check_outside(mountpoint: Path, *paths: tuple[str, Path | None]) -> None:
+    """Refuse a cache dir or log file inside the mountpoint: hidden by the mount, and the next
+    mount finds the mountpoint not empty (or rdfs writes its log into itself)."""
+    for name, path in paths:
+        if path is None:
+            continue
+        resolved = Path(os.path.realpath(path))
+        if resolved == mountpoint or mountpoint in resolved.parents:
+            raise UsageError(f"{name} {path} is inside the mountpoint {mountpoint}; choose a path outside it")
+
+
+def _check_writable_dir(path: Path, what: str) -> None:
+    """Create ``path`` if needed and prove a file can be created in it (a read-only filesystem
+    stops root too)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the {what} {path}: {exc.strerror}") from None
+    if not path.is_dir():
+        raise UsageError(f"the {what} {path} is not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot write in the {what} {path}: {exc.strerror}") from None
 
 
 def _daemonize(args: argparse.Namespace, config: configuration.Config, mountpoint: Path) -> int:
@@ -719,10 +788,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return func(args)
     except KeyboardInterrupt:
-        return 130
-    except _user_errors() as exc:
-        message = logs.redact(str(exc)) or type(exc).__name__
+        return EXIT_INTERRUPTED
+    except BaseException as exc:
+        error = _single(exc)
+        if isinstance(error, KeyboardInterrupt):
+            return EXIT_INTERRUPTED
+        if isinstance(error, _user_errors()):
+            message = logs.redact(str(error)) or type(error).__name__
+            status = EXIT_USER_ERROR
+        elif isinstance(error, Exception):
+            # A bug: still one line (the traceback with -v), never a wall of text for the user.
+            message = f"internal error: {_describe_unexpected(error)}"
+            status = EXIT_INTERNAL_ERROR
+            if args.verbose:
+                import traceback
+
+                traceback.print_exception(exc)
+        else:
+            raise
         # One line on stderr; a daemonised mount's stderr is its log file, where the parent reads it.
         print(f"rdfs: error: {message}", file=sys.stderr)
-        return 1
-
+        return status
