@@ -7,6 +7,7 @@ import dataclasses
 import getpass
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Sequence
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, NoReturn, TypeVar
 
 import trio
 
@@ -52,23 +53,50 @@ class UsageError(Exception):
     """A user error: printed as one line, exit status 1."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """Argument errors are one line too (argparse prints the whole usage first), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"rdfs: error: {message} (see {self.prog} --help)\n")
+
+
+def _seconds(text: str) -> float:
+    """A duration flag: a finite number of seconds, not negative."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite, non-negative number of seconds, got {text!r}")
+    return value
+
+
+def _path(text: str) -> Path:
+    """A path flag; an empty one would silently mean the current directory."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path")
+    if "\0" in text:
+        raise argparse.ArgumentTypeError("a path with a NUL byte")
+    return Path(text)
+
+
 def _add_connection_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-url", help="RD REST base URL (env RDFS_API_URL)")
     parser.add_argument("--oauth-url", help="RD OAuth base URL (env RDFS_OAUTH_URL)")
     parser.add_argument("--token", help="private API token (safer: env RD_API_TOKEN or `rdfs login`; command lines are visible to all users)")
-    parser.add_argument("--config", type=Path, help="config file (default $XDG_CONFIG_HOME/rdfs/config.toml)")
+    parser.add_argument("--config", type=_path, help="config file (default $XDG_CONFIG_HOME/rdfs/config.toml)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rdfs", description="Mount a Real-Debrid account as a filesystem.")
+    parser = _Parser(prog="rdfs", description="Mount a Real-Debrid account as a filesystem.")
     parser.add_argument("--version", action="version", version=f"rdfs {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     mount = commands.add_parser("mount", help="mount the account", description="Mount the account at MOUNTPOINT.")
-    mount.add_argument("mountpoint", type=Path)
+    mount.add_argument("mountpoint", type=_path)
     _add_connection_flags(mount)
-    mount.add_argument("--cache-dir", type=Path, help="metadata cache (default $XDG_CACHE_HOME/rdfs)")
+    mount.add_argument("--cache-dir", type=_path, help="metadata cache (default $XDG_CACHE_HOME/rdfs)")
     mount.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground (tests, systemd)")
     mount.add_argument("--allow-other", action="store_true", default=None, help="let other users see the mount")
     mount.add_argument("--allow-delete", action="store_true", default=None, help="let rm -r delete torrents upstream")
@@ -78,11 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument(
         "--page-cache", action="store_true", default=None, help="read through the kernel page cache (for mmap MAP_SHARED)"
     )
-    mount.add_argument("--log-file", type=Path, help="log file (default: stderr in the foreground)")
+    mount.add_argument("--log-file", type=_path, help="log file (default: stderr in the foreground)")
     mount.set_defaults(func=cmd_mount)
 
     umount = commands.add_parser("umount", help="unmount (also clears a stale mount)")
-    umount.add_argument("mountpoint", type=Path)
+    umount.add_argument("mountpoint", type=_path)
     umount.set_defaults(func=cmd_umount)
 
     _add_management_commands(commands)
@@ -120,7 +148,8 @@ def _config(args: argparse.Namespace) -> configuration.Config:
 # Exit statuses (README "Signals, stopping and restarts").
 EXIT_OK = 0
 EXIT_USER_ERROR = 1  # a bad setting, a refused mountpoint, RD refusing: one line on stderr
-EXIT_INTERNAL_ERROR = 2  # an unexpected error: one line; a mount is left stale, not emptied
+EXIT_USAGE = 2  # a malformed command line (argparse): one line on stderr
+EXIT_INTERNAL_ERROR = 3  # an unexpected error: one line; a mount is left stale, not emptied
 EXIT_INTERRUPTED = 130
 
 
@@ -185,12 +214,12 @@ def _check_outside(mountpoint: Path, *paths: tuple[str, Path | None]) -> None:
 def _check_writable_dir(path: Path, what: str) -> None:
     """Create ``path`` if needed and prove a file can be created in it (a read-only filesystem
     stops root too)."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"the {what} {path} is not a directory")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create the {what} {path}: {exc.strerror}") from None
-    if not path.is_dir():
-        raise UsageError(f"the {what} {path} is not a directory")
     try:
         with tempfile.TemporaryFile(dir=path):
             pass
@@ -276,21 +305,21 @@ def _add_management_commands(commands: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     login.add_argument("--api-url", help="RD REST base URL (env RDFS_API_URL)")
     login.add_argument("--oauth-url", help="RD OAuth base URL (env RDFS_OAUTH_URL)")
-    login.add_argument("--config", type=Path, help="config file (default $XDG_CONFIG_HOME/rdfs/config.toml)")
-    login.add_argument("--poll-interval", type=float, metavar="S", help="seconds between approval checks")
+    login.add_argument("--config", type=_path, help="config file (default $XDG_CONFIG_HOME/rdfs/config.toml)")
+    login.add_argument("--poll-interval", type=_seconds, metavar="S", help="seconds between approval checks")
     login.set_defaults(func=cmd_login)
 
     logout = commands.add_parser("logout", help="revoke and forget the stored login")
     logout.add_argument("--api-url", help="RD REST base URL (env RDFS_API_URL)")
     logout.add_argument("--oauth-url", help="RD OAuth base URL (env RDFS_OAUTH_URL)")
-    logout.add_argument("--config", type=Path, help="config file")
+    logout.add_argument("--config", type=_path, help="config file")
     logout.set_defaults(func=cmd_logout)
 
     status = commands.add_parser(
         "status", help="state of a mount (or of the account)",
         description="Show MOUNTPOINT/.rdfs/status; without MOUNTPOINT, every rdfs mount, or the account if none.",
     )  # fmt: skip
-    status.add_argument("mountpoint", type=Path, nargs="?")
+    status.add_argument("mountpoint", type=_path, nargs="?")
     status.add_argument("--watch", action="store_true", help="redraw every second (e.g. during a first sync)")
     _add_output_flag(status)
     _add_connection_flags(status)
@@ -303,8 +332,8 @@ def _add_management_commands(commands: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     add.add_argument("items", nargs="+", metavar="MAGNET|HASH|FILE.torrent")
     add.add_argument("--select", choices=SELECTION_POLICIES, default="all", help="files to select (default all)")
-    add.add_argument("--wait", type=float, default=60.0, metavar="S", help="wait for magnet conversion (default 60)")
-    add.add_argument("--mount", type=Path, metavar="MOUNTPOINT", help="rdfs mount to refresh afterwards")
+    add.add_argument("--wait", type=_seconds, default=60.0, metavar="S", help="wait for magnet conversion (default 60)")
+    add.add_argument("--mount", type=_path, metavar="MOUNTPOINT", help="rdfs mount to refresh afterwards")
     _add_output_flag(add)
     _add_connection_flags(add)
     add.set_defaults(func=cmd_add)
@@ -315,7 +344,7 @@ def _add_management_commands(commands: argparse._SubParsersAction) -> None:
         "downloads (downloads/<name>, or a file in a mount's downloads/) from the account.",
     )  # fmt: skip
     rm.add_argument("targets", nargs="+", metavar="ID|PATH")
-    rm.add_argument("--mount", type=Path, metavar="MOUNTPOINT", help="rdfs mount to resolve names in and refresh")
+    rm.add_argument("--mount", type=_path, metavar="MOUNTPOINT", help="rdfs mount to resolve names in and refresh")
     _add_output_flag(rm)
     _add_connection_flags(rm)
     rm.set_defaults(func=cmd_rm)
