@@ -212,19 +212,21 @@ def _check_outside(mountpoint: Path, *paths: tuple[str, Path | None]) -> None:
 
 
 def _check_writable_dir(path: Path, what: str) -> None:
-    """Create ``path`` if needed and prove a file can be created in it (a read-only filesystem
-    stops root too)."""
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"the {what} {path} is not a directory")
+    """Prove a file can be created in ``path``, or in the nearest existing directory above it
+    when it does not exist yet (a read-only filesystem stops root too). Nothing is left behind:
+    a refused mount creates no directory."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = path if existing == path else existing
+        raise UsageError(f"cannot use {path} as the {what}: {where} is not a directory")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create the {what} {path}: {exc.strerror}") from None
-    try:
-        with tempfile.TemporaryFile(dir=path):
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as exc:
-        raise UsageError(f"cannot write in the {what} {path}: {exc.strerror}") from None
+        verb = "write in" if existing == path else "create"
+        raise UsageError(f"cannot {verb} the {what} {path}: {exc.strerror}") from None
 
 
 def _daemonize(args: argparse.Namespace, config: configuration.Config, mountpoint: Path) -> int:
