@@ -182,7 +182,65 @@ def test_an_unexpected_error_leaves_the_mount_stale_with_one_log_line(emulator_p
         assert result.returncode == 0, result.stderr
         assert not is_fuse_mount(mountpoint) and os.listdir(mountpoint) == []
     finally:
-        if process.poll() is None:
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+        mountutil.force_unmount(mountpoint)
+
+
+def unit_commands(key: str) -> list[list[str]]:
+    """The command lines of ``key=`` in scripts/rdfs.service, as argv lists."""
+    unit = Path(__file__).parent.parent / "scripts" / "rdfs.service"
+    return [line.split("=", 1)[1].split() for line in unit.read_text().splitlines() if line.startswith(key + "=")]
+
+
+def as_test_argv(command: list[str], home: Path) -> list[str]:
+    """A unit command as this test runs it: ``%h`` is the test's home, ``rdfs`` this checkout."""
+    argv = [arg.replace("%h", str(home)) for arg in command]
+    assert argv[0].lstrip("-") == "rdfs"
+    return [sys.executable, "-m", "rdfs", *argv[1:]]
+
+
+def test_the_systemd_unit_restarts_on_failure_and_clears_a_stale_mount_first(emulator_proc, tmp_path):
+    """What systemd does after rdfs died: ExecStartPre (allowed to fail: '-') clears the stale
+    mount, then ExecStart mounts again; with nothing mounted, ExecStartPre's failure is ignored."""
+    unit = (Path(__file__).parent.parent / "scripts" / "rdfs.service").read_text()
+    assert "\nRestart=on-failure\n" in unit
+    (pre,) = unit_commands("ExecStartPre")
+    (start,) = unit_commands("ExecStart")
+    (stop,) = unit_commands("ExecStop")
+    assert pre[0].startswith("-") and "--foreground" in start
+    torrent = emulator_proc.control.add_torrent("Restarted", [FileSpec("/r.bin", 7000)])
+    home = tmp_path
+    (home / "RealDebrid").mkdir()
+    env = dict(os.environ, RDFS_API_URL=emulator_proc.api_url, RD_API_TOKEN=emulator_proc.token,
+               RDFS_CONFIG=str(tmp_path / "none.toml"), RDFS_CACHE_DIR=str(tmp_path / "cache"),
+               RDFS_SYNC_INTERVAL="1")  # fmt: skip
+    mountpoint = home / "RealDebrid"
+    process: subprocess.Popen | None = None
+    try:
+        for _ in range(2):  # the first start has nothing to clear; the second a stale mount
+            subprocess.run(as_test_argv(pre, home), env=env, capture_output=True, timeout=60)
+            assert not is_fuse_mount(mountpoint) and os.listdir(mountpoint) == []
+            process = subprocess.Popen(as_test_argv(start, home), env=env, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)  # fmt: skip
+            path = mountpoint / "torrents" / "Restarted" / "r.bin"
+            mountutil.wait_for(path.exists, timeout=30, what="the unit's mount")
+            assert path.read_bytes() == emulator_proc.control.file_bytes(torrent, 1)
+            process.kill()  # rdfs dies: systemd restarts it (Restart=on-failure)
+            process.wait(timeout=10)
+            assert_stale(mountpoint)
+        subprocess.run(as_test_argv(pre, home), env=env, capture_output=True, timeout=60)
+        assert not is_fuse_mount(mountpoint)
+        # ExecStop on a live mount: a clean unmount, after which rdfs exits 0 (not restarted).
+        process = subprocess.Popen(as_test_argv(start, home), env=env, stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        mountutil.wait_for(lambda: is_fuse_mount(mountpoint), timeout=30, what="the mount")
+        assert subprocess.run(as_test_argv(stop, home), env=env, capture_output=True, timeout=60).returncode == 0
+        assert process.wait(timeout=30) == 0
+        assert not is_fuse_mount(mountpoint) and os.listdir(mountpoint) == []
+    finally:
+        if process is not None and process.poll() is None:
             process.kill()
             process.wait()
         mountutil.force_unmount(mountpoint)
