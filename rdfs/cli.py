@@ -272,7 +272,14 @@ def _last_error(log_file: Path) -> str:
         lines = [line for line in log_file.read_text(errors="replace").splitlines() if line.strip()]
     except OSError:
         return "unknown error"
-    return lines[-1].split("rdfs: error: ", 1)[-1] if lines else "unknown error"
+    if not lines:
+        return "unknown error"
+    last = lines[-1]
+    if "rdfs: error: " in last:
+        return last.split("rdfs: error: ", 1)[1]
+    # The child's last log line, e.g. "<date> <time> CRITICAL rdfs: stopped by an unexpected error: ..."
+    fields = last.split(" ", 4)
+    return fields[4] if len(fields) == 5 and fields[2].isupper() else last
 
 
 def cmd_umount(args: argparse.Namespace) -> int:

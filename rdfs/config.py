@@ -106,15 +106,6 @@ MAX_INT = 2**40
 MAX_SECONDS = 10 * 365 * 86400.0
 
 
-def _kind(name: str) -> type:
-    """The type a field holds (``token`` and ``log_file`` may be None)."""
-    if name == "token":
-        return str
-    if name in ("cache_dir", "log_file"):
-        return Path
-    return type(_DEFAULTS[name])
-
-
 def _check_range(name: str, value: float, maximum: float) -> None:
     if value < 0:
         raise ConfigError(f"{name} must not be negative, got {value}")
@@ -127,9 +118,9 @@ def _checked(name: str, value: Any) -> Any:
 
     Strict on types: a bool is not a number (``rate_limit = true``) and a number is not a bool.
     """
-    if value is None and name in ("token", "log_file"):
+    if value is None and name in _OPTIONAL:
         return None
-    kind = _kind(name)
+    kind = _KINDS[name]
     if kind is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{name} must be true or false, got {value!r}")
@@ -149,16 +140,21 @@ def _checked(name: str, value: Any) -> Any:
             raise ConfigError(f"{name} must be a path, got {value!r}")
         if "\0" in str(value):
             raise ConfigError(f"{name} must not contain a NUL byte")
-    elif not isinstance(value, str):
+    elif kind is str and not isinstance(value, str):
         raise ConfigError(f"{name} must be a string, got {value!r}")
     return value
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config) if f.name != "config_path"}
-_DEFAULTS = {
-    f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+# The type each field holds, from its annotation ("Path | None" -> Path): no default is built
+# at import (the default cache dir needs a home directory).
+_TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool, "Path": Path}
+_KINDS: dict[str, type] = {
+    f.name: _TYPES.get(str(f.type).removesuffix(" | None"), object)  # object: not type-checked here
     for f in dataclasses.fields(Config)
+    if f.name != "config_path"
 }
+_OPTIONAL = {f.name for f in dataclasses.fields(Config) if str(f.type).endswith(" | None")}
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -166,7 +162,7 @@ def _coerce(name: str, value: Any) -> Any:
     they are, to be type-checked strictly by :func:`_checked`."""
     if not isinstance(value, str):
         return value
-    kind = _kind(name)
+    kind = _KINDS[name]
     text = value.strip()
     if kind is bool:
         lowered = text.lower()
