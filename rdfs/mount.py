@@ -34,8 +34,8 @@ from typing import Any
 import pyfuse3
 import trio
 
-from rdfs.api.client import RDClient
 from rdfs import logs
+from rdfs.api.client import RDClient
 from rdfs.archives import ArchiveIndexer
 from rdfs.cache import Cache
 from rdfs.config import Config
