@@ -7,13 +7,15 @@ import dataclasses
 import getpass
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Sequence
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, NoReturn, TypeVar
 
 import trio
 
@@ -51,23 +53,50 @@ class UsageError(Exception):
     """A user error: printed as one line, exit status 1."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """Argument errors are one line too (argparse prints the whole usage first), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"rdfs: error: {message} (see {self.prog} --help)\n")
+
+
+def _seconds(text: str) -> float:
+    """A duration flag: a finite number of seconds, not negative."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite, non-negative number of seconds, got {text!r}")
+    return value
+
+
+def _path(text: str) -> Path:
+    """A path flag; an empty one would silently mean the current directory."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path")
+    if "\0" in text:
+        raise argparse.ArgumentTypeError("a path with a NUL byte")
+    return Path(text)
+
+
 def _add_connection_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-url", help="RD REST base URL (env RDFS_API_URL)")
     parser.add_argument("--oauth-url", help="RD OAuth base URL (env RDFS_OAUTH_URL)")
     parser.add_argument("--token", help="private API token (safer: env RD_API_TOKEN or `rdfs login`; command lines are visible to all users)")
-    parser.add_argument("--config", type=Path, help="config file (default $XDG_CONFIG_HOME/rdfs/config.toml)")
+    parser.add_argument("--config", type=_path, help="config file (default $XDG_CONFIG_HOME/rdfs/config.toml)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rdfs", description="Mount a Real-Debrid account as a filesystem.")
+    parser = _Parser(prog="rdfs", description="Mount a Real-Debrid account as a filesystem.")
     parser.add_argument("--version", action="version", version=f"rdfs {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     mount = commands.add_parser("mount", help="mount the account", description="Mount the account at MOUNTPOINT.")
-    mount.add_argument("mountpoint", type=Path)
+    mount.add_argument("mountpoint", type=_path)
     _add_connection_flags(mount)
-    mount.add_argument("--cache-dir", type=Path, help="metadata cache (default $XDG_CACHE_HOME/rdfs)")
+    mount.add_argument("--cache-dir", type=_path, help="metadata cache (default $XDG_CACHE_HOME/rdfs)")
     mount.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground (tests, systemd)")
     mount.add_argument("--allow-other", action="store_true", default=None, help="let other users see the mount")
     mount.add_argument("--allow-delete", action="store_true", default=None, help="let rm -r delete torrents upstream")
@@ -77,11 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument(
         "--page-cache", action="store_true", default=None, help="read through the kernel page cache (for mmap MAP_SHARED)"
     )
-    mount.add_argument("--log-file", type=Path, help="log file (default: stderr in the foreground)")
+    mount.add_argument("--log-file", type=_path, help="log file (default: stderr in the foreground)")
     mount.set_defaults(func=cmd_mount)
 
     umount = commands.add_parser("umount", help="unmount (also clears a stale mount)")
-    umount.add_argument("mountpoint", type=Path)
+    umount.add_argument("mountpoint", type=_path)
     umount.set_defaults(func=cmd_umount)
 
     _add_management_commands(commands)
@@ -116,17 +145,88 @@ def _config(args: argparse.Namespace) -> configuration.Config:
     return config
 
 
+# Exit statuses (README "Signals, stopping and restarts").
+EXIT_OK = 0
+EXIT_USER_ERROR = 1  # a bad setting, a refused mountpoint, RD refusing: one line on stderr
+EXIT_USAGE = 2  # a malformed command line (argparse): one line on stderr
+EXIT_INTERNAL_ERROR = 3  # an unexpected error: one line; a mount is left stale, not emptied
+EXIT_INTERRUPTED = 130
+
+
 def cmd_mount(args: argparse.Namespace) -> int:
     from rdfs import mount
 
     config = _config(args)
     mountpoint = args.mountpoint.expanduser().resolve()
     mount.check_mountpoint(mountpoint)
+    log_file = config.log_file or (None if args.foreground else config.cache_dir / "rdfs.log")
+    _check_outside(mountpoint, ("cache_dir", config.cache_dir), ("log_file", log_file))
+    _check_writable_dir(config.cache_dir, "cache dir")
+    if log_file is not None:
+        _check_writable_dir(log_file.parent, "log file directory")
     if not args.foreground:
         return _daemonize(args, config, mountpoint)
-    logs.setup("DEBUG" if args.verbose else config.log_level, config.log_file)
-    trio.run(mount.run, config, mountpoint)
-    return 0
+    try:
+        logs.setup("DEBUG" if args.verbose else config.log_level, config.log_file)
+    except OSError as exc:
+        raise UsageError(f"cannot write the log file {config.log_file}: {exc.strerror}") from None
+    try:
+        trio.run(mount.run, config, mountpoint)
+    except Exception as exc:
+        if isinstance(_single(exc), _user_errors()):
+            raise _single(exc) from None
+        # One line, never a traceback on stderr (it is at debug level in the log). The mount is
+        # left stale on purpose: ENOTCONN fails loudly where an empty directory empties libraries.
+        what = _describe_unexpected(exc)
+        if mount.is_fuse_mount(mountpoint):
+            log.critical("stopped by an unexpected error: %s; %s left stale: clear it with: rdfs umount %s", what, mountpoint, mountpoint)
+        else:
+            log.critical("stopped by an unexpected error: %s", what)
+        log.debug("the unexpected error", exc_info=exc)
+        return EXIT_INTERNAL_ERROR
+    return EXIT_OK
+
+
+def _describe_unexpected(exc: BaseException) -> str:
+    leaf = _single(exc)
+    text = logs.redact(str(leaf)).strip().splitlines()
+    return f"{type(leaf).__name__}: {text[0]}" if text else type(leaf).__name__
+
+
+def _single(exc: BaseException) -> BaseException:
+    """The one exception inside nested exception groups of one (trio nurseries wrap errors)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _check_outside(mountpoint: Path, *paths: tuple[str, Path | None]) -> None:
+    """Refuse a cache dir or log file inside the mountpoint: hidden by the mount, and the next
+    mount finds the mountpoint not empty (or rdfs writes its log into itself)."""
+    for name, path in paths:
+        if path is None:
+            continue
+        resolved = Path(os.path.realpath(path))
+        if resolved == mountpoint or mountpoint in resolved.parents:
+            raise UsageError(f"{name} {path} is inside the mountpoint {mountpoint}; choose a path outside it")
+
+
+def _check_writable_dir(path: Path, what: str) -> None:
+    """Prove a file can be created in ``path``, or in the nearest existing directory above it
+    when it does not exist yet (a read-only filesystem stops root too). Nothing is left behind:
+    a refused mount creates no directory."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = path if existing == path else existing
+        raise UsageError(f"cannot use {path} as the {what}: {where} is not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        verb = "write in" if existing == path else "create"
+        raise UsageError(f"cannot {verb} the {what} {path}: {exc.strerror}") from None
 
 
 def _daemonize(args: argparse.Namespace, config: configuration.Config, mountpoint: Path) -> int:
@@ -172,7 +272,14 @@ def _last_error(log_file: Path) -> str:
         lines = [line for line in log_file.read_text(errors="replace").splitlines() if line.strip()]
     except OSError:
         return "unknown error"
-    return lines[-1].split("rdfs: error: ", 1)[-1] if lines else "unknown error"
+    if not lines:
+        return "unknown error"
+    last = lines[-1]
+    if "rdfs: error: " in last:
+        return last.split("rdfs: error: ", 1)[1]
+    # The child's last log line, e.g. "<date> <time> CRITICAL rdfs: stopped by an unexpected error: ..."
+    fields = last.split(" ", 4)
+    return fields[4] if len(fields) == 5 and fields[2].isupper() else last
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
@@ -207,21 +314,21 @@ def _add_management_commands(commands: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     login.add_argument("--api-url", help="RD REST base URL (env RDFS_API_URL)")
     login.add_argument("--oauth-url", help="RD OAuth base URL (env RDFS_OAUTH_URL)")
-    login.add_argument("--config", type=Path, help="config file (default $XDG_CONFIG_HOME/rdfs/config.toml)")
-    login.add_argument("--poll-interval", type=float, metavar="S", help="seconds between approval checks")
+    login.add_argument("--config", type=_path, help="config file (default $XDG_CONFIG_HOME/rdfs/config.toml)")
+    login.add_argument("--poll-interval", type=_seconds, metavar="S", help="seconds between approval checks")
     login.set_defaults(func=cmd_login)
 
     logout = commands.add_parser("logout", help="revoke and forget the stored login")
     logout.add_argument("--api-url", help="RD REST base URL (env RDFS_API_URL)")
     logout.add_argument("--oauth-url", help="RD OAuth base URL (env RDFS_OAUTH_URL)")
-    logout.add_argument("--config", type=Path, help="config file")
+    logout.add_argument("--config", type=_path, help="config file")
     logout.set_defaults(func=cmd_logout)
 
     status = commands.add_parser(
         "status", help="state of a mount (or of the account)",
         description="Show MOUNTPOINT/.rdfs/status; without MOUNTPOINT, every rdfs mount, or the account if none.",
     )  # fmt: skip
-    status.add_argument("mountpoint", type=Path, nargs="?")
+    status.add_argument("mountpoint", type=_path, nargs="?")
     status.add_argument("--watch", action="store_true", help="redraw every second (e.g. during a first sync)")
     _add_output_flag(status)
     _add_connection_flags(status)
@@ -234,8 +341,8 @@ def _add_management_commands(commands: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     add.add_argument("items", nargs="+", metavar="MAGNET|HASH|FILE.torrent")
     add.add_argument("--select", choices=SELECTION_POLICIES, default="all", help="files to select (default all)")
-    add.add_argument("--wait", type=float, default=60.0, metavar="S", help="wait for magnet conversion (default 60)")
-    add.add_argument("--mount", type=Path, metavar="MOUNTPOINT", help="rdfs mount to refresh afterwards")
+    add.add_argument("--wait", type=_seconds, default=60.0, metavar="S", help="wait for magnet conversion (default 60)")
+    add.add_argument("--mount", type=_path, metavar="MOUNTPOINT", help="rdfs mount to refresh afterwards")
     _add_output_flag(add)
     _add_connection_flags(add)
     add.set_defaults(func=cmd_add)
@@ -246,7 +353,7 @@ def _add_management_commands(commands: argparse._SubParsersAction) -> None:
         "downloads (downloads/<name>, or a file in a mount's downloads/) from the account.",
     )  # fmt: skip
     rm.add_argument("targets", nargs="+", metavar="ID|PATH")
-    rm.add_argument("--mount", type=Path, metavar="MOUNTPOINT", help="rdfs mount to resolve names in and refresh")
+    rm.add_argument("--mount", type=_path, metavar="MOUNTPOINT", help="rdfs mount to resolve names in and refresh")
     _add_output_flag(rm)
     _add_connection_flags(rm)
     rm.set_defaults(func=cmd_rm)
@@ -719,10 +826,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return func(args)
     except KeyboardInterrupt:
-        return 130
-    except _user_errors() as exc:
-        message = logs.redact(str(exc)) or type(exc).__name__
+        return EXIT_INTERRUPTED
+    except BaseException as exc:
+        error = _single(exc)
+        if isinstance(error, KeyboardInterrupt):
+            return EXIT_INTERRUPTED
+        if isinstance(error, _user_errors()):
+            message = logs.redact(str(error)) or type(error).__name__
+            status = EXIT_USER_ERROR
+        elif isinstance(error, Exception):
+            # A bug: still one line (the traceback with -v), never a wall of text for the user.
+            message = f"internal error: {_describe_unexpected(error)}"
+            status = EXIT_INTERNAL_ERROR
+            if args.verbose:
+                import traceback
+
+                traceback.print_exception(exc)
+        else:
+            raise
         # One line on stderr; a daemonised mount's stderr is its log file, where the parent reads it.
         print(f"rdfs: error: {message}", file=sys.stderr)
-        return 1
-
+        return status

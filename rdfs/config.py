@@ -8,11 +8,14 @@ Environment variables are ``RDFS_<FIELD>`` in upper case, plus ``RD_API_TOKEN`` 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+
+from rdfs.api.client import _check_base_url as check_base_url
 
 DEFAULT_API_URL = "https://api.real-debrid.com/rest/1.0"
 DEFAULT_OAUTH_URL = "https://api.real-debrid.com/oauth/v2"
@@ -72,53 +75,125 @@ class Config:
     config_path: Path | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
+        for item in dataclasses.fields(self):
+            if item.name != "config_path":
+                setattr(self, item.name, _checked(item.name, getattr(self, item.name)))
         self.cache_dir = Path(self.cache_dir).expanduser()
         if self.log_file is not None:
             self.log_file = Path(self.log_file).expanduser()
-        if self.sync_interval <= 0:
-            raise ConfigError(f"sync_interval must be positive, got {self.sync_interval}")
-        if self.rate_limit <= 0:
-            raise ConfigError(f"rate_limit must be positive, got {self.rate_limit}")
+        for name in ("sync_interval", "rate_limit", "chunk_cache_mb", "link_ttl", "read_ahead_kb", "max_background"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.selection not in ("all", "video"):
             raise ConfigError(f"selection must be 'all' or 'video', got {self.selection!r}")
         if not 0 < self.max_delete_fraction <= 1:
             raise ConfigError(f"max_delete_fraction must be in (0, 1], got {self.max_delete_fraction}")
+        level = self.log_level.upper()
+        if level not in LOG_LEVELS:
+            raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+        self.log_level = level
+        for name in ("api_url", "oauth_url"):
+            try:
+                check_base_url(getattr(self, name))
+            except ValueError as exc:
+                raise ConfigError(f"{name}: {exc}") from None
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Upper bounds keep every setting in the range the code below it handles (SQLite integers,
+# trio deadlines, byte counts derived from MiB): far beyond any useful value, they only stop typos.
+MAX_INT = 2**40
+MAX_SECONDS = 10 * 365 * 86400.0
+
+
+def _check_range(name: str, value: float, maximum: float) -> None:
+    if value < 0:
+        raise ConfigError(f"{name} must not be negative, got {value}")
+    if value > maximum:
+        raise ConfigError(f"{name} must be at most {maximum:.0f}, got {value}")
+
+
+def _checked(name: str, value: Any) -> Any:
+    """``value`` if it has the field's type and a finite, non-negative value, else ConfigError.
+
+    Strict on types: a bool is not a number (``rate_limit = true``) and a number is not a bool.
+    """
+    if value is None and name in _OPTIONAL:
+        return None
+    kind = _KINDS[name]
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false, got {value!r}")
+    elif kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name} must be a whole number, got {value!r}")
+        _check_range(name, value, MAX_INT)
+    elif kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name} must be a number, got {value!r}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number, got {value}")
+        _check_range(name, value, MAX_SECONDS)
+    elif kind is Path:
+        if not isinstance(value, (str, os.PathLike)) or not str(value):
+            raise ConfigError(f"{name} must be a path, got {value!r}")
+        if "\0" in str(value):
+            raise ConfigError(f"{name} must not contain a NUL byte")
+    elif kind is str and not isinstance(value, str):
+        raise ConfigError(f"{name} must be a string, got {value!r}")
+    return value
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config) if f.name != "config_path"}
+# The type each field holds, from its annotation ("Path | None" -> Path): no default is built
+# at import (the default cache dir needs a home directory).
+_TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool, "Path": Path}
+_KINDS: dict[str, type] = {
+    f.name: _TYPES.get(str(f.type).removesuffix(" | None"), object)  # object: not type-checked here
+    for f in dataclasses.fields(Config)
+    if f.name != "config_path"
+}
+_OPTIONAL = {f.name for f in dataclasses.fields(Config) if str(f.type).endswith(" | None")}
 
 
 def _coerce(name: str, value: Any) -> Any:
-    """Turn a string (env) or TOML value into the field's type."""
-    kind = type(getattr(Config(), name)) if name not in ("token", "log_file") else str
-    if value is None:
-        return None
+    """Turn an environment string into the field's type; other values (TOML, flags) are kept as
+    they are, to be type-checked strictly by :func:`_checked`."""
+    if not isinstance(value, str):
+        return value
+    kind = _KINDS[name]
+    text = value.strip()
+    if kind is bool:
+        lowered = text.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
     try:
-        if kind is bool:
-            if isinstance(value, bool):
-                return value
-            lowered = str(value).strip().lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
         if kind is int:
-            return int(value)
+            return int(text)
         if kind is float:
-            return float(value)
-        if name in ("cache_dir", "log_file"):
-            return Path(str(value))
-        return str(value)
-    except (TypeError, ValueError):
+            return float(text)
+    except ValueError:
         raise ConfigError(f"invalid value for {name}: {value!r}") from None
+    if kind is Path:
+        return Path(value) if value else value
+    return value
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        return tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def read_table(path: Path | None, name: str) -> dict[str, Any] | None:
@@ -139,15 +214,26 @@ def load_file(path: Path) -> dict[str, Any]:
     unknown = sorted(k for k, v in data.items() if k not in _FIELDS and not isinstance(v, dict))
     if unknown:
         raise ConfigError(f"{path}: unknown setting(s): {', '.join(unknown)}")
-    return {k: _coerce(k, v) for k, v in data.items() if k in _FIELDS}
+    values = {k: v for k, v in data.items() if k in _FIELDS}
+    for name, value in values.items():
+        if name in ("cache_dir", "log_file") and isinstance(value, str) and value:
+            values[name] = Path(value)
+        try:
+            _checked(name, values[name])
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    return values
 
 
 def load_env(environ: Mapping[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for name in _FIELDS:
         env_name = f"RDFS_{name.upper()}"
-        if env_name in environ:
-            values[name] = _coerce(name, environ[env_name])
+        if environ.get(env_name, "") != "":  # an empty variable counts as unset, as for RD_API_TOKEN
+            try:
+                values[name] = _checked(name, _coerce(name, environ[env_name]))
+            except ConfigError as exc:
+                raise ConfigError(f"{env_name}: {exc}") from None
     if environ.get("RD_API_TOKEN"):
         values["token"] = environ["RD_API_TOKEN"]
     return values
@@ -162,8 +248,10 @@ def load(
     """Merge the layers; ``flags`` holds only the options the user actually gave (None = unset)."""
     environ = os.environ if environ is None else environ
     path = config_file or Path(environ.get("RDFS_CONFIG", config_dir() / "config.toml"))
+    if config_file is not None and not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
     merged: dict[str, Any] = {"config_path": path}
     merged.update(load_file(path))
     merged.update(load_env(environ))
-    merged.update({k: _coerce(k, v) for k, v in (flags or {}).items() if v is not None and k in _FIELDS})
+    merged.update({k: v for k, v in (flags or {}).items() if v is not None and k in _FIELDS})
     return Config(**merged)

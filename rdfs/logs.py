@@ -33,6 +33,7 @@ class RedactingFormatter(logging.Formatter):
 
 
 def setup(level: str = "INFO", log_file: Path | None = None) -> None:
+    """Log to ``log_file`` (appending) or stderr; OSError when the file cannot be opened."""
     handler: logging.Handler
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -47,3 +48,21 @@ def setup(level: str = "INFO", log_file: Path | None = None) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
     logging.getLogger("hypercorn").setLevel(logging.WARNING)
+
+
+def reopen() -> bool:
+    """Reopen the log file by its path (SIGHUP after logrotate moved it); False when logging to
+    stderr. A file that cannot be reopened keeps the old stream, so no line is lost."""
+    reopened = False
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            with handler.lock:  # type: ignore[union-attr]
+                try:
+                    stream = handler._open()
+                except OSError:
+                    continue
+                if handler.stream is not None:
+                    handler.stream.close()
+                handler.stream = stream
+            reopened = True
+    return reopened

@@ -1,7 +1,11 @@
 """Mount lifecycle: one trio nursery runs the FUSE loop, the sync task and the readers.
 
-``run(config, mountpoint)`` returns when the filesystem is unmounted: by SIGINT/SIGTERM (clean
-unmount), by ``fusermount3 -u`` / ``rdfs umount`` from outside, or by an error.
+``run(config, mountpoint)`` returns when the filesystem is unmounted: by SIGINT/SIGTERM/SIGQUIT
+(clean unmount) or by ``fusermount3 -u`` / ``rdfs umount`` from outside. An error that ends the
+run anyway leaves the mount stale (ENOTCONN) instead of unmounting it: a media server then sees
+failing reads, not an empty library it would trash (borg and s3ql reason the same way).
+Background tasks run under a :class:`Supervisor`: their failures are logged and the task
+restarted, never the end of the mount.
 """
 
 from __future__ import annotations
@@ -18,13 +22,19 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import pyfuse3
 import trio
 
+from rdfs import logs
 from rdfs.api.client import RDClient
 from rdfs.archives import ArchiveIndexer
 from rdfs.cache import Accounts, Cache, CacheError
@@ -170,10 +180,10 @@ def fuse_options(config: Config) -> set[str]:
 
 
 async def run(config: Config, mountpoint: Path) -> None:
-    """Mount and serve until unmounted, SIGINT or SIGTERM."""
+    """Mount and serve until unmounted or stopped by SIGINT, SIGTERM or SIGQUIT."""
     mountpoint = mountpoint.resolve()
     check_mountpoint(mountpoint)
-    with trio.CancelScope() as serving, _stop_on_signals(serving):
+    with trio.CancelScope() as serving, _handle_signals(serving):
         await _connect_and_serve(config, mountpoint)
 
 
@@ -243,32 +253,172 @@ async def _serve(config: Config, mountpoint: Path, client: RDClient, cache: Cach
         if probe is not None:
             syncer.reporters["probe_cache"] = probe.status
         archives = ArchiveIndexer(cache, readers, resolver, syncer.refresh_files, interval=config.sync_interval)
-        pyfuse3.init(ops, str(mountpoint), fuse_options(config))
+        supervisor = Supervisor()
+        syncer.reporters["background_tasks"] = supervisor.status
+        _mount_session(ops, mountpoint, fuse_options(config))
         log.info("mounted %s (api %s)", mountpoint, config.api_url)
+        run_state = _RUN.get(None)
+        actions = run_state.actions if run_state is not None else {}
+        actions[signal.SIGUSR1] = functools.partial(_report_resources, ops)
+        actions[signal.SIGHUP] = functools.partial(_sync_and_reopen_log, syncer)
+        stopped_cleanly = False
         try:
-            nursery.start_soon(_report_on_signal, ops)
             if sys.stderr.isatty():
-                nursery.start_soon(_show_progress, syncer)
-            nursery.start_soon(cache.retry_pending)
-            await nursery.start(syncer.run)
+                nursery.start_soon(supervisor.run, "progress", functools.partial(_show_progress, syncer))
+            nursery.start_soon(supervisor.run, "cache retry", cache.retry_pending)
+            await nursery.start(supervisor.run, "sync", syncer.run)
             await nursery.start(control.run)
-            nursery.start_soon(archives.run)
-            nursery.start_soon(views.run)
+            nursery.start_soon(supervisor.run, "archives", archives.run)
+            nursery.start_soon(supervisor.run, "views", views.run)
             if hook is not None:
-                nursery.start_soon(hook.run)
-            nursery.start_soon(functools.partial(repairer.run, interval=max(config.sync_interval, 30.0)))
+                nursery.start_soon(supervisor.run, "update_hook", hook.run)
+            repair_interval = max(config.sync_interval, 30.0)
+            nursery.start_soon(supervisor.run, "repair", functools.partial(repairer.run, interval=repair_interval))
             if config.page_cache:  # direct I/O has no kernel readahead to tune
-                nursery.start_soon(_tune_after_init, mountpoint, config.read_ahead_kb, config.max_background)
+                tune = functools.partial(_tune_after_init, mountpoint, config.read_ahead_kb, config.max_background)
+                nursery.start_soon(supervisor.run, "tune", tune)
             await pyfuse3.main()
             # main() returns when the kernel unmounted us (fusermount -u): stop everything else.
+            stopped_cleanly = True
             nursery.cancel_scope.cancel()
+        except BaseException as exc:
+            # Only a requested stop (a stop signal) is a clean one. Anything else ending the loop,
+            # a crashed task included (its nursery cancels everything), leaves the mount stale.
+            stopped_cleanly = run_state.stop.cancel_called if run_state is not None else _only_cancelled(exc)
+            raise
         finally:
-            with trio.CancelScope(shield=True):
-                await readers.aclose()
-            pyfuse3.close(unmount=True)
-            if probe is not None:
-                probe.close()
-            log.info("unmounted %s", mountpoint)
+            actions.pop(signal.SIGUSR1, None)
+            actions.pop(signal.SIGHUP, None)
+            try:
+                with trio.CancelScope(shield=True):
+                    await readers.aclose()
+            finally:
+                pyfuse3.close(unmount=stopped_cleanly)
+                if probe is not None:
+                    probe.close()
+                if stopped_cleanly:
+                    log.info("unmounted %s", mountpoint)
+
+
+def _mount_session(ops: Operations, mountpoint: Path, options: set[str]) -> None:
+    """``pyfuse3.init``, with a failure reported as one line that starts with libfuse's own
+    reason (it writes the kernel's or fusermount's answer to stderr, then raises a bare
+    RuntimeError "fuse_session_mount failed")."""
+    with tempfile.TemporaryFile() as captured:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        failure: BaseException | None = None
+        try:
+            pyfuse3.init(ops, str(mountpoint), options)
+        except (RuntimeError, OSError) as exc:
+            failure = exc
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured.seek(0)
+        said = [line.strip() for line in captured.read().decode(errors="replace").splitlines() if line.strip()]
+    if failure is None:
+        for line in said:
+            log.warning("libfuse: %s", line)
+        return
+    reason = "; ".join(said)
+    detail = f"{reason} ({failure})" if reason else str(failure) or type(failure).__name__
+    raise MountError(f"cannot mount {mountpoint}: {detail}")
+
+
+@dataclass
+class TaskRecord:
+    """What status shows of one supervised task."""
+
+    restarts: int = 0
+    last_error: str | None = None
+    last_failure: float | None = None
+
+
+# Delays between restarts of a failing background task: doubling from the first to the second.
+RESTART_DELAYS = (1.0, 300.0)
+HEALTHY_AFTER = 600.0  # a task that ran this long before failing starts again from the first delay
+
+
+class _StartedOnce:
+    """A task status that reaches the parent's ``nursery.start`` once, whatever the restarts."""
+
+    def __init__(self, status: trio.TaskStatus[None]) -> None:
+        self._status = status
+        self.done = False
+
+    def started(self, value: None = None) -> None:
+        if not self.done:
+            self.done = True
+            self._status.started(value)
+
+
+@dataclass
+class Supervisor:
+    """Runs the mount's background tasks (sync, views, hook, repair, archives ...): an unexpected
+    exception in one is logged, with its traceback the first time it is seen, and that task
+    restarted after a growing delay. Neither the FUSE loop nor the other tasks are touched. A task
+    that returns is done."""
+
+    tasks: dict[str, TaskRecord] = field(default_factory=dict)
+
+    async def run(
+        self,
+        name: str,
+        task: Callable[..., Awaitable[object]],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run ``task`` under supervision; started with ``nursery.start``, ``task`` gets a task
+        status too, and a failure before it is started still lets the mount go on."""
+        record = self.tasks.setdefault(name, TaskRecord())
+        startable = task_status is not trio.TASK_STATUS_IGNORED
+        status = _StartedOnce(task_status)
+        first, maximum = RESTART_DELAYS
+        delay = first
+        seen: set[str] = set()
+        while True:
+            began = trio.current_time()
+            try:
+                if startable:
+                    await task(task_status=status)
+                else:
+                    await task()
+                return
+            except Exception as exc:
+                if trio.current_time() - began >= HEALTHY_AFTER:
+                    delay = first
+                described = _describe(exc)
+                record.restarts += 1
+                record.last_error = described
+                record.last_failure = time.time()
+                if described in seen:
+                    log.warning("background task %s failed again: %s; restarting in %.0fs", name, described, delay)
+                else:
+                    seen.add(described)
+                    log.error("background task %s failed: %s; restarting in %.0fs", name, described, delay, exc_info=exc)
+            if startable:
+                status.started()  # serve the cached tree while the task waits to start again
+            await trio.sleep(delay)
+            delay = min(delay * 2, maximum)
+
+    def status(self) -> dict[str, Any]:
+        return {name: dataclasses.asdict(record) for name, record in self.tasks.items() if record.restarts}
+
+
+def _only_cancelled(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(trio.Cancelled)[1] is None
+    return isinstance(exc, trio.Cancelled)
+
+
+def _describe(exc: BaseException) -> str:
+    """One line naming an exception; a group of one is named by its member."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    text = logs.redact(str(exc)).splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 async def _show_progress(syncer: Syncer) -> None:
@@ -287,31 +437,93 @@ async def _show_progress(syncer: Syncer) -> None:
         await trio.sleep(1)
 
 
+# What each signal a user or an init system may send does (the README's signal table).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)
+# Catchable signals whose default action would end the process (and leave a stale mount):
+# logged and ignored. SIGHUP and SIGUSR1 have actions while serving, and are ignored otherwise.
+IGNORED_SIGNALS = tuple(
+    getattr(signal, name)
+    for name in ("SIGUSR2", "SIGALRM", "SIGPIPE", "SIGVTALRM", "SIGPROF", "SIGIO", "SIGPWR", "SIGSTKFLT", "SIGXCPU", "SIGXFSZ")
+    if hasattr(signal, name)
+) + tuple(range(signal.SIGRTMIN, signal.SIGRTMAX + 1))
+HANDLED_SIGNALS = STOP_SIGNALS + (signal.SIGHUP, signal.SIGUSR1) + IGNORED_SIGNALS
+IGNORED_LOG_EVERY = 60.0  # an ignored signal arriving in a burst is logged once per this many seconds
+
+@dataclass
+class _RunState:
+    """What ``run`` shares with ``_serve``: the scope a stop signal cancels, and the actions of
+    SIGHUP / SIGUSR1 while a mount is served (registered by ``_serve``, run in the trio loop)."""
+
+    stop: trio.CancelScope
+    actions: dict[int, Callable[[], None]] = field(default_factory=dict)
+
+
+_RUN: ContextVar[_RunState] = ContextVar("rdfs_run")
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"SIGRTMIN+{signum - signal.SIGRTMIN}"
+
+
 @contextlib.contextmanager
-def _stop_on_signals(scope: trio.CancelScope) -> Iterator[None]:
-    """SIGINT and SIGTERM cancel ``scope``: a clean unmount. One arriving while rdfs unmounts is
-    logged and otherwise ignored: Ctrl-C reaches every process of the terminal's group, and users
-    press it twice. (``trio.open_signal_receiver`` re-raises the signals still pending when it
-    closes: a second Ctrl-C would interrupt the cleanup with KeyboardInterrupt.)"""
+def _handle_signals(scope: trio.CancelScope) -> Iterator[None]:
+    """One handler for the whole run, for every signal a user or an init system may send.
+
+    SIGINT, SIGTERM and SIGQUIT cancel ``scope``: a clean unmount. One arriving while rdfs
+    unmounts is logged and otherwise ignored: Ctrl-C reaches every process of the terminal's
+    group, and users press it twice. SIGHUP syncs now and reopens the log file; SIGUSR1 logs a
+    resource report; the others are logged and ignored, so none of them leaves a stale mount.
+    (``trio.open_signal_receiver`` re-raises the signals still pending when it closes: a second
+    Ctrl-C would interrupt the cleanup with KeyboardInterrupt, a late SIGHUP would kill us.)"""
     token = trio.lowlevel.current_trio_token()
+    state = _RunState(scope)
+    actions = state.actions
+    context = _RUN.set(state)
+    last_logged: dict[int, float] = {}
+    suppressed: collections.Counter[int] = collections.Counter()
 
     def on_signal(signum: int) -> None:  # in the trio loop
-        name = signal.Signals(signum).name
-        if scope.cancel_called:
-            log.info("received %s again: already unmounting", name)
+        name = _signal_name(signum)
+        if signum in STOP_SIGNALS:
+            if scope.cancel_called:
+                log.info("received %s again: already unmounting", name)
+            else:
+                log.info("received %s, unmounting", name)
+                scope.cancel()
+        elif signum in actions:
+            actions[signum]()
+        elif signum == signal.SIGHUP:
+            reopened = logs.reopen()
+            log.info("received SIGHUP%s (not serving: no sync)", ", log file reopened" if reopened else "")
         else:
-            log.info("received %s, unmounting", name)
-            scope.cancel()
+            now = time.monotonic()
+            if now - last_logged.get(signum, -IGNORED_LOG_EVERY) < IGNORED_LOG_EVERY:
+                suppressed[signum] += 1
+                return
+            last_logged[signum] = now
+            more = f" ({suppressed.pop(signum)} more since the last report)" if suppressed[signum] else ""
+            log.info("received %s: ignored, the mount stays (SIGINT, SIGTERM or SIGQUIT unmount)%s", name, more)
 
     def handler(signum: int, frame: FrameType | None) -> None:
         token.run_sync_soon(on_signal, signum)  # signal-safe; the rest runs in the loop
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, handler) for sig in HANDLED_SIGNALS}
     try:
         yield
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+        _RUN.reset(context)
+
+
+def _sync_and_reopen_log(syncer: Syncer) -> None:
+    """SIGHUP: the log file is reopened by its path (logrotate) and a complete sync starts now."""
+    reopened = logs.reopen()
+    log.info("received SIGHUP: syncing now%s", ", log file reopened" if reopened else "")
+    syncer.trigger()
 
 
 def task_counts() -> collections.Counter[str]:
@@ -325,10 +537,8 @@ def task_counts() -> collections.Counter[str]:
     return counts
 
 
-async def _report_on_signal(ops: Operations) -> None:
+def _report_resources(ops: Operations) -> None:
     """SIGUSR1 logs the live resources as one JSON line (leak hunting, ``scripts/soak``)."""
-    with trio.open_signal_receiver(signal.SIGUSR1) as signals:
-        async for _ in signals:
-            tasks = task_counts()
-            report = {"tasks": sum(tasks.values()), "open_files": ops.open_files, "by_task": dict(tasks)}
-            log.info("resources: %s", json.dumps(report, sort_keys=True))
+    tasks = task_counts()
+    report = {"tasks": sum(tasks.values()), "open_files": ops.open_files, "by_task": dict(tasks)}
+    log.info("resources: %s", json.dumps(report, sort_keys=True))
