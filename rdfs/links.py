@@ -77,12 +77,13 @@ _BUSY: tuple[type[RDError], ...] = (
     SlowDown,
     ServiceUnavailable,
     InternalError,
+    BadLink,
     GatewayError,
     NetworkError,
 )
 # Unrestrict answers that cannot be used (RD acted, but the URL is no URL): remembered for
 # ``gone_ttl`` like a refusal, without telling repair (it says nothing about the torrent).
-_UNUSABLE: tuple[type[RDError], ...] = ()  # the client's own error for such answers, once it has one
+_UNUSABLE: tuple[type[RDError], ...] = (BadLink,)
 # What a path and a query may keep as they are; anything else (non-ASCII, spaces) is percent-encoded.
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~"
 _QUERY_SAFE = _PATH_SAFE + "?"

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.timeout(30)
         (429, b"", errors.TooManyRequests, 34),
         (509, b"<html>Bandwidth</html>", errors.TooManyActiveDownloads, 21),
         (400, b'{"error": "something_new", "error_code": 99}', errors.APIError, 99),
-        (502, b"<html>Bad gateway</html>", errors.APIError, None),
+        (502, b"<html>Bad gateway</html>", errors.GatewayError, None),
         (400, b'{"error": "parameter_missing", "error_code": "1", "error_details": "magnet"}', errors.MissingParameter, 1),
     ],
 )
