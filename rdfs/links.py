@@ -32,6 +32,7 @@ import trio
 
 from rdfs.api.errors import (
     APIError,
+    BadLink,
     BadToken,
     FairUsageLimit,
     GatewayError,
@@ -77,7 +78,6 @@ _BUSY: tuple[type[RDError], ...] = (
     SlowDown,
     ServiceUnavailable,
     InternalError,
-    BadLink,
     GatewayError,
     NetworkError,
 )
