@@ -268,3 +268,8 @@ class Faults:
     # Adds (addMagnet, addTorrent) allowed in a sliding window of this many seconds, 429 beyond:
     # RD throttles adds harder than the global limit (field notes: ~20 per 10 s).
     add_limit: tuple[int, float] | None = None
+    # hostile listings (issue 15): /torrents and /downloads only
+    list_total: str | None = None  # X-Total-Count sent instead of the truth; "page": the page's limit
+    list_ignore_page: bool = False  # page and offset ignored: every page is the first one
+    list_hidden_ids: tuple[str, ...] = ()  # left out of listings (and their totals), still upstream
+    list_drip_seconds: float = 0.0  # list bodies are sent one byte every this many seconds
