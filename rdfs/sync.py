@@ -28,8 +28,8 @@ Safety. Nothing is deleted unless a listing was complete: no error, no early sto
 many items as ``X-Total-Count`` announced, the same total on every page. An empty listing while
 the cache holds items counts only once it persisted for ``EMPTY_CONFIRM_SECONDS``. An id missing
 from a complete listing is deleted only when it is still missing from a *later* complete
-listing; while more than ``small_removal`` ids (or more than ``max_delete_fraction`` of a list)
-are missing, each must also have been missing for ``delete_confirm_seconds`` (minutes): a media
+listing; while more than ``small_removal`` ids (or several ids that are more than
+``max_delete_fraction`` of a list) are missing, each must also have been missing for ``delete_confirm_seconds`` (minutes): a media
 scan never sees a library vanish on one bad answer. A torrent whose directory was shown and whose
 status leaves ``downloaded`` (RD flipping it to ``downloading`` and back) keeps its directory for
 the same time. Every torrent deleted that way is written to the removal record
@@ -79,6 +79,7 @@ MAX_PAGES = 400  # paging bound when no total is known (1,000,000 items at 2,500
 EXTRA_PAGES = 2  # pages allowed beyond what the total announced (items added while paging)
 STALL_AFTER = 300.0  # a tick running this long is reported as stalled
 TICK_TIMEOUT = 900.0  # a tick's API calls are abandoned after this long
+CONFIRM_DELAY = 5.0  # the listing that confirms a small removal comes this soon
 RECENT_REMOVALS = 50  # removal record entries shown by status()
 MAX_RECENT_ERRORS = 20
 MAX_FILL_PAUSE = 120.0
@@ -216,7 +217,9 @@ class Syncer:
                         log.exception("sync tick failed")
                         self._note_error("sync", "internal error (see the log)")
                         self._set_health("error")
-                    with trio.move_on_after(self.interval):
+                    # A small removal is confirmed by a listing soon after, not an interval later.
+                    confirming = any(self._deletions_due(kind) for kind in self._lists)
+                    with trio.move_on_after(min(self.interval, CONFIRM_DELAY) if confirming else self.interval):
                         await self._wake.wait()
                     self._wake = trio.Event()
             finally:
@@ -453,7 +456,8 @@ class Syncer:
         return True
 
     def _mass(self, missing: int, known: int) -> bool:
-        return missing > self.small_removal or missing > self.max_delete_fraction * known
+        """A large removal: more than a few ids, or several that are a large part of the list."""
+        return missing > self.small_removal or (missing > 1 and missing > self.max_delete_fraction * known)
 
     def _guard(self, kind: str, gone: set[str], known: int) -> set[str]:
         """Which of the ``gone`` ids to delete now: see "Safety" in the module's docstring."""
@@ -473,13 +477,16 @@ class Syncer:
         }
         for item_id in due:
             del missing[item_id]
-        if missing:
-            wait = f"{self.delete_confirm_seconds / 60:g} minutes" if mass else "the next complete listing"
+        if missing and mass:
             self._condition(
-                f"{kind} removal", f"{len(missing)} of {known} items missing upstream: held back until {wait}"
+                f"{kind} removal",
+                f"{len(missing)} of {known} items missing upstream: held back until they stay missing "
+                f"for {self.delete_confirm_seconds / 60:g} minutes",
             )
-        else:
+        else:  # a small removal waiting for the next listing is routine: no warning
             self._condition(f"{kind} removal", None)
+            if gone - due:
+                log.info("%s: %d items missing upstream: deleted if the next listing agrees", kind, len(gone - due))
         if back:
             log.info("%s: %d missing items are listed again: not deleted", kind, len(back))
         if due:
