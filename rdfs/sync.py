@@ -379,7 +379,7 @@ class Syncer:
 
     # --- listings -------------------------------------------------------------------------
 
-    async def _list_all(self, fetch: Callable[[int], Awaitable[Any]], first: Any = None) -> Listing:
+    async def _list_all(self, fetch: Callable[[int], Awaitable[Any]], first: Any = None, known: int = 0) -> Listing:
         """Every page of a list, and whether the listing may be trusted for deletions (see the module)."""
         items: list[Any] = []
         seen: set[str] = set()
@@ -387,6 +387,7 @@ class Syncer:
         fresh_totals: set[int] = set()
         total: int | None = None  # as announced (possibly a lie); compared by the page probes
         stopped = ""
+        bound = MAX_PAGES
         number = 1
         while True:
             page = first if number == 1 and first is not None else await self._api(fetch(number))
@@ -405,7 +406,9 @@ class Syncer:
             if added == 0:
                 stopped = f"page {number} repeated earlier items (the server ignores paging)"
                 break
-            if number >= self._page_bound(total, len(seen)):
+            if number == 1:
+                bound = self._page_bound(page.total, len(page.items), known)
+            if number >= bound:
                 stopped = f"still full pages after {number} pages (announced total: {total})"
                 break
             number += 1
@@ -417,14 +420,17 @@ class Syncer:
             return Listing(items, pages, total, False, f"short answer: {len(items)} of {total} items")
         return Listing(items, pages, total, True)
 
-    def _page_bound(self, total: int | None, seen: int) -> int:
-        """How many pages a listing may take: what the total (never less than seen) needs, plus a margin."""
-        if total is None or total < 0:
-            if seen == 0:
-                return MAX_PAGES
-            total = seen
-        needed = -(-max(total, seen) // self.page_size) + EXTRA_PAGES
-        return min(needed, MAX_PAGES)
+    def _page_bound(self, total: int | None, first_page: int, known: int) -> int:
+        """How many pages a listing may take, decided after page 1.
+
+        A total is believed only when it is at least what page 1 held; the bound covers the larger
+        of it and the items cached (what the last listings found), plus a margin. Without either,
+        ``MAX_PAGES``. A listing cut by the bound is incomplete; the next one, knowing more, goes further.
+        """
+        size = max(total if total is not None and total >= first_page else 0, known)
+        if size == 0:
+            return MAX_PAGES
+        return min(-(-size // self.page_size) + EXTRA_PAGES, MAX_PAGES)
 
     def _condition(self, key: str, reason: str | None) -> None:
         """Warn once when a bad listing condition starts (or changes), not on every tick."""
@@ -508,7 +514,9 @@ class Syncer:
 
     async def _sync_torrents(self, first: Any = None) -> None:
         state = self._lists["torrents"]
-        listing = await self._list_all(lambda n: self.client.torrents(page=n, limit=self.page_size), first)
+        listing = await self._list_all(
+            lambda n: self.client.torrents(page=n, limit=self.page_size), first, self._known("torrents")
+        )
         known = self.cache.torrent_states()
         changes = Changes()
         structural = await self._store_torrents(listing.items, known, rebuild=False)
@@ -614,7 +622,9 @@ class Syncer:
 
     async def _sync_downloads(self, first: Any = None) -> None:
         state = self._lists["downloads"]
-        listing = await self._list_all(lambda n: self.client.downloads(page=n, limit=self.page_size), first)
+        listing = await self._list_all(
+            lambda n: self.client.downloads(page=n, limit=self.page_size), first, self._known("downloads")
+        )
         known = self.cache.download_ids()
         new = [d for d in listing.items if d.id not in known]
         for chunk in _chunks(new, self.batch_size):
