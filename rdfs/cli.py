@@ -466,6 +466,8 @@ def _show_status(mountpoint: str, report: dict) -> None:
     print(f"mount       {mountpoint}")
     reachable = "API reachable" if api.get("reachable") else "API unreachable"
     print(f"health      {report.get('health')} ({reachable}, {api.get('rate_limit_budget')} requests left this minute)")
+    if report.get("stalled_for"):
+        print(f"stalled     the running sync started {report['stalled_for']:.0f} s ago and has not finished")
     print(f"last sync   {_when(report.get('last_sync'))} ({report.get('last_outcome') or 'no sync yet'})")
     known, with_files = report.get("torrents_known", 0), report.get("torrents_with_files", 0)
     line = f"torrents    {known} known, {report.get('torrents_downloaded', 0)} downloaded, {with_files} with files"
@@ -476,7 +478,16 @@ def _show_status(mountpoint: str, report: dict) -> None:
     for host, traffic in (report.get("traffic") or {}).items():
         print(f"traffic     {host}: {human_size(traffic['left'])} left")
     if report.get("pending_deletions"):
-        print(f"held back   {report['pending_deletions']} (mass removal waiting for confirmation)")
+        print(f"held back   {report['pending_deletions']} (missing upstream: removal waiting for confirmation)")
+    if report.get("held_directories"):
+        print(f"kept        {report['held_directories']} torrent directories whose torrent left 'downloaded'")
+    removed = report.get("removed") or {}
+    if removed.get("count"):
+        print(f"removed     {removed['count']} torrents recorded (re-add one with magnet:?xt=urn:btih:<hash>):")
+        _table(
+            [(_when(r["time"]), r["by"], r["id"], r["hash"], r["name"]) for r in removed.get("recent", [])[:10]],
+            ("  when", "by", "id", "hash", "name"),
+        )
     active = report.get("in_progress") or []
     if active:
         print("in progress:")
