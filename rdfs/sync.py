@@ -118,6 +118,18 @@ class Listing:
     reason: str = ""
 
 
+def policy_options(config: Any) -> dict[str, Any]:
+    """The Syncer's keyword arguments for a ``rdfs.config.Config``'s deletion and stall settings."""
+    stall = config.sync_stall_minutes * 60
+    return {
+        "max_delete_fraction": config.max_delete_fraction,
+        "delete_confirm_seconds": config.delete_confirm_minutes * 60,
+        "small_removal": config.small_removal,
+        "stall_after": stall,
+        "tick_timeout": 3 * stall,
+    }
+
+
 class SyncStalled(Exception):
     """The tick's API calls did not finish within ``tick_timeout``: abandoned, retried next tick."""
 

@@ -229,3 +229,27 @@ async def test_drip_server_marks_the_sync_stalled(emulator: Emulator, client: RD
         nursery.cancel_scope.cancel()
     assert shown(cache) == set(ids)
     assert any("did not finish" in e["error"] for e in syncer.status()["recent_errors"])
+
+
+def test_policy_options_follow_the_config() -> None:
+    from rdfs.config import Config, ConfigError
+    from rdfs.sync import policy_options
+
+    options = policy_options(Config(delete_confirm_minutes=2, small_removal=5, sync_stall_minutes=1))
+    assert options["delete_confirm_seconds"] == 120 and options["small_removal"] == 5
+    assert (options["stall_after"], options["tick_timeout"]) == (60, 180)
+    for bad in ({"delete_confirm_minutes": -1}, {"small_removal": -1}, {"sync_stall_minutes": 0}):
+        with pytest.raises(ConfigError):
+            Config(**bad)
+
+
+async def test_user_removal_is_recorded(emulator: Emulator, client: RDClient, cache: Cache) -> None:
+    """What control.py calls before forgetting a torrent the user deleted."""
+    tid = emulator.add_torrent("Mine", [FileSpec("/a.mkv", 10), FileSpec("/b.nfo", 1)], selected=[1])
+    await Syncer(client, cache).sync_once()
+    with cache.transaction():
+        assert cache.record_removals([tid, "UNKNOWNID"], by="user", reason="deleted through .rdfs/delete") == 1
+        cache.delete_torrents([tid])
+    [entry] = cache.removals()
+    assert (entry["id"], entry["name"], entry["by"]) == (tid, "a.mkv", "user")
+    assert entry["selection"] == [{"id": 1, "path": "/a.mkv", "bytes": 10}]
