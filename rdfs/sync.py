@@ -31,8 +31,8 @@ from a complete listing is deleted only when it is still missing from a *later* 
 listing; while more than ``small_removal`` ids (or several ids that are more than
 ``max_delete_fraction`` of a list) are missing, each must also have been missing for ``delete_confirm_seconds`` (minutes): a media
 scan never sees a library vanish on one bad answer. A torrent whose directory was shown and whose
-status leaves ``downloaded`` (RD flipping it to ``downloading`` and back) keeps its directory for
-the same time. Every torrent deleted that way is written to the removal record
+status leaves ``downloaded`` for an active one (RD flipping it to ``downloading`` and back) keeps
+its directory for the same time; a failed one (``dead``, ``error``, ...) leaves at once. Every torrent deleted that way is written to the removal record
 (``Cache.record_removals``) with its name, hash and file selection, so it can be re-added.
 
 Deadlines. A tick's API calls share one deadline (``tick_timeout``): a server that drips its
@@ -55,7 +55,7 @@ from typing import Any, Protocol, TypeVar
 import trio
 
 from rdfs.api.errors import APIError, NetworkError, RDError, UnknownResource
-from rdfs.api.models import STATUS_DOWNLOADED, Download, Torrent, TorrentInfo
+from rdfs.api.models import FAILED_STATUSES, STATUS_DOWNLOADED, Download, Torrent, TorrentInfo
 from rdfs.cache import (
     DOWNLOADS_INODE,
     TORRENTS_INODE,
@@ -601,7 +601,7 @@ class Syncer:
         return changes
 
     def _held_torrents(self, statuses: Sequence[str]) -> list[ListedTorrent]:
-        """Shown torrents whose status left ``statuses``: kept (as shown) for ``delete_confirm_seconds``.
+        """Shown torrents now active again (not failed): kept (as shown) for ``delete_confirm_seconds``.
 
         RD flips some torrents between downloaded and downloading; without this their directory
         (and a media server's items) would go and come back on every sync.
@@ -611,8 +611,8 @@ class Syncer:
         before = dict(self._leaving)
         held: list[ListedTorrent] = []
         for torrent in leaving:
-            if torrent.status in statuses:
-                continue
+            if torrent.status in statuses or torrent.status in FAILED_STATUSES:
+                continue  # a failed torrent is unreadable: it leaves at once (unless repair keeps it)
             since = self._leaving.setdefault(torrent.id, now)
             if now - since < self.delete_confirm_seconds:
                 held.append(torrent._replace(status=statuses[0]))
