@@ -251,6 +251,15 @@ def _add_management_commands(commands: argparse._SubParsersAction) -> None:
     _add_connection_flags(rm)
     rm.set_defaults(func=cmd_rm)
 
+    removed = commands.add_parser(
+        "removed", help="list the torrents removed from the account (the removal record)",
+        description="List every torrent rdfs saw removed (by RD or by you), newest first, from the cache; "
+        "no API call. Re-add one with `rdfs add <hash>` and select the same files.",
+    )  # fmt: skip
+    removed.add_argument("--cache-dir", type=Path, help="the mount's cache directory (default from the config)")
+    _add_output_flag(removed)
+    removed.set_defaults(func=cmd_removed)
+
     for name, func, text in (
         ("ls", cmd_ls, "list torrents with status, progress and size"),
         ("user", cmd_user, "show the account"),
@@ -659,6 +668,32 @@ def cmd_rm(args: argparse.Namespace) -> int:
     else:
         for target in done:
             print(f"deleted {target.kind} {target.id} ({target.label})")
+    return 0
+
+
+def cmd_removed(args: argparse.Namespace) -> int:
+    from rdfs.cache import Cache
+
+    _quiet_logging(args)
+    config = _config(args)
+    cache = Cache.open_warm(config.cache_dir)
+    if cache is None:
+        raise InvalidInput(f"no rdfs cache in {config.cache_dir}: nothing was ever mounted with it")
+    try:
+        record = cache.removals()
+    finally:
+        cache.close()
+    if args.json:
+        _print_json(record)
+        return 0
+    if not record:
+        print("no torrent was removed")
+        return 0
+    rows = []
+    for entry in record:
+        files = "?" if entry["selection"] is None else str(len(entry["selection"]))
+        rows.append((_when(entry["time"]), entry["by"], entry["id"], entry["hash"], files, entry["name"]))
+    _table(rows, ("when", "by", "id", "hash", "files", "name"))
     return 0
 
 

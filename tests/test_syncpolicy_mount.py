@@ -84,5 +84,22 @@ def test_removal_by_rd_is_recorded(emulator_proc, tmp_path: Path) -> None:
         assert cli.returncode == 0, cli.stderr
         assert "removed     1 torrents" in cli.stdout and info["hash"] in cli.stdout and gone in cli.stdout
         assert gone in control.torrent_ids()  # RD only hid it: the record is what lets a user re-add it
+        env = dict(os.environ, RDFS_CONFIG=str(tmp_path / "no-config.toml"))
+        removed = subprocess.run(
+            [sys.executable, "-m", "rdfs", "removed", "--cache-dir", str(mounted.cache_dir), "--json"],
+            capture_output=True, text=True, timeout=60, env=env,
+        )  # fmt: skip
+        assert removed.returncode == 0, removed.stderr
+        assert json.loads(removed.stdout) == status(mounted)["removed"]["recent"]
+        table = subprocess.run(
+            [sys.executable, "-m", "rdfs", "removed", "--cache-dir", str(mounted.cache_dir)],
+            capture_output=True, text=True, timeout=60, env=env,
+        )  # fmt: skip
+        assert table.returncode == 0 and gone in table.stdout and info["hash"] in table.stdout
+        nothing = subprocess.run(
+            [sys.executable, "-m", "rdfs", "removed", "--cache-dir", str(tmp_path / "none")],
+            capture_output=True, text=True, timeout=60, env=env,
+        )  # fmt: skip
+        assert nothing.returncode != 0 and "no rdfs cache" in nothing.stderr and "Traceback" not in nothing.stderr
         errors = [line for line in mounted.log().splitlines() if " ERROR " in line]
         assert errors == []
