@@ -323,15 +323,16 @@ class Syncer:
             if self._leaving_expired():
                 self._emit(await self._rebuild_torrent_dirs())
         except SyncStalled as exc:
-            self._note_error("sync", exc)
+            self._condition("sync", f"stalled: {exc}")  # one warning per outage, not one per tick
             self._set_health("stalled")
             self.cache.set_state("last_outcome", f"stalled: {exc}")
         except RDError as exc:
-            self._note_error("sync", exc)
+            self._condition("sync", f"failed: {exc}")
             unreachable = isinstance(exc, NetworkError) or (isinstance(exc, APIError) and exc.status >= 500)
             self._set_health("unavailable" if unreachable else "degraded")
             self.cache.set_state("last_outcome", f"failed: {exc}")
         else:
+            self._condition("sync", None)
             outcome = "ok" if torrents.listed else "incomplete listing"
             self._set_health("ok" if torrents.listed else "degraded")
             self.cache.set_state("last_sync", time.time())

@@ -253,3 +253,21 @@ async def test_user_removal_is_recorded(emulator: Emulator, client: RDClient, ca
     [entry] = cache.removals()
     assert (entry["id"], entry["name"], entry["by"]) == (tid, "a.mkv", "user")
     assert entry["selection"] == [{"id": 1, "path": "/a.mkv", "bytes": 10}]
+
+
+async def test_outage_warns_once_not_every_tick(
+    emulator: Emulator, client: RDClient, cache: Cache, caplog: pytest.LogCaptureFixture
+) -> None:
+    emulator.bulk_add_torrents(3, 1)
+    syncer = Syncer(client, cache)
+    await syncer.sync_once()
+    caplog.set_level(logging.INFO, logger="rdfs.sync")
+    emulator.faults.api_down = True
+    for _ in range(4):
+        await syncer.sync_once(fill=False)
+    emulator.faults.api_down = False
+    await syncer.sync_once(fill=False)
+    sync_warnings = [r for r in caplog.records if r.name == "rdfs.sync" and r.levelno >= logging.WARNING]
+    assert len(sync_warnings) == 1 and "failed" in sync_warnings[0].getMessage()
+    assert any(r.getMessage() == "sync: back to normal" for r in caplog.records)
+    assert syncer.status()["health"] == "ok"
