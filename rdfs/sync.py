@@ -29,11 +29,13 @@ many items as ``X-Total-Count`` announced, the same total on every page. An empt
 the cache holds items counts only once it persisted for ``EMPTY_CONFIRM_SECONDS``. An id missing
 from a complete listing is deleted only when it is still missing from a *later* complete
 listing; while more than ``small_removal`` ids (or several ids that are more than
-``max_delete_fraction`` of a list) are missing, each must also have been missing for ``delete_confirm_seconds`` (minutes): a media
-scan never sees a library vanish on one bad answer. A torrent whose directory was shown and whose
-status leaves ``downloaded`` for an active one (RD flipping it to ``downloading`` and back) keeps
-its directory for the same time; a failed one (``dead``, ``error``, ...) leaves at once. Every torrent deleted that way is written to the removal record
-(``Cache.record_removals``) with its name, hash and file selection, so it can be re-added.
+``max_delete_fraction`` of a list) are missing, each must also have been missing for
+``delete_confirm_seconds`` (minutes): a media scan never sees a library vanish on one bad
+answer. A torrent whose directory was shown and whose status leaves ``downloaded`` for an active
+one (RD flipping it to ``downloading`` and back) keeps its directory for the same time; a failed
+one (``dead``, ``error``, ...) leaves at once. Every torrent deleted that way is written to the
+removal record (``Cache.record_removals``) with its name, hash and file selection, so it can be
+re-added.
 
 Deadlines. A tick's API calls share one deadline (``tick_timeout``): a server that drips its
 answer cannot hold the sync forever; the tick ends as ``stalled`` and the next one starts on
@@ -509,7 +511,7 @@ class Syncer:
         if back:
             log.info("%s: %d missing items are listed again: not deleted", kind, len(back))
         if due:
-            log.warning("%s: removal of %d items confirmed", kind, len(due))
+            log.log(logging.WARNING if mass else logging.INFO, "%s: removal of %d items confirmed", kind, len(due))
         if back or gone or due:
             self.cache.set_state("missing", self._missing)
         return due
