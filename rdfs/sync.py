@@ -21,8 +21,9 @@ on demand ahead of them; concurrent callers for the same torrent share one reque
 Listings. Paging goes on while pages come back full, whatever ``X-Total-Count`` says (RD has
 sent -1, 0 and exactly the page size): the first short page is the last one. Paging stops early,
 and the listing is *incomplete*, when a full page adds no new id (a server ignoring ``page``) or
-after a bound derived from the larger of the announced total and the ids seen
-(``MAX_PAGES`` when neither is known). A total smaller than what was seen is never trusted.
+after a bound derived from the larger of the announced total and the items cached, plus
+``EXTRA_PAGES`` (``MAX_PAGES`` when neither is known). A total smaller than what page 1 held is
+never trusted.
 
 Safety. Nothing is deleted unless a listing was complete: no error, no early stop, at least as
 many items as ``X-Total-Count`` announced, the same total on every page. An empty listing while
