@@ -189,8 +189,23 @@ CREATE TABLE archives (
 );
 """
 
+# The removal record: every torrent removed (by RD or by the user), to re-add what RD took.
+_SCHEMA_REMOVALS = """
+CREATE TABLE removals (
+    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+    time      REAL NOT NULL,     -- UNIX time of the removal
+    id        TEXT NOT NULL,     -- RD's torrent id
+    name      TEXT NOT NULL,     -- its filename as listed
+    hash      TEXT NOT NULL,     -- info hash: magnet:?xt=urn:btih:<hash> re-adds it
+    bytes     INTEGER NOT NULL,
+    selection TEXT,              -- JSON [[file id, path, bytes], ...] selected; NULL if never fetched
+    by        TEXT NOT NULL,     -- 'rd' (gone from RD's listing) or 'user'
+    reason    TEXT NOT NULL
+);
+"""
+
 # Migration i (0-based) takes the schema from version i to i + 1. Append, never edit.
-MIGRATIONS: list[str] = [_SCHEMA_V1, _SCHEMA_V2]
+MIGRATIONS: list[str] = [_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_REMOVALS]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -1227,6 +1242,83 @@ class Cache:
             if count:
                 problems.append(f"{count} {label}")
         return problems
+
+    # --- removal record and shown torrents (the sync's deletion policy) ----------------------
+
+    def record_removals(self, torrent_ids: Sequence[str], *, by: str, reason: str) -> int:
+        """Write cached torrents about to be deleted to the removal record; returns how many.
+
+        Call it before ``delete_torrents`` (in the same transaction): it reads the torrents' rows
+        and selected files. ``by`` is ``"rd"`` or ``"user"``. Unknown ids are skipped.
+        """
+        now = time.time()
+        rows: list[tuple[Any, ...]] = []
+        for chunk in _chunks(list(torrent_ids)):
+            marks = ",".join("?" * len(chunk))
+            found = self.conn.execute(
+                f"SELECT id, filename, hash, bytes, info_key IS NOT NULL FROM torrents WHERE id IN ({marks})", chunk
+            ).fetchall()
+            for torrent_id, name, info_hash, size, has_files in found:
+                selection = None
+                if has_files:
+                    selection = json.dumps(
+                        self.conn.execute(
+                            "SELECT file_id, path, bytes FROM files WHERE torrent_id = ? AND selected ORDER BY file_id",
+                            (torrent_id,),
+                        ).fetchall()
+                    )
+                rows.append((now, torrent_id, name, info_hash, size, selection, by, reason))
+        with self.transaction():
+            self.conn.executemany(
+                "INSERT INTO removals (time, id, name, hash, bytes, selection, by, reason) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+        if rows:
+            log.info("removal record: %d torrents removed (%s: %s)", len(rows), by, reason)
+        return len(rows)
+
+    def removals(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """The removal record, newest first (``selection``: selected files, None if never fetched)."""
+        rows = self.conn.execute(
+            "SELECT time, id, name, hash, bytes, selection, by, reason FROM removals ORDER BY seq DESC LIMIT ?",
+            (-1 if limit is None else limit,),
+        ).fetchall()
+        return [
+            {
+                "time": when, "id": torrent_id, "name": name, "hash": info_hash, "bytes": size,
+                "selection": None if selection is None else [
+                    {"id": fid, "path": path, "bytes": fsize} for fid, path, fsize in json.loads(selection)
+                ],
+                "by": by, "reason": reason,
+            }
+            for when, torrent_id, name, info_hash, size, selection, by, reason in rows
+        ]  # fmt: skip
+
+    def removal_count(self) -> int:
+        return self.conn.execute("SELECT count(*) FROM removals").fetchone()[0]
+
+    def shown_torrent_ids(self) -> set[str]:
+        """Torrents that have a directory in ``torrents/`` now."""
+        return {
+            row[0]
+            for row in self.conn.execute(
+                "SELECT torrent_id FROM entries WHERE parent = ? AND torrent_id IS NOT NULL", (TORRENTS_INODE,)
+            )
+        }
+
+    def listed_torrents(self, torrent_ids: Iterable[str]) -> list[ListedTorrent]:
+        """``shown_torrents``'s columns for the given cached torrents, whatever their status."""
+        out: list[ListedTorrent] = []
+        for chunk in _chunks(list(torrent_ids)):
+            marks = ",".join("?" * len(chunk))
+            out += [
+                ListedTorrent(*row)
+                for row in self.conn.execute(
+                    f"SELECT id, filename, status, added, ended FROM torrents WHERE id IN ({marks})", chunk
+                )
+            ]
+        return out
 
 
 class Scope:

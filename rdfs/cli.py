@@ -358,6 +358,15 @@ def _add_management_commands(commands: argparse._SubParsersAction) -> None:
     _add_connection_flags(rm)
     rm.set_defaults(func=cmd_rm)
 
+    removed = commands.add_parser(
+        "removed", help="list the torrents removed from the account (the removal record)",
+        description="List every torrent rdfs saw removed (by RD or by you), newest first, from the cache; "
+        "no API call. Re-add one with `rdfs add <hash>` and select the same files.",
+    )  # fmt: skip
+    removed.add_argument("--cache-dir", type=Path, help="the mount's cache directory (default from the config)")
+    _add_output_flag(removed)
+    removed.set_defaults(func=cmd_removed)
+
     for name, func, text in (
         ("ls", cmd_ls, "list torrents with status, progress and size"),
         ("user", cmd_user, "show the account"),
@@ -573,6 +582,8 @@ def _show_status(mountpoint: str, report: dict) -> None:
     print(f"mount       {mountpoint}")
     reachable = "API reachable" if api.get("reachable") else "API unreachable"
     print(f"health      {report.get('health')} ({reachable}, {api.get('rate_limit_budget')} requests left this minute)")
+    if report.get("stalled_for"):
+        print(f"stalled     the running sync started {report['stalled_for']:.0f} s ago and has not finished")
     print(f"last sync   {_when(report.get('last_sync'))} ({report.get('last_outcome') or 'no sync yet'})")
     known, with_files = report.get("torrents_known", 0), report.get("torrents_with_files", 0)
     line = f"torrents    {known} known, {report.get('torrents_downloaded', 0)} downloaded, {with_files} with files"
@@ -583,7 +594,16 @@ def _show_status(mountpoint: str, report: dict) -> None:
     for host, traffic in (report.get("traffic") or {}).items():
         print(f"traffic     {host}: {human_size(traffic['left'])} left")
     if report.get("pending_deletions"):
-        print(f"held back   {report['pending_deletions']} (mass removal waiting for confirmation)")
+        print(f"held back   {report['pending_deletions']} (missing upstream: removal waiting for confirmation)")
+    if report.get("held_directories"):
+        print(f"kept        {report['held_directories']} torrent directories whose torrent left 'downloaded'")
+    removed = report.get("removed") or {}
+    if removed.get("count"):
+        print(f"removed     {removed['count']} torrents recorded (re-add one with magnet:?xt=urn:btih:<hash>):")
+        _table(
+            [(_when(r["time"]), r["by"], r["id"], r["hash"], r["name"]) for r in removed.get("recent", [])[:10]],
+            ("  when", "by", "id", "hash", "name"),
+        )
     active = report.get("in_progress") or []
     if active:
         print("in progress:")
@@ -755,6 +775,32 @@ def cmd_rm(args: argparse.Namespace) -> int:
     else:
         for target in done:
             print(f"deleted {target.kind} {target.id} ({target.label})")
+    return 0
+
+
+def cmd_removed(args: argparse.Namespace) -> int:
+    from rdfs.cache import Cache
+
+    _quiet_logging(args)
+    config = _config(args)
+    cache = Cache.open_warm(config.cache_dir)
+    if cache is None:
+        raise InvalidInput(f"no rdfs cache in {config.cache_dir}: nothing was ever mounted with it")
+    try:
+        record = cache.removals()
+    finally:
+        cache.close()
+    if args.json:
+        _print_json(record)
+        return 0
+    if not record:
+        print("no torrent was removed")
+        return 0
+    rows = []
+    for entry in record:
+        files = "?" if entry["selection"] is None else str(len(entry["selection"]))
+        rows.append((_when(entry["time"]), entry["by"], entry["id"], entry["hash"], files, entry["name"]))
+    _table(rows, ("when", "by", "id", "hash", "files", "name"))
     return 0
 
 

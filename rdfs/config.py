@@ -49,7 +49,12 @@ class Config:
     rate_limit: int = 250  # API requests per minute, shared by everything in one process
     chunk_cache_mb: int = 128  # memory bound of the shared read cache (half of it for read-ahead)
     link_ttl: float = 6 * 3600.0  # assumed lifetime of an unrestricted link (RD publishes none)
-    max_delete_fraction: float = 0.2  # larger removals wait for a second complete listing
+    max_delete_fraction: float = 0.2  # a removal of more than this fraction of a list is a large one
+    # A torrent missing from a complete listing is deleted once a later complete listing confirms
+    # it; a large removal (more than small_removal, or max_delete_fraction) must also persist this long.
+    delete_confirm_minutes: float = 30.0
+    small_removal: int = 3
+    sync_stall_minutes: float = 5.0  # a sync running longer is reported stalled (abandoned at 3x)
     allow_other: bool = False
     allow_delete: bool = False  # let `rm -r torrents/<name>` delete upstream
     selection: str = "all"  # files selected when adding a magnet: "all" or "video" (+ subtitles)
@@ -88,6 +93,12 @@ class Config:
             raise ConfigError(f"selection must be 'all' or 'video', got {self.selection!r}")
         if not 0 < self.max_delete_fraction <= 1:
             raise ConfigError(f"max_delete_fraction must be in (0, 1], got {self.max_delete_fraction}")
+        if not 0 <= self.delete_confirm_minutes <= 10 * 24 * 60:
+            raise ConfigError(f"delete_confirm_minutes must be within 0 and 14400, got {self.delete_confirm_minutes}")
+        if self.small_removal < 0:
+            raise ConfigError(f"small_removal must not be negative, got {self.small_removal}")
+        if not 0 < self.sync_stall_minutes <= 24 * 60:
+            raise ConfigError(f"sync_stall_minutes must be within 0 and 1440, got {self.sync_stall_minutes}")
         level = self.log_level.upper()
         if level not in LOG_LEVELS:
             raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")

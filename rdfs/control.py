@@ -612,7 +612,9 @@ class Control:
         torrents = [t.id for t in targets if t.kind == "torrent"]
         downloads = [t.id for t in targets if t.kind == "download"]
         if torrents:
-            changes.merge(self.cache.delete_torrents(torrents))
+            with self.cache.transaction():
+                self.cache.record_removals(torrents, by="user", reason="deleted through rdfs")
+                changes.merge(self.cache.delete_torrents(torrents))
             self.cache.refresh_dir(TORRENTS_INODE, time.time())
             changes.inodes.add(TORRENTS_INODE)
             for torrent_id in torrents:

@@ -48,7 +48,7 @@ from rdfs.probecache import open_probe_cache
 from rdfs.reader import ReaderPool
 from rdfs.repair import Repairer, RepairPolicy
 from rdfs.streaming import StreamingExtras
-from rdfs.sync import Syncer, TreeChange
+from rdfs.sync import Syncer, TreeChange, policy_options
 from rdfs.tree import Namespace
 from rdfs.views import Views, ViewsError, load_views
 
@@ -223,7 +223,7 @@ async def _serve(config: Config, mountpoint: Path, client: RDClient, cache: Cach
         readers = ReaderPool(
             resolver, cache_bytes=config.chunk_cache_mb * 1024 * 1024, nursery=nursery, probe=probe
         )
-        syncer = Syncer(client, cache, interval=config.sync_interval, max_delete_fraction=config.max_delete_fraction)
+        syncer = Syncer(client, cache, interval=config.sync_interval, **policy_options(config))
         control = Control(
             namespace, syncer, client, cache, allow_delete=config.allow_delete, selection=config.selection,
             invalidate_entry=lambda parent, name: ops.invalidate(TreeChange([(parent, name)], [], [])),

@@ -5,7 +5,8 @@ unrestricted any more (``hoster_unavailable``, ``infringing_file``, …: the res
 through :meth:`Repairer.link_gone`; a download server's 404 leads there too, as the reader
 refreshes the link). A link failure alone is only a *suspect*: RD's links sometimes fail for
 20-30 minutes and recover, so it must still fail ``confirm_after`` seconds later (one unrestrict
-to check) before it counts.
+to check) before it counts. Only RD's own answer is a verdict: a gateway page (a 5xx without an
+RD ``error_code``, ``GatewayError``), a 429 or no answer at all leaves the suspect as it was.
 
 Outage, not breakage. When ``outage_threshold`` different torrents turn broken within
 ``outage_window`` seconds, that is an RD outage: nothing is repaired, ``status()`` says so, and
@@ -31,7 +32,7 @@ from typing import Any, Protocol
 
 import trio
 
-from rdfs.api.errors import APIError, RDError
+from rdfs.api.errors import APIError, GatewayError, RDError, TooManyRequests
 from rdfs.api.models import STATUS_DOWNLOADED, Created, TorrentInfo
 from rdfs.cache import Cache
 from rdfs.links import LinkGone
@@ -39,6 +40,8 @@ from rdfs.links import LinkGone
 log = logging.getLogger(__name__)
 
 DEAD_STATUSES = frozenset({"dead"})
+# Answers that say nothing about a torrent or a link (a gateway's page, a rate limit).
+_TRANSIENT = (GatewayError, TooManyRequests)
 FAILED_AFTER_ADD = frozenset({"magnet_error", "error", "virus", "dead"})
 
 
@@ -159,6 +162,8 @@ class Repairer:
             return
         try:
             await self.client.unrestrict_link(torrent.links[0])
+        except _TRANSIENT:
+            return  # RD unreachable, or a gateway answered for it: ask again later
         except APIError as exc:
             broken.confirmed = True
             broken.reason = f"link still refused: {exc}"
@@ -215,6 +220,11 @@ class Repairer:
             created = await self.client.add_magnet(f"magnet:?xt=urn:btih:{old.hash}")
             await self._select_when_ready(created.id, wanted)
             new = await self._wait_downloaded(created.id)
+        except _TRANSIENT as exc:  # not a verdict on the torrent: tried again at a later check
+            attempts.pop(old.hash, None)
+            self.cache.set_state("repair_attempts", attempts)
+            log.warning("repair of torrent %s postponed: %s", old.id, exc)
+            return False
         except (RDError, TimeoutError) as exc:
             self.gave_up[old.id] = f"repair failed: {exc}"
             log.error("repair of torrent %s failed: %s", old.id, exc)

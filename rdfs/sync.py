@@ -18,11 +18,29 @@ the listing is known (``files_pending``), and workers fetch ``/torrents/info`` i
 (newest first, paced by the client's shared rate limiter). ``ensure_files`` fetches one torrent
 on demand ahead of them; concurrent callers for the same torrent share one request.
 
-Safety. Nothing is deleted unless a listing was complete: no error, as many items as
-``X-Total-Count`` announced, the same total on every page. An empty listing while the cache
-holds items counts only once it persisted for ``EMPTY_CONFIRM_SECONDS``. A removal of more than
-``max_delete_fraction`` of a list is held back (see ``status()``) until a later complete listing
-confirms it.
+Listings. Paging goes on while pages come back full, whatever ``X-Total-Count`` says (RD has
+sent -1, 0 and exactly the page size): the first short page is the last one. Paging stops early,
+and the listing is *incomplete*, when a full page adds no new id (a server ignoring ``page``) or
+after a bound derived from the larger of the announced total and the items cached, plus
+``EXTRA_PAGES`` (``MAX_PAGES`` when neither is known). A total smaller than what page 1 held is
+never trusted.
+
+Safety. Nothing is deleted unless a listing was complete: no error, no early stop, at least as
+many items as ``X-Total-Count`` announced, the same total on every page. An empty listing while
+the cache holds items counts only once it persisted for ``EMPTY_CONFIRM_SECONDS``. An id missing
+from a complete listing is deleted only when it is still missing from a *later* complete
+listing; while more than ``small_removal`` ids (or several ids that are more than
+``max_delete_fraction`` of a list) are missing, each must also have been missing for
+``delete_confirm_seconds`` (minutes): a media scan never sees a library vanish on one bad
+answer. A torrent whose directory was shown and whose status leaves ``downloaded`` for an active
+one (RD flipping it to ``downloading`` and back) keeps its directory for the same time; a failed
+one (``dead``, ``error``, ...) leaves at once. Every torrent deleted that way is written to the
+removal record (``Cache.record_removals``) with its name, hash and file selection, so it can be
+re-added.
+
+Deadlines. A tick's API calls share one deadline (``tick_timeout``): a server that drips its
+answer cannot hold the sync forever; the tick ends as ``stalled`` and the next one starts on
+time. A tick running longer than ``stall_after`` is reported as ``stalled`` by ``status()``.
 
 Writes go in batches of ``batch_size`` rows, one transaction each, with a checkpoint between
 them, so FUSE requests (answered from SQLite) interleave with a big sync.
@@ -41,8 +59,18 @@ from typing import Any, Protocol, TypeVar
 import trio
 
 from rdfs.api.errors import APIError, NetworkError, RDError, UnknownResource
-from rdfs.api.models import STATUS_DOWNLOADED, Download, Torrent, TorrentInfo
-from rdfs.cache import DOWNLOADS_INODE, TORRENTS_INODE, Cache, CacheError, Changes, Scope, list_key, row_key
+from rdfs.api.models import FAILED_STATUSES, STATUS_DOWNLOADED, Download, Torrent, TorrentInfo
+from rdfs.cache import (
+    DOWNLOADS_INODE,
+    TORRENTS_INODE,
+    Cache,
+    CacheError,
+    Changes,
+    ListedTorrent,
+    Scope,
+    list_key,
+    row_key,
+)
 from rdfs.tree import Namespace, download_specs, torrent_dir_specs, torrent_file_specs
 
 log = logging.getLogger(__name__)
@@ -50,6 +78,14 @@ log = logging.getLogger(__name__)
 DEFAULT_PAGE_SIZE = 2500  # RD's documented maximum for ``limit``
 SWEEP_EVERY = 4  # one tick in this many sweeps another list page instead of /torrents page 1
 EMPTY_CONFIRM_SECONDS = 600.0
+DELETE_CONFIRM_SECONDS = 1800.0  # how long a larger removal must persist before it is applied
+SMALL_REMOVAL = 3  # removals of at most this many ids wait one more complete listing only
+MAX_PAGES = 400  # paging bound when no total is known (1,000,000 items at 2,500 a page)
+EXTRA_PAGES = 2  # pages allowed beyond what the total announced (items added while paging)
+STALL_AFTER = 300.0  # a tick running this long is reported as stalled
+TICK_TIMEOUT = 900.0  # a tick's API calls are abandoned after this long
+CONFIRM_DELAY = 5.0  # the listing that confirms a small removal comes this soon
+RECENT_REMOVALS = 50  # removal record entries shown by status()
 MAX_RECENT_ERRORS = 20
 MAX_FILL_PAUSE = 120.0
 
@@ -87,6 +123,22 @@ class Listing:
     reason: str = ""
 
 
+def policy_options(config: Any) -> dict[str, Any]:
+    """The Syncer's keyword arguments for a ``rdfs.config.Config``'s deletion and stall settings."""
+    stall = config.sync_stall_minutes * 60
+    return {
+        "max_delete_fraction": config.max_delete_fraction,
+        "delete_confirm_seconds": config.delete_confirm_minutes * 60,
+        "small_removal": config.small_removal,
+        "stall_after": stall,
+        "tick_timeout": 3 * stall,
+    }
+
+
+class SyncStalled(Exception):
+    """The tick's API calls did not finish within ``tick_timeout``: abandoned, retried next tick."""
+
+
 @dataclass
 class _ListState:
     """What the last complete listing of one list looked like (in memory only)."""
@@ -114,6 +166,10 @@ class Syncer:
         info_concurrency: int = 4,
         page_size: int = DEFAULT_PAGE_SIZE,
         batch_size: int = 500,
+        delete_confirm_seconds: float = DELETE_CONFIRM_SECONDS,
+        small_removal: int = SMALL_REMOVAL,
+        stall_after: float = STALL_AFTER,
+        tick_timeout: float = TICK_TIMEOUT,
     ) -> None:
         self.client = client
         self.cache = cache
@@ -123,6 +179,10 @@ class Syncer:
         self.info_concurrency = max(1, info_concurrency)
         self.page_size = page_size
         self.batch_size = batch_size
+        self.delete_confirm_seconds = delete_confirm_seconds
+        self.small_removal = small_removal
+        self.stall_after = stall_after
+        self.tick_timeout = tick_timeout
         self.namespace = Namespace(cache)
         # Dead torrents stay in the tree (unreadable) while a repair may bring them back: a media
         # server must not see a movie vanish in between. Set by the mount when repair is on.
@@ -146,8 +206,15 @@ class Syncer:
         self._errors: collections.deque[dict[str, Any]] = collections.deque(maxlen=MAX_RECENT_ERRORS)
         self._running = False
         self._health = cache.get_state("health", "unknown")
-        self._pending_deletions: dict[str, list[str]] = cache.get_state("pending_deletions", {})
+        # kind -> id -> [first time missing from a complete listing, complete listings missing it]
+        self._missing: dict[str, dict[str, list[float]]] = cache.get_state("missing", {})
         self._empty_since: dict[str, float] = cache.get_state("empty_since", {})
+        # Torrents whose shown directory is kept although their status left "downloaded": id -> since.
+        self._leaving: dict[str, float] = cache.get_state("leaving", {})
+        # Bad listing conditions currently warned about (one warning when one starts): key -> text.
+        self._conditions: dict[str, str] = {}
+        self._tick_started: float | None = None  # trio clock
+        self._tick_deadline = float("inf")
 
     # --- public ---------------------------------------------------------------------------
 
@@ -178,7 +245,9 @@ class Syncer:
                         self._note_error("sync", "internal error (see the log)")
                         with contextlib.suppress(CacheError):
                             self._set_health("error")
-                    with trio.move_on_after(self.interval):
+                    # A small removal is confirmed by a listing soon after, not an interval later.
+                    confirming = any(self._deletions_due(kind) for kind in self._lists)
+                    with trio.move_on_after(min(self.interval, CONFIRM_DELAY) if confirming else self.interval):
                         await self._wake.wait()
                     self._wake = trio.Event()
             finally:
@@ -220,9 +289,12 @@ class Syncer:
     def status(self) -> dict[str, Any]:
         counts = self.cache.torrent_counts()
         totals = self.namespace.totals()
+        running_for = trio.current_time() - self._tick_started if self._tick_started is not None else None
+        stalled = running_for is not None and running_for > self.stall_after
         return {
-            "health": self._health,
+            "health": "stalled" if stalled else self._health,
             "running": self._running,
+            "stalled_for": round(running_for, 1) if stalled and running_for is not None else None,
             "last_sync": self.cache.get_state("last_sync"),
             "last_outcome": self.cache.get_state("last_outcome"),
             "last_complete_listing": self.cache.get_state("last_complete_listing"),
@@ -238,7 +310,9 @@ class Syncer:
                 {"id": t.id, "name": t.filename, "status": t.status, "progress": t.progress}
                 for t in self.cache.active_torrents()
             ],
-            "pending_deletions": {kind: len(ids) for kind, ids in self._pending_deletions.items() if ids},
+            "pending_deletions": {kind: len(ids) for kind, ids in self._missing.items() if ids},
+            "held_directories": len(self._leaving),
+            "removed": {"count": self.cache.removal_count(), "recent": self.cache.removals(RECENT_REMOVALS)},
             "recent_errors": list(self._errors),
             **{name: report() for name, report in self.reporters.items()},
         }
@@ -249,29 +323,46 @@ class Syncer:
         torrents, downloads = self._lists["torrents"], self._lists["downloads"]
         full = self._force_full
         self._force_full = False
+        self._tick_started = trio.current_time()
+        self._tick_deadline = self._tick_started + self.tick_timeout
         try:
-            if full or not torrents.listed or self._pending_deletions.get("torrents"):
+            if full or not torrents.listed or self._deletions_due("torrents"):
                 await self._sync_torrents()
                 await self._sync_downloads()
-            elif not downloads.listed or self._pending_deletions.get("downloads"):
+            elif not downloads.listed or self._deletions_due("downloads"):
                 await self._probe_torrents()
                 await self._sync_downloads()
             elif self._tick_number % SWEEP_EVERY == SWEEP_EVERY - 1:
                 await self._sweep()
             else:
                 await self._probe_torrents()
+            if self._leaving_expired():
+                self._emit(await self._rebuild_torrent_dirs())
+        except SyncStalled as exc:
+            self._condition("sync", f"stalled: {exc}")  # one warning per outage, not one per tick
+            self._set_health("stalled")
+            self.cache.set_state("last_outcome", f"stalled: {exc}")
         except RDError as exc:
-            self._note_error("sync", exc)
+            self._condition("sync", f"failed: {exc}")
             unreachable = isinstance(exc, NetworkError) or (isinstance(exc, APIError) and exc.status >= 500)
             self._set_health("unavailable" if unreachable else "degraded")
             self.cache.set_state("last_outcome", f"failed: {exc}")
         else:
+            self._condition("sync", None)
             outcome = "ok" if torrents.listed else "incomplete listing"
             self._set_health("ok" if torrents.listed else "degraded")
             self.cache.set_state("last_sync", time.time())
             self.cache.set_state("last_outcome", outcome)
         finally:
             self._tick_number += 1
+            self._tick_started = None
+            self._tick_deadline = float("inf")
+
+    async def _api(self, call: Awaitable[T]) -> T:
+        """An API call of the tick, abandoned when the tick's deadline passed (``SyncStalled``)."""
+        with trio.move_on_at(self._tick_deadline):
+            return await call
+        raise SyncStalled(f"the API calls of this sync did not finish within {self.tick_timeout:.0f} s")
 
     async def _probe_torrents(self) -> None:
         """The idle check: page 1 (and the pages of active torrents), full listing on a change."""
@@ -292,7 +383,7 @@ class Syncer:
         turn = turns[self._sweep_number % len(turns)]
         self._sweep_number += 1
         if turn == "downloads":
-            page = await self.client.downloads(page=1, limit=self.page_size)
+            page = await self._api(self.client.downloads(page=1, limit=self.page_size))
             known = self._lists["downloads"].pages
             if page.not_modified or (known and tuple(d.id for d in page.items) == known[0]):
                 return
@@ -303,7 +394,7 @@ class Syncer:
     async def _check_torrent_page(self, number: int) -> bool:
         """Re-request one page; True when it showed no structural change (else it re-lists)."""
         state = self._lists["torrents"]
-        page = await self.client.torrents(page=number, limit=self.page_size)
+        page = await self._api(self.client.torrents(page=number, limit=self.page_size))
         if page.not_modified:
             return True
         ids = tuple(t.id for t in page.items)
@@ -317,76 +408,144 @@ class Syncer:
 
     # --- listings -------------------------------------------------------------------------
 
-    async def _list_all(self, fetch: Callable[[int], Awaitable[Any]], first: Any = None) -> Listing:
+    async def _list_all(self, fetch: Callable[[int], Awaitable[Any]], first: Any = None, known: int = 0) -> Listing:
+        """Every page of a list, and whether the listing may be trusted for deletions (see the module)."""
         items: list[Any] = []
         seen: set[str] = set()
         pages: list[tuple[str, ...]] = []
         fresh_totals: set[int] = set()
-        total: int | None = None
+        total: int | None = None  # as announced (possibly a lie); compared by the page probes
+        stopped = ""
+        bound = MAX_PAGES
         number = 1
         while True:
-            page = first if number == 1 and first is not None else await fetch(number)
+            page = first if number == 1 and first is not None else await self._api(fetch(number))
             pages.append(tuple(item.id for item in page.items))
             total = page.total if page.total is not None else total
             if not page.not_modified and page.total is not None:
                 fresh_totals.add(page.total)
+            added = 0
             for item in page.items:
                 if item.id not in seen:
                     seen.add(item.id)
                     items.append(item)
-            if len(page.items) < self.page_size or (total is not None and number * self.page_size >= total):
+                    added += 1
+            if len(page.items) < self.page_size:
+                break  # a short page is the last one, whatever the total said
+            if added == 0:
+                stopped = f"page {number} repeated earlier items (the server ignores paging)"
+                break
+            if number == 1:
+                bound = self._page_bound(page.total, len(page.items), known)
+            if number >= bound:
+                stopped = f"still full pages after {number} pages (announced total: {total})"
                 break
             number += 1
+        if stopped:
+            return Listing(items, pages, total, False, stopped)
         if len(fresh_totals) > 1:
             return Listing(items, pages, total, False, "the list changed while paging")
-        if fresh_totals:
-            total = fresh_totals.pop()
-        if total is not None and len(items) < total:
+        if total is not None and total >= 0 and len(items) < total:
             return Listing(items, pages, total, False, f"short answer: {len(items)} of {total} items")
         return Listing(items, pages, total, True)
+
+    def _page_bound(self, total: int | None, first_page: int, known: int) -> int:
+        """How many pages a listing may take, decided after page 1.
+
+        A total is believed only when it is at least what page 1 held; the bound covers the larger
+        of it and the items cached (what the last listings found), plus a margin. Without either,
+        ``MAX_PAGES``. A listing cut by the bound is incomplete; the next one, knowing more, goes further.
+        """
+        size = max(total if total is not None and total >= first_page else 0, known)
+        if size == 0:
+            return MAX_PAGES
+        return min(-(-size // self.page_size) + EXTRA_PAGES, MAX_PAGES)
+
+    def _condition(self, key: str, reason: str | None) -> None:
+        """Warn once when a bad listing condition starts (or changes), not on every tick."""
+        if reason is None:
+            if self._conditions.pop(key, None) is not None:
+                log.info("%s: back to normal", key)
+            return
+        if self._conditions.get(key) != reason:
+            self._conditions[key] = reason
+            log.warning("%s: %s", key, reason)
+            self._note_error(key, reason)
 
     def _trust(self, kind: str, listing: Listing, known: int) -> bool:
         """Whether deletions may be based on ``listing``; an empty answer needs time to be believed."""
         if not listing.complete:
-            log.warning("%s listing incomplete (%s): nothing is deleted", kind, listing.reason)
-            self._note_error(kind, listing.reason)
+            self._condition(f"{kind} listing", f"incomplete ({listing.reason}): nothing is deleted")
             return False
         if listing.items or known == 0:
+            self._condition(f"{kind} listing", None)
             self._set_empty_since(kind, None)
             return True
         first = self._empty_since.get(kind)
         if first is None:
             self._set_empty_since(kind, time.time())
         if first is None or time.time() - first < EMPTY_CONFIRM_SECONDS:
-            reason = f"empty listing while {known} are cached: ignored until it persists"
-            log.warning("%s %s", kind, reason)
-            self._note_error(kind, reason)
+            self._condition(f"{kind} listing", f"empty listing while {known} are cached: ignored until it persists")
             return False
+        self._condition(f"{kind} listing", None)
         return True
 
+    def _mass(self, missing: int, known: int) -> bool:
+        """A large removal: more than a few ids, or several that are a large part of the list."""
+        return missing > self.small_removal or (missing > 1 and missing > self.max_delete_fraction * known)
+
     def _guard(self, kind: str, gone: set[str], known: int) -> set[str]:
-        """Which of the ``gone`` ids to delete now; a mass deletion waits for confirmation."""
-        held = set(self._pending_deletions.get(kind, []))
-        confirmed = gone & held
-        fresh = gone - held
-        hold: set[str] = set()
-        if fresh and len(fresh) > self.max_delete_fraction * known:
-            log.warning(
-                "%s: %d of %d items vanished at once: held back until a later listing confirms", kind, len(fresh), known
+        """Which of the ``gone`` ids to delete now: see "Safety" in the module's docstring."""
+        now = time.time()
+        missing = self._missing.setdefault(kind, {})
+        back = [item_id for item_id in missing if item_id not in gone]
+        for item_id in back:
+            del missing[item_id]
+        for item_id in gone:
+            since, listings = missing.get(item_id, (now, 0))
+            missing[item_id] = [since, listings + 1]
+        mass = self._mass(len(missing), known)
+        due = {
+            item_id
+            for item_id, (since, listings) in missing.items()
+            if listings >= 2 and (not mass or now - since >= self.delete_confirm_seconds)
+        }
+        for item_id in due:
+            del missing[item_id]
+        if missing and mass:
+            self._condition(
+                f"{kind} removal",
+                f"{len(missing)} of {known} items missing upstream: held back until they stay missing "
+                f"for {self.delete_confirm_seconds / 60:g} minutes",
             )
-            hold = fresh
-        else:
-            confirmed |= fresh
-        if confirmed & held:
-            log.warning("%s: deletion of %d items confirmed", kind, len(confirmed & held))
-        if hold or held:
-            self._pending_deletions[kind] = sorted(hold)
-            self.cache.set_state("pending_deletions", self._pending_deletions)
-        return confirmed
+        else:  # a small removal waiting for the next listing is routine: no warning
+            self._condition(f"{kind} removal", None)
+            if gone - due:
+                log.info("%s: %d items missing upstream: deleted if the next listing agrees", kind, len(gone - due))
+        if back:
+            log.info("%s: %d missing items are listed again: not deleted", kind, len(back))
+        if due:
+            log.log(logging.WARNING if mass else logging.INFO, "%s: removal of %d items confirmed", kind, len(due))
+        if back or gone or due:
+            self.cache.set_state("missing", self._missing)
+        return due
+
+    def _deletions_due(self, kind: str) -> bool:
+        """Whether a complete listing now could apply a held removal (else the probes will do)."""
+        missing = self._missing.get(kind)
+        if not missing:
+            return False
+        oldest = min(since for since, _ in missing.values())
+        return not self._mass(len(missing), self._known(kind)) or time.time() - oldest >= self.delete_confirm_seconds
+
+    def _known(self, kind: str) -> int:
+        return self.cache.torrent_counts()["torrents"] if kind == "torrents" else self.cache.download_count()
 
     async def _sync_torrents(self, first: Any = None) -> None:
         state = self._lists["torrents"]
-        listing = await self._list_all(lambda n: self.client.torrents(page=n, limit=self.page_size), first)
+        listing = await self._list_all(
+            lambda n: self.client.torrents(page=n, limit=self.page_size), first, self._known("torrents")
+        )
         known = self.cache.torrent_states()
         changes = Changes()
         structural = await self._store_torrents(listing.items, known, rebuild=False)
@@ -396,7 +555,9 @@ class Syncer:
             if doomed:
                 log.info("removing %d torrents gone upstream", len(doomed))
                 for chunk in _chunks(sorted(doomed), self.batch_size):
-                    changes.merge(self.cache.delete_torrents(chunk))
+                    with self.cache.transaction():
+                        self.cache.record_removals(chunk, by="rd", reason="gone from RD's torrent list")
+                        changes.merge(self.cache.delete_torrents(chunk))
                     await trio.sleep(0)
                 structural = True
             state.pages, state.total, state.listed = listing.pages, listing.total, True
@@ -433,7 +594,7 @@ class Syncer:
         """Bring ``torrents/`` in line with the cached downloaded torrents."""
         # Each step blocks the loop for a while on a big library: let FUSE requests in between.
         statuses = (STATUS_DOWNLOADED, "dead") if self.keep_dead else (STATUS_DOWNLOADED,)
-        torrents = self.cache.shown_torrents(statuses)
+        torrents = self.cache.shown_torrents(statuses) + self._held_torrents(statuses)
         await trio.sleep(0)
         specs = torrent_dir_specs(torrents, self.cache.torrents_with_files(), self.cache.subdir_counts(), statuses)
         await trio.sleep(0)
@@ -456,9 +617,43 @@ class Syncer:
         log.info("torrents/: %d added or changed, %d removed", len(diff.upsert), len(diff.remove))
         return changes
 
+    def _held_torrents(self, statuses: Sequence[str]) -> list[ListedTorrent]:
+        """Shown torrents now active again (not failed): kept (as shown) for ``delete_confirm_seconds``.
+
+        RD flips some torrents between downloaded and downloading; without this their directory
+        (and a media server's items) would go and come back on every sync.
+        """
+        now = time.time()
+        leaving = self.cache.listed_torrents(self.cache.shown_torrent_ids())
+        before = dict(self._leaving)
+        held: list[ListedTorrent] = []
+        for torrent in leaving:
+            if torrent.status in statuses or torrent.status in FAILED_STATUSES:
+                continue  # a failed torrent is unreadable: it leaves at once (unless repair keeps it)
+            since = self._leaving.setdefault(torrent.id, now)
+            if now - since < self.delete_confirm_seconds:
+                held.append(torrent._replace(status=statuses[0]))
+                if torrent.id not in before:
+                    log.info(
+                        "torrent %s (%s) is %s now: its directory stays for %g minutes",
+                        torrent.id, torrent.filename, torrent.status, self.delete_confirm_seconds / 60,
+                    )  # fmt: skip
+        kept = {t.id for t in held}
+        self._leaving = {tid: since for tid, since in self._leaving.items() if tid in kept}
+        if self._leaving != before:
+            self.cache.set_state("leaving", self._leaving)
+        return held
+
+    def _leaving_expired(self) -> bool:
+        """Whether a held directory's time ran out (its removal needs a rebuild)."""
+        now = time.time()
+        return any(now - since >= self.delete_confirm_seconds for since in self._leaving.values())
+
     async def _sync_downloads(self, first: Any = None) -> None:
         state = self._lists["downloads"]
-        listing = await self._list_all(lambda n: self.client.downloads(page=n, limit=self.page_size), first)
+        listing = await self._list_all(
+            lambda n: self.client.downloads(page=n, limit=self.page_size), first, self._known("downloads")
+        )
         known = self.cache.download_ids()
         new = [d for d in listing.items if d.id not in known]
         for chunk in _chunks(new, self.batch_size):

@@ -115,6 +115,7 @@ async def test_incremental_changes_keep_inodes(emulator: Emulator, client: RDCli
     emulator.set_status(busy, "downloaded")
     new = emulator.add_torrent("New", [FileSpec("/n.mkv", 10)])
     await syncer.sync_once(full=False)  # the page-1 probe notices the change
+    await syncer.sync_once(full=False)  # a removal waits for one more complete listing
     after = tree(ns)
     assert "torrents/Gone" not in after and "torrents/Gone/g.mkv" not in after
     assert after["torrents/Busy/b.mkv"] and after["torrents/New/n.mkv"]
@@ -212,18 +213,22 @@ async def test_short_listing_deletes_nothing(emulator: Emulator, client: RDClien
 
 async def test_mass_deletion_waits_for_confirmation(emulator: Emulator, client: RDClient, cache: Cache) -> None:
     ids = emulator.bulk_add_torrents(10, 1)
-    syncer = Syncer(client, cache, max_delete_fraction=0.2)
+    syncer = Syncer(client, cache, max_delete_fraction=0.2, delete_confirm_seconds=3600)
     await syncer.sync_once()
     ns = Namespace(cache)
-    emulator.remove_torrent(ids[0])  # 10%: applied at once
+    emulator.remove_torrent(ids[0])  # a small removal: applied by the next listing
+    await syncer.sync_once()
+    assert len(names(ns, TORRENTS_INODE)) == 10
     await syncer.sync_once()
     assert len(names(ns, TORRENTS_INODE)) == 9
-    for tid in ids[1:6]:  # 5 of 9: held back
+    for tid in ids[1:6]:  # 5 of 9: held back until they stayed missing for the confirmation time
         emulator.remove_torrent(tid)
+    await syncer.sync_once()
     await syncer.sync_once()
     assert len(names(ns, TORRENTS_INODE)) == 9
     assert syncer.status()["pending_deletions"] == {"torrents": 5}
-    await syncer.sync_once(full=False)  # the next listing confirms
+    syncer.delete_confirm_seconds = 0  # the confirmation time has passed
+    await syncer.sync_once(full=False)
     assert len(names(ns, TORRENTS_INODE)) == 4
     assert syncer.status()["pending_deletions"] == {}
 

@@ -143,6 +143,7 @@ async def test_views_in_the_tree(synced) -> None:
     # The torrent goes away upstream: it leaves its view too; inodes of the others stay.
     emu.remove_torrent(show)
     await syncer.sync_once()
+    await syncer.sync_once()  # a removal waits for one more complete listing
     views.refresh()
     assert listing(namespace, namespace.lookup(ROOT_INODE, "shows").inode) == {}
     assert listing(namespace, namespace.lookup(ROOT_INODE, "movies").inode) == movies

@@ -286,3 +286,8 @@ class Faults:
     api_raw_bodies: dict[str, tuple[int, str]] = field(default_factory=dict)
     # Per endpoint counter name ("*": every endpoint): seconds between the bytes of its answers.
     api_drip: dict[str, float] = field(default_factory=dict)
+    # hostile listings (issue 15): /torrents and /downloads only
+    list_total: str | None = None  # X-Total-Count sent instead of the truth; "page": the page's limit
+    list_ignore_page: bool = False  # page and offset ignored: every page is the first one
+    list_hidden_ids: tuple[str, ...] = ()  # left out of listings (and their totals), still upstream
+    list_drip_seconds: float = 0.0  # list bodies are sent one byte every this many seconds

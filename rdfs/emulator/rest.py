@@ -5,10 +5,12 @@ from __future__ import annotations
 import re
 from datetime import date, datetime, timedelta, timezone
 from pathlib import PurePosixPath
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+import trio
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute
 
 from .model import HOST, Refusal, mime_type, missing, rd_date
@@ -47,8 +49,11 @@ _SETTING_VALUES = {
 }
 
 
-def _page(request: Request) -> tuple[int, int]:
-    """(offset, limit) from ``offset``/``page``/``limit``; ``page`` wins over ``offset``."""
+def _page(request: Request, emu: Emulator | None = None) -> tuple[int, int]:
+    """(offset, limit) from ``offset``/``page``/``limit``; ``page`` wins over ``offset``.
+
+    With the ``list_ignore_page`` fault of ``emu`` every page is the first one.
+    """
     limit = int_param(request, "limit", DEFAULT_LIMIT)
     if limit < 0:
         raise Refusal("wrong_parameter", "limit must be within 0 and 5000")
@@ -59,18 +64,39 @@ def _page(request: Request) -> tuple[int, int]:
         raise Refusal("wrong_parameter", "page and offset must be positive")
     if page:
         offset = (page - 1) * limit
+    if emu is not None and emu.faults.list_ignore_page:
+        offset = 0
     return offset, limit
 
 
 def _list_response(request: Request, emu: Emulator, items: list[dict[str, Any]], total: int) -> Response:
-    if emu.faults.empty_lists:
+    faults = emu.faults
+    if faults.empty_lists:
         items, total = [], 0
-        if emu.faults.empty_lists_status == 200:
+        if faults.empty_lists_status == 200:
             return json_response(request, [], headers={"X-Total-Count": "0"})
+    if faults.list_hidden_ids:
+        hidden = set(faults.list_hidden_ids)
+        upstream = emu._downloads if request.url.path.endswith("/downloads") else emu._torrents
+        items = [item for item in items if item["id"] not in hidden]
+        total -= len(hidden & upstream.keys())
     headers = {"X-Total-Count": str(total)}
+    if faults.list_total is not None:
+        headers["X-Total-Count"] = str(_page(request)[1]) if faults.list_total == "page" else faults.list_total
     if not items:
         return no_content(headers)
-    return json_response(request, items, headers=headers)
+    response = json_response(request, items, headers=headers)
+    if faults.list_drip_seconds > 0 and response.status_code == 200:
+        body, pause = bytes(response.body), faults.list_drip_seconds
+
+        async def drip() -> AsyncIterator[bytes]:
+            for index in range(len(body)):
+                yield body[index : index + 1]
+                await trio.sleep(pause)
+
+        headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
+        return StreamingResponse(drip(), media_type="application/json", headers=headers)
+    return response
 
 
 def _media_infos(entry_json: dict[str, Any]) -> dict[str, Any]:
@@ -206,7 +232,7 @@ def routes(emu: Emulator) -> list[BaseRoute]:
         return json_response(request, _media_infos(entry))
 
     async def downloads(request: Request) -> Response:
-        offset, limit = _page(request)
+        offset, limit = _page(request, emu)
         items, total = emu.list_downloads(offset, limit)
         return _list_response(request, emu, items, total)
 
@@ -215,7 +241,7 @@ def routes(emu: Emulator) -> list[BaseRoute]:
         return no_content()
 
     async def torrents(request: Request) -> Response:
-        offset, limit = _page(request)
+        offset, limit = _page(request, emu)
         items, total = emu.list_torrents(offset, limit, request.query_params.get("filter") == "active")
         items = [hostile_torrent(emu, item, info=False) for item in items]
         return _list_response(request, emu, items, total)
