@@ -110,7 +110,8 @@ async def open_world(emulator: Emulator, cache_dir: Path, *, allow_delete: bool 
                 namespace = Namespace(cache)
                 resolver = LinkResolver(client, cache)
                 readers = ReaderPool(resolver, nursery=nursery, retries=0)
-                control = Control(namespace, syncer, client, cache, allow_delete=allow_delete, nursery=nursery)
+                control = Control(namespace, syncer, client, cache, allow_delete=allow_delete)
+                await nursery.start(control.run)
                 ops = Operations(
                     namespace,
                     syncer,
