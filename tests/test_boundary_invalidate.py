@@ -31,7 +31,9 @@ def test_removing_unseen_torrents_logs_no_error(emulator_proc, tmp_path) -> None
         assert os.stat(torrents / "Keep" / "k.mkv").st_size == 1000
         assert os.stat(torrents / "Seen").st_ino  # the kernel holds this one
         (mounted.path / ".rdfs" / "delete").write_text("".join(f"{t}\n" for t in unseen + [seen]))
-        assert sorted(control.torrent_ids()) == [keep]
+        # The batch is queued at close and run by the control worker.
+        mountutil.wait_for(lambda: sorted(control.torrent_ids()) == [keep], timeout=60, what="deletes upstream")
+        mountutil.wait_for(lambda: not json.loads(status.read_text())["queue"]["pending"], what="queue drained")
         # The entry the kernel held is gone at once (invalidated), the rest never reached it.
         assert not (torrents / "Seen").exists()
         assert os.listdir(torrents) == ["Keep"]
