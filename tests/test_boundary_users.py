@@ -108,9 +108,26 @@ def python_for_users() -> tuple[str, str]:
     raise AssertionError(f"no system python {sys.version_info[:2]} for the test users")
 
 
+@contextlib.contextmanager
+def traversable(path: Path) -> Iterator[None]:
+    """Let other users traverse the directories down to ``path`` (a clone in a 0700 mktemp dir
+    holds the venv and the sources they run); the modes are restored after."""
+    changed = []
+    for directory in [path, *path.parents]:
+        mode = directory.stat().st_mode & 0o7777
+        if not mode & 0o001:
+            directory.chmod(mode | 0o001)
+            changed.append((directory, mode))
+    try:
+        yield
+    finally:
+        for directory, mode in changed:
+            directory.chmod(mode)
+
+
 @pytest.fixture
 def users() -> Iterator[tuple[User, User]]:
-    with fuse_for_users(), made_user("owner") as owner, made_user("other") as other:
+    with traversable(Path(REPO)), fuse_for_users(), made_user("owner") as owner, made_user("other") as other:
         yield owner, other
 
 
