@@ -22,7 +22,7 @@ import trio
 from rdfs import __version__
 from rdfs import config as configuration
 from rdfs import logs
-from rdfs.actions import (
+from rdfs.control.actions import (
     SELECTION_POLICIES,
     ActionError,
     Added,
@@ -40,7 +40,7 @@ from rdfs.api.auth import Credentials, OAuthSession, StaticToken, poll_device_lo
 from rdfs.api.client import RDClient
 from rdfs.api.errors import RDError, UnknownResource
 from rdfs.api.models import DeviceCode, Torrent, User
-from rdfs.cache import CONTROL_DIR, DOWNLOADS_DIR, TORRENTS_DIR
+from rdfs.store.metadata import CONTROL_DIR, DOWNLOADS_DIR, TORRENTS_DIR
 
 log = logging.getLogger("rdfs")
 
@@ -154,7 +154,7 @@ EXIT_INTERRUPTED = 130
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    from rdfs import mount
+    from rdfs.fuse import mount
 
     config = _config(args)
     mountpoint = args.mountpoint.expanduser().resolve()
@@ -231,7 +231,7 @@ def _check_writable_dir(path: Path, what: str) -> None:
 
 def _daemonize(args: argparse.Namespace, config: configuration.Config, mountpoint: Path) -> int:
     """Start ``rdfs mount --foreground`` detached and wait until the mount is there."""
-    from rdfs import mount
+    from rdfs.fuse import mount
 
     log_file = config.log_file or config.cache_dir / "rdfs.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -283,7 +283,7 @@ def _last_error(log_file: Path) -> str:
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    from rdfs import mount
+    from rdfs.fuse import mount
 
     mount.unmount(args.mountpoint.expanduser().resolve())
     return 0
@@ -733,7 +733,7 @@ def _resolve_targets(args: argparse.Namespace) -> tuple[list[Target], list[str]]
 
 async def _targets_by_name(client: RDClient, names: list[str]) -> list[Target]:
     """Match ``torrents/<name>`` / ``downloads/<name>`` against the names a mount would show."""
-    from rdfs.tree import download_specs, torrent_dir_specs
+    from rdfs.tree.specs import download_specs, torrent_dir_specs
 
     if not names:
         return []
@@ -779,7 +779,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 
 def cmd_removed(args: argparse.Namespace) -> int:
-    from rdfs.cache import Cache
+    from rdfs.store.metadata import Cache
 
     _quiet_logging(args)
     config = _config(args)
@@ -860,7 +860,7 @@ def cmd_hosts(args: argparse.Namespace) -> int:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from rdfs.mount import MountError
+    from rdfs.fuse.mount import MountError
 
     return (UsageError, configuration.ConfigError, MountError, RDError, ActionError)
 

@@ -20,15 +20,15 @@ import trio
 from rdfs.api.auth import StaticToken
 from rdfs.api.client import RDClient
 from rdfs.api.transport import RetryPolicy
-from rdfs.cache import CONTROL_INODE, TORRENTS_INODE, Cache
-from rdfs.control import Control
+from rdfs.store.metadata import CONTROL_INODE, TORRENTS_INODE, Cache
+from rdfs.control.files import Control
 from rdfs.emulator import Emulator, FileSpec
-from rdfs.fs import Operations
-from rdfs.links import LinkResolver
-from rdfs.reader import ReaderPool
-from rdfs.streaming import StreamingExtras
-from rdfs.sync import Syncer
-from rdfs.tree import Namespace
+from rdfs.fuse.operations import Operations
+from rdfs.data.links import LinkResolver
+from rdfs.data.reader import ReaderPool
+from rdfs.data.streaming import StreamingExtras
+from rdfs.sync.syncer import Syncer
+from rdfs.tree.specs import Namespace
 
 OWNER = 1000
 OTHER = 2000

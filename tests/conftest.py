@@ -19,7 +19,7 @@ import trio
 from rdfs.api.auth import StaticToken
 from rdfs.api.client import RDClient
 from rdfs.api.transport import RetryPolicy
-from rdfs.cache import Cache
+from rdfs.store.metadata import Cache
 from rdfs.emulator import Emulator
 from rdfs.emulator.control import EmulatorControl
 

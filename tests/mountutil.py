@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from rdfs.mount import is_fuse_mount
+from rdfs.fuse.mount import is_fuse_mount
 
 MOUNT_TIMEOUT = 30.0
 

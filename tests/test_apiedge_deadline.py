@@ -16,8 +16,8 @@ from rdfs.api.client import RDClient
 from rdfs.api.errors import GatewayError, NetworkError, RDError, ServiceUnavailable
 from rdfs.api.transport import RetryPolicy
 from rdfs.emulator import Emulator, FileSpec
-from rdfs.links import LinkResolver
-from rdfs.streaming import MEDIAINFO, StreamingExtras
+from rdfs.data.links import LinkResolver
+from rdfs.data.streaming import MEDIAINFO, StreamingExtras
 
 NO_WAIT = dict(wait_initial=0, wait_max=0, wait_jitter=0)
 

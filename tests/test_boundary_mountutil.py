@@ -10,13 +10,13 @@ import pytest
 
 from tests import mountutil
 
-LOG = """2026-12-02 18:40:00,123 INFO rdfs.mount: mounted /mnt (api http://127.0.0.1:1/rest/1.0)
-2026-12-02 18:40:01,123 ERROR rdfs.fs: getattr(inode 1005) failed unexpectedly; answered EIO
+LOG = """2026-12-02 18:40:00,123 INFO rdfs.fuse.mount: mounted /mnt (api http://127.0.0.1:1/rest/1.0)
+2026-12-02 18:40:01,123 ERROR rdfs.fuse.operations: getattr(inode 1005) failed unexpectedly; answered EIO
 Traceback (most recent call last):
-  File "/work/rdfs/fs.py", line 139, in wrapper
+  File "/work/rdfs/fuse/operations.py", line 139, in wrapper
     return await handler(self, *args)
 sqlite3.OperationalError: database or disk is full
-2026-12-02 18:40:02,123 INFO rdfs.mount: unmounted /mnt
+2026-12-02 18:40:02,123 INFO rdfs.fuse.mount: unmounted /mnt
 """
 
 

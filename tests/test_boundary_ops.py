@@ -15,10 +15,10 @@ import pytest
 import trio
 
 from rdfs.api.errors import NetworkError
-from rdfs.cache import CONTROL_INODE, DOWNLOADS_INODE, TORRENTS_INODE
-from rdfs.fs import Operations
+from rdfs.store.metadata import CONTROL_INODE, DOWNLOADS_INODE, TORRENTS_INODE
+from rdfs.fuse.operations import Operations
 from rdfs.outcome import FsError
-from rdfs.sync import TreeChange
+from rdfs.sync.syncer import TreeChange
 from tests.boundary_world import (
     JUNK,
     MALFORMED_TORRENTS,

@@ -16,7 +16,7 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rdfs.cache import CONTROL_INODE, TORRENTS_INODE
+from rdfs.store.metadata import CONTROL_INODE, TORRENTS_INODE
 from rdfs.emulator import Emulator
 from tests.boundary_world import (
     JUNK,

@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from rdfs.cache import (
+from rdfs.store.metadata import (
     CONTROL_INODE,
     DOWNLOADS_INODE,
     FIRST_DYNAMIC_INODE,
@@ -19,7 +19,7 @@ from rdfs.cache import (
     Scope,
     StoredLink,
 )
-from rdfs.tree import Namespace, torrent_dir_specs, torrent_file_specs
+from rdfs.tree.specs import Namespace, torrent_dir_specs, torrent_file_specs
 from tests.test_tree import info
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from rdfs.cache import DB_NAME
+from rdfs.store.metadata import DB_NAME
 from rdfs.emulator import FileSpec
 from tests import mountutil
 from tests.conftest import EmulatorProcess, running_emulator

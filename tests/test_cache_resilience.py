@@ -12,7 +12,7 @@ import trio
 
 from rdfs.api.client import RDClient
 from rdfs.api.models import Torrent
-from rdfs.cache import (
+from rdfs.store.metadata import (
     ACCOUNTS_FILE,
     DB_NAME,
     TORRENTS_INODE,
@@ -24,8 +24,8 @@ from rdfs.cache import (
     StoredLink,
 )
 from rdfs.emulator import Emulator, FileSpec
-from rdfs.sync import Syncer
-from rdfs.tree import Namespace
+from rdfs.sync.syncer import Syncer
+from rdfs.tree.specs import Namespace
 
 
 def torrent(number: int) -> Torrent:
@@ -265,8 +265,8 @@ def test_read_only_database_is_named_in_status(cache: Cache) -> None:
 def test_corrupt_probe_cache_is_moved_aside_and_rebuilt(cache: Cache, caplog) -> None:
     from types import SimpleNamespace
 
-    from rdfs.probecache import DB_NAME as PROBE_DB
-    from rdfs.probecache import open_probe_cache
+    from rdfs.store.probecache import DB_NAME as PROBE_DB
+    from rdfs.store.probecache import open_probe_cache
 
     path = cache.path.parent / PROBE_DB
     path.write_bytes(b"\x00garbage" * 4096)

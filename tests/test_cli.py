@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from rdfs import actions
-from rdfs.actions import ActionFailed, InvalidInput, Magnet, Target
+from rdfs.control.files import actions
+from rdfs.control.actions import ActionFailed, InvalidInput, Magnet, Target
 from rdfs.api.auth import StaticToken
 from rdfs.api.client import RDClient
 from rdfs.api.models import TorrentFile, TorrentInfo

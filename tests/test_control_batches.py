@@ -22,13 +22,13 @@ from rdfs.api.auth import StaticToken
 from rdfs.api.client import RDClient
 from rdfs.api.ratelimit import RateLimiter
 from rdfs.api.transport import RetryPolicy
-from rdfs.cache import CONTROL_INODE, TORRENTS_INODE, Cache
-from rdfs.control import MAX_UPLOAD_BYTES, Control, Handle
+from rdfs.store.metadata import CONTROL_INODE, TORRENTS_INODE, Cache
+from rdfs.control.files import MAX_UPLOAD_BYTES, Control, Handle
 from rdfs.emulator import Emulator, FileSpec
 from rdfs.emulator.bencode import encode
 from rdfs.outcome import FsError
-from rdfs.sync import Syncer
-from rdfs.tree import Namespace
+from rdfs.sync.syncer import Syncer
+from rdfs.tree.specs import Namespace
 
 NO_WAIT = RetryPolicy(max_retries=1, wait_initial=0, wait_max=0, wait_jitter=0)
 WAIT = 30.0  # bound on waiting for the worker (it needs milliseconds)
@@ -350,13 +350,13 @@ def test_junk_into_every_control_file_only_ever_raises_fs_error(tmp_path: Path, 
 
 
 async def test_rm_is_not_held_up_by_a_batch_and_has_a_deadline(rig: Rig, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import rdfs.control
+    import rdfs.control.files
 
     await rig.control.syncer.sync_once()
     node = rig.control.namespace.lookup(TORRENTS_INODE, "Already Here")
     assert node is not None
     rig.emulator.faults.api_latency = 5.0  # RD answers nothing in time
-    monkeypatch.setattr(rdfs.control, "REMOVE_TIMEOUT", 0.2)
+    monkeypatch.setattr(rdfs.control.files, "REMOVE_TIMEOUT", 0.2)
     error = await refused(rig.control.remove_node(node))
     assert error.errno == errno.EIO and "no answer within" in error.reason
     rig.emulator.faults.api_latency = 0.0
@@ -376,7 +376,7 @@ async def test_rm_is_not_held_up_by_a_batch_and_has_a_deadline(rig: Rig, monkeyp
     with trio.fail_after(WAIT):
         while rig.control.queue_status()["current"] is None:
             await trio.sleep(0.01)
-    monkeypatch.setattr(rdfs.control, "REMOVE_TIMEOUT", WAIT)
+    monkeypatch.setattr(rdfs.control.files, "REMOVE_TIMEOUT", WAIT)
     await rig.control.remove_node(node)
     assert node.torrent_id not in rig.emulator.torrent_ids()
     assert rig.control.queue_status()["current"] is not None  # the batch is still running
@@ -386,7 +386,7 @@ async def test_rm_is_not_held_up_by_a_batch_and_has_a_deadline(rig: Rig, monkeyp
 
 
 async def test_an_add_batch_stopped_half_way_is_rolled_back(rig: Rig, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from rdfs.actions import add_items, parse_magnet
+    from rdfs.control.actions import add_items, parse_magnet
 
     before = rig.hashes()
     client = rig.control.client

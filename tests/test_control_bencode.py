@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rdfs.actions import MAX_BENCODE_DEPTH, InvalidInput, TorrentFile, TruncatedTorrent, parse_torrent_file
+from rdfs.control.actions import MAX_BENCODE_DEPTH, InvalidInput, TorrentFile, TruncatedTorrent, parse_torrent_file
 from rdfs.emulator.bencode import encode
 
 

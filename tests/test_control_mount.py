@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rdfs.control import MAX_UPLOAD_BYTES, UPLOAD_MEMORY
+from rdfs.control.files import MAX_UPLOAD_BYTES, UPLOAD_MEMORY
 from tests import mountutil
 from tests.test_control import fake_hash, hashes, make_torrent
 

@@ -21,11 +21,11 @@ import trio
 from rdfs.api.client import RDClient
 from rdfs.api.errors import GatewayError, InfringingFile
 from rdfs.api.models import Download
-from rdfs.cache import Cache, StoredLink
+from rdfs.store.metadata import Cache, StoredLink
 from rdfs.emulator import Emulator, FileSpec
-from rdfs.links import BadDownloadURL, LinkGone, LinkResolver, checked_url
-from rdfs.probecache import ProbeCache, file_key
-from rdfs.reader import BLOCK_SIZE, DownloadError, DownloadStalled, FileSource, ReaderPool
+from rdfs.data.links import BadDownloadURL, LinkGone, LinkResolver, checked_url
+from rdfs.store.probecache import ProbeCache, file_key
+from rdfs.data.reader import BLOCK_SIZE, DownloadError, DownloadStalled, FileSource, ReaderPool
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -196,7 +196,7 @@ async def test_a_failing_store_keeps_links_in_memory(env: Env, caplog: pytest.Lo
     store = FailingStore()
     resolver = LinkResolver(env.rd, store)
     pool = env.pool(resolver)
-    with caplog.at_level(logging.WARNING, logger="rdfs.links"):
+    with caplog.at_level(logging.WARNING, logger="rdfs.data.links"):
         for offset in (0, 8 * KiB, 40 * KiB):
             assert await env.read(pool, source, offset, 1000) == env.emu.file_bytes(torrent_id, 1, offset, 1000)
     assert env.emu.counters[UNRESTRICT] == 1 and store.writes == 1

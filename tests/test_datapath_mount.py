@@ -2,7 +2,7 @@
 to hosts that do not exist, and an RD behind a failing gateway.
 
 Each test runs its own emulator (its faults are its own) and mounts rdfs against it; the mount
-runs the real deadlines (``rdfs.reader.STALL_TIMEOUT`` ...). Failures must be EIO for the file
+runs the real deadlines (``rdfs.data.reader.STALL_TIMEOUT`` ...). Failures must be EIO for the file
 concerned, the mount stays up, other files read their exact bytes.
 """
 
@@ -22,11 +22,11 @@ from typing import Any
 import pytest
 import trio
 
-from rdfs.cache import Cache, StoredLink
+from rdfs.store.metadata import Cache, StoredLink
 from rdfs.emulator import Emulator, FileSpec
 from rdfs.emulator.model import Refusal
-from rdfs.probecache import file_key
-from rdfs.reader import READ_STALL_TIMEOUT
+from rdfs.store.probecache import file_key
+from rdfs.data.reader import READ_STALL_TIMEOUT
 from tests import mountutil
 
 pytestmark = pytest.mark.mount

@@ -22,7 +22,7 @@ import trio
 
 from rdfs.api.ratelimit import MIN_PER_MINUTE, RateLimiter
 from rdfs.emulator import FileSpec
-from rdfs.mount import is_fuse_mount
+from rdfs.fuse.mount import is_fuse_mount
 from tests import mountutil
 
 MiB = 1024 * 1024

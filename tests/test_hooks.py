@@ -11,8 +11,8 @@ import pytest
 import trio
 
 from rdfs.emulator import FileSpec
-from rdfs.hooks import HookConfig, HookError, UpdateHook, parse_hook
-from rdfs.sync import TreeChange
+from rdfs.sync.hooks import HookConfig, HookError, UpdateHook, parse_hook
+from rdfs.sync.syncer import TreeChange
 from tests import mountutil
 
 RECORDER = """

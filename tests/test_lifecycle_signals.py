@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from rdfs.emulator import FileSpec
-from rdfs.mount import is_fuse_mount
+from rdfs.fuse.mount import is_fuse_mount
 from tests import mountutil
 
 pytestmark = pytest.mark.mount

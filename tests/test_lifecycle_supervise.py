@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import trio
 
-from rdfs import mount
+from rdfs.fuse import mount
 from rdfs.config import Config
 from rdfs.emulator import Emulator, FileSpec
-from rdfs.mount import is_fuse_mount
-from rdfs.sync import Syncer
-from rdfs.views import Views
+from rdfs.fuse.mount import is_fuse_mount
+from rdfs.sync.syncer import Syncer
+from rdfs.sync.views import Views
 from tests import mountutil
 
 pytestmark = pytest.mark.mount

@@ -12,9 +12,9 @@ from rdfs.api.auth import StaticToken
 from rdfs.api.client import RDClient
 from rdfs.api.errors import RDError
 from rdfs.api.transport import RetryPolicy
-from rdfs.cache import Cache, StoredLink
+from rdfs.store.metadata import Cache, StoredLink
 from rdfs.emulator import Emulator, FileSpec
-from rdfs.links import LinkGone, LinkResolver
+from rdfs.data.links import LinkGone, LinkResolver
 
 UNRESTRICT = "POST /unrestrict/link"
 NO_RETRY = RetryPolicy(max_retries=0, wait_initial=0, wait_max=0, wait_jitter=0)

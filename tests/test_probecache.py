@@ -9,9 +9,9 @@ import trio
 from rdfs.api.auth import StaticToken
 from rdfs.api.client import RDClient
 from rdfs.emulator import Emulator, FileSpec
-from rdfs.links import LinkResolver
-from rdfs.probecache import ProbeCache, file_key
-from rdfs.reader import BLOCK_SIZE, FileSource, ReaderPool
+from rdfs.data.links import LinkResolver
+from rdfs.store.probecache import ProbeCache, file_key
+from rdfs.data.reader import BLOCK_SIZE, FileSource, ReaderPool
 
 KiB = 1024
 MiB = 1024 * KiB

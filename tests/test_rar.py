@@ -13,17 +13,17 @@ import pytest
 import rarfile
 import trio
 
-from rdfs import rar
+from rdfs.data import rar
 from rdfs.api.client import RDClient
-from rdfs.archives import ArchiveIndexer
-from rdfs.cache import Cache
+from rdfs.sync.archives import ArchiveIndexer
+from rdfs.store.metadata import Cache
 from rdfs.emulator import Emulator, FileSpec
 from rdfs.emulator import rar as emurar
 from rdfs.emulator.content import Segment, read_segments
-from rdfs.links import LinkResolver
-from rdfs.reader import FileSource, ReaderPool
-from rdfs.sync import Syncer
-from rdfs.tree import Namespace
+from rdfs.data.links import LinkResolver
+from rdfs.data.reader import FileSource, ReaderPool
+from rdfs.sync.syncer import Syncer
+from rdfs.tree.specs import Namespace
 from tests import mountutil
 
 KiB = 1024

@@ -12,10 +12,10 @@ import trio
 import trio.testing
 
 from rdfs.api.client import RDClient
-from rdfs.cache import Cache
+from rdfs.store.metadata import Cache
 from rdfs.emulator import Emulator, FileSpec
-from rdfs.links import LinkGone, LinkResolver
-from rdfs.reader import BLOCK_SIZE, BlockCache, DownloadError, FileSource, ReaderPool
+from rdfs.data.links import LinkGone, LinkResolver
+from rdfs.data.reader import BLOCK_SIZE, BlockCache, DownloadError, FileSource, ReaderPool
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -98,7 +98,7 @@ def test_block_cache_is_lru_and_bounded() -> None:
 
 
 async def test_response_checks_catch_wrong_content_range() -> None:
-    from rdfs.links import ResolvedLink
+    from rdfs.data.links import ResolvedLink
 
     pool = ReaderPool(LinkResolver(None, None))  # type: ignore[arg-type]
     link = ResolvedLink("http://127.0.0.1:9/d/X/f", "X", 1000, 0.0)
@@ -589,7 +589,7 @@ def test_a_touched_block_stops_pinning_its_response_piece() -> None:
 
 async def test_a_cached_link_to_an_unreachable_server_is_refreshed(env: Env) -> None:
     """A link remembered from before a restart names a server that is gone: one fresh unrestrict."""
-    from rdfs.cache import StoredLink
+    from rdfs.store.metadata import StoredLink
 
     size = MiB
     torrent_id, source = env.add(size)

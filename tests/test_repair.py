@@ -9,14 +9,14 @@ import pytest
 import trio
 
 from rdfs.api.client import RDClient
-from rdfs.cache import ROOT_INODE, Cache
+from rdfs.store.metadata import ROOT_INODE, Cache
 from rdfs.emulator import Emulator, FileSpec
-from rdfs.links import LinkGone, LinkResolver
-from rdfs.reader import FileSource, ReaderPool
-from rdfs.repair import Repairer, RepairPolicy
-from rdfs.sync import Syncer
-from rdfs.tree import Namespace
-from rdfs.views import DEFAULT_VIEWS, Views
+from rdfs.data.links import LinkGone, LinkResolver
+from rdfs.data.reader import FileSource, ReaderPool
+from rdfs.sync.repair import Repairer, RepairPolicy
+from rdfs.sync.syncer import Syncer
+from rdfs.tree.specs import Namespace
+from rdfs.sync.views import DEFAULT_VIEWS, Views
 
 ADD = "POST /torrents/addMagnet"
 

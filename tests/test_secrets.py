@@ -24,9 +24,9 @@ from rdfs.api import NetworkError, RDClient, RetryPolicy, StaticToken
 from rdfs.api.auth import Credentials
 from rdfs.api.errors import RDError
 from rdfs.emulator import Emulator, FileSpec
-from rdfs.links import LinkResolver
-from rdfs.mount import _mountinfo_entry
-from rdfs.reader import ReaderPool
+from rdfs.data.links import LinkResolver
+from rdfs.fuse.mount import _mountinfo_entry
+from rdfs.data.reader import ReaderPool
 from tests import mountutil
 
 MiB = 1024 * 1024

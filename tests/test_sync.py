@@ -17,10 +17,10 @@ import trio
 from rdfs.api.auth import StaticToken
 from rdfs.api.client import RDClient
 from rdfs.api.transport import RetryPolicy
-from rdfs.cache import DOWNLOADS_INODE, TORRENTS_INODE, Cache
+from rdfs.store.metadata import DOWNLOADS_INODE, TORRENTS_INODE, Cache
 from rdfs.emulator import Emulator, FileSpec
-from rdfs.sync import Syncer, TreeChange
-from rdfs.tree import Namespace
+from rdfs.sync.syncer import Syncer, TreeChange
+from rdfs.tree.specs import Namespace
 
 NO_WAIT = RetryPolicy(max_retries=1, wait_initial=0, wait_max=0, wait_jitter=0)
 _REPO = Path(__file__).resolve().parent.parent
@@ -302,8 +302,8 @@ import sys, trio
 from rdfs.api.auth import StaticToken
 from rdfs.api.client import RDClient
 from rdfs.api.transport import RetryPolicy
-from rdfs.cache import Cache
-from rdfs.sync import Syncer
+from rdfs.store.metadata import Cache
+from rdfs.sync.syncer import Syncer
 
 async def main():
     cache = Cache.open(sys.argv[1], 4242)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rdfs.emulator import FileSpec
-from rdfs.links import LinkGone
+from rdfs.data.links import LinkGone
 
 from .test_repair import ADD, Env, env, settle  # noqa: F401  (env: the fixture)
 

@@ -15,10 +15,10 @@ import pytest
 import trio
 
 from rdfs.api.client import Page, RDClient
-from rdfs.cache import TORRENTS_INODE, Cache
+from rdfs.store.metadata import TORRENTS_INODE, Cache
 from rdfs.emulator import Emulator, FileSpec
-from rdfs.sync import MAX_PAGES, Syncer
-from rdfs.tree import Namespace
+from rdfs.sync.syncer import MAX_PAGES, Syncer
+from rdfs.tree.specs import Namespace
 
 from .test_sync import make_client, names
 
@@ -76,7 +76,7 @@ async def test_ignored_page_is_incomplete_and_bounded(
     await syncer.sync_once(fill=False)
     assert shown(cache) == set(ids)
     emulator.faults.list_ignore_page = True
-    caplog.set_level(logging.WARNING, logger="rdfs.sync")
+    caplog.set_level(logging.WARNING, logger="rdfs.sync.syncer")
     for _ in range(4):
         before = emulator.counters[LISTS]
         await syncer.sync_once(fill=False)
@@ -233,7 +233,7 @@ async def test_drip_server_marks_the_sync_stalled(emulator: Emulator, client: RD
 
 def test_policy_options_follow_the_config() -> None:
     from rdfs.config import Config, ConfigError
-    from rdfs.sync import policy_options
+    from rdfs.sync.syncer import policy_options
 
     options = policy_options(Config(delete_confirm_minutes=2, small_removal=5, sync_stall_minutes=1))
     assert options["delete_confirm_seconds"] == 120 and options["small_removal"] == 5
@@ -261,13 +261,13 @@ async def test_outage_warns_once_not_every_tick(
     emulator.bulk_add_torrents(3, 1)
     syncer = Syncer(client, cache)
     await syncer.sync_once()
-    caplog.set_level(logging.INFO, logger="rdfs.sync")
+    caplog.set_level(logging.INFO, logger="rdfs.sync.syncer")
     emulator.faults.api_down = True
     for _ in range(4):
         await syncer.sync_once(fill=False)
     emulator.faults.api_down = False
     await syncer.sync_once(fill=False)
-    sync_warnings = [r for r in caplog.records if r.name == "rdfs.sync" and r.levelno >= logging.WARNING]
+    sync_warnings = [r for r in caplog.records if r.name == "rdfs.sync.syncer" and r.levelno >= logging.WARNING]
     assert len(sync_warnings) == 1 and "failed" in sync_warnings[0].getMessage()
     assert any(r.getMessage() == "sync: back to normal" for r in caplog.records)
     assert syncer.status()["health"] == "ok"

@@ -9,8 +9,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from rdfs.api.models import Download, Torrent, TorrentFile, TorrentInfo
-from rdfs.cache import DOWNLOADS_INODE, ROOT_INODE, TORRENTS_INODE, Cache, Scope
-from rdfs.tree import (
+from rdfs.store.metadata import DOWNLOADS_INODE, ROOT_INODE, TORRENTS_INODE, Cache, Scope
+from rdfs.tree.specs import (
     MAX_NAME_BYTES,
     Namespace,
     download_specs,

@@ -11,11 +11,11 @@ import pytest
 
 from rdfs.api.auth import StaticToken
 from rdfs.api.client import RDClient
-from rdfs.cache import ROOT_INODE, Cache
+from rdfs.store.metadata import ROOT_INODE, Cache
 from rdfs.emulator import Emulator, FileSpec
-from rdfs.sync import Syncer
-from rdfs.tree import Namespace
-from rdfs.views import (
+from rdfs.sync.syncer import Syncer
+from rdfs.tree.specs import Namespace
+from rdfs.sync.views import (
     DEFAULT_VIEWS,
     TorrentFacts,
     View,

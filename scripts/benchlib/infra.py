@@ -20,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from rdfs.mount import is_fuse_mount  # noqa: E402
+from rdfs.fuse.mount import is_fuse_mount  # noqa: E402
 from tests.conftest import EmulatorProcess, running_emulator  # noqa: E402
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rdfs-bench"

@@ -40,7 +40,7 @@ from typing import Any, Literal, NoReturn
 
 import trio
 
-from rdfs.actions import (
+from rdfs.control.actions import (
     FAILED_STATUSES,
     ActionError,
     ActionFailed,
@@ -58,7 +58,7 @@ from rdfs.actions import (
 )
 from rdfs.api.client import RDClient
 from rdfs.api.errors import RDError, UnknownResource
-from rdfs.cache import (
+from rdfs.store.metadata import (
     CONTROL_INODE,
     DOWNLOADS_DIR,
     DOWNLOADS_INODE,
@@ -71,8 +71,8 @@ from rdfs.cache import (
     Scope,
 )
 from rdfs.outcome import FsError
-from rdfs.sync import Syncer, TreeChange
-from rdfs.tree import Namespace, Node, download_specs
+from rdfs.sync.syncer import Syncer, TreeChange
+from rdfs.tree.specs import Namespace, Node, download_specs
 
 log = logging.getLogger(__name__)
 

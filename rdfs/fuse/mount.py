@@ -36,21 +36,21 @@ import trio
 
 from rdfs import logs
 from rdfs.api.client import RDClient
-from rdfs.archives import ArchiveIndexer
-from rdfs.cache import Accounts, Cache, CacheError
+from rdfs.sync.archives import ArchiveIndexer
+from rdfs.store.metadata import Accounts, Cache, CacheError
 from rdfs.config import Config
-from rdfs.control import Control
+from rdfs.control.files import Control
 from rdfs.credentials import auth_for, identity
-from rdfs.fs import Operations
-from rdfs.hooks import HookError, UpdateHook, load_hook
-from rdfs.links import LinkResolver
-from rdfs.probecache import open_probe_cache
-from rdfs.reader import ReaderPool
-from rdfs.repair import Repairer, RepairPolicy
-from rdfs.streaming import StreamingExtras
-from rdfs.sync import Syncer, TreeChange, policy_options
-from rdfs.tree import Namespace
-from rdfs.views import Views, ViewsError, load_views
+from rdfs.fuse.operations import Operations
+from rdfs.sync.hooks import HookError, UpdateHook, load_hook
+from rdfs.data.links import LinkResolver
+from rdfs.store.probecache import open_probe_cache
+from rdfs.data.reader import ReaderPool
+from rdfs.sync.repair import Repairer, RepairPolicy
+from rdfs.data.streaming import StreamingExtras
+from rdfs.sync.syncer import Syncer, TreeChange, policy_options
+from rdfs.tree.specs import Namespace
+from rdfs.sync.views import Views, ViewsError, load_views
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from rdfs.cache import Cache
+    from rdfs.store.metadata import Cache
     from rdfs.config import Config
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ DB_NAME = "probe.db"
 DEFAULT_MAX_BYTES = 4096 * MiB
 DEFAULT_HEAD_BYTES = 32 * MiB
 DEFAULT_TAIL_BYTES = 16 * MiB
-# How long the event loop's connection waits for another process's lock (see rdfs.cache).
+# How long the event loop's connection waits for another process's lock (see rdfs.store.metadata).
 BUSY_TIMEOUT_MS = 100
 # Eviction frees down to this fraction of max_bytes, so it does not run on every store.
 _EVICT_TO = 0.9
@@ -214,8 +214,8 @@ def open_probe_cache(config: Config, cache: Cache) -> ProbeCache | None:
     It is only a cache: a corrupt file is moved aside and rebuilt; one that cannot be opened
     (full disk, read-only directory) costs the probe cache for this mount, never the mount.
     """
-    from rdfs.cache import is_corrupt, move_aside
-    from rdfs.reader import BLOCK_SIZE  # the reader imports this module: import at call time
+    from rdfs.store.metadata import is_corrupt, move_aside
+    from rdfs.data.reader import BLOCK_SIZE  # the reader imports this module: import at call time
 
     if config.probe_cache_mb <= 0:
         return None

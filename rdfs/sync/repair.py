@@ -34,8 +34,8 @@ import trio
 
 from rdfs.api.errors import APIError, GatewayError, RDError, TooManyRequests
 from rdfs.api.models import STATUS_DOWNLOADED, Created, TorrentInfo
-from rdfs.cache import Cache
-from rdfs.links import LinkGone
+from rdfs.store.metadata import Cache
+from rdfs.data.links import LinkGone
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The pyfuse3 adapter: kernel requests in, namespace / reader / control calls out.
 
-This module holds no policy of its own. Names and inodes come from :mod:`rdfs.tree`, bytes from
-:mod:`rdfs.reader`, the ``.rdfs/`` files from :mod:`rdfs.control`. Media files are read-only; the
+This module holds no policy of its own. Names and inodes come from :mod:`rdfs.tree.specs`, bytes from
+:mod:`rdfs.data.reader`, the ``.rdfs/`` files from :mod:`rdfs.control.files`. Media files are read-only; the
 kernel page cache is kept across opens (RD content never changes) and sync changes reach the
 kernel through invalidation.
 
@@ -40,18 +40,18 @@ import pyfuse3
 import trio
 
 from rdfs.api.errors import RDError
-from rdfs.cache import CONTROL_INODE, DOWNLOADS_INODE, TORRENTS_INODE
-from rdfs.links import LinkGone
+from rdfs.store.metadata import CONTROL_INODE, DOWNLOADS_INODE, TORRENTS_INODE
+from rdfs.data.links import LinkGone
 from rdfs.outcome import FsError
-from rdfs.reader import FileSource
-from rdfs.tree import Node
+from rdfs.data.reader import FileSource
+from rdfs.tree.specs import Node
 
 if TYPE_CHECKING:
-    from rdfs.control import Control
-    from rdfs.reader import FileHandle, ReaderPool
-    from rdfs.streaming import StreamingExtras
-    from rdfs.sync import TreeChange
-    from rdfs.tree import Namespace
+    from rdfs.control.files import Control
+    from rdfs.data.reader import FileHandle, ReaderPool
+    from rdfs.data.streaming import StreamingExtras
+    from rdfs.sync.syncer import TreeChange
+    from rdfs.tree.specs import Namespace
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ class Files(Protocol):
 class OpenFile:
     node: Node
     handle: FileHandle | None = None  # media file reader
-    control: object | None = None  # control-file handle (rdfs.control)
+    control: object | None = None  # control-file handle (rdfs.control.files)
 
 
 class Operations(pyfuse3.Operations):

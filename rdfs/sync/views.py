@@ -30,7 +30,7 @@ from typing import Any
 
 import trio
 
-from rdfs.cache import (
+from rdfs.store.metadata import (
     ROOT_INODE,
     TORRENTS_INODE,
     VIEW_DIR_KEY_PREFIX,
@@ -42,8 +42,8 @@ from rdfs.cache import (
     Scope,
 )
 from rdfs.config import read_table
-from rdfs.sync import TreeChange
-from rdfs.tree import safe_name
+from rdfs.sync.syncer import TreeChange
+from rdfs.tree.specs import safe_name
 
 log = logging.getLogger(__name__)
 

@@ -44,7 +44,7 @@ from rdfs.api.errors import (
     TooManyRequests,
 )
 from rdfs.api.models import Download
-from rdfs.cache import StoredLink
+from rdfs.store.metadata import StoredLink
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from typing import Any
 import trio
 
 from rdfs.config import read_table
-from rdfs.sync import TreeChange
+from rdfs.sync.syncer import TreeChange
 
 log = logging.getLogger(__name__)
 

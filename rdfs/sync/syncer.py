@@ -60,7 +60,7 @@ import trio
 
 from rdfs.api.errors import APIError, NetworkError, RDError, UnknownResource
 from rdfs.api.models import FAILED_STATUSES, STATUS_DOWNLOADED, Download, Torrent, TorrentInfo
-from rdfs.cache import (
+from rdfs.store.metadata import (
     DOWNLOADS_INODE,
     TORRENTS_INODE,
     Cache,
@@ -71,7 +71,7 @@ from rdfs.cache import (
     list_key,
     row_key,
 )
-from rdfs.tree import Namespace, download_specs, torrent_dir_specs, torrent_file_specs
+from rdfs.tree.specs import Namespace, download_specs, torrent_dir_specs, torrent_file_specs
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ The model follows rclone's VFS cache and mountpoint-s3's prefetcher:
   ``(FileSource.key, block index)``, shared by every handle of a file and bounded in memory
   (LRU). A block being downloaded is *pending*: it has a ``trio.Event`` that readers wait on, so
   two readers never download the same block at the same time.
-* Under it, an optional persistent :class:`~rdfs.probecache.ProbeCache` keeps the head and
+* Under it, an optional persistent :class:`~rdfs.store.probecache.ProbeCache` keeps the head and
   tail blocks of every file on disk (what media scanners probe). A block found in either tier
   needs no download, and a read served entirely from them starts no read-ahead: a rescan of an
   unchanged library sends nothing to the network.
@@ -61,9 +61,9 @@ import stamina
 import trio
 
 from rdfs.api.errors import NetworkError, RDError
-from rdfs.downloadclient import TRANSPORT_ERRORS, download_pool, header
-from rdfs.links import BadDownloadURL, LinkGone, LinkResolver, ResolvedLink, checked_url
-from rdfs.probecache import ProbeCache, file_key
+from rdfs.data.downloadclient import TRANSPORT_ERRORS, download_pool, header
+from rdfs.data.links import BadDownloadURL, LinkGone, LinkResolver, ResolvedLink, checked_url
+from rdfs.store.probecache import ProbeCache, file_key
 
 log = logging.getLogger(__name__)
 

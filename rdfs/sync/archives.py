@@ -3,7 +3,7 @@
 For each downloaded torrent with one link and several selected files (one archive), the indexer
 reads the archive's headers through the reader pool (one unrestrict, a small ranged read per
 member; the blocks land in the probe cache like any other), stores the member list in the cache
-and has the syncer rebuild the torrent's subtree (:func:`rdfs.tree.torrent_file_specs` adds the
+and has the syncer rebuild the torrent's subtree (:func:`rdfs.tree.specs.torrent_file_specs` adds the
 stored members). An archive that cannot be listed (RAR4, encrypted headers, not a RAR) is
 recorded with its reason and keeps only its ``.rar`` file; a transient failure (network, rate
 limit) is retried later with a growing pause.
@@ -18,11 +18,11 @@ from collections.abc import Callable
 
 import trio
 
-from rdfs import rar
+from rdfs.data import rar
 from rdfs.api.errors import RDError
-from rdfs.cache import Cache, CacheError
-from rdfs.links import LinkGone, LinkResolver
-from rdfs.reader import FileSource, ReaderPool
+from rdfs.store.metadata import Cache, CacheError
+from rdfs.data.links import LinkGone, LinkResolver
+from rdfs.data.reader import FileSource, ReaderPool
 
 log = logging.getLogger(__name__)
 

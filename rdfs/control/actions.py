@@ -23,7 +23,7 @@ import trio
 from rdfs.api.client import RDClient
 from rdfs.api.errors import RDError, UnknownResource
 from rdfs.api.models import TorrentInfo
-from rdfs.tree import split_extension
+from rdfs.tree.specs import split_extension
 
 log = logging.getLogger(__name__)
 

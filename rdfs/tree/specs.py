@@ -2,7 +2,7 @@
 
 Two halves:
 
-* Pure building functions (no I/O) that turn RD records into :class:`~rdfs.cache.EntrySpec`
+* Pure building functions (no I/O) that turn RD records into :class:`~rdfs.store.metadata.EntrySpec`
   rows: :func:`torrent_dir_specs`, :func:`torrent_file_specs`, :func:`download_specs`. The
   result depends only on the records, never on the order they arrived in, so the same account
   always gives the same tree.
@@ -23,7 +23,7 @@ Naming rules (a public interface):
   than selected files, RD packed it into RAR volumes: the directory then holds one file per
   link, ``<torrent name>.rar`` or ``<torrent name>.partN.rar``, whose size is exact once the
   link was unrestricted (until then a single volume shows the torrent's size, several show 0).
-  For a single-volume RAR5 archive, once its headers were read (:mod:`rdfs.archives`), every
+  For a single-volume RAR5 archive, once its headers were read (:mod:`rdfs.sync.archives`), every
   member stored without compression also appears at its path, as a regular file that reads its
   byte range of the archive; compressed, encrypted or split members are reachable only through
   the ``.rar`` (open it with an archive tool).
@@ -41,7 +41,7 @@ from datetime import datetime
 from typing import Any
 
 from rdfs.api.models import STATUS_DOWNLOADED, Download, Torrent, TorrentInfo
-from rdfs.cache import ROOT_INODE, Cache, EntrySpec, ListedTorrent
+from rdfs.store.metadata import ROOT_INODE, Cache, EntrySpec, ListedTorrent
 
 MAX_NAME_BYTES = 255
 SLASH_SUBSTITUTE = "\u2215"  # ∕ DIVISION SLASH
@@ -208,7 +208,7 @@ def torrent_file_specs(
     The i-th selected file reads ``links[i]``. With fewer links than selected files the torrent
     is RAR-packed: one ``.rar`` volume per link (``link_sizes`` gives sizes learnt from
     unrestricts), plus, for a single archive whose members are known (``archives``: hoster link
-    -> members as :class:`rdfs.rar.Member` fields), every *stored* member as a regular file that
+    -> members as :class:`rdfs.data.rar.Member` fields), every *stored* member as a regular file that
     reads its byte range of the archive. Compressed, encrypted or split members are not shown:
     only the ``.rar`` gives access to them.
     """

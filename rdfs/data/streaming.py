@@ -38,7 +38,7 @@ from rdfs.api.errors import (
     SlowDown,
     TooManyRequests,
 )
-from rdfs.links import LinkResolver
+from rdfs.data.links import LinkResolver
 
 log = logging.getLogger(__name__)
 

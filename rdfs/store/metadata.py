@@ -79,7 +79,7 @@ FIXED_DIRS = (
     (CONTROL_INODE, "top:.rdfs", ROOT_INODE, CONTROL_DIR),
 )
 
-# Keys of the library views (rdfs.views): ``view:<dir>`` for a view's directory, ``v:<dir>:<key>``
+# Keys of the library views (rdfs.sync.views): ``view:<dir>`` for a view's directory, ``v:<dir>:<key>``
 # for the copy of the torrents/ entry ``<key>`` shown in it.
 VIEW_DIR_KEY_PREFIX = "view:"
 VIEW_KEY_PREFIX = "v:"
@@ -183,7 +183,7 @@ UPDATE sqlite_sequence SET seq = {FIRST_DYNAMIC_INODE - 1} WHERE name = 'inodes'
 _SCHEMA_V2 = """
 CREATE TABLE archives (
     hoster_link TEXT PRIMARY KEY,  -- link of a RAR archive RD packed a torrent into
-    members     TEXT,              -- JSON list of its members (rdfs.rar.Member fields); NULL on error
+    members     TEXT,              -- JSON list of its members (rdfs.data.rar.Member fields); NULL on error
     error       TEXT,              -- why the members could not be listed; NULL when fine
     indexed     REAL NOT NULL      -- UNIX time of the attempt
 );
@@ -943,7 +943,7 @@ class Cache:
     def store_info(self, info: TorrentInfo, specs: Sequence[EntrySpec]) -> Changes:
         """Store a torrent's files and its subtree of entries in one transaction.
 
-        ``specs`` is the torrent's whole subtree below its directory (built by :mod:`rdfs.tree`).
+        ``specs`` is the torrent's whole subtree below its directory (built by :mod:`rdfs.tree.specs`).
         The listing's fields are refreshed from ``info`` as well, so info and listing agree.
         """
         with self.transaction():

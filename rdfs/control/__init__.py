@@ -1,0 +1,1 @@
+"""What users ask of the mount: actions (add/delete) and the ``.rdfs/`` control files."""

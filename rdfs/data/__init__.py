@@ -1,0 +1,1 @@
+"""The data path: links, downloads, block cache, read-ahead, reader handles."""

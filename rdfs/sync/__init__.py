@@ -1,0 +1,1 @@
+"""Keeping the store in step with the account: syncer, views, repair, archives, hooks."""

@@ -1,0 +1,1 @@
+"""The namespace's pure rules: safe names, entry specs, view rules (no I/O)."""
