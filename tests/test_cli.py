@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from rdfs.control.files import actions
+from rdfs.control import actions
 from rdfs.control.actions import ActionFailed, InvalidInput, Magnet, Target
 from rdfs.api.auth import StaticToken
 from rdfs.api.client import RDClient
