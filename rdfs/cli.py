@@ -13,15 +13,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Callable, NoReturn, TypeVar
+from typing import NoReturn, TypeVar
 
 import trio
 
-from rdfs import __version__
+from rdfs import __version__, logs
 from rdfs import config as configuration
-from rdfs import logs
+from rdfs.api.auth import Credentials, OAuthSession, StaticToken, poll_device_login
+from rdfs.api.client import RDClient
+from rdfs.api.errors import RDError, UnknownResource
+from rdfs.api.models import DeviceCode, Torrent, User
 from rdfs.control.actions import (
     SELECTION_POLICIES,
     ActionError,
@@ -36,10 +39,6 @@ from rdfs.control.actions import (
     parse_magnet,
     parse_torrent_file,
 )
-from rdfs.api.auth import Credentials, OAuthSession, StaticToken, poll_device_login
-from rdfs.api.client import RDClient
-from rdfs.api.errors import RDError, UnknownResource
-from rdfs.api.models import DeviceCode, Torrent, User
 from rdfs.store.metadata import CONTROL_DIR, DOWNLOADS_DIR, TORRENTS_DIR
 
 log = logging.getLogger("rdfs")
@@ -67,7 +66,9 @@ def _seconds(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
     if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite, non-negative number of seconds, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"must be a finite, non-negative number of seconds, got {text!r}"
+        )
     return value
 
 
@@ -83,8 +84,13 @@ def _path(text: str) -> Path:
 def _add_connection_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-url", help="RD REST base URL (env RDFS_API_URL)")
     parser.add_argument("--oauth-url", help="RD OAuth base URL (env RDFS_OAUTH_URL)")
-    parser.add_argument("--token", help="private API token (safer: env RD_API_TOKEN or `rdfs login`; command lines are visible to all users)")
-    parser.add_argument("--config", type=_path, help="config file (default $XDG_CONFIG_HOME/rdfs/config.toml)")
+    parser.add_argument(
+        "--token",
+        help="private API token (safer: env RD_API_TOKEN or `rdfs login`; command lines are visible to all users)",
+    )
+    parser.add_argument(
+        "--config", type=_path, help="config file (default $XDG_CONFIG_HOME/rdfs/config.toml)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,20 +99,40 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    mount = commands.add_parser("mount", help="mount the account", description="Mount the account at MOUNTPOINT.")
+    mount = commands.add_parser(
+        "mount", help="mount the account", description="Mount the account at MOUNTPOINT."
+    )
     mount.add_argument("mountpoint", type=_path)
     _add_connection_flags(mount)
-    mount.add_argument("--cache-dir", type=_path, help="metadata cache (default $XDG_CACHE_HOME/rdfs)")
-    mount.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground (tests, systemd)")
-    mount.add_argument("--allow-other", action="store_true", default=None, help="let other users see the mount")
-    mount.add_argument("--allow-delete", action="store_true", default=None, help="let rm -r delete torrents upstream")
+    mount.add_argument(
+        "--cache-dir", type=_path, help="metadata cache (default $XDG_CACHE_HOME/rdfs)"
+    )
+    mount.add_argument(
+        "--foreground", "-f", action="store_true", help="stay in the foreground (tests, systemd)"
+    )
+    mount.add_argument(
+        "--allow-other", action="store_true", default=None, help="let other users see the mount"
+    )
+    mount.add_argument(
+        "--allow-delete",
+        action="store_true",
+        default=None,
+        help="let rm -r delete torrents upstream",
+    )
     mount.add_argument("--sync-interval", type=float, help="seconds between syncs (default 15)")
     mount.add_argument("--rate-limit", type=int, help="API requests per minute (default 250)")
-    mount.add_argument("--chunk-cache-mb", type=int, help="memory for the shared read cache (default 128)")
     mount.add_argument(
-        "--page-cache", action="store_true", default=None, help="read through the kernel page cache (for mmap MAP_SHARED)"
+        "--chunk-cache-mb", type=int, help="memory for the shared read cache (default 128)"
     )
-    mount.add_argument("--log-file", type=_path, help="log file (default: stderr in the foreground)")
+    mount.add_argument(
+        "--page-cache",
+        action="store_true",
+        default=None,
+        help="read through the kernel page cache (for mmap MAP_SHARED)",
+    )
+    mount.add_argument(
+        "--log-file", type=_path, help="log file (default: stderr in the foreground)"
+    )
     mount.set_defaults(func=cmd_mount)
 
     umount = commands.add_parser("umount", help="unmount (also clears a stale mount)")
@@ -179,7 +205,12 @@ def cmd_mount(args: argparse.Namespace) -> int:
         # left stale on purpose: ENOTCONN fails loudly where an empty directory empties libraries.
         what = _describe_unexpected(exc)
         if mount.is_fuse_mount(mountpoint):
-            log.critical("stopped by an unexpected error: %s; %s left stale: clear it with: rdfs umount %s", what, mountpoint, mountpoint)
+            log.critical(
+                "stopped by an unexpected error: %s; %s left stale: clear it with: rdfs umount %s",
+                what,
+                mountpoint,
+                mountpoint,
+            )
         else:
             log.critical("stopped by an unexpected error: %s", what)
         log.debug("the unexpected error", exc_info=exc)
@@ -208,7 +239,9 @@ def _check_outside(mountpoint: Path, *paths: tuple[str, Path | None]) -> None:
             continue
         resolved = Path(os.path.realpath(path))
         if resolved == mountpoint or mountpoint in resolved.parents:
-            raise UsageError(f"{name} {path} is inside the mountpoint {mountpoint}; choose a path outside it")
+            raise UsageError(
+                f"{name} {path} is inside the mountpoint {mountpoint}; choose a path outside it"
+            )
 
 
 def _check_writable_dir(path: Path, what: str) -> None:
@@ -235,14 +268,18 @@ def _daemonize(args: argparse.Namespace, config: configuration.Config, mountpoin
 
     log_file = config.log_file or config.cache_dir / "rdfs.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "rdfs"] + _without_token([a for a in sys.argv[1:] if a not in ("--foreground", "-f")])
+    argv = [sys.executable, "-m", "rdfs"] + _without_token(
+        [a for a in sys.argv[1:] if a not in ("--foreground", "-f")]
+    )
     # The token reaches the child through its environment: a command line is readable by every user.
     env = dict(os.environ, RD_API_TOKEN=config.token) if config.token else None
     if "--log-file" not in argv:
         argv += ["--log-file", str(log_file)]
     argv.insert(argv.index("mount") + 1, "--foreground")
     with open(os.devnull, "rb") as devnull, open(log_file, "ab") as out:
-        child = subprocess.Popen(argv, stdin=devnull, stdout=out, stderr=out, start_new_session=True, env=env)
+        child = subprocess.Popen(
+            argv, stdin=devnull, stdout=out, stderr=out, start_new_session=True, env=env
+        )
     deadline = time.monotonic() + MOUNT_WAIT
     while time.monotonic() < deadline:
         if mount.is_fuse_mount(mountpoint):
@@ -297,6 +334,7 @@ def cmd_emulator(args: argparse.Namespace) -> int:
 
 # --- management commands: login, status, add, rm, ls, user, traffic, hosts -------------------------
 
+
 def _add_output_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
 
@@ -314,8 +352,12 @@ def _add_management_commands(commands: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     login.add_argument("--api-url", help="RD REST base URL (env RDFS_API_URL)")
     login.add_argument("--oauth-url", help="RD OAuth base URL (env RDFS_OAUTH_URL)")
-    login.add_argument("--config", type=_path, help="config file (default $XDG_CONFIG_HOME/rdfs/config.toml)")
-    login.add_argument("--poll-interval", type=_seconds, metavar="S", help="seconds between approval checks")
+    login.add_argument(
+        "--config", type=_path, help="config file (default $XDG_CONFIG_HOME/rdfs/config.toml)"
+    )
+    login.add_argument(
+        "--poll-interval", type=_seconds, metavar="S", help="seconds between approval checks"
+    )
     login.set_defaults(func=cmd_login)
 
     logout = commands.add_parser("logout", help="revoke and forget the stored login")
@@ -329,7 +371,9 @@ def _add_management_commands(commands: argparse._SubParsersAction) -> None:
         description="Show MOUNTPOINT/.rdfs/status; without MOUNTPOINT, every rdfs mount, or the account if none.",
     )  # fmt: skip
     status.add_argument("mountpoint", type=_path, nargs="?")
-    status.add_argument("--watch", action="store_true", help="redraw every second (e.g. during a first sync)")
+    status.add_argument(
+        "--watch", action="store_true", help="redraw every second (e.g. during a first sync)"
+    )
     _add_output_flag(status)
     _add_connection_flags(status)
     status.set_defaults(func=cmd_status)
@@ -340,9 +384,19 @@ def _add_management_commands(commands: argparse._SubParsersAction) -> None:
         "all of them or none. Hashes already in the account are not added twice.",
     )  # fmt: skip
     add.add_argument("items", nargs="+", metavar="MAGNET|HASH|FILE.torrent")
-    add.add_argument("--select", choices=SELECTION_POLICIES, default="all", help="files to select (default all)")
-    add.add_argument("--wait", type=_seconds, default=60.0, metavar="S", help="wait for magnet conversion (default 60)")
-    add.add_argument("--mount", type=_path, metavar="MOUNTPOINT", help="rdfs mount to refresh afterwards")
+    add.add_argument(
+        "--select", choices=SELECTION_POLICIES, default="all", help="files to select (default all)"
+    )
+    add.add_argument(
+        "--wait",
+        type=_seconds,
+        default=60.0,
+        metavar="S",
+        help="wait for magnet conversion (default 60)",
+    )
+    add.add_argument(
+        "--mount", type=_path, metavar="MOUNTPOINT", help="rdfs mount to refresh afterwards"
+    )
     _add_output_flag(add)
     _add_connection_flags(add)
     add.set_defaults(func=cmd_add)
@@ -353,7 +407,12 @@ def _add_management_commands(commands: argparse._SubParsersAction) -> None:
         "downloads (downloads/<name>, or a file in a mount's downloads/) from the account.",
     )  # fmt: skip
     rm.add_argument("targets", nargs="+", metavar="ID|PATH")
-    rm.add_argument("--mount", type=_path, metavar="MOUNTPOINT", help="rdfs mount to resolve names in and refresh")
+    rm.add_argument(
+        "--mount",
+        type=_path,
+        metavar="MOUNTPOINT",
+        help="rdfs mount to resolve names in and refresh",
+    )
     _add_output_flag(rm)
     _add_connection_flags(rm)
     rm.set_defaults(func=cmd_rm)
@@ -363,7 +422,9 @@ def _add_management_commands(commands: argparse._SubParsersAction) -> None:
         description="List every torrent rdfs saw removed (by RD or by you), newest first, from the cache; "
         "no API call. Re-add one with `rdfs add <hash>` and select the same files.",
     )  # fmt: skip
-    removed.add_argument("--cache-dir", type=Path, help="the mount's cache directory (default from the config)")
+    removed.add_argument(
+        "--cache-dir", type=Path, help="the mount's cache directory (default from the config)"
+    )
     _add_output_flag(removed)
     removed.set_defaults(func=cmd_removed)
 
@@ -379,7 +440,9 @@ def _add_management_commands(commands: argparse._SubParsersAction) -> None:
         parser.set_defaults(func=func)
 
 
-CLI_RETRIES = 2  # a command someone waits for fails fast in an outage instead of backing off for a minute
+CLI_RETRIES = (
+    2  # a command someone waits for fails fast in an outage instead of backing off for a minute
+)
 
 
 def _client(config: configuration.Config, auth: object) -> RDClient:
@@ -473,7 +536,11 @@ def cmd_login(args: argparse.Namespace) -> int:
     if args.login_token is not None:
         token = args.login_token
         if token == "-":
-            token = getpass.getpass("API token: ") if sys.stdin.isatty() else sys.stdin.readline().strip()
+            token = (
+                getpass.getpass("API token: ")
+                if sys.stdin.isatty()
+                else sys.stdin.readline().strip()
+            )
         if not token:
             raise UsageError("no token given")
         logs.register_secret(token)
@@ -495,7 +562,9 @@ def cmd_login(args: argparse.Namespace) -> int:
 
     async def device_login() -> tuple[Credentials, User]:
         async with _client(config, None) as client:
-            login = await poll_device_login(client.oauth, on_code=show, poll_interval=args.poll_interval)
+            login = await poll_device_login(
+                client.oauth, on_code=show, poll_interval=args.poll_interval
+            )
         for secret in (login.client_secret, login.access_token, login.refresh_token):
             logs.register_secret(secret)
         async with _client(config, StaticToken(login.access_token)) as client:
@@ -525,7 +594,10 @@ def cmd_logout(args: argparse.Namespace) -> int:
         try:
             trio.run(revoke)
         except RDError as exc:
-            print(f"rdfs: could not revoke the access token ({exc}); forgetting it anyway", file=sys.stderr)
+            print(
+                f"rdfs: could not revoke the access token ({exc}); forgetting it anyway",
+                file=sys.stderr,
+            )
     credentials.forget()
     print("rdfs: logged out")
     return 0
@@ -581,10 +653,16 @@ def _show_status(mountpoint: str, report: dict) -> None:
     api = report.get("api", {})
     print(f"mount       {mountpoint}")
     reachable = "API reachable" if api.get("reachable") else "API unreachable"
-    print(f"health      {report.get('health')} ({reachable}, {api.get('rate_limit_budget')} requests left this minute)")
+    print(
+        f"health      {report.get('health')} ({reachable}, {api.get('rate_limit_budget')} requests left this minute)"
+    )
     if report.get("stalled_for"):
-        print(f"stalled     the running sync started {report['stalled_for']:.0f} s ago and has not finished")
-    print(f"last sync   {_when(report.get('last_sync'))} ({report.get('last_outcome') or 'no sync yet'})")
+        print(
+            f"stalled     the running sync started {report['stalled_for']:.0f} s ago and has not finished"
+        )
+    print(
+        f"last sync   {_when(report.get('last_sync'))} ({report.get('last_outcome') or 'no sync yet'})"
+    )
     known, with_files = report.get("torrents_known", 0), report.get("torrents_with_files", 0)
     line = f"torrents    {known} known, {report.get('torrents_downloaded', 0)} downloaded, {with_files} with files"
     if report.get("files_pending"):
@@ -594,20 +672,32 @@ def _show_status(mountpoint: str, report: dict) -> None:
     for host, traffic in (report.get("traffic") or {}).items():
         print(f"traffic     {host}: {human_size(traffic['left'])} left")
     if report.get("pending_deletions"):
-        print(f"held back   {report['pending_deletions']} (missing upstream: removal waiting for confirmation)")
+        print(
+            f"held back   {report['pending_deletions']} (missing upstream: removal waiting for confirmation)"
+        )
     if report.get("held_directories"):
-        print(f"kept        {report['held_directories']} torrent directories whose torrent left 'downloaded'")
+        print(
+            f"kept        {report['held_directories']} torrent directories whose torrent left 'downloaded'"
+        )
     removed = report.get("removed") or {}
     if removed.get("count"):
-        print(f"removed     {removed['count']} torrents recorded (re-add one with magnet:?xt=urn:btih:<hash>):")
+        print(
+            f"removed     {removed['count']} torrents recorded (re-add one with magnet:?xt=urn:btih:<hash>):"
+        )
         _table(
-            [(_when(r["time"]), r["by"], r["id"], r["hash"], r["name"]) for r in removed.get("recent", [])[:10]],
+            [
+                (_when(r["time"]), r["by"], r["id"], r["hash"], r["name"])
+                for r in removed.get("recent", [])[:10]
+            ],
             ("  when", "by", "id", "hash", "name"),
         )
     active = report.get("in_progress") or []
     if active:
         print("in progress:")
-        _table([(t["id"], t["status"], f"{t['progress']:.0f}%", t["name"]) for t in active], ("  id", "status", "progress", "name"))
+        _table(
+            [(t["id"], t["status"], f"{t['progress']:.0f}%", t["name"]) for t in active],
+            ("  id", "status", "progress", "name"),
+        )
     errors = report.get("recent_errors") or []
     if errors:
         print("recent errors:")
@@ -625,7 +715,9 @@ def _account_status(args: argparse.Namespace) -> int:
             "premium_seconds": user.premium,
             "active_torrents": active.nb,
             "active_limit": active.limit,
-            "traffic": {h: {"left": t.left, "bytes": t.bytes, "limit": t.limit} for h, t in traffic.items()},
+            "traffic": {
+                h: {"left": t.left, "bytes": t.bytes, "limit": t.limit} for h, t in traffic.items()
+            },
             "mounts": [],
         }
 
@@ -648,7 +740,9 @@ def cmd_add(args: argparse.Namespace) -> int:
     items: list[Magnet | TorrentFile] = []
     bad: list[str] = []
     for item in args.items:
-        is_file = item.lower().endswith(".torrent") or (os.path.isfile(item) and not item.startswith("magnet:"))
+        is_file = item.lower().endswith(".torrent") or (
+            os.path.isfile(item) and not item.startswith("magnet:")
+        )
         try:
             items.append(parse_torrent_file(_read_file(item)) if is_file else parse_magnet(item))
         except InvalidInput as exc:
@@ -658,7 +752,9 @@ def cmd_add(args: argparse.Namespace) -> int:
 
     async def work(client: RDClient) -> list[Added]:
         known = {t.hash.lower(): t.id async for t in client.iter_torrents()}
-        return await add_items(client, items, policy=args.select, known_hashes=known, convert_timeout=args.wait)
+        return await add_items(
+            client, items, policy=args.select, known_hashes=known, convert_timeout=args.wait
+        )
 
     results = _with_client(args, work)
     _refresh_mounts(args)
@@ -669,7 +765,9 @@ def cmd_add(args: argparse.Namespace) -> int:
         if added.duplicate:
             print(f"{added.id}  already in the account ({added.info_hash})")
         elif not added.selected:
-            print(f"{added.id}  added, {added.status}: files not selected yet (mount it to have them selected)")
+            print(
+                f"{added.id}  added, {added.status}: files not selected yet (mount it to have them selected)"
+            )
         else:
             print(f"{added.id}  added: {added.name} ({added.status})")
     return 0
@@ -700,7 +798,9 @@ def _target_from_path(path: Path) -> Target | None:
     if torrent_id:
         if path.is_dir() and _xattr(path.parent, "user.rdfs.torrent_id") is None:
             return Target("torrent", torrent_id, str(path))
-        raise InvalidInput(f"{path} is inside torrent {torrent_id}: name the torrent directory to delete it")
+        raise InvalidInput(
+            f"{path} is inside torrent {torrent_id}: name the torrent directory to delete it"
+        )
     return None
 
 
@@ -722,10 +822,15 @@ def _resolve_targets(args: argparse.Namespace) -> tuple[list[Target], list[str]]
             targets.append(target)
         elif looks_like_id(text):
             targets.append(Target("torrent", text, text))
-        elif text.strip("/").split("/", 1)[0] in (TORRENTS_DIR, DOWNLOADS_DIR) and text.strip("/").count("/") == 1:
+        elif (
+            text.strip("/").split("/", 1)[0] in (TORRENTS_DIR, DOWNLOADS_DIR)
+            and text.strip("/").count("/") == 1
+        ):
             by_name.append(text.strip("/"))
         else:
-            bad.append(f"{text}: not a torrent id, torrents/<name>, downloads/<name> or an entry of a mount")
+            bad.append(
+                f"{text}: not a torrent id, torrents/<name>, downloads/<name> or an entry of a mount"
+            )
     if bad:
         raise InvalidInput("nothing deleted: " + "; ".join(bad))
     return targets, by_name
@@ -742,12 +847,16 @@ async def _targets_by_name(client: RDClient, names: list[str]) -> list[Target]:
         torrents = [t async for t in client.iter_torrents()]
         for spec in torrent_dir_specs(torrents, set()):
             assert spec.torrent_id is not None
-            shown[f"{TORRENTS_DIR}/{spec.name}"] = Target("torrent", spec.torrent_id, f"{TORRENTS_DIR}/{spec.name}")
+            shown[f"{TORRENTS_DIR}/{spec.name}"] = Target(
+                "torrent", spec.torrent_id, f"{TORRENTS_DIR}/{spec.name}"
+            )
     if any(n.startswith(DOWNLOADS_DIR + "/") for n in names):
         downloads = [d async for d in client.iter_downloads()]
         for spec in download_specs(downloads):
             assert spec.download_id is not None
-            shown[f"{DOWNLOADS_DIR}/{spec.name}"] = Target("download", spec.download_id, f"{DOWNLOADS_DIR}/{spec.name}")
+            shown[f"{DOWNLOADS_DIR}/{spec.name}"] = Target(
+                "download", spec.download_id, f"{DOWNLOADS_DIR}/{spec.name}"
+            )
     missing = [n for n in names if n not in shown]
     if missing:
         raise InvalidInput(f"nothing deleted: not in the account: {', '.join(missing)}")
@@ -799,7 +908,9 @@ def cmd_removed(args: argparse.Namespace) -> int:
     rows = []
     for entry in record:
         files = "?" if entry["selection"] is None else str(len(entry["selection"]))
-        rows.append((_when(entry["time"]), entry["by"], entry["id"], entry["hash"], files, entry["name"]))
+        rows.append(
+            (_when(entry["time"]), entry["by"], entry["id"], entry["hash"], files, entry["name"])
+        )
     _table(rows, ("when", "by", "id", "hash", "files", "name"))
     return 0
 
@@ -821,7 +932,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
             ]
         )  # fmt: skip
         return 0
-    rows = [(t.id, t.status, f"{t.progress:.0f}%", human_size(t.bytes), t.filename) for t in torrents]
+    rows = [
+        (t.id, t.status, f"{t.progress:.0f}%", human_size(t.bytes), t.filename) for t in torrents
+    ]
     _table(rows, ("id", "status", "progress", "size", "name"))
     return 0
 
@@ -843,9 +956,17 @@ def cmd_user(args: argparse.Namespace) -> int:
 def cmd_traffic(args: argparse.Namespace) -> int:
     traffic = _with_client(args, lambda client: client.traffic())
     if args.json:
-        _print_json({h: {k: v for k, v in dataclasses.asdict(t).items() if k != "raw"} for h, t in traffic.items()})
+        _print_json(
+            {
+                h: {k: v for k, v in dataclasses.asdict(t).items() if k != "raw"}
+                for h, t in traffic.items()
+            }
+        )
         return 0
-    rows = [(h, t.type, human_size(t.left), human_size(t.bytes), t.reset) for h, t in sorted(traffic.items())]
+    rows = [
+        (h, t.type, human_size(t.left), human_size(t.bytes), t.reset)
+        for h, t in sorted(traffic.items())
+    ]
     _table(rows, ("host", "type", "left", "used", "reset"))
     return 0
 

@@ -11,9 +11,10 @@ import dataclasses
 import math
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from rdfs.api.client import _check_base_url as check_base_url
 
@@ -49,7 +50,9 @@ class Config:
     rate_limit: int = 250  # API requests per minute, shared by everything in one process
     chunk_cache_mb: int = 128  # memory bound of the shared read cache (half of it for read-ahead)
     link_ttl: float = 6 * 3600.0  # assumed lifetime of an unrestricted link (RD publishes none)
-    max_delete_fraction: float = 0.2  # a removal of more than this fraction of a list is a large one
+    max_delete_fraction: float = (
+        0.2  # a removal of more than this fraction of a list is a large one
+    )
     # A torrent missing from a complete listing is deleted once a later complete listing confirms
     # it; a large removal (more than small_removal, or max_delete_fraction) must also persist this long.
     delete_confirm_minutes: float = 30.0
@@ -86,22 +89,37 @@ class Config:
         self.cache_dir = Path(self.cache_dir).expanduser()
         if self.log_file is not None:
             self.log_file = Path(self.log_file).expanduser()
-        for name in ("sync_interval", "rate_limit", "chunk_cache_mb", "link_ttl", "read_ahead_kb", "max_background"):
+        for name in (
+            "sync_interval",
+            "rate_limit",
+            "chunk_cache_mb",
+            "link_ttl",
+            "read_ahead_kb",
+            "max_background",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.selection not in ("all", "video"):
             raise ConfigError(f"selection must be 'all' or 'video', got {self.selection!r}")
         if not 0 < self.max_delete_fraction <= 1:
-            raise ConfigError(f"max_delete_fraction must be in (0, 1], got {self.max_delete_fraction}")
+            raise ConfigError(
+                f"max_delete_fraction must be in (0, 1], got {self.max_delete_fraction}"
+            )
         if not 0 <= self.delete_confirm_minutes <= 10 * 24 * 60:
-            raise ConfigError(f"delete_confirm_minutes must be within 0 and 14400, got {self.delete_confirm_minutes}")
+            raise ConfigError(
+                f"delete_confirm_minutes must be within 0 and 14400, got {self.delete_confirm_minutes}"
+            )
         if self.small_removal < 0:
             raise ConfigError(f"small_removal must not be negative, got {self.small_removal}")
         if not 0 < self.sync_stall_minutes <= 24 * 60:
-            raise ConfigError(f"sync_stall_minutes must be within 0 and 1440, got {self.sync_stall_minutes}")
+            raise ConfigError(
+                f"sync_stall_minutes must be within 0 and 1440, got {self.sync_stall_minutes}"
+            )
         level = self.log_level.upper()
         if level not in LOG_LEVELS:
-            raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+            raise ConfigError(
+                f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}"
+            )
         self.log_level = level
         for name in ("api_url", "oauth_url"):
             try:
@@ -240,7 +258,9 @@ def load_env(environ: Mapping[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for name in _FIELDS:
         env_name = f"RDFS_{name.upper()}"
-        if environ.get(env_name, "") != "":  # an empty variable counts as unset, as for RD_API_TOKEN
+        if (
+            environ.get(env_name, "") != ""
+        ):  # an empty variable counts as unset, as for RD_API_TOKEN
             try:
                 values[name] = _checked(name, _coerce(name, environ[env_name]))
             except ConfigError as exc:

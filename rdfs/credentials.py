@@ -61,7 +61,9 @@ def load(directory: Path | None = None) -> StaticToken | Credentials | None:
             return StaticToken(str(data["token"]))
         credentials = Credentials.from_json(data)
     except (KeyError, TypeError, ValueError):
-        raise configuration.ConfigError(f"{target} is damaged; log in again with: rdfs login") from None
+        raise configuration.ConfigError(
+            f"{target} is damaged; log in again with: rdfs login"
+        ) from None
     for secret in (credentials.client_secret, credentials.access_token, credentials.refresh_token):
         logs.register_secret(secret)
     return credentials
@@ -83,11 +85,15 @@ async def identity(auth: StaticToken | OAuthSession) -> bytes:
     """
     if isinstance(auth, OAuthSession):
         credentials = auth.credentials
-        return b"oauth\0" + credentials.client_id.encode() + b"\0" + credentials.refresh_token.encode()
+        return (
+            b"oauth\0" + credentials.client_id.encode() + b"\0" + credentials.refresh_token.encode()
+        )
     return b"token\0" + (await auth.token()).encode()
 
 
-def auth_for(config: configuration.Config, directory: Path | None = None) -> StaticToken | OAuthSession:
+def auth_for(
+    config: configuration.Config, directory: Path | None = None
+) -> StaticToken | OAuthSession:
     """How to authenticate: ``--token`` / ``RD_API_TOKEN`` first, else the stored login."""
     if config.token:
         logs.register_secret(config.token)

@@ -11,7 +11,9 @@ import re
 from pathlib import Path
 
 _secrets: set[str] = set()
-_AUTH_PATTERN = re.compile(r"(?i)(bearer\s+|auth_token=|access_token\"?\s*[:=]\s*\"?|refresh_token\"?\s*[:=]\s*\"?)[A-Za-z0-9._\-]{8,}")
+_AUTH_PATTERN = re.compile(
+    r"(?i)(bearer\s+|auth_token=|access_token\"?\s*[:=]\s*\"?|refresh_token\"?\s*[:=]\s*\"?)[A-Za-z0-9._\-]{8,}"
+)
 
 
 def register_secret(value: str | None) -> None:

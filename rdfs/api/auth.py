@@ -46,7 +46,9 @@ class Credentials:
 
     @classmethod
     def from_token(cls, client_id: str, client_secret: str, token: Token) -> Self:
-        return cls(client_id, client_secret, token.access_token, token.refresh_token, token.expires_at)
+        return cls(
+            client_id, client_secret, token.access_token, token.refresh_token, token.expires_at
+        )
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Self:
@@ -105,7 +107,9 @@ class OAuthClient:
         self._transport = transport
         self.oauth_url = oauth_url.rstrip("/")
 
-    async def _json(self, method: str, path: str, *, idempotent: bool, **kwargs: Any) -> dict[str, Any]:
+    async def _json(
+        self, method: str, path: str, *, idempotent: bool, **kwargs: Any
+    ) -> dict[str, Any]:
         endpoint = f"oauth/{path}"
         response = await self._transport.request(
             method, f"{self.oauth_url}/{path}", endpoint=endpoint, idempotent=idempotent, **kwargs
@@ -114,14 +118,22 @@ class OAuthClient:
         if response.content:
             data = decode_json(response.content, endpoint=endpoint, status=response.status_code)
         if not isinstance(data, dict):
-            raise UnexpectedResponse(f"{endpoint}: expected a JSON object", endpoint=endpoint, status=response.status_code)
+            raise UnexpectedResponse(
+                f"{endpoint}: expected a JSON object",
+                endpoint=endpoint,
+                status=response.status_code,
+            )
         return data
 
-    async def device_code(self, client_id: str = OPEN_SOURCE_CLIENT_ID, *, new_credentials: bool = False) -> DeviceCode:
+    async def device_code(
+        self, client_id: str = OPEN_SOURCE_CLIENT_ID, *, new_credentials: bool = False
+    ) -> DeviceCode:
         params = {"client_id": client_id}
         if new_credentials:
             params["new_credentials"] = "yes"
-        return DeviceCode.from_json(await self._json("GET", "device/code", idempotent=True, params=params))
+        return DeviceCode.from_json(
+            await self._json("GET", "device/code", idempotent=True, params=params)
+        )
 
     async def device_credentials(
         self, device_code: str, client_id: str = OPEN_SOURCE_CLIENT_ID
@@ -129,7 +141,10 @@ class OAuthClient:
         """The user-bound client id/secret, or None while the user has not approved the code yet."""
         try:
             data = await self._json(
-                "GET", "device/credentials", idempotent=True, params={"client_id": client_id, "code": device_code}
+                "GET",
+                "device/credentials",
+                idempotent=True,
+                params={"client_id": client_id, "code": device_code},
             )
         except APIError as exc:
             if 400 <= exc.status < 500:
@@ -144,17 +159,31 @@ class OAuthClient:
         data = await self._json("POST", "token", idempotent=idempotent, data=form)
         token = Token.from_json(data, now=time.time())
         if not token.access_token:
-            raise UnexpectedResponse("oauth/token: answer has no access_token", endpoint="oauth/token", status=200)
+            raise UnexpectedResponse(
+                "oauth/token: answer has no access_token", endpoint="oauth/token", status=200
+            )
         return token
 
-    async def token_from_device_code(self, client_id: str, client_secret: str, device_code: str) -> Token:
+    async def token_from_device_code(
+        self, client_id: str, client_secret: str, device_code: str
+    ) -> Token:
         """Exchange an approved device code for tokens (mobile flow; step 7 of the open-source flow)."""
-        form = {"client_id": client_id, "client_secret": client_secret, "code": device_code, "grant_type": DEVICE_GRANT_TYPE}
+        form = {
+            "client_id": client_id,
+            "client_secret": client_secret,
+            "code": device_code,
+            "grant_type": DEVICE_GRANT_TYPE,
+        }
         return await self._token(form, idempotent=False)
 
     async def refresh(self, client_id: str, client_secret: str, refresh_token: str) -> Token:
         """A new access token from a refresh token; ``ReauthRequired`` when RD refuses the grant."""
-        form = {"client_id": client_id, "client_secret": client_secret, "code": refresh_token, "grant_type": DEVICE_GRANT_TYPE}
+        form = {
+            "client_id": client_id,
+            "client_secret": client_secret,
+            "code": refresh_token,
+            "grant_type": DEVICE_GRANT_TYPE,
+        }
         try:
             # Repeating a refresh is harmless: the refresh token stays valid until the grant is revoked.
             return await self._token(form, idempotent=True)
@@ -169,7 +198,12 @@ class OAuthClient:
     def authorization_url(self, client_id: str, redirect_uri: str, state: str) -> str:
         """The URL to send the user's browser to (three-legged flow)."""
         query = urllib.parse.urlencode(
-            {"client_id": client_id, "redirect_uri": redirect_uri, "response_type": "code", "state": state}
+            {
+                "client_id": client_id,
+                "redirect_uri": redirect_uri,
+                "response_type": "code",
+                "state": state,
+            }
         )
         return f"{self.oauth_url}/auth?{query}"
 
@@ -227,7 +261,10 @@ class OAuthSession:
         return self._credentials
 
     def _expiring(self) -> bool:
-        return not self._credentials.access_token or time.time() >= self._credentials.expires_at - self._margin
+        return (
+            not self._credentials.access_token
+            or time.time() >= self._credentials.expires_at - self._margin
+        )
 
     async def token(self) -> str:
         if self._expiring():
@@ -249,17 +286,23 @@ class OAuthSession:
             if not still_needed():
                 return
             if self._oauth is None:
-                raise ReauthRequired("OAuthSession is not bound to an OAuthClient: cannot refresh the access token")
+                raise ReauthRequired(
+                    "OAuthSession is not bound to an OAuthClient: cannot refresh the access token"
+                )
             if self._refused is not None:
                 retry_at, refusal = self._refused
                 if time.monotonic() < retry_at:
                     raise ReauthRequired(str(refusal))
             old = self._credentials
             try:
-                token = await self._oauth.refresh(old.client_id, old.client_secret, old.refresh_token)
+                token = await self._oauth.refresh(
+                    old.client_id, old.client_secret, old.refresh_token
+                )
             except ReauthRequired as exc:
                 if self._refused is None:
-                    log.warning("%s (run `rdfs login`; asking again in %g s)", exc, self.refused_retry)
+                    log.warning(
+                        "%s (run `rdfs login`; asking again in %g s)", exc, self.refused_retry
+                    )
                 self._refused = (time.monotonic() + self.refused_retry, exc)
                 raise
             self._refused = None
@@ -301,8 +344,12 @@ async def poll_device_login(
         if credentials is not None:
             break
         if trio.current_time() + interval > deadline:
-            raise LoginExpired(f"the code {code.user_code} was not approved within {code.expires_in} s")
+            raise LoginExpired(
+                f"the code {code.user_code} was not approved within {code.expires_in} s"
+            )
         await trio.sleep(interval)
-    token = await oauth.token_from_device_code(credentials.client_id, credentials.client_secret, code.device_code)
+    token = await oauth.token_from_device_code(
+        credentials.client_id, credentials.client_secret, code.device_code
+    )
     log.info("device login approved; access token valid for %d s", token.expires_in)
     return Credentials.from_token(credentials.client_id, credentials.client_secret, token)

@@ -26,7 +26,14 @@ from typing import Any, Generic, Literal, Self, TypeVar
 import httpx
 
 from rdfs.api.auth import DEFAULT_OAUTH_URL, OAuthClient, OAuthSession, TokenProvider
-from rdfs.api.errors import APIError, BadLink, BadRecord, BadToken, ServiceUnavailable, UnexpectedResponse
+from rdfs.api.errors import (
+    APIError,
+    BadLink,
+    BadRecord,
+    BadToken,
+    ServiceUnavailable,
+    UnexpectedResponse,
+)
 from rdfs.api.models import (
     MAX_SIZE,
     ActiveCount,
@@ -114,7 +121,9 @@ def _check_base_url(url: str) -> str:
     if parsed.scheme not in ("http", "https") or not host:
         raise ValueError(f"not an HTTP(S) URL: {url!r}")
     if parsed.scheme != "https" and not _is_loopback(url):
-        raise ValueError(f"refusing plain HTTP to a non-loopback host ({host}): tokens would travel in clear")
+        raise ValueError(
+            f"refusing plain HTTP to a non-loopback host ({host}): tokens would travel in clear"
+        )
     return url.rstrip("/")
 
 
@@ -206,7 +215,10 @@ class RDClient:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.aclose()
 
@@ -237,7 +249,9 @@ class RDClient:
         url = f"{self.api_url}/{path}"
         query = _form(params) or {}
         form = _form(data)
-        cache_key = f"{url}?{urllib.parse.urlencode(sorted(query.items()))}" if method == "GET" else None
+        cache_key = (
+            f"{url}?{urllib.parse.urlencode(sorted(query.items()))}" if method == "GET" else None
+        )
         rejected_once = False
         while True:
             headers: dict[str, str] = {}
@@ -271,13 +285,20 @@ class RDClient:
                 )
             except BadToken:
                 # RD refused the token, so it did not act on the request: safe to send once more.
-                if token is None or rejected_once or self.auth is None or not await self.auth.rejected(token):
+                if (
+                    token is None
+                    or rejected_once
+                    or self.auth is None
+                    or not await self.auth.rejected(token)
+                ):
                     raise
                 rejected_once = True
                 self.stats.token_retries += 1
                 log.info("%s: token rejected, retrying with a refreshed one", endpoint)
                 continue
-            return self._decode(response, endpoint=endpoint, cache_key=cache_key, cached=cached, raw_text=raw_text)
+            return self._decode(
+                response, endpoint=endpoint, cache_key=cache_key, cached=cached, raw_text=raw_text
+            )
 
     def _decode(
         self,
@@ -291,7 +312,9 @@ class RDClient:
         status = response.status_code
         if status == 304:
             if cached is None:
-                raise UnexpectedResponse(f"{endpoint}: 304 without a cached answer", endpoint=endpoint, status=304)
+                raise UnexpectedResponse(
+                    f"{endpoint}: 304 without a cached answer", endpoint=endpoint, status=304
+                )
             self.stats.not_modified += 1
             assert cache_key is not None
             self._etags.move_to_end(cache_key)
@@ -339,7 +362,9 @@ class RDClient:
         return answer.body
 
     async def _strings(self, endpoint: str, path: str, **kwargs: Any) -> list[str]:
-        return [item for item in await self._array(endpoint, path, **kwargs) if isinstance(item, str)]
+        return [
+            item for item in await self._array(endpoint, path, **kwargs) if isinstance(item, str)
+        ]
 
     async def _page(
         self, endpoint: str, path: str, parse: Callable[[dict[str, Any]], T], params: dict[str, Any]
@@ -391,7 +416,9 @@ class RDClient:
         try:
             return datetime.strptime(text, "%Y-%m-%d %H:%M:%S")
         except ValueError:
-            raise UnexpectedResponse(f"time: unparsable answer {text[:40]!r}", endpoint="time", status=200) from None
+            raise UnexpectedResponse(
+                f"time: unparsable answer {text[:40]!r}", endpoint="time", status=200
+            ) from None
 
     async def time_iso(self) -> datetime:
         """Server time with its UTC offset (``Y-m-dTH:i:sO``), as an aware datetime."""
@@ -404,7 +431,9 @@ class RDClient:
             ) from None
 
     async def _raw_time(self, endpoint: str, path: str) -> str:
-        answer = await self._call("GET", path, endpoint=endpoint, authenticated=False, raw_text=True)
+        answer = await self._call(
+            "GET", path, endpoint=endpoint, authenticated=False, raw_text=True
+        )
         text = answer.body if isinstance(answer.body, str) else ""
         return text.strip().strip('"')
 
@@ -424,49 +453,79 @@ class RDClient:
         )
         return LinkCheck.from_json(data)
 
-    async def unrestrict_link(self, link: str, password: str | None = None, remote: bool | None = None) -> Download:
+    async def unrestrict_link(
+        self, link: str, password: str | None = None, remote: bool | None = None
+    ) -> Download:
         """Unrestrict a hoster link. Not retried once sent: each call adds a ``/downloads`` entry."""
         data = await self._object(
             "unrestrict/link",
             "unrestrict/link",
             method="POST",
             idempotent=False,
-            data={"link": link, "password": password, "remote": None if remote is None else int(bool(remote))},
+            data={
+                "link": link,
+                "password": password,
+                "remote": None if remote is None else int(bool(remote)),
+            },
         )
         try:
             return Download.from_json(data)
         except BadRecord as exc:
             # The hoster link is not named: the caller logs it with its own context.
-            raise BadLink(f"unrestrict/link: unusable answer: {exc}", endpoint="unrestrict/link", status=200) from None
+            raise BadLink(
+                f"unrestrict/link: unusable answer: {exc}", endpoint="unrestrict/link", status=200
+            ) from None
 
     async def unrestrict_folder(self, link: str) -> list[str]:
         return await self._strings(
-            "unrestrict/folder", "unrestrict/folder", method="POST", idempotent=True, data={"link": link}
+            "unrestrict/folder",
+            "unrestrict/folder",
+            method="POST",
+            idempotent=True,
+            data={"link": link},
         )
 
     async def unrestrict_container_file(self, data: bytes) -> list[str]:
         return await self._strings(
-            "unrestrict/containerFile", "unrestrict/containerFile", method="PUT", idempotent=True, content=data
+            "unrestrict/containerFile",
+            "unrestrict/containerFile",
+            method="PUT",
+            idempotent=True,
+            content=data,
         )
 
     async def unrestrict_container_link(self, link: str) -> list[str]:
         return await self._strings(
-            "unrestrict/containerLink", "unrestrict/containerLink", method="POST", idempotent=True, data={"link": link}
+            "unrestrict/containerLink",
+            "unrestrict/containerLink",
+            method="POST",
+            idempotent=True,
+            data={"link": link},
         )
 
     # ------------------------------------------------------------------ traffic, streaming
 
     async def traffic(self) -> dict[str, TrafficHost]:
         data = await self._object("traffic", "traffic")
-        return {host: TrafficHost.from_json(host, info) for host, info in data.items() if isinstance(info, dict)}
+        return {
+            host: TrafficHost.from_json(host, info)
+            for host, info in data.items()
+            if isinstance(info, dict)
+        }
 
     async def traffic_details(
         self, start: date | str | None = None, end: date | str | None = None
     ) -> dict[str, TrafficDay]:
         data = await self._object(
-            "traffic/details", "traffic/details", params={"start": _as_date(start), "end": _as_date(end)}
+            "traffic/details",
+            "traffic/details",
+            params={"start": _as_date(start), "end": _as_date(end)},
         )
-        return {day: TrafficDay.from_json(day, info) for day, info in data.items() if isinstance(info, dict)}
+        return {
+            day: TrafficDay.from_json(day, info)
+            for day, info in data.items()
+            if isinstance(info, dict)
+        }
 
     async def streaming_transcode(self, id: str) -> dict[str, dict[str, str]]:
         """Transcoding links by format (``apple``, ``dash``, ``liveMP4``, ``h264WebM``) then quality."""
@@ -481,7 +540,9 @@ class RDClient:
         """Raises ``ServiceUnavailable`` at once when RD has no metadata for the file (its 503,
         per the reference "problem finding metadata of the media"): a final answer, not retried."""
         data = await self._object(
-            "streaming/mediaInfos", f"streaming/mediaInfos/{_segment(id)}", definite=(ServiceUnavailable,)
+            "streaming/mediaInfos",
+            f"streaming/mediaInfos/{_segment(id)}",
+            definite=(ServiceUnavailable,),
         )
         return MediaInfo.from_json(data)
 
@@ -491,14 +552,19 @@ class RDClient:
         self, offset: int | None = None, page: int | None = None, limit: int | None = None
     ) -> Page[Download]:
         return await self._page(
-            "downloads", "downloads", Download.from_json, {"offset": offset, "page": page, "limit": limit}
+            "downloads",
+            "downloads",
+            Download.from_json,
+            {"offset": offset, "page": page, "limit": limit},
         )
 
     def iter_downloads(self, page_size: int = MAX_PAGE_SIZE) -> AsyncIterator[Download]:
         return self._iterate(lambda page: self.downloads(page=page, limit=page_size), page_size)
 
     async def delete_download(self, id: str) -> None:
-        await self._no_content("DELETE", f"downloads/delete/{_segment(id)}", endpoint="downloads/delete")
+        await self._no_content(
+            "DELETE", f"downloads/delete/{_segment(id)}", endpoint="downloads/delete"
+        )
 
     # ------------------------------------------------------------------ torrents
 
@@ -512,9 +578,13 @@ class RDClient:
         params = {"offset": offset, "page": page, "limit": limit, "filter": filter}
         return await self._page("torrents", "torrents", Torrent.from_json, params)
 
-    def iter_torrents(self, page_size: int = MAX_PAGE_SIZE, filter: str | None = None) -> AsyncIterator[Torrent]:
+    def iter_torrents(
+        self, page_size: int = MAX_PAGE_SIZE, filter: str | None = None
+    ) -> AsyncIterator[Torrent]:
         """Every torrent, newest first, one page at a time (each id yielded once)."""
-        return self._iterate(lambda page: self.torrents(page=page, limit=page_size, filter=filter), page_size)
+        return self._iterate(
+            lambda page: self.torrents(page=page, limit=page_size, filter=filter), page_size
+        )
 
     async def _iterate(self, fetch: Callable[[int], Any], page_size: int) -> AsyncIterator[Any]:
         if page_size < 1:
@@ -533,7 +603,9 @@ class RDClient:
             if page.received < page_size:
                 return  # a short page is the last one
             if number > 1 and new == 0:
-                log.warning("listing page %d repeats earlier pages (RD ignores paging?): stopped", number)
+                log.warning(
+                    "listing page %d repeats earlier pages (RD ignores paging?): stopped", number
+                )
                 return
             # A total is believed only when it is not smaller than what was already seen.
             if page.total is not None and len(seen) <= page.total <= number * page_size:
@@ -546,7 +618,9 @@ class RDClient:
         try:
             info = TorrentInfo.from_json(data)
         except BadRecord as exc:
-            raise BadRecord(f"torrents/info {id}: {exc}", endpoint="torrents/info", status=200) from None
+            raise BadRecord(
+                f"torrents/info {id}: {exc}", endpoint="torrents/info", status=200
+            ) from None
         self._report("torrents/info", info)
         return info
 
@@ -558,7 +632,9 @@ class RDClient:
         return await self._object("torrents/instantAvailability", path)
 
     async def active_count(self) -> ActiveCount:
-        return ActiveCount.from_json(await self._object("torrents/activeCount", "torrents/activeCount"))
+        return ActiveCount.from_json(
+            await self._object("torrents/activeCount", "torrents/activeCount")
+        )
 
     async def available_hosts(self) -> list[AvailableHost]:
         items = await self._array("torrents/availableHosts", "torrents/availableHosts")
@@ -600,21 +676,34 @@ class RDClient:
                 raise ValueError("select_files needs at least one file id")
             value = ",".join(ids)
         await self._no_content(
-            "POST", f"torrents/selectFiles/{_segment(id)}", endpoint="torrents/selectFiles", data={"files": value}
+            "POST",
+            f"torrents/selectFiles/{_segment(id)}",
+            endpoint="torrents/selectFiles",
+            data={"files": value},
         )
 
     async def delete_torrent(self, id: str) -> None:
-        await self._no_content("DELETE", f"torrents/delete/{_segment(id)}", endpoint="torrents/delete")
+        await self._no_content(
+            "DELETE", f"torrents/delete/{_segment(id)}", endpoint="torrents/delete"
+        )
 
     # ------------------------------------------------------------------ hosts
 
     async def hosts(self) -> dict[str, Host]:
         data = await self._object("hosts", "hosts", authenticated=False)
-        return {domain: Host.from_json(domain, info) for domain, info in data.items() if isinstance(info, dict)}
+        return {
+            domain: Host.from_json(domain, info)
+            for domain, info in data.items()
+            if isinstance(info, dict)
+        }
 
     async def hosts_status(self) -> dict[str, Host]:
         data = await self._object("hosts/status", "hosts/status")
-        return {domain: Host.from_json(domain, info) for domain, info in data.items() if isinstance(info, dict)}
+        return {
+            domain: Host.from_json(domain, info)
+            for domain, info in data.items()
+            if isinstance(info, dict)
+        }
 
     async def hosts_regex(self) -> list[str]:
         return await self._strings("hosts/regex", "hosts/regex", authenticated=False)
@@ -632,17 +721,24 @@ class RDClient:
 
     async def settings_update(self, name: str, value: str | int) -> None:
         await self._no_content(
-            "POST", "settings/update", endpoint="settings/update", data={"setting_name": name, "setting_value": value}
+            "POST",
+            "settings/update",
+            endpoint="settings/update",
+            data={"setting_name": name, "setting_value": value},
         )
 
     async def settings_convert_points(self) -> None:
         await self._no_content("POST", "settings/convertPoints", endpoint="settings/convertPoints")
 
     async def settings_change_password(self) -> None:
-        await self._no_content("POST", "settings/changePassword", endpoint="settings/changePassword")
+        await self._no_content(
+            "POST", "settings/changePassword", endpoint="settings/changePassword"
+        )
 
     async def settings_avatar_file(self, data: bytes) -> None:
-        await self._no_content("PUT", "settings/avatarFile", endpoint="settings/avatarFile", content=data)
+        await self._no_content(
+            "PUT", "settings/avatarFile", endpoint="settings/avatarFile", content=data
+        )
 
     async def settings_avatar_delete(self) -> None:
         await self._no_content("DELETE", "settings/avatarDelete", endpoint="settings/avatarDelete")

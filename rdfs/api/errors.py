@@ -107,7 +107,9 @@ class GatewayError(APIError):
 
 
 def _api_error(name: str, code: int, description: str) -> type[APIError]:
-    return type(name, (APIError,), {"code": code, "description": description, "__module__": __name__})
+    return type(
+        name, (APIError,), {"code": code, "description": description, "__module__": __name__}
+    )
 
 
 InternalError = _api_error("InternalError", -1, "Internal error")
@@ -152,14 +154,44 @@ DisabledEndpoint = _api_error("DisabledEndpoint", 37, "Endpoint disabled")
 ERRORS_BY_CODE: dict[int, type[APIError]] = {
     cls.code: cls
     for cls in (
-        InternalError, MissingParameter, BadParameter, UnknownMethod, MethodNotAllowed, SlowDown,
-        ResourceUnreachable, UnknownResource, BadToken, PermissionDenied, TwoFactorRequired,
-        TwoFactorPending, InvalidLogin, InvalidPassword, AccountLocked, AccountNotActivated,
-        UnsupportedHoster, HosterInMaintenance, HosterLimitReached, HosterUnavailable, HosterNotFree,
-        TooManyActiveDownloads, IPNotAllowed, TrafficExhausted, FileUnavailable, ServiceUnavailable,
-        UploadTooBig, UploadError, FileNotAllowed, TorrentTooBig, TorrentFileInvalid,
-        ActionAlreadyDone, ImageResolutionError, TorrentAlreadyActive, TooManyRequests,
-        InfringingFile, FairUsageLimit, DisabledEndpoint,
+        InternalError,
+        MissingParameter,
+        BadParameter,
+        UnknownMethod,
+        MethodNotAllowed,
+        SlowDown,
+        ResourceUnreachable,
+        UnknownResource,
+        BadToken,
+        PermissionDenied,
+        TwoFactorRequired,
+        TwoFactorPending,
+        InvalidLogin,
+        InvalidPassword,
+        AccountLocked,
+        AccountNotActivated,
+        UnsupportedHoster,
+        HosterInMaintenance,
+        HosterLimitReached,
+        HosterUnavailable,
+        HosterNotFree,
+        TooManyActiveDownloads,
+        IPNotAllowed,
+        TrafficExhausted,
+        FileUnavailable,
+        ServiceUnavailable,
+        UploadTooBig,
+        UploadError,
+        FileNotAllowed,
+        TorrentTooBig,
+        TorrentFileInvalid,
+        ActionAlreadyDone,
+        ImageResolutionError,
+        TorrentAlreadyActive,
+        TooManyRequests,
+        InfringingFile,
+        FairUsageLimit,
+        DisabledEndpoint,
     )  # fmt: skip
     if cls.code is not None
 }

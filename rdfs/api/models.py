@@ -26,7 +26,7 @@ import json
 import math
 import urllib.parse
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Final, Self
 
 import httpx
@@ -36,7 +36,14 @@ from rdfs.api.errors import BadRecord, UnexpectedResponse
 # Torrent statuses from the reference, grouped by what rdfs does with them.
 STATUS_DOWNLOADED = "downloaded"
 ACTIVE_STATUSES = frozenset(
-    {"magnet_conversion", "waiting_files_selection", "queued", "downloading", "compressing", "uploading"}
+    {
+        "magnet_conversion",
+        "waiting_files_selection",
+        "queued",
+        "downloading",
+        "compressing",
+        "uploading",
+    }
 )
 FAILED_STATUSES = frozenset({"magnet_error", "error", "virus", "dead"})
 
@@ -76,7 +83,9 @@ def decode_json(content: bytes, *, endpoint: str = "", status: int = 0) -> Any:
     the answer (``RecursionError`` is caught here, it never reaches the caller).
     """
     try:
-        return json.loads(content, parse_constant=lambda _name: NON_FINITE, parse_float=_parse_float)
+        return json.loads(
+            content, parse_constant=lambda _name: NON_FINITE, parse_float=_parse_float
+        )
     except RecursionError:
         what = "a body nested too deep"
     except UnicodeDecodeError:
@@ -104,7 +113,12 @@ def check_id(value: Any, name: str = "id") -> str:
     """An RD id as a non-empty string; a JSON integer id becomes its decimal string."""
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return str(value)
-    if isinstance(value, str) and value.isprintable() and 0 < len(value) <= 256 and value.strip("."):
+    if (
+        isinstance(value, str)
+        and value.isprintable()
+        and 0 < len(value) <= 256
+        and value.strip(".")
+    ):
         if "/" in value or "\\" in value:
             raise BadRecord(f"{name} {_show(value)} is not an id (a path separator)")
         return value  # printable, no path separator, not "." or "..": one URL segment as it is
@@ -168,7 +182,7 @@ def parse_date(value: Any) -> datetime | None:
     except ValueError:
         return None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     return parsed
 
 
@@ -293,7 +307,9 @@ class Torrent(Record):
             progress=_float(data.get("progress", 0)),
             status=_str(data.get("status")),
             added=parse_date(data.get("added")),
-            links=tuple(link for link in links if isinstance(link, str)) if isinstance(links, list) else (),
+            links=tuple(link for link in links if isinstance(link, str))
+            if isinstance(links, list)
+            else (),
             ended=parse_date(data.get("ended")),
             speed=_int(data["speed"]) if "speed" in data else None,
             seeders=_int(data["seeders"]) if "seeders" in data else None,
@@ -326,7 +342,9 @@ class TorrentInfo(Torrent):
         problems: list[str] = []
         fields = cls._fields_from_json(data, problems)
         raw_files = data.get("files")
-        raw_files = [f for f in raw_files if isinstance(f, dict)] if isinstance(raw_files, list) else []
+        raw_files = (
+            [f for f in raw_files if isinstance(f, dict)] if isinstance(raw_files, list) else []
+        )
         selected_count = sum(1 for f in raw_files if _int(f.get("selected")) == 1)
         one_link_each = len(fields["links"]) == selected_count
         files: list[TorrentFile] = []
@@ -390,7 +408,9 @@ class Download(Record):
             filesize=check_size(data.get("filesize", 0), "filesize"),
             link=_str(data.get("link")),
             host=_str(data.get("host")),
-            download=check_url(data.get("download")) if data.get("download") not in (None, "") else download,
+            download=check_url(data.get("download"))
+            if data.get("download") not in (None, "")
+            else download,
             mime_type=_str(data.get("mimeType")),
             chunks=_int(data.get("chunks")),
             crc=_int(data.get("crc")),
@@ -451,7 +471,9 @@ class ActiveCount(Record):
         return cls(
             nb=_int(data.get("nb")),
             limit=_int(data.get("limit")),
-            hashes=tuple(h for h in hashes if isinstance(h, str)) if isinstance(hashes, list) else (),
+            hashes=tuple(h for h in hashes if isinstance(h, str))
+            if isinstance(hashes, list)
+            else (),
             raw=data,
         )
 
@@ -463,7 +485,9 @@ class AvailableHost(Record):
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Self:
-        return cls(host=_str(data.get("host")), max_file_size=_int(data.get("max_file_size")), raw=data)
+        return cls(
+            host=_str(data.get("host")), max_file_size=_int(data.get("max_file_size")), raw=data
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -506,7 +530,9 @@ class Token(Record):
 
     @classmethod
     def from_json(cls, data: dict[str, Any], now: float) -> Self:
-        expires_in = _bounded(data.get("expires_in"), 3600, 1, 10**8)  # a token valid 0 s would refresh per request
+        expires_in = _bounded(
+            data.get("expires_in"), 3600, 1, 10**8
+        )  # a token valid 0 s would refresh per request
         return cls(
             access_token=_str(data.get("access_token")),
             refresh_token=_str(data.get("refresh_token")),
@@ -534,7 +560,9 @@ class DeviceCode(Record):
         return cls(
             device_code=_str(data.get("device_code")),
             user_code=_str(data.get("user_code")),
-            interval=_bounded(data.get("interval"), 5, 1, 60),  # never a busy poll, never a stuck one
+            interval=_bounded(
+                data.get("interval"), 5, 1, 60
+            ),  # never a busy poll, never a stuck one
             expires_in=_bounded(data.get("expires_in"), 600, 1, 86400),
             verification_url=_str(data.get("verification_url")),
             direct_verification_url=_str(data.get("direct_verification_url")),
@@ -542,7 +570,9 @@ class DeviceCode(Record):
         )
 
     def __repr__(self) -> str:
-        return f"DeviceCode(user_code={self.user_code!r}, verification_url={self.verification_url!r})"
+        return (
+            f"DeviceCode(user_code={self.user_code!r}, verification_url={self.verification_url!r})"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -554,7 +584,11 @@ class ClientCredentials(Record):
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Self:
-        return cls(client_id=_str(data.get("client_id")), client_secret=_str(data.get("client_secret")), raw=data)
+        return cls(
+            client_id=_str(data.get("client_id")),
+            client_secret=_str(data.get("client_secret")),
+            raw=data,
+        )
 
     def __repr__(self) -> str:
         return f"ClientCredentials(client_id={self.client_id!r})"

@@ -87,7 +87,11 @@ class RateLimiter:
         now = trio.current_time()
         self._blocked_until = max(self._blocked_until, now + max(0.0, seconds))
         self.per_minute = max(min(MIN_PER_MINUTE, self.limit), self.per_minute // 2)
-        log.info("rate limited by RD: pausing all requests for %.1f s, then %d per minute", seconds, self.per_minute)
+        log.info(
+            "rate limited by RD: pausing all requests for %.1f s, then %d per minute",
+            seconds,
+            self.per_minute,
+        )
 
     def succeeded(self) -> None:
         """RD accepted a request: creep back towards the configured pace."""

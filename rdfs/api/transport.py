@@ -41,7 +41,9 @@ log = logging.getLogger(__name__)
 SUCCESS_STATUSES = frozenset({200, 201, 202, 204, 304})
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
 DEFAULT_DEADLINE = 60.0  # seconds for one attempt: connect, send, status and the whole body
-_QUERY_SECRET = re.compile(r"(?i)(auth_token|access_token|refresh_token|client_secret|code)=[^&\s]+")
+_QUERY_SECRET = re.compile(
+    r"(?i)(auth_token|access_token|refresh_token|client_secret|code)=[^&\s]+"
+)
 
 
 @dataclass
@@ -54,7 +56,9 @@ class ClientStats:
     rate_limited: int = 0  # answers with 429 / error_code 34
     not_modified: int = 0  # 304 answers served from the ETag cache
     token_retries: int = 0  # requests sent again with a new token after a bad_token answer
-    errors: int = 0  # requests that ended in an error after their retries (incl. a bad_token then refreshed)
+    errors: int = (
+        0  # requests that ended in an error after their retries (incl. a bad_token then refreshed)
+    )
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -155,7 +159,13 @@ class Transport:
                         self.stats.retries += 1
                         log.info("retrying %s %s (attempt %d)", method, endpoint, attempt.num)
                     return await self._send_once(
-                        method, url, endpoint=endpoint, params=params, data=data, content=content, headers=headers
+                        method,
+                        url,
+                        endpoint=endpoint,
+                        params=params,
+                        data=data,
+                        content=content,
+                        headers=headers,
                     )
         except Exception:
             self.stats.errors += 1
@@ -201,12 +211,18 @@ class Transport:
             detail = _scrub(_detail(exc))
             log.warning("%s %s failed: %s: %s", method, endpoint, type(exc).__name__, detail)
             raise NetworkError(
-                f"{method} {endpoint}: {type(exc).__name__}: {detail}", reached=reached, endpoint=endpoint
+                f"{method} {endpoint}: {type(exc).__name__}: {detail}",
+                reached=reached,
+                endpoint=endpoint,
             ) from exc
         if scope.cancelled_caught:
-            log.warning("%s %s failed: no complete answer within %g s", method, endpoint, self.deadline)
+            log.warning(
+                "%s %s failed: no complete answer within %g s", method, endpoint, self.deadline
+            )
             raise NetworkError(
-                f"{method} {endpoint}: no complete answer within {self.deadline:g} s", reached=True, endpoint=endpoint
+                f"{method} {endpoint}: no complete answer within {self.deadline:g} s",
+                reached=True,
+                endpoint=endpoint,
             )
         if response.status_code in SUCCESS_STATUSES:
             self.limiter.succeeded()
@@ -214,11 +230,21 @@ class Transport:
         error = error_for(response.status_code, response.content, endpoint=endpoint)
         if isinstance(error, TooManyRequests) or response.status_code == 429:
             if not isinstance(error, TooManyRequests):
-                error = TooManyRequests(response.status_code, 34, error.error, "", error.details, endpoint=endpoint)
+                error = TooManyRequests(
+                    response.status_code, 34, error.error, "", error.details, endpoint=endpoint
+                )
             retry_after = _retry_after(response)
             if retry_after is not None:
                 error.retry_after = min(retry_after, self.retry.max_retry_after)
             self.stats.rate_limited += 1
-            self.limiter.penalize(error.retry_after if error.retry_after is not None else self.retry.wait_initial)
-        log.debug("%s %s -> HTTP %d (%s)", method, endpoint, response.status_code, error.error or error.code)
+            self.limiter.penalize(
+                error.retry_after if error.retry_after is not None else self.retry.wait_initial
+            )
+        log.debug(
+            "%s %s -> HTTP %d (%s)",
+            method,
+            endpoint,
+            response.status_code,
+            error.error or error.code,
+        )
         raise error

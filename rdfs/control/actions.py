@@ -55,7 +55,9 @@ class TruncatedTorrent(InvalidInput):
 class ActionFailed(ActionError):
     """RD failed during the batch; ``done`` lists what did happen (for deletes) before the failure."""
 
-    def __init__(self, message: str, *, cause: RDError | None = None, done: Sequence[str] = ()) -> None:
+    def __init__(
+        self, message: str, *, cause: RDError | None = None, done: Sequence[str] = ()
+    ) -> None:
         super().__init__(message)
         self.cause = cause
         self.done = list(done)
@@ -102,7 +104,11 @@ def parse_magnet(text: str) -> Magnet:
 
 def parse_lines(text: str) -> list[str]:
     """The meaningful lines of a control-file write: stripped, without blanks and ``#`` comments."""
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    return [
+        line.strip()
+        for line in text.splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
 
 
 def parse_magnets(lines: Iterable[str]) -> list[Magnet]:
@@ -131,7 +137,9 @@ def _shorten(text: str, limit: int = 60) -> str:
 # --- .torrent files -----------------------------------------------------------------------------
 
 
-MAX_BENCODE_DEPTH = 64  # lists and dictionaries nested deeper than this are refused (real ones: < 10)
+MAX_BENCODE_DEPTH = (
+    64  # lists and dictionaries nested deeper than this are refused (real ones: < 10)
+)
 MAX_INTEGER_DIGITS = 32  # a real .torrent's integers fit in 64 bits
 _BENCODE_INT = re.compile(rb"-?(?:0|[1-9][0-9]*)")
 _BENCODE_LENGTH = re.compile(rb"0|[1-9][0-9]*")
@@ -162,7 +170,11 @@ def _bdecode(
         end = data.find(b"e", pos + 1, limit)
         if end < 0 and len(data) < limit and _BENCODE_INT_START.fullmatch(data, pos + 1):
             raise _Truncated("truncated integer")
-        if end < 0 or not _BENCODE_INT.fullmatch(data, pos + 1, end) or data[pos + 1 : end] == b"-0":
+        if (
+            end < 0
+            or not _BENCODE_INT.fullmatch(data, pos + 1, end)
+            or data[pos + 1 : end] == b"-0"
+        ):
             raise ValueError(f"malformed integer at {pos}")
         return int(data[pos + 1 : end]), end + 1
     if lead in (b"l", b"d"):
@@ -226,7 +238,9 @@ def parse_torrent_file(data: bytes) -> TorrentFile:
         info = meta.get(b"info")
         if not isinstance(info, dict) or b"info" not in spans:
             raise ValueError("no info dictionary")
-        if not isinstance(info.get(b"piece length"), int) or not (b"length" in info or b"files" in info):
+        if not isinstance(info.get(b"piece length"), int) or not (
+            b"length" in info or b"files" in info
+        ):
             raise ValueError("incomplete info dictionary")
     except _Truncated as exc:
         raise TruncatedTorrent(f"not a valid .torrent file ({exc})") from None
@@ -246,7 +260,9 @@ def parse_torrent_file(data: bytes) -> TorrentFile:
 
 def check_policy(policy: str) -> str:
     if policy not in SELECTION_POLICIES:
-        raise InvalidInput(f"unknown selection policy {policy!r} (choose from {', '.join(SELECTION_POLICIES)})")
+        raise InvalidInput(
+            f"unknown selection policy {policy!r} (choose from {', '.join(SELECTION_POLICIES)})"
+        )
     return policy
 
 
@@ -258,9 +274,12 @@ def choose_files(info: TorrentInfo, policy: str) -> Literal["all"] | list[int]:
     if check_policy(policy) == "all":
         return "all"
     wanted = VIDEO_EXTENSIONS | SUBTITLE_EXTENSIONS
-    ids = [f.id for f in info.files if split_extension(f.path.rsplit("/", 1)[-1])[1].lower() in wanted]
+    ids = [
+        f.id for f in info.files if split_extension(f.path.rsplit("/", 1)[-1])[1].lower() in wanted
+    ]
     has_video = any(
-        split_extension(f.path.rsplit("/", 1)[-1])[1].lower() in VIDEO_EXTENSIONS for f in info.files
+        split_extension(f.path.rsplit("/", 1)[-1])[1].lower() in VIDEO_EXTENSIONS
+        for f in info.files
     )
     return ids if has_video else "all"
 
@@ -293,13 +312,20 @@ async def select_when_ready(client: RDClient, torrent_id: str, policy: str) -> T
     info = await client.torrent_info(torrent_id)
     if info.status == "waiting_files_selection":
         files = choose_files(info, policy)
-        log.info("selecting %s of torrent %s (%s)", files if files == "all" else f"{len(files)} files", torrent_id, policy)
+        log.info(
+            "selecting %s of torrent %s (%s)",
+            files if files == "all" else f"{len(files)} files",
+            torrent_id,
+            policy,
+        )
         await client.select_files(torrent_id, files)
         info = await client.torrent_info(torrent_id)
     return info
 
 
-async def _settle(client: RDClient, torrent_id: str, policy: str, convert_timeout: float, poll: float) -> TorrentInfo:
+async def _settle(
+    client: RDClient, torrent_id: str, policy: str, convert_timeout: float, poll: float
+) -> TorrentInfo:
     """Wait (up to ``convert_timeout``) for the magnet conversion, then select files."""
     deadline = trio.current_time() + convert_timeout
     while True:
@@ -310,7 +336,12 @@ async def _settle(client: RDClient, torrent_id: str, policy: str, convert_timeou
 
 
 async def _add_one(
-    client: RDClient, payload: Magnet | TorrentFile, policy: str, convert_timeout: float, poll: float, created: list[str]
+    client: RDClient,
+    payload: Magnet | TorrentFile,
+    policy: str,
+    convert_timeout: float,
+    poll: float,
+    created: list[str],
 ) -> Added:
     """Add one item; its id goes into ``created`` as soon as RD made it (for a rollback)."""
     kind = "magnet" if isinstance(payload, Magnet) else "torrent file"
@@ -377,7 +408,9 @@ async def add_items(
             if item.info_hash in known:
                 results.append(Added(known[item.info_hash], item.info_hash, "", "", duplicate=True))
             else:
-                added = await _add_one(client, item, policy, convert_timeout, poll_interval, created)
+                added = await _add_one(
+                    client, item, policy, convert_timeout, poll_interval, created
+                )
                 known[item.info_hash] = added.id
                 results.append(added)
             if on_progress is not None:
@@ -385,12 +418,18 @@ async def add_items(
     except trio.Cancelled:
         # Stopped half-way (the mount stops): all or nothing still holds, within the bound.
         if created:
-            log.warning("add batch stopped half-way: removing the %d torrent(s) it had added", len(created))
+            log.warning(
+                "add batch stopped half-way: removing the %d torrent(s) it had added", len(created)
+            )
             await _rollback(client, created)
         raise
     except (RDError, ActionFailed) as exc:
         left = await _rollback(client, created) if created else []
-        undone = f"; the {len(created)} torrent(s) this batch had added were removed" if created and not left else ""
+        undone = (
+            f"; the {len(created)} torrent(s) this batch had added were removed"
+            if created and not left
+            else ""
+        )
         if left:
             undone = f"; could not remove torrent(s) {', '.join(left)} it had added"
         cause = exc if isinstance(exc, RDError) else exc.cause
@@ -427,9 +466,13 @@ async def delete_targets(
         except UnknownResource:
             log.info("%s %s was already gone upstream", target.kind, target.id)
         except RDError as exc:
-            deleted = f" (deleted before the failure: {', '.join(t.label for t in done)})" if done else ""
+            deleted = (
+                f" (deleted before the failure: {', '.join(t.label for t in done)})" if done else ""
+            )
             raise ActionFailed(
-                f"deleting {target.label} failed: {exc}{deleted}", cause=exc, done=[t.id for t in done]
+                f"deleting {target.label} failed: {exc}{deleted}",
+                cause=exc,
+                done=[t.id for t in done],
             ) from None
         else:
             log.info("deleted %s %s (%s)", target.kind, target.id, target.label)

@@ -40,6 +40,8 @@ from typing import Any, Literal, NoReturn
 
 import trio
 
+from rdfs.api.client import RDClient
+from rdfs.api.errors import RDError, UnknownResource
 from rdfs.control.actions import (
     FAILED_STATUSES,
     ActionError,
@@ -56,8 +58,7 @@ from rdfs.control.actions import (
     parse_torrent_file,
     select_when_ready,
 )
-from rdfs.api.client import RDClient
-from rdfs.api.errors import RDError, UnknownResource
+from rdfs.outcome import FsError
 from rdfs.store.metadata import (
     CONTROL_INODE,
     DOWNLOADS_DIR,
@@ -70,7 +71,6 @@ from rdfs.store.metadata import (
     EntrySpec,
     Scope,
 )
-from rdfs.outcome import FsError
 from rdfs.sync.syncer import Syncer, TreeChange
 from rdfs.tree.specs import Namespace, Node, download_specs
 
@@ -124,7 +124,9 @@ class Handle:
     unverified: list[str] = field(default_factory=list)  # delete: ids to confirm upstream first
     lines: int = 0  # add/delete: lines received so far (for messages)
     received: int = 0  # add/delete: bytes received so far
-    refused: tuple[int, str] | None = None  # add/delete: (errno, reason) of a refused batch, repeated
+    refused: tuple[int, str] | None = (
+        None  # add/delete: (errno, reason) of a refused batch, repeated
+    )
     snapshot: bytes = b""  # status: the JSON being read
     upload: Upload | None = None
 
@@ -276,7 +278,9 @@ class Control:
         if handle.kind != "status":
             return b""
         if off == 0 or not handle.snapshot:
-            handle.snapshot = (json.dumps(await self.status(), indent=2, sort_keys=True) + "\n").encode()
+            handle.snapshot = (
+                json.dumps(await self.status(), indent=2, sort_keys=True) + "\n"
+            ).encode()
         return handle.snapshot[off : off + size]
 
     async def write(self, handle: Handle, off: int, buf: bytes) -> int:
@@ -328,7 +332,11 @@ class Control:
                 self._accept(handle, last)
             if handle.items:
                 source = f".rdfs/{handle.kind}"
-                self._enqueue(Job(handle.kind, source, handle.items, time.time(), unverified=handle.unverified))
+                self._enqueue(
+                    Job(
+                        handle.kind, source, handle.items, time.time(), unverified=handle.unverified
+                    )
+                )
         except FsError:
             pass  # recorded for status by _refuse; release cannot report errors
 
@@ -342,7 +350,15 @@ class Control:
 
     def create(self, parent_inode: int, name: str) -> tuple[Node, Handle]:
         inode = self._upload_inode()
-        node = Node(inode=inode, parent=parent_inode, name=name, kind="file", size=0, mtime=time.time(), nlink=1)
+        node = Node(
+            inode=inode,
+            parent=parent_inode,
+            name=name,
+            kind="file",
+            size=0,
+            mtime=time.time(),
+            nlink=1,
+        )
         upload = Upload(node)
         self._uploads[inode] = upload
         return node, Handle("upload", inode, upload=upload)
@@ -464,7 +480,9 @@ class Control:
                 return f"line {first_line + 1}: {exc}"
             return ""
         path = line.removeprefix("./").lstrip("/")
-        if _ID_PREFIX.fullmatch(path) or any(p.startswith(path) or path.startswith(p) for p in _DELETE_PREFIXES):
+        if _ID_PREFIX.fullmatch(path) or any(
+            p.startswith(path) or path.startswith(p) for p in _DELETE_PREFIXES
+        ):
             return ""
         return f"line {first_line + 1}: no torrent or download named {line!r}"
 
@@ -481,7 +499,11 @@ class Control:
             return Target("torrent", path, path), "", self.cache.torrent(path) is not None
         if top in (TORRENTS_DIR, DOWNLOADS_DIR) and name:
             if "/" in name:
-                return None, f"{line!r} is inside an entry: name the torrent directory or the download itself", False
+                return (
+                    None,
+                    f"{line!r} is inside an entry: name the torrent directory or the download itself",
+                    False,
+                )
             parent = TORRENTS_INODE if top == TORRENTS_DIR else DOWNLOADS_INODE
             node = self.namespace.lookup(parent, name)
             if node is not None and top == TORRENTS_DIR and node.torrent_id:
@@ -492,7 +514,10 @@ class Control:
 
     def _enqueue(self, job: Job) -> None:
         if self._queued_items + len(job.items) > MAX_QUEUED_ITEMS:
-            self._note_error(job.action, f"refused: {job.source}: more than {MAX_QUEUED_ITEMS} items waiting for RD")
+            self._note_error(
+                job.action,
+                f"refused: {job.source}: more than {MAX_QUEUED_ITEMS} items waiting for RD",
+            )
             raise FsError(errno.ENOSPC, "queue full")
         self._queue.append(job)
         self._queued_items += len(job.items)
@@ -538,7 +563,9 @@ class Control:
                         self._upload_bytes -= job.memory
         finally:
             if self._queued_items:
-                log.warning("stopping with %d queued item(s) of .rdfs/ not sent to RD", self._queued_items)
+                log.warning(
+                    "stopping with %d queued item(s) of .rdfs/ not sent to RD", self._queued_items
+                )
 
     async def _run_job(self, job: Job) -> None:
         """One batch; whatever happens is recorded for status, and the worker goes on."""
@@ -557,7 +584,9 @@ class Control:
         except Exception as exc:  # a bug must not end the worker, and with it the mount
             log.exception("%s of %s failed unexpectedly", job.action, job.source)
             self._note_error(job.action, f"{job.source}: internal error ({type(exc).__name__})")
-            self._note_action(job.action, job.source, "failed", error=f"internal error ({type(exc).__name__})")
+            self._note_action(
+                job.action, job.source, "failed", error=f"internal error ({type(exc).__name__})"
+            )
 
     def _progress(self, job: Job) -> Callable[[int], None]:
         def note(done: int) -> None:
@@ -569,11 +598,19 @@ class Control:
         async with self._lock:
             known = {t.hash.lower(): t.id for t in self.cache.torrents()} | self._added_hashes
             results = await add_items(
-                self.client, job.items, policy=self.selection, known_hashes=known, on_progress=self._progress(job)
+                self.client,
+                job.items,
+                policy=self.selection,
+                known_hashes=known,
+                on_progress=self._progress(job),
             )
         for added in results:
             if added.duplicate:
-                log.info("%s is already in the account as torrent %s: not added again", added.info_hash, added.id)
+                log.info(
+                    "%s is already in the account as torrent %s: not added again",
+                    added.info_hash,
+                    added.id,
+                )
                 continue
             self._added_hashes[added.info_hash] = added.id
             self._watch_torrent(added.id)
@@ -582,9 +619,15 @@ class Control:
 
     async def _delete(self, job: Job) -> None:
         async with self._lock:
-            missing = [torrent_id for torrent_id in job.unverified if not await self._exists_upstream(torrent_id)]
+            missing = [
+                torrent_id
+                for torrent_id in job.unverified
+                if not await self._exists_upstream(torrent_id)
+            ]
             if missing:
-                raise InvalidInput("; ".join(f"no torrent with id {torrent_id}" for torrent_id in missing))
+                raise InvalidInput(
+                    "; ".join(f"no torrent with id {torrent_id}" for torrent_id in missing)
+                )
             try:
                 done = await delete_targets(self.client, job.items, on_progress=self._progress(job))
             except ActionFailed as exc:
@@ -622,13 +665,19 @@ class Control:
             self._added_hashes = {h: i for h, i in self._added_hashes.items() if i not in torrents}
         if downloads:
             self.cache.delete_downloads(downloads)
-            diff = self.cache.diff_entries(Scope.downloads(), download_specs(self.cache.downloads()))
+            diff = self.cache.diff_entries(
+                Scope.downloads(), download_specs(self.cache.downloads())
+            )
             changes.merge(self.cache.apply_diff(diff))
             self.cache.refresh_dir(DOWNLOADS_INODE, time.time())
             changes.inodes.add(DOWNLOADS_INODE)
         if changes and self.syncer.on_change is not None:
             self.syncer.on_change(
-                TreeChange(entries=sorted(changes.entries), inodes=sorted(changes.inodes | changes.dirs), paths=[])
+                TreeChange(
+                    entries=sorted(changes.entries),
+                    inodes=sorted(changes.inodes | changes.dirs),
+                    paths=[],
+                )
             )
 
     # --- errors ---------------------------------------------------------------------------------
@@ -638,9 +687,19 @@ class Control:
         self._errors.append({"time": time.time(), "where": f".rdfs/{where}", "error": error})
 
     def _note_action(
-        self, kind: str, source: str, outcome: str, items: list[dict[str, Any]] | None = None, error: str = ""
+        self,
+        kind: str,
+        source: str,
+        outcome: str,
+        items: list[dict[str, Any]] | None = None,
+        error: str = "",
     ) -> None:
-        entry: dict[str, Any] = {"time": time.time(), "action": kind, "source": source, "outcome": outcome}
+        entry: dict[str, Any] = {
+            "time": time.time(),
+            "action": kind,
+            "source": source,
+            "outcome": outcome,
+        }
         entry["items"] = items or []
         if error:
             entry["error"] = error
@@ -678,7 +737,9 @@ class Control:
         if info.status == "downloaded" or info.status in FAILED_STATUSES:
             self._watch.pop(torrent_id, None)
             if info.status in FAILED_STATUSES:
-                self._note_error("add", f"torrent {torrent_id} ({info.filename}) failed on RD: {info.status}")
+                self._note_error(
+                    "add", f"torrent {torrent_id} ({info.filename}) failed on RD: {info.status}"
+                )
             log.info("torrent %s is %s: syncing", torrent_id, info.status)
             self.syncer.trigger()
 
@@ -701,7 +762,9 @@ class Control:
         status = self.syncer.status()
         await self._probe()
         await self._refresh_traffic()
-        errors = sorted(list(status.get("recent_errors", [])) + list(self._errors), key=lambda e: e["time"])
+        errors = sorted(
+            list(status.get("recent_errors", [])) + list(self._errors), key=lambda e: e["time"]
+        )
         status.update(
             time=time.time(),
             api={
@@ -746,7 +809,13 @@ class Control:
                 log.debug("traffic unavailable: %s", exc)
             else:
                 self._traffic = {
-                    host: {"left": t.left, "bytes": t.bytes, "limit": t.limit, "type": t.type, "reset": t.reset}
+                    host: {
+                        "left": t.left,
+                        "bytes": t.bytes,
+                        "limit": t.limit,
+                        "type": t.type,
+                        "reset": t.reset,
+                    }
                     for host, t in hosts.items()
                 }
                 self._traffic_at = trio.current_time()
@@ -770,7 +839,8 @@ class Control:
             if not upload.over_bound:
                 upload.over_bound = True
                 self._note_error(
-                    "add", f"refused: {upload.node.name}: uploads in flight hold {self._upload_bytes} bytes already"
+                    "add",
+                    f"refused: {upload.node.name}: uploads in flight hold {self._upload_bytes} bytes already",
                 )
             raise FsError(errno.ENOSPC, "upload memory exhausted")
         if growth > 0:

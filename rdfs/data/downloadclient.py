@@ -52,7 +52,10 @@ class _BulkReadStream(httpcore.AsyncNetworkStream):
         await self._stream.aclose()
 
     async def start_tls(
-        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
     ) -> httpcore.AsyncNetworkStream:
         return _BulkReadStream(await self._stream.start_tls(ssl_context, server_hostname, timeout))
 
@@ -80,17 +83,24 @@ class _BulkReadBackend(httpcore.AsyncNetworkBackend):
         return _BulkReadStream(stream)
 
     async def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: typing.Iterable[typing.Any] | None = None
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: typing.Iterable[typing.Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
         return _BulkReadStream(
-            await self._backend.connect_unix_socket(path, timeout=timeout, socket_options=socket_options)
+            await self._backend.connect_unix_socket(
+                path, timeout=timeout, socket_options=socket_options
+            )
         )
 
     async def sleep(self, seconds: float) -> None:
         await self._backend.sleep(seconds)
 
 
-def download_pool(*, max_keepalive_connections: int, keepalive_expiry: float) -> httpcore.AsyncConnectionPool:
+def download_pool(
+    *, max_keepalive_connections: int, keepalive_expiry: float
+) -> httpcore.AsyncConnectionPool:
     """An httpcore connection pool (trio) for ranged GETs of large bodies; TLS verified (certifi)."""
     return httpcore.AsyncConnectionPool(
         ssl_context=httpx.create_ssl_context(),

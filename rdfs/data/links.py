@@ -149,7 +149,13 @@ def checked_url(url: str) -> str:
             raise BadDownloadURL("the download URL's host is not a valid host name")
     netloc = wire_host if port is None else f"{wire_host}:{port}"
     return urlunsplit(
-        (scheme, netloc, quote(parts.path, safe=_PATH_SAFE) or "/", quote(parts.query, safe=_QUERY_SAFE), "")
+        (
+            scheme,
+            netloc,
+            quote(parts.path, safe=_PATH_SAFE) or "/",
+            quote(parts.query, safe=_QUERY_SAFE),
+            "",
+        )
     )
 
 
@@ -252,7 +258,9 @@ class LinkResolver:
             log.warning("stored link of %s is unusable (%s): dropped", hoster_link, exc)
             self._store_call("drop", self.store.drop_link, hoster_link)
             return None
-        link = self._links[hoster_link] = ResolvedLink(url, stored.download_id, stored.filesize, stored.expires_at)
+        link = self._links[hoster_link] = ResolvedLink(
+            url, stored.download_id, stored.filesize, stored.expires_at
+        )
         return link
 
     def confirm(self, hoster_link: str) -> None:
@@ -260,7 +268,9 @@ class LinkResolver:
         if self._unproven:
             self._unproven.pop(hoster_link, None)
 
-    async def resolve(self, hoster_link: str, *, force: bool = False, stale_url: str | None = None) -> ResolvedLink:
+    async def resolve(
+        self, hoster_link: str, *, force: bool = False, stale_url: str | None = None
+    ) -> ResolvedLink:
         """The download URL of ``hoster_link``, unrestricting it only when needed.
 
         ``force=True`` unrestricts again (the download server refused the URL). With
@@ -281,7 +291,9 @@ class LinkResolver:
                     raise gone[1]
                 del self._gone[hoster_link]
             current = self.cached(hoster_link)
-            if current is not None and (not force or (stale_url is not None and current.url != stale_url)):
+            if current is not None and (
+                not force or (stale_url is not None and current.url != stale_url)
+            ):
                 return current
             if force and stale_url is not None and self._unproven.get(hoster_link) == stale_url:
                 del self._unproven[hoster_link]
@@ -368,7 +380,9 @@ class LinkResolver:
                 return await self.client.unrestrict_link(hoster_link)
         raise AssertionError("unreachable: stamina re-raises the last failure")  # pragma: no cover
 
-    def _remember(self, hoster_link: str, download: Download, url: str, forced: bool) -> ResolvedLink:
+    def _remember(
+        self, hoster_link: str, download: Download, url: str, forced: bool
+    ) -> ResolvedLink:
         link = ResolvedLink(
             url=url,
             download_id=download.id,
@@ -387,7 +401,9 @@ class LinkResolver:
         if forced:
             self._unproven[hoster_link] = url
         if self.store is not None:
-            stored = StoredLink(hoster_link, link.url, link.download_id, link.filesize, link.expires_at)
+            stored = StoredLink(
+                hoster_link, link.url, link.download_id, link.filesize, link.expires_at
+            )
             self._store_call("write", self.store.put_link, stored)
         return link
 

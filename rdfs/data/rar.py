@@ -72,7 +72,9 @@ def _encrypted(extra: bytes) -> bool:
     return False
 
 
-def _file_member(fields: bytes, extra: bytes, flags: int, data_offset: int, data_size: int) -> Member:
+def _file_member(
+    fields: bytes, extra: bytes, flags: int, data_offset: int, data_size: int
+) -> Member:
     file_flags, pos = _vint(fields, 0)
     size, pos = _vint(fields, pos)
     _attributes, pos = _vint(fields, pos)

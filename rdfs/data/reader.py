@@ -106,7 +106,12 @@ RANGE_DISCARD_LIMIT = 8 * MiB
 # Link refreshes in a row, without progress in between, before a download gives up.
 MAX_LINK_REFRESHES = 2
 DEFAULT_CONNECTIONS_PER_HOST = 16
-DEFAULT_TIMEOUT = {"connect": 15.0, "read": 30.0, "write": 15.0, "pool": None}  # seconds, httpcore's keys
+DEFAULT_TIMEOUT = {
+    "connect": 15.0,
+    "read": 30.0,
+    "write": 15.0,
+    "pool": None,
+}  # seconds, httpcore's keys
 MAX_REDIRECTS = 5
 # A download request that delivers less than STALL_PROGRESS bytes in STALL_TIMEOUT seconds is
 # aborted (a server dripping a byte now and then defeats any per-socket-read timeout); the
@@ -375,7 +380,9 @@ class _Transfer:
 class _Stream(_Transfer):
     """The read-ahead of one handle: wants data up to a window ahead of the reader."""
 
-    def __init__(self, pool: ReaderPool, file: _File, start: int, consumed: int, run_start: int) -> None:
+    def __init__(
+        self, pool: ReaderPool, file: _File, start: int, consumed: int, run_start: int
+    ) -> None:
         super().__init__(pool, file, start, file.source.size)
         self.consumed = consumed
         self.run_start = run_start
@@ -388,11 +395,15 @@ class _Stream(_Transfer):
 
     def window(self) -> int:
         pool = self.pool
-        return min(pool.window_budget(), max(pool.initial_window, 2 * (self.consumed - self.run_start)))
+        return min(
+            pool.window_budget(), max(pool.initial_window, 2 * (self.consumed - self.run_start))
+        )
 
     def want(self) -> int:
         target = self.consumed + self.window()
-        target = -(-target // BLOCK_SIZE) * BLOCK_SIZE  # whole blocks: never pause inside a promised one
+        target = (
+            -(-target // BLOCK_SIZE) * BLOCK_SIZE
+        )  # whole blocks: never pause inside a promised one
         return min(target, self.stop)
 
     @property
@@ -407,7 +418,11 @@ class _Stream(_Transfer):
 
     def covers(self, offset: int) -> bool:
         """A read near the stream's position or inside its window (reads arrive out of order)."""
-        return self.consumed - BACK_TOLERANCE <= offset <= max(self.want(), self.received) + FORWARD_TOLERANCE
+        return (
+            self.consumed - BACK_TOLERANCE
+            <= offset
+            <= max(self.want(), self.received) + FORWARD_TOLERANCE
+        )
 
     def straggler(self, offset: int) -> bool:
         """A read shortly behind the stream (out of order), not a seek back."""
@@ -460,7 +475,11 @@ class _Stream(_Transfer):
                 self.wake = trio.Event()
                 with trio.move_on_at(give_up_at):  # woken by the reader, or by a download waiting
                     await self.wake.wait()
-                if self._release or limiter.statistics().tasks_waiting or trio.current_time() >= give_up_at:
+                if (
+                    self._release
+                    or limiter.statistics().tasks_waiting
+                    or trio.current_time() >= give_up_at
+                ):
                     self._release = False
                     return False
         finally:
@@ -504,7 +523,11 @@ class _Run:
     def claims(self, offset: int) -> bool:
         """Whether a read at ``offset`` belongs to this run (reads arrive slightly out of order)."""
         stream = self.stream
-        if stream is not None and stream.serving and (stream.covers(offset) or stream.straggler(offset)):
+        if (
+            stream is not None
+            and stream.serving
+            and (stream.covers(offset) or stream.straggler(offset))
+        ):
             return True
         return self.end - BACK_TOLERANCE <= offset <= self.end + FORWARD_TOLERANCE
 
@@ -590,7 +613,9 @@ class FileHandle:
                     stream.advance(end)
                     run.end = end
                     return True
-                log.debug("read-ahead of %s was evicted before it was read: restarting", self.source.name)
+                log.debug(
+                    "read-ahead of %s was evicted before it was read: restarting", self.source.name
+                )
             elif stream.straggler(offset):
                 return True  # a late read of what the stream serves: fetch it, keep the stream
         run.end = end
@@ -637,7 +662,11 @@ class FileHandle:
                 with trio.move_on_after(pool.read_stall_timeout):
                     await event.wait()
                     continue
-                log.info("%s: block %d is overdue from another download: fetching it", self.source.name, index)
+                log.info(
+                    "%s: block %d is overdue from another download: fetching it",
+                    self.source.name,
+                    index,
+                )
                 overdue = overdue or set()
                 overdue.add(index)
             stop = last
@@ -653,7 +682,11 @@ class FileHandle:
         """The last block a download of the file's first block fetches (``HEAD_FETCH``)."""
         last_block = (self.source.size - 1) // BLOCK_SIZE
         limit = min(HEAD_FETCH // BLOCK_SIZE - 1, last_block)
-        while stop < limit and not self.pool._available(self.file, stop + 1) and stop + 1 not in self.file.pending:
+        while (
+            stop < limit
+            and not self.pool._available(self.file, stop + 1)
+            and stop + 1 not in self.file.pending
+        ):
             stop += 1
         return stop
 
@@ -717,7 +750,9 @@ class ReaderPool:
         self._files: dict[str, _File] = {}
         self._streams: set[_Stream] = set()
         self._limiters: dict[str, trio.CapacityLimiter] = {}
-        self._paused: dict[trio.CapacityLimiter, set[_Stream]] = {}  # streams holding an idle connection
+        self._paused: dict[
+            trio.CapacityLimiter, set[_Stream]
+        ] = {}  # streams holding an idle connection
         # Head and tail blocks waiting to be written to the probe cache (probe key -> index -> block).
         self._probe_queue: dict[str, dict[int, Block]] = {}
         self._probe_queued_bytes = 0
@@ -842,7 +877,9 @@ class ReaderPool:
         try:
             self.probe.put_batch(batch)
         except sqlite3.Error as exc:  # a full or broken disk costs the cache, never the read
-            log.warning("probe cache: cannot store %d blocks: %s", sum(map(len, batch.values())), exc)
+            log.warning(
+                "probe cache: cannot store %d blocks: %s", sum(map(len, batch.values())), exc
+            )
             return False
         return True
 
@@ -893,7 +930,9 @@ class ReaderPool:
 
     async def _fetch(self, file: _File, first: int, stop: int) -> dict[int, Block]:
         """Download blocks ``[first, stop)`` now (in the caller's task) and return them."""
-        transfer = _Transfer(self, file, first * BLOCK_SIZE, min(stop * BLOCK_SIZE, file.source.size))
+        transfer = _Transfer(
+            self, file, first * BLOCK_SIZE, min(stop * BLOCK_SIZE, file.source.size)
+        )
         transfer.collected = {}
         transfer.claim(first, stop)
         try:
@@ -957,7 +996,9 @@ class ReaderPool:
                         raise
                     unreachable_at = transfer.received
                     stale = transfer.url
-                    fresh = await self._refresh_link(source, stale, "its download server is unreachable")
+                    fresh = await self._refresh_link(
+                        source, stale, "its download server is unreachable"
+                    )
                     if fresh.url == stale:
                         raise
                 except _Refused as refused:
@@ -966,10 +1007,13 @@ class ReaderPool:
                     refreshes += 1
                     if refreshes > MAX_LINK_REFRESHES:
                         raise LinkGone(
-                            source.hoster_link, f"the download server refuses even a fresh link (HTTP {refused.status})"
+                            source.hoster_link,
+                            f"the download server refuses even a fresh link (HTTP {refused.status})",
                         ) from None
                     refreshed_at = transfer.received
-                    await self._refresh_link(source, refused.url, f"the download was refused (HTTP {refused.status})")
+                    await self._refresh_link(
+                        source, refused.url, f"the download was refused (HTTP {refused.status})"
+                    )
                 else:
                     if self._stalling:
                         self._recovered(transfer)
@@ -984,9 +1028,16 @@ class ReaderPool:
         stats.stalled += gave_up
         self._stalling.add(transfer)
         stats.stalling = len(self._stalling)
-        stats.last_stall = {"file": name, "byte": transfer.received, "time": time.time(), "gave_up": gave_up}
+        stats.last_stall = {
+            "file": name,
+            "byte": transfer.received,
+            "time": time.time(),
+            "gave_up": gave_up,
+        }
         outcome = "giving up" if gave_up else "retrying"
-        log.warning("download of %s stalled at byte %d (%s): %s", name, transfer.received, why, outcome)
+        log.warning(
+            "download of %s stalled at byte %d (%s): %s", name, transfer.received, why, outcome
+        )
 
     def _recovered(self, transfer: _Transfer) -> None:
         self._stalling.discard(transfer)
@@ -1069,7 +1120,12 @@ class ReaderPool:
         except TRANSPORT_ERRORS as exc:
             if transfer.received > start:
                 self.stats.reconnects += 1
-                log.info("download of %s dropped at byte %d (%s): resuming", source.name, transfer.received, exc)
+                log.info(
+                    "download of %s dropped at byte %d (%s): resuming",
+                    source.name,
+                    transfer.received,
+                    exc,
+                )
                 return
             raise _Transient(f"{type(exc).__name__}: {exc}") from None
         finally:
@@ -1094,7 +1150,9 @@ class ReaderPool:
             url = _redirect_target(url, location)
         raise DownloadError(f"more than {MAX_REDIRECTS} redirects from the download server")
 
-    def _check(self, response: httpcore.Response, link: ResolvedLink, source: FileSource, first: int) -> int:
+    def _check(
+        self, response: httpcore.Response, link: ResolvedLink, source: FileSource, first: int
+    ) -> int:
         """Validate a response to ``Range: bytes=first-…``; returns how many leading bytes to discard."""
         status = response.status
         content_type = header(response, b"content-type").lower()
@@ -1106,7 +1164,9 @@ class ReaderPool:
         if encoding and encoding != "identity" and status in (200, 206):
             # Asked for identity: encoded bytes are not the file's bytes (and a range of them is
             # not decodable); never served, never cached.
-            raise DownloadError(f"{source.name}: the download server sent a {encoding[:32]!r}-encoded body")
+            raise DownloadError(
+                f"{source.name}: the download server sent a {encoding[:32]!r}-encoded body"
+            )
         if status == 206:
             content_range = header(response, b"content-range")
             match = _CONTENT_RANGE.match(content_range)
@@ -1116,23 +1176,31 @@ class ReaderPool:
                 )
             total = match.group(3)
             if total != "*" and int(total) < source.offset + source.size:
-                raise DownloadError(f"{source.name}: the download has {total} bytes, the file needs more")
+                raise DownloadError(
+                    f"{source.name}: the download has {total} bytes, the file needs more"
+                )
             return 0
         if status == 200:
             if content_type.startswith("text/html"):
                 raise _Refused(status, link.url)  # RD's "no longer valid" page
             length = header(response, b"content-length")
             if link.filesize and length.isdigit() and int(length) != link.filesize:
-                raise DownloadError(f"{source.name}: a {length}-byte answer instead of the {link.filesize}-byte file")
+                raise DownloadError(
+                    f"{source.name}: a {length}-byte answer instead of the {link.filesize}-byte file"
+                )
             if first > self.range_discard_limit:
                 raise DownloadError(
                     f"{source.name}: the download server ignores Range (200 for a request from byte {first})"
                 )
             if first:
-                log.info("download server ignores Range for %s: discarding %d bytes", source.name, first)
+                log.info(
+                    "download server ignores Range for %s: discarding %d bytes", source.name, first
+                )
             return first
         if status == 416:
-            raise DownloadError(f"{source.name}: byte {first} is past the end of the download (HTTP 416)")
+            raise DownloadError(
+                f"{source.name}: byte {first} is past the end of the download (HTTP 416)"
+            )
         raise DownloadError(f"{source.name}: unexpected HTTP {status} from the download server")
 
     async def _receive(

@@ -106,7 +106,9 @@ class StreamingExtras:
             if name == MEDIAINFO:
                 info = await self.client.streaming_media_infos(download_id)
                 # Not dataclasses.asdict: it would deep-copy ``raw`` (any depth RD sent) for nothing.
-                kept = (f.name for f in dataclasses.fields(info) if f.name not in ("raw", "problems"))
+                kept = (
+                    f.name for f in dataclasses.fields(info) if f.name not in ("raw", "problems")
+                )
                 data = {attr: getattr(info, attr) for attr in kept}
             else:
                 data = await self.client.streaming_transcode(download_id)
@@ -114,7 +116,11 @@ class StreamingExtras:
             if is_definite_miss(name, exc):
                 self._misses[key] = (time.monotonic() + self.miss_ttl, exc)
                 log.info(
-                    "%s of download %s: RD has none (%s), not asked again for %g s", name, download_id, exc, self.miss_ttl
+                    "%s of download %s: RD has none (%s), not asked again for %g s",
+                    name,
+                    download_id,
+                    exc,
+                    self.miss_ttl,
                 )
             raise
         text = json.dumps(data, sort_keys=True)

@@ -27,10 +27,27 @@ log = logging.getLogger(__name__)
 # Control methods callable over HTTP: POST /_emu/call/<name> with a JSON object of arguments.
 CONTROL_METHODS = frozenset(
     {
-        "add_torrent", "bulk_add_torrents", "add_synthetic_library", "add_media_dir", "remove_torrent",
-        "set_status", "kill_torrent", "torrent_json", "torrent_ids", "file_bytes", "link_bytes", "expire_links",
-        "approve_device", "register_app", "expire_access_tokens", "revoke_oauth", "reset_counters",
-        "set_faults", "reset_faults", "faults_json", "counters_json",
+        "add_torrent",
+        "bulk_add_torrents",
+        "add_synthetic_library",
+        "add_media_dir",
+        "remove_torrent",
+        "set_status",
+        "kill_torrent",
+        "torrent_json",
+        "torrent_ids",
+        "file_bytes",
+        "link_bytes",
+        "expire_links",
+        "approve_device",
+        "register_app",
+        "expire_access_tokens",
+        "revoke_oauth",
+        "reset_counters",
+        "set_faults",
+        "reset_faults",
+        "faults_json",
+        "counters_json",
     }
 )
 
@@ -53,7 +70,9 @@ class VerbOverride:
 def _control_arguments(method: str, arguments: dict[str, Any]) -> dict[str, Any]:
     if method == "add_torrent":
         arguments["files"] = [
-            FileSpec(f["path"], f["size"], Path(f["source"]) if f.get("source") else None, f.get("seed"))
+            FileSpec(
+                f["path"], f["size"], Path(f["source"]) if f.get("source") else None, f.get("seed")
+            )
             for f in arguments.get("files", [])
         ]
     if method == "add_media_dir":

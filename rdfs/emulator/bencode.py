@@ -79,14 +79,20 @@ def parse_torrent(data: bytes) -> TorrentMeta:
     if isinstance(info.get(b"files"), list):
         for entry in info[b"files"]:
             parts = entry.get(b"path.utf-8", entry.get(b"path"))
-            if not isinstance(parts, list) or not parts or not isinstance(entry.get(b"length"), int):
+            if (
+                not isinstance(parts, list)
+                or not parts
+                or not isinstance(entry.get(b"length"), int)
+            ):
                 raise BencodeError("bad file entry")
             files.append(("/" + "/".join(_text(p) for p in parts), entry[b"length"]))
     elif isinstance(info.get(b"length"), int):
         files.append(("/" + name, info[b"length"]))
     else:
         raise BencodeError("no files")
-    return TorrentMeta(name=name, info_hash=hashlib.sha1(data[start:stop]).hexdigest(), files=tuple(files))
+    return TorrentMeta(
+        name=name, info_hash=hashlib.sha1(data[start:stop]).hexdigest(), files=tuple(files)
+    )
 
 
 def encode(value: Any) -> bytes:

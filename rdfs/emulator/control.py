@@ -63,7 +63,12 @@ class EmulatorControl:
             "add_torrent",
             name=name,
             files=[
-                {"path": f.path, "size": f.size, "source": str(f.source) if f.source else None, "seed": f.seed}
+                {
+                    "path": f.path,
+                    "size": f.size,
+                    "source": str(f.source) if f.source else None,
+                    "seed": f.seed,
+                }
                 for f in files
             ],
             status=status,
@@ -73,8 +78,15 @@ class EmulatorControl:
             info_hash=info_hash,
         )
 
-    def bulk_add_torrents(self, count: int, files_per_torrent: int = 5, file_size: int = 100 * 1024 * 1024) -> list[str]:
-        return self._call("bulk_add_torrents", count=count, files_per_torrent=files_per_torrent, file_size=file_size)
+    def bulk_add_torrents(
+        self, count: int, files_per_torrent: int = 5, file_size: int = 100 * 1024 * 1024
+    ) -> list[str]:
+        return self._call(
+            "bulk_add_torrents",
+            count=count,
+            files_per_torrent=files_per_torrent,
+            file_size=file_size,
+        )
 
     def add_synthetic_library(self, count: int) -> list[str]:
         return self._call("add_synthetic_library", count=count)
@@ -97,8 +109,12 @@ class EmulatorControl:
     def torrent_ids(self) -> list[str]:
         return self._call("torrent_ids")
 
-    def file_bytes(self, torrent_id: str, file_id: int, offset: int = 0, length: int | None = None) -> bytes:
-        return self._call("file_bytes", torrent_id=torrent_id, file_id=file_id, offset=offset, length=length)
+    def file_bytes(
+        self, torrent_id: str, file_id: int, offset: int = 0, length: int | None = None
+    ) -> bytes:
+        return self._call(
+            "file_bytes", torrent_id=torrent_id, file_id=file_id, offset=offset, length=length
+        )
 
     def link_bytes(self, link: str, offset: int = 0, length: int | None = None) -> bytes:
         return self._call("link_bytes", link=link, offset=offset, length=length)

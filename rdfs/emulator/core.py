@@ -18,7 +18,7 @@ import re
 import secrets
 import time
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
@@ -51,8 +51,17 @@ log = logging.getLogger(__name__)
 
 STATUSES = frozenset(
     {
-        "magnet_error", "magnet_conversion", "waiting_files_selection", "queued", "downloading",
-        "downloaded", "error", "virus", "compressing", "uploading", "dead",
+        "magnet_error",
+        "magnet_conversion",
+        "waiting_files_selection",
+        "queued",
+        "downloading",
+        "downloaded",
+        "error",
+        "virus",
+        "compressing",
+        "uploading",
+        "dead",
     }
 )
 ACTIVE = frozenset({"magnet_conversion", "queued", "downloading", "compressing", "uploading"})
@@ -73,7 +82,7 @@ def _url_name(filename: str) -> str:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class DownloadUnavailable(Exception):
@@ -239,7 +248,13 @@ class Emulator:
             if not spec.path.startswith("/"):
                 raise ValueError(f"file path must start with '/': {spec.path!r}")
             emu_files.append(
-                EmuFile(number, spec.path, spec.size, spec.source, spec.seed or f"{info_hash}:{spec.path}")
+                EmuFile(
+                    number,
+                    spec.path,
+                    spec.size,
+                    spec.source,
+                    spec.seed or f"{info_hash}:{spec.path}",
+                )
             )
         content = Content(name=name, hash=info_hash, files=tuple(emu_files))
         self._catalog[info_hash] = content
@@ -266,7 +281,11 @@ class Emulator:
             packed=packed,
         )
         if status not in ("magnet_conversion", "waiting_files_selection", "magnet_error"):
-            rec.selected = frozenset(selected) if selected is not None else frozenset(f.id for f in content.files)
+            rec.selected = (
+                frozenset(selected)
+                if selected is not None
+                else frozenset(f.id for f in content.files)
+            )
         if status in ("downloaded", "dead"):
             rec.progress = 100
             rec.ended = rec.added
@@ -294,7 +313,11 @@ class Emulator:
         if isinstance(added, str):
             added = datetime.fromisoformat(added.replace("Z", "+00:00"))
         rec = self._insert(
-            self._content(name, files, info_hash), status, selected=selected, packed=packed, added=added
+            self._content(name, files, info_hash),
+            status,
+            selected=selected,
+            packed=packed,
+            added=added,
         )
         log.debug("added torrent %s (%s, %d files, %s)", rec.id, name, len(files), status)
         return rec.id
@@ -309,12 +332,16 @@ class Emulator:
             stem = f"Bulk.Release.{self._seq + 1:06d}"
             info_hash = hashlib.sha1(f"{self._salt}:bulk:{self._seq + 1}".encode()).hexdigest()
             files = [
-                EmuFile(number, f"/{stem}.part{number}.mkv", file_size, None, f"{info_hash}:{number}")
+                EmuFile(
+                    number, f"/{stem}.part{number}.mkv", file_size, None, f"{info_hash}:{number}"
+                )
                 for number in range(1, files_per_torrent + 1)
             ]
             content = Content(name=stem, hash=info_hash, files=tuple(files))
             self._catalog[info_hash] = content
-            ids.append(self._insert(content, "downloaded", added=start + timedelta(seconds=index)).id)
+            ids.append(
+                self._insert(content, "downloaded", added=start + timedelta(seconds=index)).id
+            )
         log.info("bulk-added %d torrents of %d files", count, files_per_torrent)
         return ids
 
@@ -322,7 +349,10 @@ class Emulator:
         """Add ``count`` downloaded torrents with realistic movie/show names (synthetic bytes)."""
         start = _now() - timedelta(hours=count)
         return [
-            self.add_torrent(*names.release(f"{self._salt}:library:{index}"), added=start + timedelta(hours=index))
+            self.add_torrent(
+                *names.release(f"{self._salt}:library:{index}"),
+                added=start + timedelta(hours=index),
+            )
             for index in range(count)
         ]
 
@@ -334,7 +364,9 @@ class Emulator:
                 continue
             if entry.is_dir():
                 specs = [
-                    FileSpec("/" + path.relative_to(entry).as_posix(), path.stat().st_size, source=path)
+                    FileSpec(
+                        "/" + path.relative_to(entry).as_posix(), path.stat().st_size, source=path
+                    )
                     for path in sorted(entry.rglob("*"))
                     if path.is_file()
                 ]
@@ -380,7 +412,9 @@ class Emulator:
     def torrent_json(self, torrent_id: str) -> dict[str, Any]:
         return self._get(torrent_id).info_json()
 
-    def file_bytes(self, torrent_id: str, file_id: int, offset: int = 0, length: int | None = None) -> bytes:
+    def file_bytes(
+        self, torrent_id: str, file_id: int, offset: int = 0, length: int | None = None
+    ) -> bytes:
         """The source bytes of a file (for assertions)."""
         rec = self._torrents[torrent_id]
         emu_file = next((f for f in rec.content.files if f.id == file_id), None)
@@ -421,14 +455,26 @@ class Emulator:
         schedule = rec.schedule
         if schedule is None:
             return
-        if rec.status == "magnet_conversion" and schedule.converted_at is not None and now >= schedule.converted_at:
+        if (
+            rec.status == "magnet_conversion"
+            and schedule.converted_at is not None
+            and now >= schedule.converted_at
+        ):
             rec.status = "waiting_files_selection"
             rec.schedule = None
             self._pending.discard(rec.id)
             return
-        if rec.status == "queued" and schedule.started_at is not None and now >= schedule.started_at:
+        if (
+            rec.status == "queued"
+            and schedule.started_at is not None
+            and now >= schedule.started_at
+        ):
             rec.status = "downloading"
-        if rec.status == "downloading" and schedule.finished_at is not None and schedule.started_at is not None:
+        if (
+            rec.status == "downloading"
+            and schedule.finished_at is not None
+            and schedule.started_at is not None
+        ):
             if now >= schedule.finished_at:
                 self._finish(rec)
                 return
@@ -448,7 +494,9 @@ class Emulator:
 
     def _ordered(self) -> list[TorrentRec]:
         if self._order is None:
-            self._order = sorted(self._torrents.values(), key=lambda r: (r.added, r.seq), reverse=True)
+            self._order = sorted(
+                self._torrents.values(), key=lambda r: (r.added, r.seq), reverse=True
+            )
         return self._order
 
     def _active(self) -> list[TorrentRec]:
@@ -457,7 +505,9 @@ class Emulator:
 
     # ------------------------------------------------------------------ torrents: REST
 
-    def list_torrents(self, offset: int, limit: int, active_first: bool) -> tuple[list[dict[str, Any]], int]:
+    def list_torrents(
+        self, offset: int, limit: int, active_first: bool
+    ) -> tuple[list[dict[str, Any]], int]:
         self._advance_all()
         ordered = self._ordered()
         if active_first:
@@ -466,7 +516,11 @@ class Emulator:
 
     def active_count(self) -> dict[str, Any]:
         active = self._active()
-        return {"nb": len(active), "limit": self.active_limit, "list": [rec.content.hash for rec in active]}
+        return {
+            "nb": len(active),
+            "limit": self.active_limit,
+            "list": [rec.content.hash for rec in active],
+        }
 
     def _check_active_limit(self) -> None:
         if len(self._active()) >= self.active_limit:
@@ -487,7 +541,11 @@ class Emulator:
     def add_magnet(self, magnet: str) -> str:
         """``/torrents/addMagnet``: known hashes get their content, unknown ones synthetic files."""
         query = parse_qs(urlsplit(magnet).query) if magnet.startswith("magnet:?") else {}
-        topics = [xt[len("urn:btih:") :] for xt in query.get("xt", []) if xt.lower().startswith("urn:btih:")]
+        topics = [
+            xt[len("urn:btih:") :]
+            for xt in query.get("xt", [])
+            if xt.lower().startswith("urn:btih:")
+        ]
         if not topics or not _BTIH.match(topics[0]):
             raise Refusal("wrong_parameter", "Invalid magnet link")
         info_hash = topics[0]
@@ -508,7 +566,9 @@ class Emulator:
             raise Refusal("torrent_file_invalid") from error
         content = self._catalog.get(meta.info_hash)
         if content is None:
-            content = self._content(meta.name, [FileSpec(path, size) for path, size in meta.files], meta.info_hash)
+            content = self._content(
+                meta.name, [FileSpec(path, size) for path, size in meta.files], meta.info_hash
+            )
         return self._added_by_user(content)
 
     def select_files(self, torrent_id: str, files: str) -> None:
@@ -564,7 +624,9 @@ class Emulator:
         if rec.status == "dead":
             raise Refusal("hoster_unavailable")
         files = [f for f in rec.content.files if f.id in target.file_ids]
-        members = [(f.path.lstrip("/"), Segment(f.size, seed=f.seed, source=f.source)) for f in files]
+        members = [
+            (f.path.lstrip("/"), Segment(f.size, seed=f.seed, source=f.source)) for f in files
+        ]
         if len(target.file_ids) > 1 or rec.packed:
             return rec, f"{rec.content.name}.rar", rar.archive(members)
         return rec, PurePosixPath(files[0].path).name, (members[0][1],)
@@ -688,7 +750,10 @@ class Emulator:
             raise Refusal("wrong_parameter", "Bad client_id for this code")
         if not grant.approved or grant.issued_client_id is None:
             raise Refusal("permission_denied", "authorization_pending")
-        return {"client_id": grant.issued_client_id, "client_secret": grant.issued_client_secret or ""}
+        return {
+            "client_id": grant.issued_client_id,
+            "client_secret": grant.issued_client_secret or "",
+        }
 
     def authorization_code(self, client_id: str, redirect_uri: str) -> str:
         """The user approved the app on ``/oauth/v2/auth``; the code for ``redirect_uri``."""
@@ -702,7 +767,9 @@ class Emulator:
         access = _secret(52)
         refresh = refresh_token or _secret(52)
         self._refresh[refresh] = client_id
-        self._tokens[access] = AccessToken("oauth", time.monotonic() + self.access_token_ttl, refresh)
+        self._tokens[access] = AccessToken(
+            "oauth", time.monotonic() + self.access_token_ttl, refresh
+        )
         return {
             "access_token": access,
             "expires_in": int(self.access_token_ttl),
@@ -723,7 +790,11 @@ class Emulator:
             raise Refusal("permission_denied", "Invalid client credentials")
         if grant_type == "authorization_code":
             issued = self._auth_codes.pop(code, None)
-            if issued is None or issued[0] != client_id or issued[1] != params.get("redirect_uri", issued[1]):
+            if (
+                issued is None
+                or issued[0] != client_id
+                or issued[1] != params.get("redirect_uri", issued[1])
+            ):
                 raise Refusal("permission_denied", "Invalid authorization code")
             return self._issue(client_id)
         if code in self._refresh:
@@ -751,7 +822,9 @@ class Emulator:
     def revoke_oauth(self) -> None:
         """The user revoked the app: OAuth access and refresh tokens stop working."""
         self._refresh.clear()
-        self._tokens = {token: entry for token, entry in self._tokens.items() if entry.kind != "oauth"}
+        self._tokens = {
+            token: entry for token, entry in self._tokens.items() if entry.kind != "oauth"
+        }
 
     # ------------------------------------------------------------------ counters and faults
 

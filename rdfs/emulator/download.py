@@ -81,8 +81,16 @@ class DownloadStream:
     """An ASGI response streaming ``length`` bytes of ``entry`` from ``offset``."""
 
     def __init__(
-        self, emu: Emulator, entry: DownloadRec, status: int, headers: list[tuple[bytes, bytes]],
-        offset: int, length: int, *, head: bool, drop_after: int | None,
+        self,
+        emu: Emulator,
+        entry: DownloadRec,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        offset: int,
+        length: int,
+        *,
+        head: bool,
+        drop_after: int | None,
     ) -> None:
         self.emu = emu
         self.entry = entry
@@ -117,10 +125,18 @@ class DownloadStream:
         for chunk in iter_segments(self.entry.segments, self.offset, self.length):
             if sent + len(chunk) > budget:
                 chunk = chunk[: budget - sent]
-            drip = self.emu.faults.download_drip_interval  # looked up per chunk: open responses start too
+            drip = (
+                self.emu.faults.download_drip_interval
+            )  # looked up per chunk: open responses start too
             if chunk and drip > 0:  # a server that never stops and never gets anywhere
                 for index in range(len(chunk)):
-                    await send({"type": "http.response.body", "body": chunk[index : index + 1], "more_body": True})
+                    await send(
+                        {
+                            "type": "http.response.body",
+                            "body": chunk[index : index + 1],
+                            "more_body": True,
+                        }
+                    )
                     counters["download_drip_bytes"] += 1
                     await trio.sleep(drip)
             elif chunk:
@@ -146,10 +162,14 @@ def route(emu: Emulator) -> Route:
         emu.counters["download_requests"] += 1
         if emu.faults.download_redirect and "hop" not in request.query_params:
             emu.counters["download_redirects"] += 1
-            return RedirectResponse(f"{request.url.path}?hop=1", status_code=302)  # a relative Location
+            return RedirectResponse(
+                f"{request.url.path}?hop=1", status_code=302
+            )  # a relative Location
         if emu.faults.download_redirect_location is not None:
             emu.counters["download_redirects"] += 1
-            return Response(status_code=302, headers={"location": emu.faults.download_redirect_location})
+            return Response(
+                status_code=302, headers={"location": emu.faults.download_redirect_location}
+            )
         try:
             entry = emu.resolve_download(request.path_params["id"])
         except DownloadUnavailable as unavailable:
@@ -193,8 +213,15 @@ def route(emu: Emulator) -> Route:
         headers.append((b"content-length", str(length).encode()))
         head = request.method == "HEAD"
         drop_after = None
-        if not head and length > 1 and faults.download_drop_rate > 0 and emu.rng.random() < faults.download_drop_rate:
+        if (
+            not head
+            and length > 1
+            and faults.download_drop_rate > 0
+            and emu.rng.random() < faults.download_drop_rate
+        ):
             drop_after = length // 2
-        return DownloadStream(emu, entry, status, headers, offset, length, head=head, drop_after=drop_after)
+        return DownloadStream(
+            emu, entry, status, headers, offset, length, head=head, drop_after=drop_after
+        )
 
     return Route("/d/{id}/{name:path}", download, methods=["GET", "HEAD"])

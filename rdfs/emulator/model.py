@@ -6,7 +6,7 @@ import base64
 import hashlib
 import mimetypes
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -43,7 +43,9 @@ ERRORS: dict[str, tuple[int, int]] = {
 class Refusal(Exception):
     """An RD error answer: ``{"error": name, "error_code": N}`` with RD's HTTP status."""
 
-    def __init__(self, error: str, details: str | None = None, *, status: int | None = None) -> None:
+    def __init__(
+        self, error: str, details: str | None = None, *, status: int | None = None
+    ) -> None:
         default_status, code = ERRORS[error]
         super().__init__(error)
         self.error = error
@@ -64,7 +66,7 @@ def missing(name: str) -> Refusal:
 
 def rd_date(moment: datetime) -> str:
     """Javascript ``date.toJSON`` format: ``2024-01-02T03:04:05.000Z``."""
-    moment = moment.astimezone(timezone.utc)
+    moment = moment.astimezone(UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
@@ -161,7 +163,9 @@ class TorrentRec:
             "bytes": self.bytes(),
             "host": HOST,
             "split": 2000,
-            "progress": round(self.progress) if self.progress == int(self.progress) else round(self.progress, 2),
+            "progress": round(self.progress)
+            if self.progress == int(self.progress)
+            else round(self.progress, 2),
             "status": self.status,
             "added": rd_date(self.added),
             "links": list(self.links),
@@ -262,7 +266,9 @@ class Faults:
     download_error_status: int = 503
     ignore_range: bool = False  # downloads answer 200 with the full body
     download_redirect: bool = False  # each download is first answered 302 to the same file (?hop=1)
-    content_range_shift: int = 0  # a ranged download starts this many bytes early (truthful Content-Range)
+    content_range_shift: int = (
+        0  # a ranged download starts this many bytes early (truthful Content-Range)
+    )
     malformed_json_rate: float = 0.0  # fraction of JSON API answers cut in half (200, invalid JSON)
     rate_limit_per_minute: int | None = None  # sliding 60 s window, 429 too_many_requests beyond
     # Adds (addMagnet, addTorrent) allowed in a sliding window of this many seconds, 429 beyond:
@@ -287,7 +293,9 @@ class Faults:
     # Per endpoint counter name ("*": every endpoint): seconds between the bytes of its answers.
     api_drip: dict[str, float] = field(default_factory=dict)
     # hostile listings (issue 15): /torrents and /downloads only
-    list_total: str | None = None  # X-Total-Count sent instead of the truth; "page": the page's limit
+    list_total: str | None = (
+        None  # X-Total-Count sent instead of the truth; "page": the page's limit
+    )
     list_ignore_page: bool = False  # page and offset ignored: every page is the first one
     list_hidden_ids: tuple[str, ...] = ()  # left out of listings (and their totals), still upstream
     list_drip_seconds: float = 0.0  # list bodies are sent one byte every this many seconds

@@ -7,13 +7,32 @@ import random
 from .model import FileSpec
 
 _MOVIES = [
-    "Big Buck Bunny", "Sintel", "Tears of Steel", "Elephants Dream", "Cosmos Laundromat",
-    "Spring", "Agent 327", "Caminandes", "Glass Half", "Hero", "Charge", "Wing It",
-    "The Daily Dweebs", "Sprite Fright", "Coffee Run", "Llamigos",
+    "Big Buck Bunny",
+    "Sintel",
+    "Tears of Steel",
+    "Elephants Dream",
+    "Cosmos Laundromat",
+    "Spring",
+    "Agent 327",
+    "Caminandes",
+    "Glass Half",
+    "Hero",
+    "Charge",
+    "Wing It",
+    "The Daily Dweebs",
+    "Sprite Fright",
+    "Coffee Run",
+    "Llamigos",
 ]
 _SHOWS = [
-    "Open Movie Chronicles", "The Render Farm", "Blender Nights", "Pixel Valley",
-    "Keyframe Stories", "Node Tree", "Viewport", "Cycles and Eevee",
+    "Open Movie Chronicles",
+    "The Render Farm",
+    "Blender Nights",
+    "Pixel Valley",
+    "Keyframe Stories",
+    "Node Tree",
+    "Viewport",
+    "Cycles and Eevee",
 ]
 _QUALITIES = ["1080p.WEB-DL.x264", "2160p.BluRay.x265", "720p.HDTV.x264", "1080p.BluRay.x264"]
 _GIB = 1 << 30

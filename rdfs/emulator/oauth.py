@@ -47,7 +47,9 @@ def routes(emu: Emulator) -> list[BaseRoute]:
         for name in ("client_id", "code"):
             if not request.query_params.get(name):
                 raise missing(name)
-        credentials = emu.device_credentials(request.query_params["client_id"], request.query_params["code"])
+        credentials = emu.device_credentials(
+            request.query_params["client_id"], request.query_params["code"]
+        )
         return json_response(request, credentials)
 
     async def token(request: Request) -> Response:
@@ -65,7 +67,9 @@ def routes(emu: Emulator) -> list[BaseRoute]:
         if "state" in params:
             query["state"] = params["state"]
         separator = "&" if "?" in params["redirect_uri"] else "?"
-        return RedirectResponse(params["redirect_uri"] + separator + urlencode(query), status_code=302)
+        return RedirectResponse(
+            params["redirect_uri"] + separator + urlencode(query), status_code=302
+        )
 
     table = [
         ("GET", "/device/code", device_code),
@@ -73,7 +77,10 @@ def routes(emu: Emulator) -> list[BaseRoute]:
         ("POST", "/token", token),
         ("GET", "/auth", authorize),
     ]
-    return [api_route(emu, method, path, handler, auth=False, prefix=PREFIX) for method, path, handler in table]
+    return [
+        api_route(emu, method, path, handler, auth=False, prefix=PREFIX)
+        for method, path, handler in table
+    ]
 
 
 def verification_route(emu: Emulator) -> Route:
@@ -89,6 +96,8 @@ def verification_route(emu: Emulator) -> Route:
             emu.approve_device(code)
         except KeyError:
             return HTMLResponse("<p>Unknown or expired code</p>", status_code=404)
-        return HTMLResponse(f"<p>Application allowed ({html.escape(code)}). You can close this window.</p>")
+        return HTMLResponse(
+            f"<p>Application allowed ({html.escape(code)}). You can close this window.</p>"
+        )
 
     return Route("/device", device_page, methods=["GET"])

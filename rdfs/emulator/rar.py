@@ -35,7 +35,9 @@ def _vint(value: int) -> bytes:
 
 def _header(kind: int, fields: bytes, data_size: int | None = None) -> bytes:
     flags = _HAS_DATA if data_size is not None else 0
-    body = _vint(kind) + _vint(flags) + (_vint(data_size) if data_size is not None else b"") + fields
+    body = (
+        _vint(kind) + _vint(flags) + (_vint(data_size) if data_size is not None else b"") + fields
+    )
     sized = _vint(len(body)) + body
     return struct.pack("<I", zlib.crc32(sized)) + sized
 
@@ -43,7 +45,15 @@ def _header(kind: int, fields: bytes, data_size: int | None = None) -> bytes:
 def _file_header(name: str, size: int) -> bytes:
     encoded = name.encode()
     # file flags (no mtime, no CRC), unpacked size, attributes, compression (v0, stored), host OS
-    fields = _vint(0) + _vint(size) + _vint(_MODE) + _vint(0) + _vint(_UNIX) + _vint(len(encoded)) + encoded
+    fields = (
+        _vint(0)
+        + _vint(size)
+        + _vint(_MODE)
+        + _vint(0)
+        + _vint(_UNIX)
+        + _vint(len(encoded))
+        + encoded
+    )
     return _header(_FILE, fields, data_size=size)
 
 

@@ -26,7 +26,12 @@ _PATH_PARAM = re.compile(r"/\{[^}]+\}")
 Handler = Callable[[Request], Awaitable[Any]]
 
 # Bodies for injected errors that are not RD answers (e.g. a proxy's 502).
-_STATUS_ERRORS = {401: "bad_token", 403: "permission_denied", 429: "too_many_requests", 500: "internal_error"}
+_STATUS_ERRORS = {
+    401: "bad_token",
+    403: "permission_denied",
+    429: "too_many_requests",
+    500: "internal_error",
+}
 
 
 # A raw JSON value travels through json.dumps as this marker string, then replaces it.
@@ -73,7 +78,9 @@ def hostile_torrent(emu: Emulator, body: dict[str, Any], *, info: bool) -> dict[
     return with_raw_fields(body, fields, info=info) if fields else body
 
 
-def hostile_unrestrict(emu: Emulator, link: str, unrestrict: Callable[[str], Any]) -> dict[str, Any]:
+def hostile_unrestrict(
+    emu: Emulator, link: str, unrestrict: Callable[[str], Any]
+) -> dict[str, Any]:
     """``unrestrict(link).json()`` unless a hostile error is set for ``link`` (then no entry is made)."""
     error = emu.faults.unrestrict_errors.get(link)
     if error is not None:
@@ -97,10 +104,14 @@ def _dripped(response: Response, interval: float) -> Response:
 
 
 def refusal_response(refusal: Refusal) -> Response:
-    return Response(encode_json(refusal.body()), status_code=refusal.status, media_type="application/json")
+    return Response(
+        encode_json(refusal.body()), status_code=refusal.status, media_type="application/json"
+    )
 
 
-def json_response(request: Request, data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+def json_response(
+    request: Request, data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
     """JSON with an ETag for GETs; 304 with no body when ``If-None-Match`` matches."""
     body = encode_json(data)
     headers = dict(headers or {})
@@ -122,7 +133,9 @@ async def form(request: Request) -> dict[str, str]:
     params = {key: value for key, value in request.query_params.items() if key != "auth_token"}
     if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
         body = (await request.body()).decode("utf-8", errors="replace")
-        params.update({key: values[0] for key, values in parse_qs(body, keep_blank_values=True).items()})
+        params.update(
+            {key: values[0] for key, values in parse_qs(body, keep_blank_values=True).items()}
+        )
     return params
 
 
@@ -147,7 +160,9 @@ def _injected_error(status: int) -> Response:
     name = _STATUS_ERRORS.get(status, "service_unavailable" if status == 503 else "")
     if name:
         return refusal_response(Refusal(name, status=status))
-    return Response(f"<html><body><h1>{status}</h1></body></html>", status_code=status, media_type="text/html")
+    return Response(
+        f"<html><body><h1>{status}</h1></body></html>", status_code=status, media_type="text/html"
+    )
 
 
 def counter_name(method: str, path: str) -> str:
@@ -169,7 +184,9 @@ def _count_hit(emu: Emulator, hits: collections.deque[float], limit: int, window
         raise Refusal("too_many_requests")
 
 
-def api_route(emu: Emulator, method: str, path: str, handler: Handler, *, auth: bool = True, prefix: str = "") -> Route:
+def api_route(
+    emu: Emulator, method: str, path: str, handler: Handler, *, auth: bool = True, prefix: str = ""
+) -> Route:
     """A route through the API pipeline; ``handler`` returns a Response or raises ``Refusal``."""
     name = counter_name(method, prefix + path)
 
@@ -223,4 +240,3 @@ def rd_error_for_http(status: int) -> Response:
     if error is None:
         return Response(status_code=status)
     return refusal_response(Refusal(error))
-

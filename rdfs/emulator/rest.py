@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, timedelta, timezone
-from pathlib import PurePosixPath
 from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -35,9 +35,21 @@ DEFAULT_LIMIT = 50
 _EPISODE = re.compile(r"S(\d{1,2})E(\d{1,3})", re.IGNORECASE)
 _YEAR = re.compile(r"(?<!\d)(19\d\d|20\d\d)(?!\d)")
 _HOSTS = {
-    HOST: {"id": "rd", "name": "Real-Debrid", "image": "https://fcdn.real-debrid.com/0830/images/hosters/realdebrid.png"},
-    "1fichier.com": {"id": "1f", "name": "1fichier", "image": "https://fcdn.real-debrid.com/0830/images/hosters/1fichier.png"},
-    "rapidgator.net": {"id": "rg", "name": "Rapidgator", "image": "https://fcdn.real-debrid.com/0830/images/hosters/rapidgator.png"},
+    HOST: {
+        "id": "rd",
+        "name": "Real-Debrid",
+        "image": "https://fcdn.real-debrid.com/0830/images/hosters/realdebrid.png",
+    },
+    "1fichier.com": {
+        "id": "1f",
+        "name": "1fichier",
+        "image": "https://fcdn.real-debrid.com/0830/images/hosters/1fichier.png",
+    },
+    "rapidgator.net": {
+        "id": "rg",
+        "name": "Rapidgator",
+        "image": "https://fcdn.real-debrid.com/0830/images/hosters/rapidgator.png",
+    },
 }
 _SETTING_VALUES = {
     "download_port": ["normal", "secure"],
@@ -69,7 +81,9 @@ def _page(request: Request, emu: Emulator | None = None) -> tuple[int, int]:
     return offset, limit
 
 
-def _list_response(request: Request, emu: Emulator, items: list[dict[str, Any]], total: int) -> Response:
+def _list_response(
+    request: Request, emu: Emulator, items: list[dict[str, Any]], total: int
+) -> Response:
     faults = emu.faults
     if faults.empty_lists:
         items, total = [], 0
@@ -82,7 +96,9 @@ def _list_response(request: Request, emu: Emulator, items: list[dict[str, Any]],
         total -= len(hidden & upstream.keys())
     headers = {"X-Total-Count": str(total)}
     if faults.list_total is not None:
-        headers["X-Total-Count"] = str(_page(request)[1]) if faults.list_total == "page" else faults.list_total
+        headers["X-Total-Count"] = (
+            str(_page(request)[1]) if faults.list_total == "page" else faults.list_total
+        )
     if not items:
         return no_content(headers)
     response = json_response(request, items, headers=headers)
@@ -120,14 +136,23 @@ def _media_infos(entry_json: dict[str, Any]) -> dict[str, Any]:
         "details": {
             "video": {
                 "und1": {
-                    "stream": "0:0", "lang": "Undetermined", "lang_iso": "und", "codec": "h264",
-                    "colorspace": "yuv420p", "width": height * 16 // 9, "height": height,
+                    "stream": "0:0",
+                    "lang": "Undetermined",
+                    "lang_iso": "und",
+                    "codec": "h264",
+                    "colorspace": "yuv420p",
+                    "width": height * 16 // 9,
+                    "height": height,
                 }
             },
             "audio": {
                 "eng1": {
-                    "stream": "0:1", "lang": "English", "lang_iso": "eng", "codec": "aac",
-                    "sampling": 48000, "channels": 2.0,
+                    "stream": "0:1",
+                    "lang": "English",
+                    "lang_iso": "eng",
+                    "codec": "aac",
+                    "sampling": 48000,
+                    "channels": 2.0,
                 }
             },
             "subtitles": [],
@@ -146,10 +171,10 @@ def routes(emu: Emulator) -> list[BaseRoute]:
         return no_content()
 
     async def server_time(request: Request) -> Response:
-        return PlainTextResponse(datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"))
+        return PlainTextResponse(datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"))
 
     async def server_time_iso(request: Request) -> Response:
-        return PlainTextResponse(datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S%z"))
+        return PlainTextResponse(datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S%z"))
 
     async def user(request: Request) -> Response:
         return json_response(request, emu.user_json())
@@ -191,14 +216,25 @@ def routes(emu: Emulator) -> list[BaseRoute]:
         limit = 2 * 1024**4
         return json_response(
             request,
-            {"remote": {"left": max(0, limit - used), "bytes": used, "links": len(emu.traffic), "limit": limit,
-                        "type": "bytes", "extra": 0, "reset": "daily"}},
+            {
+                "remote": {
+                    "left": max(0, limit - used),
+                    "bytes": used,
+                    "links": len(emu.traffic),
+                    "limit": limit,
+                    "type": "bytes",
+                    "extra": 0,
+                    "reset": "daily",
+                }
+            },
         )
 
     async def traffic_details(request: Request) -> Response:
         try:
             end = date.fromisoformat(request.query_params.get("end") or date.today().isoformat())
-            start = date.fromisoformat(request.query_params.get("start") or (end - timedelta(days=7)).isoformat())
+            start = date.fromisoformat(
+                request.query_params.get("start") or (end - timedelta(days=7)).isoformat()
+            )
         except ValueError:
             raise Refusal("wrong_parameter", "Dates must be YYYY-MM-DD") from None
         if start > end or (end - start).days > 31:
@@ -242,12 +278,16 @@ def routes(emu: Emulator) -> list[BaseRoute]:
 
     async def torrents(request: Request) -> Response:
         offset, limit = _page(request, emu)
-        items, total = emu.list_torrents(offset, limit, request.query_params.get("filter") == "active")
+        items, total = emu.list_torrents(
+            offset, limit, request.query_params.get("filter") == "active"
+        )
         items = [hostile_torrent(emu, item, info=False) for item in items]
         return _list_response(request, emu, items, total)
 
     async def torrent_info(request: Request) -> Response:
-        return json_response(request, hostile_torrent(emu, emu.torrent_json(request.path_params["id"]), info=True))
+        return json_response(
+            request, hostile_torrent(emu, emu.torrent_json(request.path_params["id"]), info=True)
+        )
 
     async def instant_availability(request: Request) -> Response:
         raise Refusal("disabled_endpoint")
@@ -289,11 +329,13 @@ def routes(emu: Emulator) -> list[BaseRoute]:
         return json_response(request, _HOSTS)
 
     async def hosts_status(request: Request) -> Response:
-        checked = rd_date(datetime.now(timezone.utc))
+        checked = rd_date(datetime.now(UTC))
         return json_response(
             request,
             {
-                host: dict(info, supported=1, status="up", check_time=checked, competitors_status={})
+                host: dict(
+                    info, supported=1, status="up", check_time=checked, competitors_status={}
+                )
                 for host, info in _HOSTS.items()
             },
         )
@@ -319,7 +361,9 @@ def routes(emu: Emulator) -> list[BaseRoute]:
         body["download_ports"] = _SETTING_VALUES["download_port"]
         body["locales"] = {code: code.upper() for code in _SETTING_VALUES["locale"]}
         body["streaming_qualities"] = _SETTING_VALUES["streaming_quality"]
-        body["streaming_languages"] = {code: code for code in _SETTING_VALUES["streaming_language_preference"]}
+        body["streaming_languages"] = {
+            code: code for code in _SETTING_VALUES["streaming_language_preference"]
+        }
         body["streaming_cast_audio"] = _SETTING_VALUES["streaming_cast_audio_preference"]
         return json_response(request, body)
 
@@ -391,4 +435,6 @@ def routes(emu: Emulator) -> list[BaseRoute]:
         ("PUT", "/settings/avatarFile", avatar_file, True),
         ("DELETE", "/settings/avatarDelete", avatar_delete, True),
     ]
-    return [api_route(emu, method, path, handler, auth=auth) for method, path, handler, auth in table]
+    return [
+        api_route(emu, method, path, handler, auth=auth) for method, path, handler, auth in table
+    ]

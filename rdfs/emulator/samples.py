@@ -9,9 +9,23 @@ from pathlib import Path
 # name -> extra ffmpeg output arguments. MP4 keeps ffmpeg's default layout: moov atom at the end,
 # so a probe must read the tail of the file.
 MEDIA = {
-    "Big Test Movie (2024)/Big.Test.Movie.2024.1080p.mkv": ["-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac"],
+    "Big Test Movie (2024)/Big.Test.Movie.2024.1080p.mkv": [
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-c:a",
+        "aac",
+    ],
     "Big Test Movie (2024)/Big.Test.Movie.2024.1080p.en.srt": None,
-    "Test Show S01/Test.Show.S01E01.mp4": ["-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac"],
+    "Test Show S01/Test.Show.S01E01.mp4": [
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-c:a",
+        "aac",
+    ],
     "Test Show S01/Test.Show.S01E02.mp4": ["-c:v", "mpeg4", "-c:a", "mp3"],
 }
 
@@ -30,10 +44,21 @@ def make_media(root: Path, seconds: float = 3.0) -> list[Path]:
             else:
                 subprocess.run(
                     [
-                        "ffmpeg", "-loglevel", "error", "-y",
-                        "-f", "lavfi", "-i", f"testsrc=duration={seconds}:size=320x240:rate=25",
-                        "-f", "lavfi", "-i", f"sine=frequency={440 + 110 * index}:duration={seconds}",
-                        *codec_args, "-shortest", str(path),
+                        "ffmpeg",
+                        "-loglevel",
+                        "error",
+                        "-y",
+                        "-f",
+                        "lavfi",
+                        "-i",
+                        f"testsrc=duration={seconds}:size=320x240:rate=25",
+                        "-f",
+                        "lavfi",
+                        "-i",
+                        f"sine=frequency={440 + 110 * index}:duration={seconds}",
+                        *codec_args,
+                        "-shortest",
+                        str(path),
                     ],  # fmt: skip
                     check=True,
                 )
@@ -44,7 +69,16 @@ def make_media(root: Path, seconds: float = 3.0) -> list[Path]:
 def probe(path: Path | str) -> dict:
     """ffprobe's view of a file: duration, format and streams (what a media server reads)."""
     result = subprocess.run(
-        ["ffprobe", "-v", "error", "-print_format", "json", "-show_format", "-show_streams", str(path)],
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-print_format",
+            "json",
+            "-show_format",
+            "-show_streams",
+            str(path),
+        ],
         check=True,
         capture_output=True,
         text=True,
@@ -54,7 +88,13 @@ def probe(path: Path | str) -> dict:
         "duration": data["format"].get("duration"),
         "format": data["format"].get("format_name"),
         "streams": [
-            (s.get("codec_type"), s.get("codec_name"), s.get("width"), s.get("height"), s.get("duration"))
+            (
+                s.get("codec_type"),
+                s.get("codec_name"),
+                s.get("width"),
+                s.get("height"),
+                s.get("duration"),
+            )
             for s in data["streams"]
         ],
     }

@@ -19,21 +19,43 @@ log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rdfs emulator", description="Run a Real-Debrid emulator on 127.0.0.1.")
-    parser.add_argument("--port", type=int, default=0, help="port to listen on (default: any free port)")
+    parser = argparse.ArgumentParser(
+        prog="rdfs emulator", description="Run a Real-Debrid emulator on 127.0.0.1."
+    )
+    parser.add_argument(
+        "--port", type=int, default=0, help="port to listen on (default: any free port)"
+    )
     parser.add_argument("--token", help="the private API token to accept (default: random)")
-    parser.add_argument("--media", type=Path, help="each subdirectory or file of DIR becomes a torrent")
-    parser.add_argument("--synthetic", type=int, default=0, metavar="N", help="add N torrents of synthetic files")
-    parser.add_argument("--link-ttl", type=float, default=4 * 3600, metavar="S", help="download URL lifetime")
-    parser.add_argument("--api-latency", type=float, default=0.0, metavar="S", help="seconds added to API answers")
-    parser.add_argument("--download-latency", type=float, default=0.0, metavar="S", help="time to first byte")
+    parser.add_argument(
+        "--media", type=Path, help="each subdirectory or file of DIR becomes a torrent"
+    )
+    parser.add_argument(
+        "--synthetic", type=int, default=0, metavar="N", help="add N torrents of synthetic files"
+    )
+    parser.add_argument(
+        "--link-ttl", type=float, default=4 * 3600, metavar="S", help="download URL lifetime"
+    )
+    parser.add_argument(
+        "--api-latency", type=float, default=0.0, metavar="S", help="seconds added to API answers"
+    )
+    parser.add_argument(
+        "--download-latency", type=float, default=0.0, metavar="S", help="time to first byte"
+    )
     parser.add_argument(
         "--download-base-url",
         metavar="URL",
         help="hand out URL/<path under --media DIR> for real files (a static server such as nginx serves them)",
     )
-    parser.add_argument("--user-id", type=int, default=4242, metavar="N", help="the account's RD user id (default: 4242)")
-    parser.add_argument("--rate-limit", type=int, metavar="N", help="API requests per minute (default: none)")
+    parser.add_argument(
+        "--user-id",
+        type=int,
+        default=4242,
+        metavar="N",
+        help="the account's RD user id (default: 4242)",
+    )
+    parser.add_argument(
+        "--rate-limit", type=int, metavar="N", help="API requests per minute (default: none)"
+    )
     parser.add_argument("--log-level", default="WARNING", help="logging level (default: WARNING)")
     return parser
 
@@ -64,7 +86,9 @@ async def _serve(emu: Emulator, port: int) -> None:
 
 def run_cli(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
+    )
     if args.media is not None and not args.media.is_dir():
         print(f"rdfs emulator: --media {args.media} is not a directory", file=sys.stderr)
         return 2

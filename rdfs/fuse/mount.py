@@ -36,21 +36,21 @@ import trio
 
 from rdfs import logs
 from rdfs.api.client import RDClient
-from rdfs.sync.archives import ArchiveIndexer
-from rdfs.store.metadata import Accounts, Cache, CacheError
 from rdfs.config import Config
 from rdfs.control.files import Control
 from rdfs.credentials import auth_for, identity
-from rdfs.fuse.operations import Operations
-from rdfs.sync.hooks import HookError, UpdateHook, load_hook
 from rdfs.data.links import LinkResolver
-from rdfs.store.probecache import open_probe_cache
 from rdfs.data.reader import ReaderPool
-from rdfs.sync.repair import Repairer, RepairPolicy
 from rdfs.data.streaming import StreamingExtras
+from rdfs.fuse.operations import Operations
+from rdfs.store.metadata import Accounts, Cache, CacheError
+from rdfs.store.probecache import open_probe_cache
+from rdfs.sync.archives import ArchiveIndexer
+from rdfs.sync.hooks import HookError, UpdateHook, load_hook
+from rdfs.sync.repair import Repairer, RepairPolicy
 from rdfs.sync.syncer import Syncer, TreeChange, policy_options
-from rdfs.tree.specs import Namespace
 from rdfs.sync.views import Views, ViewsError, load_views
+from rdfs.tree.specs import Namespace
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,9 @@ def check_mountpoint(path: Path) -> None:
             os.statvfs(path)  # always answered by the process behind the mount, never from a cache
         except OSError as exc:
             if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED):
-                raise MountError(f"{path} is a stale mount (its process died); clear it with: rdfs umount {path}") from None
+                raise MountError(
+                    f"{path} is a stale mount (its process died); clear it with: rdfs umount {path}"
+                ) from None
         raise MountError(f"{path} is already mounted; unmount it first with: rdfs umount {path}")
     try:
         os.stat(path)
@@ -123,7 +125,9 @@ def unmount(path: Path) -> None:
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode == 0 and not is_fuse_mount(path):
             return
-        errors.append(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else command[0])
+        errors.append(
+            result.stderr.strip().splitlines()[-1] if result.stderr.strip() else command[0]
+        )
     raise MountError(f"could not unmount {path}: {errors[-1]}")
 
 
@@ -150,7 +154,9 @@ def tune_kernel(mountpoint: Path, read_ahead_kb: int, max_background: int) -> bo
         except OSError as exc:
             log.info("could not set %s=%s: %s", path, value, exc.strerror)
     try:
-        return int(Path(f"/sys/class/bdi/{major}:{minor}/read_ahead_kb").read_text()) == read_ahead_kb
+        return (
+            int(Path(f"/sys/class/bdi/{major}:{minor}/read_ahead_kb").read_text()) == read_ahead_kb
+        )
     except (OSError, ValueError):
         return False
 
@@ -164,7 +170,9 @@ async def _tune_after_init(mountpoint: Path, read_ahead_kb: int, max_background:
         if tune_kernel(mountpoint, read_ahead_kb, max_background):
             break
     else:
-        log.info("kernel readahead could not be raised (needs root); streaming under latency will be slower")
+        log.info(
+            "kernel readahead could not be raised (needs root); streaming under latency will be slower"
+        )
         return
     await trio.sleep(2.0)
     if tune_kernel(mountpoint, read_ahead_kb, max_background):
@@ -190,7 +198,10 @@ async def run(config: Config, mountpoint: Path) -> None:
 async def _connect_and_serve(config: Config, mountpoint: Path) -> None:
     auth = auth_for(config)
     async with RDClient(
-        api_url=config.api_url, oauth_url=config.oauth_url, auth=auth, rate_limit_per_minute=config.rate_limit
+        api_url=config.api_url,
+        oauth_url=config.oauth_url,
+        auth=auth,
+        rate_limit_per_minute=config.rate_limit,
     ) as client:
         # A cache is shown only to the account it belongs to: a known credential names it without
         # an API call (a warm start); an unknown one asks /user first.
@@ -244,15 +255,25 @@ async def _serve(config: Config, mountpoint: Path, client: RDClient, cache: Cach
         if hook is not None:
             syncer.listeners.append(hook.on_change)
             syncer.reporters["update_hook"] = lambda: dataclasses.asdict(hook.status)
-        repairer = Repairer(client, cache, syncer, RepairPolicy(enabled=config.repair, per_hour=config.repair_per_hour))
+        repairer = Repairer(
+            client,
+            cache,
+            syncer,
+            RepairPolicy(enabled=config.repair, per_hour=config.repair_per_hour),
+        )
         resolver.on_gone = repairer.link_gone
         syncer.keep_dead = config.repair
         syncer.reporters["repair"] = repairer.status
         syncer.reporters["cache"] = cache.status
-        syncer.reporters["reads"] = lambda: {"page_cache": config.page_cache, **readers.stats.as_dict()}
+        syncer.reporters["reads"] = lambda: {
+            "page_cache": config.page_cache,
+            **readers.stats.as_dict(),
+        }
         if probe is not None:
             syncer.reporters["probe_cache"] = probe.status
-        archives = ArchiveIndexer(cache, readers, resolver, syncer.refresh_files, interval=config.sync_interval)
+        archives = ArchiveIndexer(
+            cache, readers, resolver, syncer.refresh_files, interval=config.sync_interval
+        )
         supervisor = Supervisor()
         syncer.reporters["background_tasks"] = supervisor.status
         _mount_session(ops, mountpoint, fuse_options(config))
@@ -264,7 +285,9 @@ async def _serve(config: Config, mountpoint: Path, client: RDClient, cache: Cach
         stopped_cleanly = False
         try:
             if sys.stderr.isatty():
-                nursery.start_soon(supervisor.run, "progress", functools.partial(_show_progress, syncer))
+                nursery.start_soon(
+                    supervisor.run, "progress", functools.partial(_show_progress, syncer)
+                )
             nursery.start_soon(supervisor.run, "cache retry", cache.retry_pending)
             await nursery.start(supervisor.run, "sync", syncer.run)
             await nursery.start(control.run)
@@ -273,9 +296,13 @@ async def _serve(config: Config, mountpoint: Path, client: RDClient, cache: Cach
             if hook is not None:
                 nursery.start_soon(supervisor.run, "update_hook", hook.run)
             repair_interval = max(config.sync_interval, 30.0)
-            nursery.start_soon(supervisor.run, "repair", functools.partial(repairer.run, interval=repair_interval))
+            nursery.start_soon(
+                supervisor.run, "repair", functools.partial(repairer.run, interval=repair_interval)
+            )
             if config.page_cache:  # direct I/O has no kernel readahead to tune
-                tune = functools.partial(_tune_after_init, mountpoint, config.read_ahead_kb, config.max_background)
+                tune = functools.partial(
+                    _tune_after_init, mountpoint, config.read_ahead_kb, config.max_background
+                )
                 nursery.start_soon(supervisor.run, "tune", tune)
             await pyfuse3.main()
             # main() returns when the kernel unmounted us (fusermount -u): stop everything else.
@@ -284,7 +311,9 @@ async def _serve(config: Config, mountpoint: Path, client: RDClient, cache: Cach
         except BaseException as exc:
             # Only a requested stop (a stop signal) is a clean one. Anything else ending the loop,
             # a crashed task included (its nursery cancels everything), leaves the mount stale.
-            stopped_cleanly = run_state.stop.cancel_called if run_state is not None else _only_cancelled(exc)
+            stopped_cleanly = (
+                run_state.stop.cancel_called if run_state is not None else _only_cancelled(exc)
+            )
             raise
         finally:
             actions.pop(signal.SIGUSR1, None)
@@ -317,7 +346,11 @@ def _mount_session(ops: Operations, mountpoint: Path, options: set[str]) -> None
             os.dup2(saved, 2)
             os.close(saved)
         captured.seek(0)
-        said = [line.strip() for line in captured.read().decode(errors="replace").splitlines() if line.strip()]
+        said = [
+            line.strip()
+            for line in captured.read().decode(errors="replace").splitlines()
+            if line.strip()
+        ]
     if failure is None:
         for line in said:
             log.warning("libfuse: %s", line)
@@ -394,17 +427,32 @@ class Supervisor:
                 record.last_error = described
                 record.last_failure = time.time()
                 if described in seen:
-                    log.warning("background task %s failed again: %s; restarting in %.0fs", name, described, delay)
+                    log.warning(
+                        "background task %s failed again: %s; restarting in %.0fs",
+                        name,
+                        described,
+                        delay,
+                    )
                 else:
                     seen.add(described)
-                    log.error("background task %s failed: %s; restarting in %.0fs", name, described, delay, exc_info=exc)
+                    log.error(
+                        "background task %s failed: %s; restarting in %.0fs",
+                        name,
+                        described,
+                        delay,
+                        exc_info=exc,
+                    )
             if startable:
                 status.started()  # serve the cached tree while the task waits to start again
             await trio.sleep(delay)
             delay = min(delay * 2, maximum)
 
     def status(self) -> dict[str, Any]:
-        return {name: dataclasses.asdict(record) for name, record in self.tasks.items() if record.restarts}
+        return {
+            name: dataclasses.asdict(record)
+            for name, record in self.tasks.items()
+            if record.restarts
+        }
 
 
 def _only_cancelled(exc: BaseException) -> bool:
@@ -443,11 +491,25 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)
 # logged and ignored. SIGHUP and SIGUSR1 have actions while serving, and are ignored otherwise.
 IGNORED_SIGNALS = tuple(
     getattr(signal, name)
-    for name in ("SIGUSR2", "SIGALRM", "SIGPIPE", "SIGVTALRM", "SIGPROF", "SIGIO", "SIGPWR", "SIGSTKFLT", "SIGXCPU", "SIGXFSZ")
+    for name in (
+        "SIGUSR2",
+        "SIGALRM",
+        "SIGPIPE",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSTKFLT",
+        "SIGXCPU",
+        "SIGXFSZ",
+    )
     if hasattr(signal, name)
 ) + tuple(range(signal.SIGRTMIN, signal.SIGRTMAX + 1))
 HANDLED_SIGNALS = STOP_SIGNALS + (signal.SIGHUP, signal.SIGUSR1) + IGNORED_SIGNALS
-IGNORED_LOG_EVERY = 60.0  # an ignored signal arriving in a burst is logged once per this many seconds
+IGNORED_LOG_EVERY = (
+    60.0  # an ignored signal arriving in a burst is logged once per this many seconds
+)
+
 
 @dataclass
 class _RunState:
@@ -497,15 +559,26 @@ def _handle_signals(scope: trio.CancelScope) -> Iterator[None]:
             actions[signum]()
         elif signum == signal.SIGHUP:
             reopened = logs.reopen()
-            log.info("received SIGHUP%s (not serving: no sync)", ", log file reopened" if reopened else "")
+            log.info(
+                "received SIGHUP%s (not serving: no sync)",
+                ", log file reopened" if reopened else "",
+            )
         else:
             now = time.monotonic()
             if now - last_logged.get(signum, -IGNORED_LOG_EVERY) < IGNORED_LOG_EVERY:
                 suppressed[signum] += 1
                 return
             last_logged[signum] = now
-            more = f" ({suppressed.pop(signum)} more since the last report)" if suppressed[signum] else ""
-            log.info("received %s: ignored, the mount stays (SIGINT, SIGTERM or SIGQUIT unmount)%s", name, more)
+            more = (
+                f" ({suppressed.pop(signum)} more since the last report)"
+                if suppressed[signum]
+                else ""
+            )
+            log.info(
+                "received %s: ignored, the mount stays (SIGINT, SIGTERM or SIGQUIT unmount)%s",
+                name,
+                more,
+            )
 
     def handler(signum: int, frame: FrameType | None) -> None:
         token.run_sync_soon(on_signal, signum)  # signal-safe; the rest runs in the loop

@@ -40,10 +40,10 @@ import pyfuse3
 import trio
 
 from rdfs.api.errors import RDError
-from rdfs.store.metadata import CONTROL_INODE, DOWNLOADS_INODE, TORRENTS_INODE
 from rdfs.data.links import LinkGone
-from rdfs.outcome import FsError
 from rdfs.data.reader import FileSource
+from rdfs.outcome import FsError
+from rdfs.store.metadata import CONTROL_INODE, DOWNLOADS_INODE, TORRENTS_INODE
 from rdfs.tree.specs import Node
 
 if TYPE_CHECKING:
@@ -73,7 +73,9 @@ NAME_MAX = 255  # bytes of one name (the kernel's limit too; statfs reports it)
 MAX_SIZE = 2**63 - 1
 MAX_MTIME = 2**62 // 10**9  # seconds; far beyond any real date, far inside int64 nanoseconds
 MAX_NLINK = 2**32 - 1
-MAX_WARNED = 10_000  # inodes whose odd attributes were logged (once each); the set starts over beyond
+MAX_WARNED = (
+    10_000  # inodes whose odd attributes were logged (once each); the set starts over beyond
+)
 MAX_FAILURES = 1_000  # kinds of unexpected failure whose traceback was logged; starts over beyond
 # Handlers whose first argument is a file handle (the rest take an inode, a dir handle or a list).
 _FH_HANDLERS = frozenset({"read", "write", "flush", "release", "fsync"})
@@ -106,7 +108,9 @@ def _describe(ops: Operations, handler: str, args: tuple[Any, ...]) -> str:
         if isinstance(arg, int):
             if index == 0 and handler in _FH_HANDLERS:
                 opened = ops._open.get(arg)
-                parts.append(f"fh {arg}" + (f" ({opened.node.name!r})" if opened is not None else ""))
+                parts.append(
+                    f"fh {arg}" + (f" ({opened.node.name!r})" if opened is not None else "")
+                )
             elif index == 0:
                 parts.append(f"inode {arg}")
             else:
@@ -135,7 +139,12 @@ def _log_unexpected(ops: Operations, handler: str, args: tuple[Any, ...], exc: E
     kind of failure (handler, exception type, where it was raised) is seen: a broken cache under a
     media scan fails thousands of requests alike, and one traceback tells all of them."""
     frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
-    kind = (handler, type(exc).__qualname__, frame.filename if frame else "", frame.lineno if frame else 0)
+    kind = (
+        handler,
+        type(exc).__qualname__,
+        frame.filename if frame else "",
+        frame.lineno if frame else 0,
+    )
     first = kind not in ops._failures
     if first:
         if len(ops._failures) >= MAX_FAILURES:
@@ -145,7 +154,13 @@ def _log_unexpected(ops: Operations, handler: str, args: tuple[Any, ...], exc: E
     if first:
         log.error(message, handler, _describe(ops, handler, args), exc_info=exc)
     else:
-        log.error(message + ": %s: %s (traceback logged before)", handler, _describe(ops, handler, args), type(exc).__name__, exc)
+        log.error(
+            message + ": %s: %s (traceback logged before)",
+            handler,
+            _describe(ops, handler, args),
+            type(exc).__name__,
+            exc,
+        )
 
 
 _Handler = TypeVar("_Handler", bound=Callable[..., Awaitable[Any]])
@@ -293,7 +308,9 @@ class Operations(pyfuse3.Operations):
         with ``--allow-delete`` the torrents/downloads trees (``rm -r``)."""
         if node.inode == CONTROL_INODE:
             return 0o755
-        if self.allow_delete and (node.inode in (TORRENTS_INODE, DOWNLOADS_INODE) or node.torrent_id):
+        if self.allow_delete and (
+            node.inode in (TORRENTS_INODE, DOWNLOADS_INODE) or node.torrent_id
+        ):
             return 0o755
         return 0o555
 
@@ -303,7 +320,9 @@ class Operations(pyfuse3.Operations):
         if len(self._warned) >= MAX_WARNED:
             self._warned.clear()
         self._warned.add(node.inode)
-        log.warning("entry %r (inode %d) has %s in the cache: shown clamped", node.name, node.inode, what)
+        log.warning(
+            "entry %r (inode %d) has %s in the cache: shown clamped", node.name, node.inode, what
+        )
 
     def _size(self, node: Node) -> int:
         size = node.size
@@ -357,18 +376,24 @@ class Operations(pyfuse3.Operations):
             except RDError as exc:
                 log.warning("file list of torrent %s unavailable: %s", node.torrent_id, exc)
         if scope.cancelled_caught:
-            log.warning("file list of torrent %s still loading after %ss", node.torrent_id, FILES_WAIT)
+            log.warning(
+                "file list of torrent %s still loading after %ss", node.torrent_id, FILES_WAIT
+            )
 
     def _remember(self, node: Node) -> None:
         self._lookups[node.inode] = self._lookups.get(node.inode, 0) + 1
         self._retained[node.inode] = node
         key = (node.parent, node.name)
         self._entries[key] = node.inode
-        self._entry_keys.setdefault(node.inode, set()).add(key)  # a renamed entry keeps its old key too
+        self._entry_keys.setdefault(node.inode, set()).add(
+            key
+        )  # a renamed entry keeps its old key too
 
     # --- namespace -----------------------------------------------------------------------------
 
-    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
         text = decode_name(name)
         if text == ".":
             node = self._node(parent_inode)
@@ -430,7 +455,9 @@ class Operations(pyfuse3.Operations):
             for node in batch:
                 try:
                     name = node.name.encode("utf-8")
-                except UnicodeEncodeError:  # the tree never stores such a name; skip, never fail the listing
+                except (
+                    UnicodeEncodeError
+                ):  # the tree never stores such a name; skip, never fail the listing
                     self._warn_once(node, "a name that is not UTF-8")
                     cursor = node.inode
                     continue
@@ -461,7 +488,13 @@ class Operations(pyfuse3.Operations):
         key = decode_name(name)
         value = node.xattrs.get(key)
         extras = self.extras
-        if value is None and extras is not None and key in extras.names and node.hoster_link and not node.link_offset:
+        if (
+            value is None
+            and extras is not None
+            and key in extras.names
+            and node.hoster_link
+            and not node.link_offset
+        ):
             # Secrets (transcode links) and API calls: the owner's only.
             self._refuse_other(ctx, f"getxattr {key}")
             try:
@@ -475,7 +508,9 @@ class Operations(pyfuse3.Operations):
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
         return [name.encode() for name in self._node(inode).xattrs]
 
-    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+    async def setxattr(
+        self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
+    ) -> None:
         raise pyfuse3.FUSEError(errno.EROFS)
 
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -501,7 +536,11 @@ class Operations(pyfuse3.Operations):
             log.warning("no link for %s (inode %d): file is not readable", node.name, inode)
             raise pyfuse3.FUSEError(errno.EIO)
         source = FileSource(
-            key=str(node.inode), hoster_link=node.hoster_link, size=self._size(node), offset=node.link_offset, name=node.name
+            key=str(node.inode),
+            hoster_link=node.hoster_link,
+            size=self._size(node),
+            offset=node.link_offset,
+            name=node.name,
         )
         handle = self.readers.open(source)
         fh = self._new_fh()
@@ -549,7 +588,9 @@ class Operations(pyfuse3.Operations):
                 await opened.handle.close()
         finally:
             inode = opened.node.inode
-            if inode not in self._lookups and not any(f.node.inode == inode for f in self._open.values()):
+            if inode not in self._lookups and not any(
+                f.node.inode == inode for f in self._open.values()
+            ):
                 self._retained.pop(inode, None)
 
     # --- everything that would change the tree ---------------------------------------------------
@@ -575,7 +616,12 @@ class Operations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh, direct_io=True), self._attrs(node)
 
     async def setattr(
-        self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields, fh: int | None, ctx
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx,
     ) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
         # The control layer decides what truncating its files means (an upload's O_TRUNC, truncate).
@@ -644,7 +690,9 @@ class Operations(pyfuse3.Operations):
 
 
 # The boundary, on every handler pyfuse3 may call (also those only the base class answers).
-HANDLERS = tuple(name for name, value in vars(pyfuse3.Operations).items() if inspect.iscoroutinefunction(value))
+HANDLERS = tuple(
+    name for name, value in vars(pyfuse3.Operations).items() if inspect.iscoroutinefunction(value)
+)
 for _name in HANDLERS:
     setattr(Operations, _name, _boundary(getattr(Operations, _name)))
 del _name

@@ -39,7 +39,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -268,9 +268,14 @@ def _unavailable(exc: sqlite3.Error) -> bool:
 def is_corrupt(exc: BaseException) -> bool:
     """Whether an error opening a database says the file is not a (sound) SQLite database."""
     code = getattr(exc, "sqlite_errorcode", None)
-    return isinstance(exc, sqlite3.DatabaseError) and isinstance(code, int) and code & 0xFF in (
-        _SQLITE_CORRUPT,
-        _SQLITE_NOTADB,
+    return (
+        isinstance(exc, sqlite3.DatabaseError)
+        and isinstance(code, int)
+        and code & 0xFF
+        in (
+            _SQLITE_CORRUPT,
+            _SQLITE_NOTADB,
+        )
     )
 
 
@@ -382,7 +387,9 @@ class EntryDiff:
 class Changes:
     """What a write changed, for kernel cache invalidation."""
 
-    entries: set[tuple[int, str]] = field(default_factory=set)  # (parent inode, name) gone or appeared
+    entries: set[tuple[int, str]] = field(
+        default_factory=set
+    )  # (parent inode, name) gone or appeared
     inodes: set[int] = field(default_factory=set)  # inodes whose attributes changed
     dirs: set[int] = field(default_factory=set)  # directories whose listing changed
 
@@ -473,7 +480,9 @@ class Accounts:
         except FileNotFoundError:
             pass
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            log.warning("ignoring unreadable %s (%s): the account is asked from the API", self.path, exc)
+            log.warning(
+                "ignoring unreadable %s (%s): the account is asked from the API", self.path, exc
+            )
         if len(self._salt) < 16:
             self._salt, self._known = secrets.token_bytes(16), {}
 
@@ -499,7 +508,11 @@ class Accounts:
             tmp.write_text(json.dumps({"salt": self._salt.hex(), "accounts": self._known}))
             os.replace(tmp, self.path)
         except OSError as exc:
-            log.warning("cannot write %s (%s): the next mount asks the API whose token it is", self.path, exc)
+            log.warning(
+                "cannot write %s (%s): the next mount asks the API whose token it is",
+                self.path,
+                exc,
+            )
 
 
 class Cache:
@@ -595,7 +608,11 @@ class Cache:
 
     def close(self) -> None:
         if self.pending_writes and not self.flush_pending():
-            log.warning("cache: %d pending writes could not be saved (%s)", self.pending_writes, self.health.state)
+            log.warning(
+                "cache: %d pending writes could not be saved (%s)",
+                self.pending_writes,
+                self.health.state,
+            )
         self.conn.close()
 
     def _check_sound(self) -> None:
@@ -609,10 +626,14 @@ class Cache:
             raise CacheCorrupt("; ".join(str(r) for r in rows))
 
     def _migrate(self) -> None:
-        has_meta = self.conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
+        has_meta = self.conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
+        ).fetchone()
         version = int(self.get_meta("schema_version") or 0) if has_meta else 0
         if version > SCHEMA_VERSION:
-            raise CacheError(f"{self.path} has schema version {version}; this rdfs knows up to {SCHEMA_VERSION}")
+            raise CacheError(
+                f"{self.path} has schema version {version}; this rdfs knows up to {SCHEMA_VERSION}"
+            )
         for number in range(version, SCHEMA_VERSION):
             # executescript runs the whole migration and its version bump as one transaction.
             self.conn.executescript(
@@ -658,7 +679,9 @@ class Cache:
         health.failed_writes += 1
         health.last_error, health.last_error_time = f"{error.state}: {exc}", time.time()
         if health.state != error.state:
-            log.warning("cache %s: %s (%s); reads go on, writes are retried", self.path, error.state, exc)
+            log.warning(
+                "cache %s: %s (%s); reads go on, writes are retried", self.path, error.state, exc
+            )
             health.state = error.state
         return error
 
@@ -700,7 +723,9 @@ class Cache:
                         self.conn.execute("DELETE FROM links WHERE hoster_link = ?", (hoster_link,))
                     else:
                         self._write_link(link)
-                self.conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", meta.items())
+                self.conn.executemany(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", meta.items()
+                )
         except CacheUnavailable:
             return False
         # (Synchronous: nothing changed the pending writes in between.)
@@ -732,7 +757,9 @@ class Cache:
     def set_meta(self, key: str, value: str) -> None:
         """Set a marker; outside a transaction it never fails (it waits in memory like a link)."""
         if self.conn.in_transaction:
-            self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+            self.conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value)
+            )
             if key in self._pending_meta:  # what get_meta answers stays the latest value
                 self._pending_meta[key] = value
             return
@@ -746,7 +773,8 @@ class Cache:
     def set_state(self, key: str, value: Any) -> None:
         with self.transaction():
             self.conn.execute(
-                "INSERT OR REPLACE INTO sync_state (key, value) VALUES (?, ?)", (key, json.dumps(value))
+                "INSERT OR REPLACE INTO sync_state (key, value) VALUES (?, ?)",
+                (key, json.dumps(value)),
             )
 
     # --- unrestricted links (the data path) ---------------------------------------------------
@@ -800,7 +828,8 @@ class Cache:
         for chunk in _chunks(wanted):
             marks = ",".join("?" * len(chunk))
             for link, size in self.conn.execute(
-                f"SELECT hoster_link, filesize FROM links WHERE hoster_link IN ({marks}) AND filesize > 0", chunk
+                f"SELECT hoster_link, filesize FROM links WHERE hoster_link IN ({marks}) AND filesize > 0",
+                chunk,
             ):
                 sizes[link] = size
         for link in wanted:
@@ -821,7 +850,9 @@ class Cache:
         )
         return [(torrent_id, json.loads(links)[0]) for torrent_id, links in rows]
 
-    def put_archive(self, hoster_link: str, members: list[dict[str, Any]] | None, error: str | None = None) -> None:
+    def put_archive(
+        self, hoster_link: str, members: list[dict[str, Any]] | None, error: str | None = None
+    ) -> None:
         with self.transaction():
             self.conn.execute(
                 "INSERT OR REPLACE INTO archives (hoster_link, members, error, indexed) VALUES (?, ?, ?, ?)",
@@ -833,7 +864,8 @@ class Cache:
         found: dict[str, list[dict[str, Any]]] = {}
         for link in hoster_links:
             row = self.conn.execute(
-                "SELECT members FROM archives WHERE hoster_link = ? AND members IS NOT NULL", (link,)
+                "SELECT members FROM archives WHERE hoster_link = ? AND members IS NOT NULL",
+                (link,),
             ).fetchone()
             if row is not None:
                 found[link] = json.loads(row[0])
@@ -841,7 +873,9 @@ class Cache:
 
     def purge_expired_links(self, now: float | None = None) -> int:
         with self.transaction():
-            cursor = self.conn.execute("DELETE FROM links WHERE expires_at <= ?", (now or time.time(),))
+            cursor = self.conn.execute(
+                "DELETE FROM links WHERE expires_at <= ?", (now or time.time(),)
+            )
         return cursor.rowcount
 
     # --- torrents ---------------------------------------------------------------------------
@@ -849,7 +883,9 @@ class Cache:
     def torrent_states(self) -> dict[str, TorrentState]:
         return {
             row[0]: TorrentState(*row)
-            for row in self.conn.execute("SELECT id, status, row_key, list_key, info_key FROM torrents")
+            for row in self.conn.execute(
+                "SELECT id, status, row_key, list_key, info_key FROM torrents"
+            )
         }
 
     def upsert_torrents(self, torrents: Sequence[Torrent]) -> None:
@@ -885,16 +921,21 @@ class Cache:
             )
 
     def torrent(self, torrent_id: str) -> Torrent | None:
-        row = self.conn.execute(f"SELECT {_TORRENT_COLUMNS} FROM torrents WHERE id = ?", (torrent_id,)).fetchone()
+        row = self.conn.execute(
+            f"SELECT {_TORRENT_COLUMNS} FROM torrents WHERE id = ?", (torrent_id,)
+        ).fetchone()
         return _torrent(row) if row else None
 
     def torrents(self, status: str | None = None) -> list[Torrent]:
         """Cached torrents (as listed; without files), newest first."""
         if status is None:
-            rows = self.conn.execute(f"SELECT {_TORRENT_COLUMNS} FROM torrents ORDER BY added DESC, id")
+            rows = self.conn.execute(
+                f"SELECT {_TORRENT_COLUMNS} FROM torrents ORDER BY added DESC, id"
+            )
         else:
             rows = self.conn.execute(
-                f"SELECT {_TORRENT_COLUMNS} FROM torrents WHERE status = ? ORDER BY added DESC, id", (status,)
+                f"SELECT {_TORRENT_COLUMNS} FROM torrents WHERE status = ? ORDER BY added DESC, id",
+                (status,),
             )
         return [_torrent(row) for row in rows]
 
@@ -904,12 +945,16 @@ class Cache:
         return [
             ListedTorrent(*row)
             for row in self.conn.execute(
-                f"SELECT id, filename, status, added, ended FROM torrents WHERE status IN ({marks})", tuple(statuses)
+                f"SELECT id, filename, status, added, ended FROM torrents WHERE status IN ({marks})",
+                tuple(statuses),
             )
         ]
 
     def torrents_with_files(self) -> set[str]:
-        return {row[0] for row in self.conn.execute("SELECT id FROM torrents WHERE info_key IS NOT NULL")}
+        return {
+            row[0]
+            for row in self.conn.execute("SELECT id FROM torrents WHERE info_key IS NOT NULL")
+        }
 
     def torrents_needing_files(self) -> list[str]:
         """Downloaded torrents whose file list is missing or older than their listing, newest first."""
@@ -922,7 +967,9 @@ class Cache:
         ]
 
     def has_files(self, torrent_id: str) -> bool:
-        row = self.conn.execute("SELECT info_key IS NOT NULL FROM torrents WHERE id = ?", (torrent_id,)).fetchone()
+        row = self.conn.execute(
+            "SELECT info_key IS NOT NULL FROM torrents WHERE id = ?", (torrent_id,)
+        ).fetchone()
         return bool(row and row[0])
 
     def files_of(self, torrent_id: str) -> TorrentInfo | None:
@@ -950,17 +997,26 @@ class Cache:
             self.upsert_torrents([info])
             selected = info.selected_files
             packed = len(info.links) < len(selected)
-            link_of = {f.id: info.links[i] for i, f in enumerate(selected) if not packed and i < len(info.links)}
+            link_of = {
+                f.id: info.links[i]
+                for i, f in enumerate(selected)
+                if not packed and i < len(info.links)
+            }
             self.conn.execute("DELETE FROM files WHERE torrent_id = ?", (info.id,))
             self.conn.executemany(
                 "INSERT INTO files (torrent_id, file_id, path, bytes, selected, link) VALUES (?, ?, ?, ?, ?, ?)",
-                [(info.id, f.id, f.path, f.bytes, int(f.selected), link_of.get(f.id)) for f in info.files],
+                [
+                    (info.id, f.id, f.path, f.bytes, int(f.selected), link_of.get(f.id))
+                    for f in info.files
+                ],
             )
             self.conn.execute(
-                "UPDATE torrents SET info_key = list_key, info_error = NULL WHERE id = ?", (info.id,)
+                "UPDATE torrents SET info_key = list_key, info_error = NULL WHERE id = ?",
+                (info.id,),
             )
             if not self.conn.execute(
-                "SELECT 1 FROM entries WHERE parent = ? AND torrent_id = ?", (TORRENTS_INODE, info.id)
+                "SELECT 1 FROM entries WHERE parent = ? AND torrent_id = ?",
+                (TORRENTS_INODE, info.id),
             ).fetchone():
                 # Not shown (not downloaded): the subtree is built when its directory appears.
                 return Changes()
@@ -977,7 +1033,9 @@ class Cache:
 
     def set_info_error(self, torrent_id: str, error: str) -> None:
         with self.transaction():
-            self.conn.execute("UPDATE torrents SET info_error = ? WHERE id = ?", (error, torrent_id))
+            self.conn.execute(
+                "UPDATE torrents SET info_error = ? WHERE id = ?", (error, torrent_id)
+            )
 
     def delete_torrents(self, torrent_ids: Sequence[str]) -> Changes:
         """Forget torrents gone upstream: their rows, files and entries (one transaction)."""
@@ -986,7 +1044,8 @@ class Cache:
             for chunk in _chunks(list(torrent_ids)):
                 marks = ",".join("?" * len(chunk))
                 for inode, parent, name in self.conn.execute(
-                    f"DELETE FROM entries WHERE torrent_id IN ({marks}) RETURNING inode, parent, name", chunk
+                    f"DELETE FROM entries WHERE torrent_id IN ({marks}) RETURNING inode, parent, name",
+                    chunk,
                 ).fetchall():
                     changes.entries.add((parent, name))
                     changes.dirs.add(parent)
@@ -1031,7 +1090,16 @@ class Cache:
                 "INSERT OR REPLACE INTO downloads (id, filename, filesize, link, host, download, mime_type, "
                 "generated) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (d.id, d.filename, d.filesize, d.link, d.host, d.download, d.mime_type, _ts(d.generated))
+                    (
+                        d.id,
+                        d.filename,
+                        d.filesize,
+                        d.link,
+                        d.host,
+                        d.download,
+                        d.mime_type,
+                        _ts(d.generated),
+                    )
                     for d in downloads
                 ],
             )
@@ -1070,14 +1138,22 @@ class Cache:
         found: dict[str, int] = {}
         for chunk in _chunks(wanted):
             marks = ",".join("?" * len(chunk))
-            found.update(self.conn.execute(f"SELECT key, inode FROM inodes WHERE key IN ({marks})", chunk))
+            found.update(
+                self.conn.execute(f"SELECT key, inode FROM inodes WHERE key IN ({marks})", chunk)
+            )
         missing = [k for k in wanted if k not in found]
-        if missing:  # (known keys need no write: they are looked up while the database is locked too)
+        if (
+            missing
+        ):  # (known keys need no write: they are looked up while the database is locked too)
             with self.transaction():
                 for key in missing:
-                    row = self.conn.execute("SELECT inode FROM inodes WHERE key = ?", (key,)).fetchone()
+                    row = self.conn.execute(
+                        "SELECT inode FROM inodes WHERE key = ?", (key,)
+                    ).fetchone()
                     if row is None:
-                        row = self.conn.execute("INSERT INTO inodes (key) VALUES (?) RETURNING inode", (key,)).fetchone()
+                        row = self.conn.execute(
+                            "INSERT INTO inodes (key) VALUES (?) RETURNING inode", (key,)
+                        ).fetchone()
                     found[key] = row[0]
         return found
 
@@ -1096,7 +1172,9 @@ class Cache:
         wanted = {s.key: s for s in specs}
         diff = EntryDiff(existing=existing)
         diff.remove = [e for key, e in existing.items() if key not in wanted]
-        diff.upsert = [s for key, s in wanted.items() if key not in existing or existing[key].row != s.row()]
+        diff.upsert = [
+            s for key, s in wanted.items() if key not in existing or existing[key].row != s.row()
+        ]
         return diff
 
     def apply_diff(self, diff: EntryDiff) -> Changes:
@@ -1217,9 +1295,14 @@ class Cache:
                 "SELECT count(*) FROM entries WHERE parent = ? AND kind = 'dir'", (inode,)
             ).fetchone()[0]
             if mtime is None:
-                self.conn.execute("UPDATE entries SET nlink = ? WHERE inode = ?", (2 + subdirs, inode))
+                self.conn.execute(
+                    "UPDATE entries SET nlink = ? WHERE inode = ?", (2 + subdirs, inode)
+                )
             else:
-                self.conn.execute("UPDATE entries SET nlink = ?, mtime = ? WHERE inode = ?", (2 + subdirs, mtime, inode))
+                self.conn.execute(
+                    "UPDATE entries SET nlink = ?, mtime = ? WHERE inode = ?",
+                    (2 + subdirs, mtime, inode),
+                )
 
     def integrity_problems(self) -> list[str]:
         """SQLite's integrity check plus the tree's invariants; empty when all is well."""
@@ -1256,7 +1339,8 @@ class Cache:
         for chunk in _chunks(list(torrent_ids)):
             marks = ",".join("?" * len(chunk))
             found = self.conn.execute(
-                f"SELECT id, filename, hash, bytes, info_key IS NOT NULL FROM torrents WHERE id IN ({marks})", chunk
+                f"SELECT id, filename, hash, bytes, info_key IS NOT NULL FROM torrents WHERE id IN ({marks})",
+                chunk,
             ).fetchall()
             for torrent_id, name, info_hash, size, has_files in found:
                 selection = None
@@ -1303,7 +1387,8 @@ class Cache:
         return {
             row[0]
             for row in self.conn.execute(
-                "SELECT torrent_id FROM entries WHERE parent = ? AND torrent_id IS NOT NULL", (TORRENTS_INODE,)
+                "SELECT torrent_id FROM entries WHERE parent = ? AND torrent_id IS NOT NULL",
+                (TORRENTS_INODE,),
             )
         }
 
@@ -1315,7 +1400,8 @@ class Cache:
             out += [
                 ListedTorrent(*row)
                 for row in self.conn.execute(
-                    f"SELECT id, filename, status, added, ended FROM torrents WHERE id IN ({marks})", chunk
+                    f"SELECT id, filename, status, added, ended FROM torrents WHERE id IN ({marks})",
+                    chunk,
                 )
             ]
         return out
@@ -1335,7 +1421,8 @@ class Scope:
     @classmethod
     def torrent_files(cls, torrent_id: str) -> Scope:
         return cls(
-            f"e.torrent_id = ? AND e.parent != ? AND i.key NOT LIKE '{VIEW_KEY_PREFIX}%'", (torrent_id, TORRENTS_INODE)
+            f"e.torrent_id = ? AND e.parent != ? AND i.key NOT LIKE '{VIEW_KEY_PREFIX}%'",
+            (torrent_id, TORRENTS_INODE),
         )
 
     @classmethod
@@ -1352,7 +1439,7 @@ _TORRENT_COLUMNS = "id, filename, hash, bytes, host, split, progress, status, ad
 
 
 def _when(value: float | None) -> datetime | None:
-    return datetime.fromtimestamp(value, timezone.utc) if value is not None else None
+    return datetime.fromtimestamp(value, UTC) if value is not None else None
 
 
 def _torrent(row: Sequence[Any]) -> Torrent:

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from rdfs.store.metadata import Cache
     from rdfs.config import Config
+    from rdfs.store.metadata import Cache
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,9 @@ class ProbeCache:
         self.stats = ProbeStats()
         # The event loop's connection waits briefly for a lock (it only marks files as used); the
         # writer, in a worker thread, may wait longer.
-        self.conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+        self.conn = sqlite3.connect(
+            str(self.path), isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
+        )
         try:
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
@@ -103,7 +105,9 @@ class ProbeCache:
             raise
         # Writes go through their own connection, usable from a worker thread (WAL: the reads on
         # ``conn`` go on meanwhile); the lock keeps one writer at a time.
-        self._writer = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        self._writer = sqlite3.connect(
+            str(self.path), isolation_level=None, check_same_thread=False
+        )
         self._write_lock = threading.Lock()
 
     def close(self) -> None:
@@ -120,16 +124,22 @@ class ProbeCache:
 
     def blocks(self, key: str) -> set[int]:
         """The stored block indices of a file; marks the file as just used."""
-        indices = {row[0] for row in self.conn.execute("SELECT idx FROM blocks WHERE file = ?", (key,))}
+        indices = {
+            row[0] for row in self.conn.execute("SELECT idx FROM blocks WHERE file = ?", (key,))
+        }
         if indices:
             try:
                 self.conn.execute("UPDATE files SET used = ? WHERE file = ?", (time.time(), key))
-            except sqlite3.OperationalError as exc:  # full, locked, read-only: only eviction order suffers
+            except (
+                sqlite3.OperationalError
+            ) as exc:  # full, locked, read-only: only eviction order suffers
                 log.debug("probe cache: cannot mark %d blocks as used: %s", len(indices), exc)
         return indices
 
     def get(self, key: str, index: int) -> bytes | None:
-        row = self.conn.execute("SELECT data FROM blocks WHERE file = ? AND idx = ?", (key, index)).fetchone()
+        row = self.conn.execute(
+            "SELECT data FROM blocks WHERE file = ? AND idx = ?", (key, index)
+        ).fetchone()
         if row is None:
             return None
         self.stats.hits += 1
@@ -155,10 +165,14 @@ class ProbeCache:
                     grown = 0
                     for index, data in blocks.items():
                         old = db.execute(
-                            "SELECT length(data) FROM blocks WHERE file = ? AND idx = ?", (key, index)
+                            "SELECT length(data) FROM blocks WHERE file = ? AND idx = ?",
+                            (key, index),
                         ).fetchone()
                         grown += len(data) - (old[0] if old else 0)
-                        db.execute("INSERT OR REPLACE INTO blocks (file, idx, data) VALUES (?, ?, ?)", (key, index, data))
+                        db.execute(
+                            "INSERT OR REPLACE INTO blocks (file, idx, data) VALUES (?, ?, ?)",
+                            (key, index, data),
+                        )
                     db.execute(
                         "INSERT INTO files (file, bytes, used) VALUES (?, ?, ?) "
                         "ON CONFLICT (file) DO UPDATE SET bytes = bytes + excluded.bytes, used = excluded.used",
@@ -198,7 +212,12 @@ class ProbeCache:
 
     def status(self) -> dict[str, int]:
         files = self.conn.execute("SELECT count(*) FROM files").fetchone()[0]
-        return {"files": files, "bytes": self.size, "max_bytes": self.max_bytes, **self.stats.as_dict()}
+        return {
+            "files": files,
+            "bytes": self.size,
+            "max_bytes": self.max_bytes,
+            **self.stats.as_dict(),
+        }
 
 
 def _rollback(db: sqlite3.Connection) -> None:
@@ -214,8 +233,8 @@ def open_probe_cache(config: Config, cache: Cache) -> ProbeCache | None:
     It is only a cache: a corrupt file is moved aside and rebuilt; one that cannot be opened
     (full disk, read-only directory) costs the probe cache for this mount, never the mount.
     """
-    from rdfs.store.metadata import is_corrupt, move_aside
     from rdfs.data.reader import BLOCK_SIZE  # the reader imports this module: import at call time
+    from rdfs.store.metadata import is_corrupt, move_aside
 
     if config.probe_cache_mb <= 0:
         return None

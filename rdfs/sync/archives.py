@@ -18,11 +18,11 @@ from collections.abc import Callable
 
 import trio
 
-from rdfs.data import rar
 from rdfs.api.errors import RDError
-from rdfs.store.metadata import Cache, CacheError
+from rdfs.data import rar
 from rdfs.data.links import LinkGone, LinkResolver
 from rdfs.data.reader import FileSource, ReaderPool
+from rdfs.store.metadata import Cache, CacheError
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,10 @@ class ArchiveIndexer:
         try:
             resolved = await self.resolver.resolve(hoster_link)
             source = FileSource(
-                key=f"archive:{hoster_link}", hoster_link=hoster_link, size=resolved.filesize, name=f"{torrent_id}.rar"
+                key=f"archive:{hoster_link}",
+                hoster_link=hoster_link,
+                size=resolved.filesize,
+                name=f"{torrent_id}.rar",
             )
             handle = self.readers.open(source)
             try:
@@ -93,6 +96,11 @@ class ArchiveIndexer:
         self._retry_at.pop(hoster_link, None)
         self.cache.put_archive(hoster_link, [dataclasses.asdict(m) for m in members])
         stored = sum(1 for m in members if m.stored and not m.is_dir)
-        log.info("archive of torrent %s: %d members, %d stored (shown as files)", torrent_id, len(members), stored)
+        log.info(
+            "archive of torrent %s: %d members, %d stored (shown as files)",
+            torrent_id,
+            len(members),
+            stored,
+        )
         self.refresh(torrent_id)
         return True

@@ -74,7 +74,9 @@ def parse_hook(table: dict[str, Any]) -> HookConfig | None:
         raise HookError("hooks: settle and timeout must be numbers") from None
     if settle < 0 or timeout <= 0:
         raise HookError("hooks: settle must be >= 0 and timeout > 0")
-    return HookConfig(tuple(argv), None if include is None else tuple(str(i) for i in include), settle, timeout)
+    return HookConfig(
+        tuple(argv), None if include is None else tuple(str(i) for i in include), settle, timeout
+    )
 
 
 def load_hook(path: Path | None) -> HookConfig | None:
@@ -119,7 +121,9 @@ class UpdateHook:
     async def call(self, relative: list[str]) -> int | None:
         """Run the command once for ``relative`` paths; its exit status (None if killed)."""
         absolute = [str(self.mountpoint / p) for p in relative]
-        payload = json.dumps({"mountpoint": str(self.mountpoint), "paths": absolute, "relative": relative})
+        payload = json.dumps(
+            {"mountpoint": str(self.mountpoint), "paths": absolute, "relative": relative}
+        )
         self.status.runs += 1
         self.status.last_run = time.time()
         self.status.last_paths = absolute
@@ -141,7 +145,9 @@ class UpdateHook:
             returncode = result.returncode
             if returncode != 0:
                 tail = result.stderr.decode(errors="replace").strip()[-500:]
-                log.warning("update hook exited with %d for %d paths: %s", returncode, len(absolute), tail)
+                log.warning(
+                    "update hook exited with %d for %d paths: %s", returncode, len(absolute), tail
+                )
             else:
                 log.info("update hook ran for %d changed directories", len(absolute))
         if returncode is None:
@@ -150,4 +156,3 @@ class UpdateHook:
             self.status.failures += 1
         self.status.last_exit = returncode
         return returncode
-

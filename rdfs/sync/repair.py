@@ -34,8 +34,8 @@ import trio
 
 from rdfs.api.errors import APIError, GatewayError, RDError, TooManyRequests
 from rdfs.api.models import STATUS_DOWNLOADED, Created, TorrentInfo
-from rdfs.store.metadata import Cache
 from rdfs.data.links import LinkGone
+from rdfs.store.metadata import Cache
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,9 @@ class RepairClient(Protocol):
 
     async def delete_torrent(self, id: str) -> None: ...
 
-    async def unrestrict_link(self, link: str, password: str | None = None, remote: bool | None = None) -> Any: ...
+    async def unrestrict_link(
+        self, link: str, password: str | None = None, remote: bool | None = None
+    ) -> Any: ...
 
 
 class Refresher(Protocol):
@@ -96,7 +98,11 @@ class Repairer:
     """``check()`` (each sync interval, from ``run``) finds, confirms and repairs broken torrents."""
 
     def __init__(
-        self, client: RepairClient, cache: Cache, syncer: Refresher, policy: RepairPolicy | None = None
+        self,
+        client: RepairClient,
+        cache: Cache,
+        syncer: Refresher,
+        policy: RepairPolicy | None = None,
     ) -> None:
         self.client = client
         self.cache = cache
@@ -114,7 +120,8 @@ class Repairer:
     def link_gone(self, hoster_link: str, error: LinkGone) -> None:
         """Resolver callback: RD refused to unrestrict ``hoster_link``."""
         row = self.cache.conn.execute(
-            "SELECT torrent_id FROM entries WHERE hoster_link = ? AND torrent_id IS NOT NULL LIMIT 1", (hoster_link,)
+            "SELECT torrent_id FROM entries WHERE hoster_link = ? AND torrent_id IS NOT NULL LIMIT 1",
+            (hoster_link,),
         ).fetchone()
         if row is not None:
             self._report(row[0], f"link refused: {error.reason}", confirmed=False)
@@ -209,13 +216,21 @@ class Repairer:
         last = attempts.get(old.hash)
         if last is not None and time.time() - last < self.policy.retry_after:
             self.gave_up[old.id] = "repaired recently and broken again: not repaired in a loop"
-            log.warning("torrent %s (%s) broke again after a repair: giving up", old.id, old.filename)
+            log.warning(
+                "torrent %s (%s) broke again after a repair: giving up", old.id, old.filename
+            )
             return False
         attempts[old.hash] = time.time()
         self.cache.set_state("repair_attempts", attempts)
         self.history.repairs.append(time.time())
         wanted = sorted(f.id for f in old.files if f.selected)
-        log.info("repairing torrent %s (%s): re-adding %s with files %s", old.id, old.filename, old.hash, wanted)
+        log.info(
+            "repairing torrent %s (%s): re-adding %s with files %s",
+            old.id,
+            old.filename,
+            old.hash,
+            wanted,
+        )
         try:
             created = await self.client.add_magnet(f"magnet:?xt=urn:btih:{old.hash}")
             await self._select_when_ready(created.id, wanted)
@@ -234,7 +249,9 @@ class Repairer:
             await self.client.delete_torrent(old.id)
         except RDError as exc:
             log.warning("repaired torrent %s: deleting the dead original failed: %s", old.id, exc)
-        self.repaired.append({"time": time.time(), "old": old.id, "new": new.id, "name": old.filename})
+        self.repaired.append(
+            {"time": time.time(), "old": old.id, "new": new.id, "name": old.filename}
+        )
         self.broken.pop(old.id, None)
         self.syncer.trigger()
         return True
@@ -274,8 +291,12 @@ class Repairer:
                 if renamed != key:
                     # A key of the new torrent allocated meanwhile (never shown) gives way.
                     self.cache.conn.execute("DELETE FROM inodes WHERE key = ?", (renamed,))
-                    self.cache.conn.execute("UPDATE inodes SET key = ? WHERE inode = ?", (renamed, inode))
-            self.cache.conn.execute("UPDATE entries SET torrent_id = ? WHERE torrent_id = ?", (new.id, old_id))
+                    self.cache.conn.execute(
+                        "UPDATE inodes SET key = ? WHERE inode = ?", (renamed, inode)
+                    )
+            self.cache.conn.execute(
+                "UPDATE entries SET torrent_id = ? WHERE torrent_id = ?", (new.id, old_id)
+            )
             self.cache.upsert_torrents([new])
             self.cache.conn.execute("DELETE FROM files WHERE torrent_id = ?", (old_id,))
             self.cache.conn.execute("DELETE FROM torrents WHERE id = ?", (old_id,))

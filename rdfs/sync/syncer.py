@@ -203,7 +203,9 @@ class Syncer:
         self._demand = 0
         self._no_demand = trio.Event()
         self._no_demand.set()
-        self._errors: collections.deque[dict[str, Any]] = collections.deque(maxlen=MAX_RECENT_ERRORS)
+        self._errors: collections.deque[dict[str, Any]] = collections.deque(
+            maxlen=MAX_RECENT_ERRORS
+        )
         self._running = False
         self._health = cache.get_state("health", "unknown")
         # kind -> id -> [first time missing from a complete listing, complete listings missing it]
@@ -230,14 +232,20 @@ class Syncer:
             try:
                 while True:
                     try:
-                        if rebuild:  # a failed tick may have stored torrents but not their directories
+                        if (
+                            rebuild
+                        ):  # a failed tick may have stored torrents but not their directories
                             self._emit(await self._rebuild_torrent_dirs())
                             self._emit(await self._rebuild_downloads(self.cache.downloads()))
                             rebuild = False
                         await self._tick()
-                    except CacheError as exc:  # each write rolled back whole: the next tick redoes it
+                    except (
+                        CacheError
+                    ) as exc:  # each write rolled back whole: the next tick redoes it
                         rebuild = True
-                        self._note_error("cache", str(exc))  # (the cache logged its state change once)
+                        self._note_error(
+                            "cache", str(exc)
+                        )  # (the cache logged its state change once)
                         with contextlib.suppress(CacheError):
                             self._set_health("degraded")
                     except Exception:  # a bug or a broken cache must not take the mount down
@@ -247,7 +255,9 @@ class Syncer:
                             self._set_health("error")
                     # A small removal is confirmed by a listing soon after, not an interval later.
                     confirming = any(self._deletions_due(kind) for kind in self._lists)
-                    with trio.move_on_after(min(self.interval, CONFIRM_DELAY) if confirming else self.interval):
+                    with trio.move_on_after(
+                        min(self.interval, CONFIRM_DELAY) if confirming else self.interval
+                    ):
                         await self._wake.wait()
                     self._wake = trio.Event()
             finally:
@@ -289,7 +299,9 @@ class Syncer:
     def status(self) -> dict[str, Any]:
         counts = self.cache.torrent_counts()
         totals = self.namespace.totals()
-        running_for = trio.current_time() - self._tick_started if self._tick_started is not None else None
+        running_for = (
+            trio.current_time() - self._tick_started if self._tick_started is not None else None
+        )
         stalled = running_for is not None and running_for > self.stall_after
         return {
             "health": "stalled" if stalled else self._health,
@@ -312,7 +324,10 @@ class Syncer:
             ],
             "pending_deletions": {kind: len(ids) for kind, ids in self._missing.items() if ids},
             "held_directories": len(self._leaving),
-            "removed": {"count": self.cache.removal_count(), "recent": self.cache.removals(RECENT_REMOVALS)},
+            "removed": {
+                "count": self.cache.removal_count(),
+                "recent": self.cache.removals(RECENT_REMOVALS),
+            },
             "recent_errors": list(self._errors),
             **{name: report() for name, report in self.reporters.items()},
         }
@@ -344,7 +359,9 @@ class Syncer:
             self.cache.set_state("last_outcome", f"stalled: {exc}")
         except RDError as exc:
             self._condition("sync", f"failed: {exc}")
-            unreachable = isinstance(exc, NetworkError) or (isinstance(exc, APIError) and exc.status >= 500)
+            unreachable = isinstance(exc, NetworkError) or (
+                isinstance(exc, APIError) and exc.status >= 500
+            )
             self._set_health("unavailable" if unreachable else "degraded")
             self.cache.set_state("last_outcome", f"failed: {exc}")
         else:
@@ -362,7 +379,9 @@ class Syncer:
         """An API call of the tick, abandoned when the tick's deadline passed (``SyncStalled``)."""
         with trio.move_on_at(self._tick_deadline):
             return await call
-        raise SyncStalled(f"the API calls of this sync did not finish within {self.tick_timeout:.0f} s")
+        raise SyncStalled(
+            f"the API calls of this sync did not finish within {self.tick_timeout:.0f} s"
+        )
 
     async def _probe_torrents(self) -> None:
         """The idle check: page 1 (and the pages of active torrents), full listing on a change."""
@@ -408,7 +427,9 @@ class Syncer:
 
     # --- listings -------------------------------------------------------------------------
 
-    async def _list_all(self, fetch: Callable[[int], Awaitable[Any]], first: Any = None, known: int = 0) -> Listing:
+    async def _list_all(
+        self, fetch: Callable[[int], Awaitable[Any]], first: Any = None, known: int = 0
+    ) -> Listing:
         """Every page of a list, and whether the listing may be trusted for deletions (see the module)."""
         items: list[Any] = []
         seen: set[str] = set()
@@ -446,7 +467,9 @@ class Syncer:
         if len(fresh_totals) > 1:
             return Listing(items, pages, total, False, "the list changed while paging")
         if total is not None and total >= 0 and len(items) < total:
-            return Listing(items, pages, total, False, f"short answer: {len(items)} of {total} items")
+            return Listing(
+                items, pages, total, False, f"short answer: {len(items)} of {total} items"
+            )
         return Listing(items, pages, total, True)
 
     def _page_bound(self, total: int | None, first_page: int, known: int) -> int:
@@ -485,14 +508,19 @@ class Syncer:
         if first is None:
             self._set_empty_since(kind, time.time())
         if first is None or time.time() - first < EMPTY_CONFIRM_SECONDS:
-            self._condition(f"{kind} listing", f"empty listing while {known} are cached: ignored until it persists")
+            self._condition(
+                f"{kind} listing",
+                f"empty listing while {known} are cached: ignored until it persists",
+            )
             return False
         self._condition(f"{kind} listing", None)
         return True
 
     def _mass(self, missing: int, known: int) -> bool:
         """A large removal: more than a few ids, or several that are a large part of the list."""
-        return missing > self.small_removal or (missing > 1 and missing > self.max_delete_fraction * known)
+        return missing > self.small_removal or (
+            missing > 1 and missing > self.max_delete_fraction * known
+        )
 
     def _guard(self, kind: str, gone: set[str], known: int) -> set[str]:
         """Which of the ``gone`` ids to delete now: see "Safety" in the module's docstring."""
@@ -521,11 +549,20 @@ class Syncer:
         else:  # a small removal waiting for the next listing is routine: no warning
             self._condition(f"{kind} removal", None)
             if gone - due:
-                log.info("%s: %d items missing upstream: deleted if the next listing agrees", kind, len(gone - due))
+                log.info(
+                    "%s: %d items missing upstream: deleted if the next listing agrees",
+                    kind,
+                    len(gone - due),
+                )
         if back:
             log.info("%s: %d missing items are listed again: not deleted", kind, len(back))
         if due:
-            log.log(logging.WARNING if mass else logging.INFO, "%s: removal of %d items confirmed", kind, len(due))
+            log.log(
+                logging.WARNING if mass else logging.INFO,
+                "%s: removal of %d items confirmed",
+                kind,
+                len(due),
+            )
         if back or gone or due:
             self.cache.set_state("missing", self._missing)
         return due
@@ -536,15 +573,24 @@ class Syncer:
         if not missing:
             return False
         oldest = min(since for since, _ in missing.values())
-        return not self._mass(len(missing), self._known(kind)) or time.time() - oldest >= self.delete_confirm_seconds
+        return (
+            not self._mass(len(missing), self._known(kind))
+            or time.time() - oldest >= self.delete_confirm_seconds
+        )
 
     def _known(self, kind: str) -> int:
-        return self.cache.torrent_counts()["torrents"] if kind == "torrents" else self.cache.download_count()
+        return (
+            self.cache.torrent_counts()["torrents"]
+            if kind == "torrents"
+            else self.cache.download_count()
+        )
 
     async def _sync_torrents(self, first: Any = None) -> None:
         state = self._lists["torrents"]
         listing = await self._list_all(
-            lambda n: self.client.torrents(page=n, limit=self.page_size), first, self._known("torrents")
+            lambda n: self.client.torrents(page=n, limit=self.page_size),
+            first,
+            self._known("torrents"),
         )
         known = self.cache.torrent_states()
         changes = Changes()
@@ -556,7 +602,9 @@ class Syncer:
                 log.info("removing %d torrents gone upstream", len(doomed))
                 for chunk in _chunks(sorted(doomed), self.batch_size):
                     with self.cache.transaction():
-                        self.cache.record_removals(chunk, by="rd", reason="gone from RD's torrent list")
+                        self.cache.record_removals(
+                            chunk, by="rd", reason="gone from RD's torrent list"
+                        )
                         changes.merge(self.cache.delete_torrents(chunk))
                     await trio.sleep(0)
                 structural = True
@@ -584,7 +632,11 @@ class Syncer:
             self.cache.upsert_torrents(chunk)
             await trio.sleep(0)
         if changed:
-            log.debug("%d listed torrents changed (%s)", len(changed), "structural" if structural else "progress")
+            log.debug(
+                "%d listed torrents changed (%s)",
+                len(changed),
+                "structural" if structural else "progress",
+            )
         if structural and rebuild:
             self._emit(await self._rebuild_torrent_dirs())
             self._refill_queue()
@@ -596,7 +648,9 @@ class Syncer:
         statuses = (STATUS_DOWNLOADED, "dead") if self.keep_dead else (STATUS_DOWNLOADED,)
         torrents = self.cache.shown_torrents(statuses) + self._held_torrents(statuses)
         await trio.sleep(0)
-        specs = torrent_dir_specs(torrents, self.cache.torrents_with_files(), self.cache.subdir_counts(), statuses)
+        specs = torrent_dir_specs(
+            torrents, self.cache.torrents_with_files(), self.cache.subdir_counts(), statuses
+        )
         await trio.sleep(0)
         diff = self.cache.diff_entries(Scope.torrent_dirs(), specs)
         await trio.sleep(0)
@@ -652,7 +706,9 @@ class Syncer:
     async def _sync_downloads(self, first: Any = None) -> None:
         state = self._lists["downloads"]
         listing = await self._list_all(
-            lambda n: self.client.downloads(page=n, limit=self.page_size), first, self._known("downloads")
+            lambda n: self.client.downloads(page=n, limit=self.page_size),
+            first,
+            self._known("downloads"),
         )
         known = self.cache.download_ids()
         new = [d for d in listing.items if d.id not in known]
@@ -686,7 +742,9 @@ class Syncer:
     # --- file lists -----------------------------------------------------------------------
 
     def _refill_queue(self) -> None:
-        self._queue = dict.fromkeys(t for t in self.cache.torrents_needing_files() if t not in self._inflight)
+        self._queue = dict.fromkeys(
+            t for t in self.cache.torrents_needing_files() if t not in self._inflight
+        )
         self._queue_changed.set()
         self._queue_changed = trio.Event()
 
@@ -741,7 +799,9 @@ class Syncer:
             done.set()
 
     def _store_info(self, info: TorrentInfo) -> Changes:
-        specs = torrent_file_specs(info, self.cache.link_sizes(info.links), self.cache.archive_members(info.links))
+        specs = torrent_file_specs(
+            info, self.cache.link_sizes(info.links), self.cache.archive_members(info.links)
+        )
         return self.cache.store_info(info, specs)
 
     async def adopt(self, info: TorrentInfo) -> None:
@@ -764,9 +824,14 @@ class Syncer:
         """Report a change of the tree to ``on_change`` and the listeners."""
         if not changes or (self.on_change is None and not self.listeners):
             return
-        paths = sorted(p for p in (self.namespace.path(inode) for inode in changes.dirs) if p is not None)
+        paths = sorted(
+            p for p in (self.namespace.path(inode) for inode in changes.dirs) if p is not None
+        )
         change = TreeChange(
-            entries=sorted(changes.entries), inodes=sorted(changes.inodes | changes.dirs), paths=paths, origin=origin
+            entries=sorted(changes.entries),
+            inodes=sorted(changes.inodes | changes.dirs),
+            paths=paths,
+            origin=origin,
         )
         for callback in [self.on_change, *self.listeners]:
             if callback is None:

@@ -30,6 +30,7 @@ from typing import Any
 
 import trio
 
+from rdfs.config import read_table
 from rdfs.store.metadata import (
     ROOT_INODE,
     TORRENTS_INODE,
@@ -41,7 +42,6 @@ from rdfs.store.metadata import (
     EntrySpec,
     Scope,
 )
-from rdfs.config import read_table
 from rdfs.sync.syncer import TreeChange
 from rdfs.tree.specs import safe_name
 
@@ -57,7 +57,9 @@ _EPISODES = re.compile(
     r"\bcomplete[ ._-]series\b|\bepisode[ ._-]?\d{1,3}\b)"
 )
 _RESERVED = {"torrents", "downloads", ".rdfs"}
-VIEWS_CURRENT_KEY = "views_current"  # cache meta: fingerprint of the config the views are current with
+VIEWS_CURRENT_KEY = (
+    "views_current"  # cache meta: fingerprint of the config the views are current with
+)
 
 
 class ViewsError(Exception):
@@ -86,7 +88,9 @@ class View:
             return False
         if self.has_episodes is not None and has_episodes(torrent) != self.has_episodes:
             return False
-        if self.added_within is not None and (torrent.added is None or now - torrent.added > self.added_within):
+        if self.added_within is not None and (
+            torrent.added is None or now - torrent.added > self.added_within
+        ):
             return False
         return True
 
@@ -146,7 +150,16 @@ def _number(table: dict[str, Any], key: str, scale: float) -> Any:
     return value * scale
 
 
-_VIEW_KEYS = {"path", "group", "name", "file", "min_size_gb", "max_size_gb", "has_episodes", "added_within_days"}
+_VIEW_KEYS = {
+    "path",
+    "group",
+    "name",
+    "file",
+    "min_size_gb",
+    "max_size_gb",
+    "has_episodes",
+    "added_within_days",
+}
 
 
 def parse_views(table: dict[str, Any]) -> ViewsConfig:
@@ -211,7 +224,9 @@ def view_specs(
     ``entries``: the ``torrents/`` entries (:meth:`Cache.torrent_entries`). Pure: no I/O.
     """
     specs = [
-        EntrySpec(key=VIEW_DIR_KEY_PREFIX + v.path, parent_key="root", name=v.path, kind="dir", nlink=2)
+        EntrySpec(
+            key=VIEW_DIR_KEY_PREFIX + v.path, parent_key="root", name=v.path, kind="dir", nlink=2
+        )
         for v in config.views
     ]
     by_torrent: dict[str, list[EntrySpec]] = defaultdict(list)
@@ -229,7 +244,11 @@ def view_specs(
             for entry in kept:
                 at_top = entry.key.startswith("t:")
                 specs.append(
-                    replace(entry, key=prefix + entry.key, parent_key=top if at_top else prefix + entry.parent_key)
+                    replace(
+                        entry,
+                        key=prefix + entry.key,
+                        parent_key=top if at_top else prefix + entry.parent_key,
+                    )
                 )
                 if at_top:
                     subdirs[top] += 1
@@ -255,7 +274,10 @@ def _without_junk(config: ViewsConfig, subtree: Sequence[EntrySpec]) -> list[Ent
             parent = dirs[parent].parent_key
     # The torrent directory stays (a pending one has no files yet); a junk-named subdirectory goes.
     kept_dirs = [
-        d for d in dirs.values() if d.key.startswith("t:") or (d.key in needed and not any(p.search(d.name) for p in config.junk))
+        d
+        for d in dirs.values()
+        if d.key.startswith("t:")
+        or (d.key in needed and not any(p.search(d.name) for p in config.junk))
     ]
     kept_keys = {d.key for d in kept_dirs}
     files = [f for f in files if f.parent_key in kept_keys]
@@ -270,7 +292,10 @@ class Views:
     """Keeps the view directories in step with ``torrents/``: ``refresh()`` after a change."""
 
     def __init__(
-        self, cache: Cache, config: ViewsConfig, publish: Callable[[Changes, str], None] | None = None
+        self,
+        cache: Cache,
+        config: ViewsConfig,
+        publish: Callable[[Changes, str], None] | None = None,
     ) -> None:
         self.cache = cache
         self.config = config
@@ -305,12 +330,15 @@ class Views:
             return Changes()
         changes = self.cache.apply_diff(diff)
         if any(e.key.startswith(VIEW_DIR_KEY_PREFIX) for e in diff.remove) or any(
-            s.key.startswith(VIEW_DIR_KEY_PREFIX) and s.key not in diff.existing for s in diff.upsert
+            s.key.startswith(VIEW_DIR_KEY_PREFIX) and s.key not in diff.existing
+            for s in diff.upsert
         ):
             self.cache.refresh_dir(ROOT_INODE)
             changes.inodes.add(ROOT_INODE)
         self.cache.set_meta(VIEWS_CURRENT_KEY, self._fingerprint)
-        log.info("views: %d entries added or changed, %d removed", len(diff.upsert), len(diff.remove))
+        log.info(
+            "views: %d entries added or changed, %d removed", len(diff.upsert), len(diff.remove)
+        )
         if self.publish is not None:
             self.publish(changes, "views")
         return changes
@@ -325,7 +353,10 @@ class Views:
             "WHERE e.parent = ?",
             (TORRENTS_INODE,),
         )
-        return [TorrentFacts(tid, name, size, added, tuple(names.get(tid, ()))) for tid, name, size, added in rows]
+        return [
+            TorrentFacts(tid, name, size, added, tuple(names.get(tid, ())))
+            for tid, name, size, added in rows
+        ]
 
     async def run(self, *, settle: float = 0.2, interval: float = 3600.0) -> None:
         """Refresh after changes (once they settle for ``settle`` s) and every ``interval`` s
@@ -353,4 +384,3 @@ class Views:
                 await self._dirty.wait()
             await trio.sleep(max(settle, 4 * took))
             self._dirty = trio.Event()
-

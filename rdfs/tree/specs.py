@@ -122,7 +122,9 @@ def assign_names(candidates: Iterable[NameCandidate]) -> dict[str, str]:
             name = tagged_name(candidate.name, candidate.tag, is_dir=candidate.is_dir)
             number = 2
             while name in taken:
-                name = tagged_name(candidate.name, f"{candidate.tag} {number}", is_dir=candidate.is_dir)
+                name = tagged_name(
+                    candidate.name, f"{candidate.tag} {number}", is_dir=candidate.is_dir
+                )
                 number += 1
         taken.add(name)
         names[candidate.key] = name
@@ -230,7 +232,9 @@ def torrent_file_specs(
     return _subtree(info, leaves)
 
 
-def _subtree(info: TorrentInfo, leaves: Sequence[_Leaf], taken: Sequence[EntrySpec] = ()) -> list[EntrySpec]:
+def _subtree(
+    info: TorrentInfo, leaves: Sequence[_Leaf], taken: Sequence[EntrySpec] = ()
+) -> list[EntrySpec]:
     """Entries for ``leaves`` and the directories of their paths (``taken``: other entries of the
     torrent's directory, whose names come first)."""
     root = torrent_key(info.id)
@@ -246,7 +250,12 @@ def _subtree(info: TorrentInfo, leaves: Sequence[_Leaf], taken: Sequence[EntrySp
             key = f"dir:{info.id}:{'/'.join(parts[: depth + 1])}"
             if key not in dirs:
                 dirs[key] = EntrySpec(
-                    key=key, parent_key=parent, name=parts[depth], kind="dir", mtime=mtime, torrent_id=info.id
+                    key=key,
+                    parent_key=parent,
+                    name=parts[depth],
+                    kind="dir",
+                    mtime=mtime,
+                    torrent_id=info.id,
                 )
             parent = key
         spec = EntrySpec(
@@ -264,24 +273,35 @@ def _subtree(info: TorrentInfo, leaves: Sequence[_Leaf], taken: Sequence[EntrySp
         files.append((spec, leaf))
     by_parent: dict[str, list[NameCandidate]] = defaultdict(list)
     for spec in taken:
-        by_parent[spec.parent_key].append(NameCandidate(spec.key, spec.name, "rar", False, (-1, spec.key)))
+        by_parent[spec.parent_key].append(
+            NameCandidate(spec.key, spec.name, "rar", False, (-1, spec.key))
+        )
     for spec in dirs.values():
-        by_parent[spec.parent_key].append(NameCandidate(spec.key, spec.name, "dir", True, (0, spec.key)))
+        by_parent[spec.parent_key].append(
+            NameCandidate(spec.key, spec.name, "dir", True, (0, spec.key))
+        )
     for spec, leaf in files:
-        by_parent[spec.parent_key].append(NameCandidate(spec.key, spec.name, leaf.tag, False, (1, leaf.order)))
+        by_parent[spec.parent_key].append(
+            NameCandidate(spec.key, spec.name, leaf.tag, False, (1, leaf.order))
+        )
     names: dict[str, str] = {}
     for candidates in by_parent.values():
         names.update(assign_names(candidates))
     subdir_count: dict[str, int] = defaultdict(int)
     for spec in dirs.values():
         subdir_count[spec.parent_key] += 1
-    specs = [replace(spec, name=names[spec.key], nlink=2 + subdir_count[spec.key]) for spec in dirs.values()]
+    specs = [
+        replace(spec, name=names[spec.key], nlink=2 + subdir_count[spec.key])
+        for spec in dirs.values()
+    ]
     specs += [replace(spec, name=names[spec.key]) for spec, _ in files]
     return specs
 
 
 def _packed_specs(
-    info: TorrentInfo, link_sizes: Mapping[str, int], archives: Mapping[str, Sequence[Mapping[str, Any]]]
+    info: TorrentInfo,
+    link_sizes: Mapping[str, int],
+    archives: Mapping[str, Sequence[Mapping[str, Any]]],
 ) -> list[EntrySpec]:
     base = safe_name(info.filename, is_dir=True, fallback=info.id)
     count = len(info.links)
@@ -439,7 +459,9 @@ class Namespace:
                 row = self.cache.conn.execute(sql, (parent_inode, normalized)).fetchone()
         return _node(row) if row else None
 
-    def children(self, inode: int, offset: int = 0, limit: int = 1000, *, after: int | None = None) -> list[Node]:
+    def children(
+        self, inode: int, offset: int = 0, limit: int = 1000, *, after: int | None = None
+    ) -> list[Node]:
         """A page of a directory's entries.
 
         By default in name order, skipping ``offset`` entries. With ``after`` (an inode), in
@@ -448,11 +470,13 @@ class Namespace:
         """
         if after is not None:
             rows = self.cache.conn.execute(
-                _NODE_SQL + "WHERE e.parent = ? AND e.inode > ? ORDER BY e.inode LIMIT ?", (inode, after, limit)
+                _NODE_SQL + "WHERE e.parent = ? AND e.inode > ? ORDER BY e.inode LIMIT ?",
+                (inode, after, limit),
             )
         else:
             rows = self.cache.conn.execute(
-                _NODE_SQL + "WHERE e.parent = ? ORDER BY e.name LIMIT ? OFFSET ?", (inode, limit, offset)
+                _NODE_SQL + "WHERE e.parent = ? ORDER BY e.name LIMIT ? OFFSET ?",
+                (inode, limit, offset),
             )
         return [_node(row) for row in rows]
 
@@ -460,7 +484,9 @@ class Namespace:
         """The path relative to the mountpoint ("" for the root), None if the inode is unknown."""
         parts: list[str] = []
         while inode != ROOT_INODE:
-            row = self.cache.conn.execute("SELECT parent, name FROM entries WHERE inode = ?", (inode,)).fetchone()
+            row = self.cache.conn.execute(
+                "SELECT parent, name FROM entries WHERE inode = ?", (inode,)
+            ).fetchone()
             if row is None:
                 return None
             parts.append(row[1])
@@ -472,4 +498,3 @@ class Namespace:
         sql = "SELECT count(*), total(CASE WHEN size > 0 THEN size ELSE 0 END) FROM entries"
         count, size = self.cache.conn.execute(sql).fetchone()
         return Totals(entries=count, bytes=int(size))
-
