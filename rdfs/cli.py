@@ -39,6 +39,7 @@ from rdfs.control.actions import (
     parse_magnet,
     parse_torrent_file,
 )
+from rdfs.fuse.mountpoint import is_fuse_mount, rdfs_mounts
 from rdfs.store.metadata import CONTROL_DIR, DOWNLOADS_DIR, TORRENTS_DIR
 
 log = logging.getLogger("rdfs")
@@ -204,7 +205,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         # One line, never a traceback on stderr (it is at debug level in the log). The mount is
         # left stale on purpose: ENOTCONN fails loudly where an empty directory empties libraries.
         what = _describe_unexpected(exc)
-        if mount.is_fuse_mount(mountpoint):
+        if is_fuse_mount(mountpoint):
             log.critical(
                 "stopped by an unexpected error: %s; %s left stale: clear it with: rdfs umount %s",
                 what,
@@ -264,8 +265,6 @@ def _check_writable_dir(path: Path, what: str) -> None:
 
 def _daemonize(args: argparse.Namespace, config: configuration.Config, mountpoint: Path) -> int:
     """Start ``rdfs mount --foreground`` detached and wait until the mount is there."""
-    from rdfs.fuse import mount
-
     log_file = config.log_file or config.cache_dir / "rdfs.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "rdfs"] + _without_token(
@@ -282,7 +281,7 @@ def _daemonize(args: argparse.Namespace, config: configuration.Config, mountpoin
         )
     deadline = time.monotonic() + MOUNT_WAIT
     while time.monotonic() < deadline:
-        if mount.is_fuse_mount(mountpoint):
+        if is_fuse_mount(mountpoint):
             print(f"rdfs: mounted at {mountpoint} (log: {log_file})")
             return 0
         if child.poll() is not None:
@@ -498,20 +497,6 @@ def _when(timestamp: float | None) -> str:
     if not timestamp:
         return "never"
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
-
-
-def rdfs_mounts() -> list[Path]:
-    """The rdfs mounts of this system, from /proc/self/mountinfo (no FUSE request is made)."""
-    try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return []
-    found = []
-    for line in lines:
-        fields = line.split()
-        if "-" in fields and fields[fields.index("-") + 1] == "fuse.rdfs":
-            found.append(Path(fields[4].encode().decode("unicode_escape")))
-    return found
 
 
 def _refresh_mounts(args: argparse.Namespace) -> None:
