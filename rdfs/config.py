@@ -16,10 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rdfs.api.client import _check_base_url as check_base_url
-
-DEFAULT_API_URL = "https://api.real-debrid.com/rest/1.0"
-DEFAULT_OAUTH_URL = "https://api.real-debrid.com/oauth/v2"
+from rdfs.api.auth import DEFAULT_OAUTH_URL
+from rdfs.api.client import DEFAULT_API_URL, check_base_url
 
 
 def _xdg(var: str, fallback: str) -> Path:

@@ -115,7 +115,7 @@ def _is_loopback(url: str) -> bool:
     return host in _LOOPBACK_HOSTS or host.startswith("127.")
 
 
-def _check_base_url(url: str) -> str:
+def check_base_url(url: str) -> str:
     parsed = urllib.parse.urlsplit(url)
     host = (parsed.hostname or "").lower()
     if parsed.scheme not in ("http", "https") or not host:
@@ -180,8 +180,8 @@ class RDClient:
         the token as ``?auth_token=`` instead of an ``Authorization`` header; ``deadline``
         bounds each attempt of a request, body included (see :mod:`rdfs.api.transport`).
         """
-        self.api_url = _check_base_url(api_url)
-        self.oauth_url = _check_base_url(oauth_url)
+        self.api_url = check_base_url(api_url)
+        self.oauth_url = check_base_url(oauth_url)
         self._owns_http = http is None
         if http is None:
             # TLS verification stays on: verify=True is httpx's default and is never turned off here.
