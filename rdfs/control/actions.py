@@ -135,6 +135,7 @@ def _shorten(text: str, limit: int = 60) -> str:
 
 
 # --- .torrent files -----------------------------------------------------------------------------
+# The emulator keeps a decoder of its own on purpose (rdfs/emulator/bencode.py says why).
 
 
 MAX_BENCODE_DEPTH = (
