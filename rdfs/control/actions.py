@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 
 SELECTION_POLICIES = ("all", "video")
 VIDEO_EXTENSIONS = frozenset(
-    ".mkv .mp4 .m4v .avi .mov .wmv .mpg .mpeg .m2ts .mts .ts .webm .flv .vob .ogv .divx .iso".split()
+    (
+        ".mkv .mp4 .m4v .avi .mov .wmv .mpg .mpeg .m2ts .mts .ts .webm .flv .vob .ogv .divx .iso"
+    ).split()
 )
 SUBTITLE_EXTENSIONS = frozenset(".srt .ass .ssa .sub .idx .vtt .sup .smi".split())
 ROLLBACK_TIMEOUT = 30.0  # seconds a rollback may take before it gives up (an outage)
@@ -53,7 +55,10 @@ class TruncatedTorrent(InvalidInput):
 
 
 class ActionFailed(ActionError):
-    """RD failed during the batch; ``done`` lists what did happen (for deletes) before the failure."""
+    """RD failed during the batch.
+
+    ``done`` lists what did happen (for deletes) before the failure.
+    """
 
     def __init__(
         self, message: str, *, cause: RDError | None = None, done: Sequence[str] = ()
@@ -154,7 +159,9 @@ class _Truncated(ValueError):
 def _bdecode(
     data: bytes, pos: int, spans: dict[bytes, tuple[int, int]] | None = None, depth: int = 0
 ) -> tuple[Any, int]:
-    """The bencoded value at ``pos`` and the position after it; ``spans`` gets top-level dict value spans.
+    """The bencoded value at ``pos`` and the position after it.
+
+    ``spans`` gets the byte spans of the top-level dictionary's values.
 
     Any malformed input raises ``ValueError``: integers and string lengths are checked against
     the grammar (``int()`` alone would take ``b" 1_0"``), dictionary keys must be strings (a list
@@ -202,7 +209,7 @@ def _bdecode(
             return items, pos + 1
         if len(items) % 2:
             raise ValueError("dictionary key without a value")
-        return dict(zip(items[::2], items[1::2])), pos + 1
+        return dict(zip(items[::2], items[1::2], strict=True)), pos + 1
     if lead.isdigit():
         colon = data.find(b":", pos, pos + 1 + MAX_INTEGER_DIGITS)
         if colon < 0 and len(data) < pos + 1 + MAX_INTEGER_DIGITS and data[pos:].isdigit():
