@@ -21,7 +21,13 @@ import trio
 
 from rdfs import __version__, logs
 from rdfs import config as configuration
-from rdfs.api.auth import Credentials, OAuthSession, StaticToken, poll_device_login
+from rdfs.api.auth import (
+    Credentials,
+    OAuthSession,
+    StaticToken,
+    TokenProvider,
+    poll_device_login,
+)
 from rdfs.api.client import RDClient
 from rdfs.api.errors import RDError, UnknownResource
 from rdfs.api.models import DeviceCode, Torrent, User
@@ -39,6 +45,7 @@ from rdfs.control.actions import (
     parse_magnet,
     parse_torrent_file,
 )
+from rdfs.fuse.mountpoint import is_fuse_mount, rdfs_mounts
 from rdfs.store.metadata import CONTROL_DIR, DOWNLOADS_DIR, TORRENTS_DIR
 
 log = logging.getLogger("rdfs")
@@ -86,7 +93,8 @@ def _add_connection_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--oauth-url", help="RD OAuth base URL (env RDFS_OAUTH_URL)")
     parser.add_argument(
         "--token",
-        help="private API token (safer: env RD_API_TOKEN or `rdfs login`; command lines are visible to all users)",
+        help="private API token (safer: env RD_API_TOKEN or `rdfs login`; "
+        "command lines are visible to all users)",
     )
     parser.add_argument(
         "--config", type=_path, help="config file (default $XDG_CONFIG_HOME/rdfs/config.toml)"
@@ -204,7 +212,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         # One line, never a traceback on stderr (it is at debug level in the log). The mount is
         # left stale on purpose: ENOTCONN fails loudly where an empty directory empties libraries.
         what = _describe_unexpected(exc)
-        if mount.is_fuse_mount(mountpoint):
+        if is_fuse_mount(mountpoint):
             log.critical(
                 "stopped by an unexpected error: %s; %s left stale: clear it with: rdfs umount %s",
                 what,
@@ -264,8 +272,6 @@ def _check_writable_dir(path: Path, what: str) -> None:
 
 def _daemonize(args: argparse.Namespace, config: configuration.Config, mountpoint: Path) -> int:
     """Start ``rdfs mount --foreground`` detached and wait until the mount is there."""
-    from rdfs.fuse import mount
-
     log_file = config.log_file or config.cache_dir / "rdfs.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "rdfs"] + _without_token(
@@ -282,7 +288,7 @@ def _daemonize(args: argparse.Namespace, config: configuration.Config, mountpoin
         )
     deadline = time.monotonic() + MOUNT_WAIT
     while time.monotonic() < deadline:
-        if mount.is_fuse_mount(mountpoint):
+        if is_fuse_mount(mountpoint):
             print(f"rdfs: mounted at {mountpoint} (log: {log_file})")
             return 0
         if child.poll() is not None:
@@ -314,7 +320,8 @@ def _last_error(log_file: Path) -> str:
     last = lines[-1]
     if "rdfs: error: " in last:
         return last.split("rdfs: error: ", 1)[1]
-    # The child's last log line, e.g. "<date> <time> CRITICAL rdfs: stopped by an unexpected error: ..."
+    # The child's last log line, e.g.
+    # "<date> <time> CRITICAL rdfs: stopped by an unexpected error: ..."
     fields = last.split(" ", 4)
     return fields[4] if len(fields) == 5 and fields[2].isupper() else last
 
@@ -332,7 +339,7 @@ def cmd_emulator(args: argparse.Namespace) -> int:
     return run_cli(args.args)
 
 
-# --- management commands: login, status, add, rm, ls, user, traffic, hosts -------------------------
+# --- management commands: login, status, add, rm, ls, user, traffic, hosts ------------------------
 
 
 def _add_output_flag(parser: argparse.ArgumentParser) -> None:
@@ -368,7 +375,8 @@ def _add_management_commands(commands: argparse._SubParsersAction) -> None:
 
     status = commands.add_parser(
         "status", help="state of a mount (or of the account)",
-        description="Show MOUNTPOINT/.rdfs/status; without MOUNTPOINT, every rdfs mount, or the account if none.",
+        description="Show MOUNTPOINT/.rdfs/status; without MOUNTPOINT, every rdfs mount, "
+        "or the account if none.",
     )  # fmt: skip
     status.add_argument("mountpoint", type=_path, nargs="?")
     status.add_argument(
@@ -403,8 +411,8 @@ def _add_management_commands(commands: argparse._SubParsersAction) -> None:
 
     rm = commands.add_parser(
         "rm", help="delete torrents or downloads",
-        description="Delete torrents (by id, torrents/<name>, or a torrent directory in a mount) and "
-        "downloads (downloads/<name>, or a file in a mount's downloads/) from the account.",
+        description="Delete torrents (by id, torrents/<name>, or a torrent directory in a mount) "
+        "and downloads (downloads/<name>, or a file in a mount's downloads/) from the account.",
     )  # fmt: skip
     rm.add_argument("targets", nargs="+", metavar="ID|PATH")
     rm.add_argument(
@@ -419,8 +427,8 @@ def _add_management_commands(commands: argparse._SubParsersAction) -> None:
 
     removed = commands.add_parser(
         "removed", help="list the torrents removed from the account (the removal record)",
-        description="List every torrent rdfs saw removed (by RD or by you), newest first, from the cache; "
-        "no API call. Re-add one with `rdfs add <hash>` and select the same files.",
+        description="List every torrent rdfs saw removed (by RD or by you), newest first, "
+        "from the cache; no API call. Re-add one with `rdfs add <hash>` and select the same files.",
     )  # fmt: skip
     removed.add_argument(
         "--cache-dir", type=Path, help="the mount's cache directory (default from the config)"
@@ -445,7 +453,7 @@ CLI_RETRIES = (
 )
 
 
-def _client(config: configuration.Config, auth: object) -> RDClient:
+def _client(config: configuration.Config, auth: TokenProvider | None) -> RDClient:
     return RDClient(
         api_url=config.api_url,
         oauth_url=config.oauth_url,
@@ -461,7 +469,10 @@ def _quiet_logging(args: argparse.Namespace) -> None:
 
 
 def _with_client(args: argparse.Namespace, work: Callable[[RDClient], Awaitable[T]]) -> T:
-    """Run ``work`` with a client authenticated by the flags, the environment or the stored login."""
+    """Run ``work`` with an authenticated client.
+
+    The credentials come from the flags, the environment or the stored login.
+    """
     from rdfs.credentials import auth_for
 
     _quiet_logging(args)
@@ -483,7 +494,9 @@ def _table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> None:
     cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     for row in cells:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip()
+        )
 
 
 def human_size(size: float) -> str:
@@ -498,20 +511,6 @@ def _when(timestamp: float | None) -> str:
     if not timestamp:
         return "never"
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
-
-
-def rdfs_mounts() -> list[Path]:
-    """The rdfs mounts of this system, from /proc/self/mountinfo (no FUSE request is made)."""
-    try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return []
-    found = []
-    for line in lines:
-        fields = line.split()
-        if "-" in fields and fields[fields.index("-") + 1] == "fuse.rdfs":
-            found.append(Path(fields[4].encode().decode("unicode_escape")))
-    return found
 
 
 def _refresh_mounts(args: argparse.Namespace) -> None:
@@ -654,17 +653,21 @@ def _show_status(mountpoint: str, report: dict) -> None:
     print(f"mount       {mountpoint}")
     reachable = "API reachable" if api.get("reachable") else "API unreachable"
     print(
-        f"health      {report.get('health')} ({reachable}, {api.get('rate_limit_budget')} requests left this minute)"
+        f"health      {report.get('health')} ({reachable}, "
+        f"{api.get('rate_limit_budget')} requests left this minute)"
     )
     if report.get("stalled_for"):
         print(
-            f"stalled     the running sync started {report['stalled_for']:.0f} s ago and has not finished"
+            f"stalled     the running sync started {report['stalled_for']:.0f} s ago "
+            "and has not finished"
         )
     print(
-        f"last sync   {_when(report.get('last_sync'))} ({report.get('last_outcome') or 'no sync yet'})"
+        f"last sync   {_when(report.get('last_sync'))} "
+        f"({report.get('last_outcome') or 'no sync yet'})"
     )
     known, with_files = report.get("torrents_known", 0), report.get("torrents_with_files", 0)
-    line = f"torrents    {known} known, {report.get('torrents_downloaded', 0)} downloaded, {with_files} with files"
+    downloaded = report.get("torrents_downloaded", 0)
+    line = f"torrents    {known} known, {downloaded} downloaded, {with_files} with files"
     if report.get("files_pending"):
         line += f" ({report['files_pending']} file lists loading)"
     print(line)
@@ -673,16 +676,19 @@ def _show_status(mountpoint: str, report: dict) -> None:
         print(f"traffic     {host}: {human_size(traffic['left'])} left")
     if report.get("pending_deletions"):
         print(
-            f"held back   {report['pending_deletions']} (missing upstream: removal waiting for confirmation)"
+            f"held back   {report['pending_deletions']} "
+            "(missing upstream: removal waiting for confirmation)"
         )
     if report.get("held_directories"):
         print(
-            f"kept        {report['held_directories']} torrent directories whose torrent left 'downloaded'"
+            f"kept        {report['held_directories']} torrent directories "
+            "whose torrent left 'downloaded'"
         )
     removed = report.get("removed") or {}
     if removed.get("count"):
         print(
-            f"removed     {removed['count']} torrents recorded (re-add one with magnet:?xt=urn:btih:<hash>):"
+            f"removed     {removed['count']} torrents recorded "
+            "(re-add one with magnet:?xt=urn:btih:<hash>):"
         )
         _table(
             [
@@ -766,7 +772,8 @@ def cmd_add(args: argparse.Namespace) -> int:
             print(f"{added.id}  already in the account ({added.info_hash})")
         elif not added.selected:
             print(
-                f"{added.id}  added, {added.status}: files not selected yet (mount it to have them selected)"
+                f"{added.id}  added, {added.status}: files not selected yet "
+                "(mount it to have them selected)"
             )
         else:
             print(f"{added.id}  added: {added.name} ({added.status})")
@@ -829,7 +836,8 @@ def _resolve_targets(args: argparse.Namespace) -> tuple[list[Target], list[str]]
             by_name.append(text.strip("/"))
         else:
             bad.append(
-                f"{text}: not a torrent id, torrents/<name>, downloads/<name> or an entry of a mount"
+                f"{text}: not a torrent id, torrents/<name>, downloads/<name> "
+                "or an entry of a mount"
             )
     if bad:
         raise InvalidInput("nothing deleted: " + "; ".join(bad))
@@ -926,8 +934,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(
             [
-                {"id": t.id, "name": t.filename, "status": t.status, "progress": t.progress, "bytes": t.bytes,
-                 "hash": t.hash, "added": t.added.isoformat() if t.added else None}
+                {"id": t.id, "name": t.filename, "status": t.status, "progress": t.progress,
+                 "bytes": t.bytes, "hash": t.hash,
+                 "added": t.added.isoformat() if t.added else None}
                 for t in torrents
             ]
         )  # fmt: skip
@@ -1011,6 +1020,7 @@ def main(argv: list[str] | None = None) -> int:
                 traceback.print_exception(exc)
         else:
             raise
-        # One line on stderr; a daemonised mount's stderr is its log file, where the parent reads it.
+        # One line on stderr; a daemonised mount's stderr is its log file, which the parent
+        # reads.
         print(f"rdfs: error: {message}", file=sys.stderr)
         return status

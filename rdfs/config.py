@@ -16,10 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rdfs.api.client import _check_base_url as check_base_url
-
-DEFAULT_API_URL = "https://api.real-debrid.com/rest/1.0"
-DEFAULT_OAUTH_URL = "https://api.real-debrid.com/oauth/v2"
+from rdfs.api.auth import DEFAULT_OAUTH_URL
+from rdfs.api.client import DEFAULT_API_URL, check_base_url
 
 
 def _xdg(var: str, fallback: str) -> Path:
@@ -53,8 +51,9 @@ class Config:
     max_delete_fraction: float = (
         0.2  # a removal of more than this fraction of a list is a large one
     )
-    # A torrent missing from a complete listing is deleted once a later complete listing confirms
-    # it; a large removal (more than small_removal, or max_delete_fraction) must also persist this long.
+    # A torrent missing from a complete listing is deleted once a later complete listing
+    # confirms it; a large removal (more than small_removal, or max_delete_fraction) must also
+    # persist this long.
     delete_confirm_minutes: float = 30.0
     small_removal: int = 3
     sync_stall_minutes: float = 5.0  # a sync running longer is reported stalled (abandoned at 3x)
@@ -107,7 +106,8 @@ class Config:
             )
         if not 0 <= self.delete_confirm_minutes <= 10 * 24 * 60:
             raise ConfigError(
-                f"delete_confirm_minutes must be within 0 and 14400, got {self.delete_confirm_minutes}"
+                "delete_confirm_minutes must be within 0 and 14400, "
+                f"got {self.delete_confirm_minutes}"
             )
         if self.small_removal < 0:
             raise ConfigError(f"small_removal must not be negative, got {self.small_removal}")

@@ -1,4 +1,7 @@
-"""Stored login: a private API token or OAuth credentials, in ``$XDG_CONFIG_HOME/rdfs``, mode 0600."""
+"""Stored login: a private API token or OAuth credentials.
+
+They live in ``$XDG_CONFIG_HOME/rdfs``, mode 0600.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +28,10 @@ def path(directory: Path | None = None) -> Path:
 
 
 def _write_private(target: Path, data: dict) -> None:
-    """Write ``data`` as JSON readable by the owner only, atomically (never a world-readable moment)."""
+    """Write ``data`` as JSON readable by the owner only.
+
+    Atomically: there is never a world-readable moment.
+    """
     target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     temporary = target.with_name(target.name + ".tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

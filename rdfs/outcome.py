@@ -1,7 +1,8 @@
 """Outcomes the filesystem answers with an errno, raised below the FUSE layer.
 
-Only :mod:`rdfs.fuse.operations` imports pyfuse3 and turns outcomes into the kernel's answers; the layers under it
-(control files, namespace) raise :class:`FsError` with the errno they mean, and ``rdfs.fuse.operations`` maps it.
+Only :mod:`rdfs.fuse.operations` imports pyfuse3 and turns outcomes into the kernel's answers;
+the layers under it (control files, namespace) raise :class:`FsError` with the errno they mean,
+and ``rdfs.fuse.operations`` maps it.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from rdfs.api.auth import Credentials
 from rdfs.api.errors import RDError
 from rdfs.emulator import Emulator, FileSpec
 from rdfs.data.links import LinkResolver
-from rdfs.fuse.mount import _mountinfo_entry
+from rdfs.fuse.mountpoint import entry_at
 from rdfs.data.reader import ReaderPool
 from tests import mountutil
 
@@ -192,9 +192,9 @@ async def test_tls_certificates_are_verified(tmp_path: Path) -> None:
 
 
 def _super_options(path: Path) -> set[str]:
-    fields = _mountinfo_entry(path)
-    assert fields is not None
-    return set(fields[fields.index("-") + 3].split(","))
+    entry = entry_at(path)
+    assert entry is not None
+    return set(entry.super_options)
 
 
 def _ls_as_nobody(path: Path) -> subprocess.CompletedProcess:

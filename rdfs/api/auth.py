@@ -167,7 +167,10 @@ class OAuthClient:
     async def token_from_device_code(
         self, client_id: str, client_secret: str, device_code: str
     ) -> Token:
-        """Exchange an approved device code for tokens (mobile flow; step 7 of the open-source flow)."""
+        """Exchange an approved device code for tokens.
+
+        The mobile flow; step 7 of the open-source flow.
+        """
         form = {
             "client_id": client_id,
             "client_secret": client_secret,
@@ -185,12 +188,13 @@ class OAuthClient:
             "grant_type": DEVICE_GRANT_TYPE,
         }
         try:
-            # Repeating a refresh is harmless: the refresh token stays valid until the grant is revoked.
+            # A repeated refresh is harmless: the refresh token lives until the grant is revoked.
             return await self._token(form, idempotent=True)
         except APIError as exc:
             if exc.status in (400, 401, 403):
+                reason = exc.error or f"HTTP {exc.status}"
                 raise ReauthRequired(
-                    f"Real-Debrid refused to refresh the access token ({exc.error or 'HTTP ' + str(exc.status)}): "
+                    f"Real-Debrid refused to refresh the access token ({reason}): "
                     "the authorization was revoked or expired; log in again"
                 ) from exc
             raise

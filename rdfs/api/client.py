@@ -115,7 +115,7 @@ def _is_loopback(url: str) -> bool:
     return host in _LOOPBACK_HOSTS or host.startswith("127.")
 
 
-def _check_base_url(url: str) -> str:
+def check_base_url(url: str) -> str:
     parsed = urllib.parse.urlsplit(url)
     host = (parsed.hostname or "").lower()
     if parsed.scheme not in ("http", "https") or not host:
@@ -180,11 +180,11 @@ class RDClient:
         the token as ``?auth_token=`` instead of an ``Authorization`` header; ``deadline``
         bounds each attempt of a request, body included (see :mod:`rdfs.api.transport`).
         """
-        self.api_url = _check_base_url(api_url)
-        self.oauth_url = _check_base_url(oauth_url)
+        self.api_url = check_base_url(api_url)
+        self.oauth_url = check_base_url(oauth_url)
         self._owns_http = http is None
         if http is None:
-            # TLS verification stays on: verify=True is httpx's default and is never turned off here.
+            # TLS verification stays on (httpx's default, verify=True); nothing here turns it off.
             http = httpx.AsyncClient(
                 timeout=timeout,
                 headers={"User-Agent": user_agent},
@@ -456,7 +456,10 @@ class RDClient:
     async def unrestrict_link(
         self, link: str, password: str | None = None, remote: bool | None = None
     ) -> Download:
-        """Unrestrict a hoster link. Not retried once sent: each call adds a ``/downloads`` entry."""
+        """Unrestrict a hoster link.
+
+        Not retried once sent: each call adds a ``/downloads`` entry.
+        """
         data = await self._object(
             "unrestrict/link",
             "unrestrict/link",
@@ -528,7 +531,10 @@ class RDClient:
         }
 
     async def streaming_transcode(self, id: str) -> dict[str, dict[str, str]]:
-        """Transcoding links by format (``apple``, ``dash``, ``liveMP4``, ``h264WebM``) then quality."""
+        """Transcoding links by format then quality.
+
+        Formats: ``apple``, ``dash``, ``liveMP4``, ``h264WebM``.
+        """
         data = await self._object("streaming/transcode", f"streaming/transcode/{_segment(id)}")
         return {
             str(fmt): {str(q): url for q, url in links.items() if isinstance(url, str)}
@@ -625,7 +631,10 @@ class RDClient:
         return info
 
     async def instant_availability(self, *hashes: str) -> dict[str, Any]:
-        """Raw availability by hash (RD disabled this endpoint in 2024: expect ``DisabledEndpoint``)."""
+        """Raw availability by hash.
+
+        RD disabled this endpoint in 2024: expect ``DisabledEndpoint``.
+        """
         if not hashes:
             raise ValueError("instant_availability needs at least one hash")
         path = "torrents/instantAvailability/" + "/".join(_segment(h.lower()) for h in hashes)

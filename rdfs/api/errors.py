@@ -220,7 +220,8 @@ def error_for(status: int, body: bytes, *, endpoint: str = "") -> APIError:
     code = raw_code if isinstance(raw_code, int) and not isinstance(raw_code, bool) else None
     if code is None and isinstance(raw_code, str) and raw_code.lstrip("-").isdigit():
         code = int(raw_code)
-    error = data.get("error") if isinstance(data.get("error"), str) else ""
+    raw_error = data.get("error")
+    error = raw_error if isinstance(raw_error, str) else ""
     details = data.get("error_details")
     if code is not None:
         cls = ERRORS_BY_CODE.get(code, APIError)

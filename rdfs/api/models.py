@@ -99,7 +99,10 @@ def decode_json(content: bytes, *, endpoint: str = "", status: int = 0) -> Any:
 
 
 def check_size(value: Any, name: str) -> int:
-    """``value`` as a size (an int, or an integral float, with ``0 <= n <= MAX_SIZE``), else ``BadRecord``."""
+    """``value`` as a size, else ``BadRecord``.
+
+    A size is an int, or an integral float, with ``0 <= n <= MAX_SIZE``.
+    """
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool):
@@ -160,7 +163,10 @@ def _show(value: Any) -> str:
 
 
 def plain(value: Any, depth: int = 0) -> Any:
-    """``value`` with ``NON_FINITE`` as None and nesting cut at 16 levels: safe for ``json.dumps``."""
+    """``value`` with ``NON_FINITE`` as None and nesting cut at 16 levels.
+
+    The result is safe for ``json.dumps``.
+    """
     if value is NON_FINITE or depth > 16:
         return None
     if isinstance(value, dict):
@@ -290,7 +296,10 @@ class Torrent(Record):
 
     @classmethod
     def _fields_from_json(cls, data: dict[str, Any], problems: list[str]) -> dict[str, Any]:
-        """Raises ``BadRecord`` for an unusable id; a bad ``bytes`` is clamped to 0 (in ``problems``)."""
+        """Raises ``BadRecord`` for an unusable id.
+
+        A bad ``bytes`` is clamped to 0 (and noted in ``problems``).
+        """
         links = data.get("links")
         try:
             size = check_size(data.get("bytes", 0), "bytes")
@@ -376,7 +385,10 @@ class TorrentInfo(Torrent):
 
     @property
     def selected_files(self) -> tuple[TorrentFile, ...]:
-        """Selected files in file order: ``links[i]`` belongs to ``selected_files[i]`` unless packed."""
+        """Selected files in file order.
+
+        ``links[i]`` belongs to ``selected_files[i]`` unless packed.
+        """
         return tuple(f for f in self.files if f.selected)
 
 
@@ -615,7 +627,10 @@ class TrafficDay(Record):
 
 @dataclass(frozen=True, slots=True)
 class MediaInfo(Record):
-    """``/streaming/mediaInfos/{id}``; ``details`` keeps the video/audio/subtitles streams as sent."""
+    """``/streaming/mediaInfos/{id}``.
+
+    ``details`` keeps the video/audio/subtitles streams as sent.
+    """
 
     filename: str
     hoster: str

@@ -41,7 +41,10 @@ ADD_WINDOW = 10.5
 
 
 class RateLimiter:
-    """At most ``per_minute`` sends in any ``window`` seconds (one minute plus margin by default)."""
+    """At most ``per_minute`` sends in any ``window`` seconds.
+
+    The window is one minute plus a margin by default.
+    """
 
     def __init__(self, per_minute: int = 250, *, window: float = WINDOW) -> None:
         if per_minute < 1:

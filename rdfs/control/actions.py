@@ -22,17 +22,19 @@ import trio
 
 from rdfs.api.client import RDClient
 from rdfs.api.errors import RDError, UnknownResource
-from rdfs.api.models import TorrentInfo
+from rdfs.api.models import FAILED_STATUSES, TorrentInfo
+from rdfs.sync.selection import select_when_ready
 from rdfs.tree.specs import split_extension
 
 log = logging.getLogger(__name__)
 
 SELECTION_POLICIES = ("all", "video")
 VIDEO_EXTENSIONS = frozenset(
-    ".mkv .mp4 .m4v .avi .mov .wmv .mpg .mpeg .m2ts .mts .ts .webm .flv .vob .ogv .divx .iso".split()
+    (
+        ".mkv .mp4 .m4v .avi .mov .wmv .mpg .mpeg .m2ts .mts .ts .webm .flv .vob .ogv .divx .iso"
+    ).split()
 )
 SUBTITLE_EXTENSIONS = frozenset(".srt .ass .ssa .sub .idx .vtt .sup .smi".split())
-FAILED_STATUSES = frozenset({"magnet_error", "error", "virus", "dead"})
 ROLLBACK_TIMEOUT = 30.0  # seconds a rollback may take before it gives up (an outage)
 
 _HEX_HASH = re.compile(r"[0-9a-fA-F]{40}")
@@ -53,7 +55,10 @@ class TruncatedTorrent(InvalidInput):
 
 
 class ActionFailed(ActionError):
-    """RD failed during the batch; ``done`` lists what did happen (for deletes) before the failure."""
+    """RD failed during the batch.
+
+    ``done`` lists what did happen (for deletes) before the failure.
+    """
 
     def __init__(
         self, message: str, *, cause: RDError | None = None, done: Sequence[str] = ()
@@ -135,6 +140,7 @@ def _shorten(text: str, limit: int = 60) -> str:
 
 
 # --- .torrent files -----------------------------------------------------------------------------
+# The emulator keeps a decoder of its own on purpose (rdfs/emulator/bencode.py says why).
 
 
 MAX_BENCODE_DEPTH = (
@@ -153,7 +159,9 @@ class _Truncated(ValueError):
 def _bdecode(
     data: bytes, pos: int, spans: dict[bytes, tuple[int, int]] | None = None, depth: int = 0
 ) -> tuple[Any, int]:
-    """The bencoded value at ``pos`` and the position after it; ``spans`` gets top-level dict value spans.
+    """The bencoded value at ``pos`` and the position after it.
+
+    ``spans`` gets the byte spans of the top-level dictionary's values.
 
     Any malformed input raises ``ValueError``: integers and string lengths are checked against
     the grammar (``int()`` alone would take ``b" 1_0"``), dictionary keys must be strings (a list
@@ -201,7 +209,7 @@ def _bdecode(
             return items, pos + 1
         if len(items) % 2:
             raise ValueError("dictionary key without a value")
-        return dict(zip(items[::2], items[1::2])), pos + 1
+        return dict(zip(items[::2], items[1::2], strict=True)), pos + 1
     if lead.isdigit():
         colon = data.find(b":", pos, pos + 1 + MAX_INTEGER_DIGITS)
         if colon < 0 and len(data) < pos + 1 + MAX_INTEGER_DIGITS and data[pos:].isdigit():
@@ -307,34 +315,6 @@ class Added:
         }
 
 
-async def select_when_ready(client: RDClient, torrent_id: str, policy: str) -> TorrentInfo:
-    """Select the files of a torrent waiting for it (no-op in any other status); its info after."""
-    info = await client.torrent_info(torrent_id)
-    if info.status == "waiting_files_selection":
-        files = choose_files(info, policy)
-        log.info(
-            "selecting %s of torrent %s (%s)",
-            files if files == "all" else f"{len(files)} files",
-            torrent_id,
-            policy,
-        )
-        await client.select_files(torrent_id, files)
-        info = await client.torrent_info(torrent_id)
-    return info
-
-
-async def _settle(
-    client: RDClient, torrent_id: str, policy: str, convert_timeout: float, poll: float
-) -> TorrentInfo:
-    """Wait (up to ``convert_timeout``) for the magnet conversion, then select files."""
-    deadline = trio.current_time() + convert_timeout
-    while True:
-        info = await select_when_ready(client, torrent_id, policy)
-        if info.status != "magnet_conversion" or trio.current_time() + poll > deadline:
-            return info
-        await trio.sleep(poll)
-
-
 async def _add_one(
     client: RDClient,
     payload: Magnet | TorrentFile,
@@ -351,7 +331,13 @@ async def _add_one(
         result = await client.add_torrent(payload.data)
     created.append(result.id)
     log.info("added %s %s as torrent %s", kind, payload.info_hash, result.id)
-    info = await _settle(client, result.id, policy, convert_timeout, poll)
+    info = await select_when_ready(
+        client,
+        result.id,
+        lambda info: choose_files(info, policy),
+        timeout=convert_timeout,
+        poll=poll,
+    )
     if info.status in FAILED_STATUSES:
         raise ActionFailed(f"RD refused torrent {payload.info_hash}: status {info.status}")
     return Added(

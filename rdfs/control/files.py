@@ -42,8 +42,8 @@ import trio
 
 from rdfs.api.client import RDClient
 from rdfs.api.errors import RDError, UnknownResource
+from rdfs.api.models import FAILED_STATUSES
 from rdfs.control.actions import (
-    FAILED_STATUSES,
     ActionError,
     ActionFailed,
     InvalidInput,
@@ -51,12 +51,12 @@ from rdfs.control.actions import (
     TruncatedTorrent,
     add_items,
     check_policy,
+    choose_files,
     delete_targets,
     looks_like_id,
     parse_lines,
     parse_magnet,
     parse_torrent_file,
-    select_when_ready,
 )
 from rdfs.outcome import FsError
 from rdfs.store.metadata import (
@@ -71,6 +71,7 @@ from rdfs.store.metadata import (
     EntrySpec,
     Scope,
 )
+from rdfs.sync.selection import select_when_ready
 from rdfs.sync.syncer import Syncer, TreeChange
 from rdfs.tree.specs import Namespace, Node, download_specs
 
@@ -727,7 +728,9 @@ class Control:
 
     async def _check_added(self, torrent_id: str) -> None:
         try:
-            info = await select_when_ready(self.client, torrent_id, self.selection)
+            info = await select_when_ready(
+                self.client, torrent_id, lambda info: choose_files(info, self.selection)
+            )
         except UnknownResource:
             self._watch.pop(torrent_id, None)
             return

@@ -1,4 +1,10 @@
-"""Just enough bencode to read a .torrent: its name, files and info hash."""
+"""Just enough bencode to read a .torrent: its name, files and info hash.
+
+rdfs.control.actions has its own, hardened decoder; this one stays separate on purpose: the
+emulator stands in for RD, which parses an upload with its own code, so a decoding bug in rdfs
+(a wrong info-hash span, say) cannot agree with itself in the add tests. The emulator also
+imports nothing from rdfs outside rdfs.emulator (tests/importcontract.py).
+"""
 
 from __future__ import annotations
 

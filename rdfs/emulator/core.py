@@ -35,6 +35,7 @@ from .model import (
     Content,
     DeviceGrant,
     DownloadRec,
+    DownloadUnavailable,
     EmuFile,
     Faults,
     FileSpec,
@@ -83,15 +84,6 @@ def _url_name(filename: str) -> str:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-class DownloadUnavailable(Exception):
-    """A download URL that no longer serves: ``status`` is the HTTP status of RD's error page."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
 
 
 class Emulator:

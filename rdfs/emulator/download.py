@@ -21,8 +21,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from .content import iter_segments, read_segments
-from .core import DownloadUnavailable
-from .model import DownloadRec, mime_type
+from .model import DownloadRec, DownloadUnavailable, mime_type
 
 if TYPE_CHECKING:
     from .core import Emulator

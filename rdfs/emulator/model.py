@@ -60,6 +60,15 @@ class Refusal(Exception):
         return body
 
 
+class DownloadUnavailable(Exception):
+    """A download URL that no longer serves: ``status`` is the HTTP status of RD's error page."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
 def missing(name: str) -> Refusal:
     return Refusal("parameter_missing", f"The parameter {name} is missing")
 

@@ -42,6 +42,7 @@ from rdfs.credentials import auth_for, identity
 from rdfs.data.links import LinkResolver
 from rdfs.data.reader import ReaderPool
 from rdfs.data.streaming import StreamingExtras
+from rdfs.fuse.mountpoint import entry_at, is_fuse_mount
 from rdfs.fuse.operations import Operations
 from rdfs.store.metadata import Accounts, Cache, CacheError
 from rdfs.store.probecache import open_probe_cache
@@ -82,35 +83,6 @@ def check_mountpoint(path: Path) -> None:
         raise MountError(f"mountpoint {path} is not empty")
 
 
-def _mountinfo_entry(path: Path) -> list[str] | None:
-    """The /proc/self/mountinfo fields of the mount at ``path``.
-
-    Only the parent directory is resolved: touching the mountpoint itself would send a request to
-    the filesystem, which deadlocks before the FUSE loop runs and hangs on a stale mount.
-    """
-    absolute = os.path.abspath(path)
-    target = os.path.join(os.path.realpath(os.path.dirname(absolute)), os.path.basename(absolute))
-    found = None
-    try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        fields = line.split()
-        mount_point = fields[4].encode().decode("unicode_escape")
-        if mount_point == target:
-            found = fields  # the last one wins: it is on top
-    return found
-
-
-def is_fuse_mount(path: Path) -> bool:
-    fields = _mountinfo_entry(path)
-    if fields is None:
-        return False
-    fstype = fields[fields.index("-") + 1]
-    return fstype.startswith("fuse")
-
-
 def unmount(path: Path) -> None:
     """Unmount ``path``, also when the rdfs process behind it died (a stale mount)."""
     if not is_fuse_mount(path):
@@ -138,10 +110,10 @@ def tune_kernel(mountpoint: Path, read_ahead_kb: int, max_background: int) -> bo
     latency at ~12 MB/s (see shared perf notes). Failures are logged, not fatal. Returns whether
     the readahead setting is in force.
     """
-    fields = _mountinfo_entry(mountpoint)
-    if fields is None:
+    entry = entry_at(mountpoint)
+    if entry is None:
         return False
-    major, minor = fields[2].split(":")
+    major, minor = entry.device.split(":")
     settings = {Path(f"/sys/class/bdi/{major}:{minor}/read_ahead_kb"): read_ahead_kb}
     connections = Path("/sys/fs/fuse/connections")
     if not (connections / minor).exists() and os.geteuid() == 0:

@@ -33,16 +33,16 @@ from typing import Any, Protocol
 import trio
 
 from rdfs.api.errors import APIError, GatewayError, RDError, TooManyRequests
-from rdfs.api.models import STATUS_DOWNLOADED, Created, TorrentInfo
+from rdfs.api.models import FAILED_STATUSES, STATUS_DOWNLOADED, Created, TorrentInfo
 from rdfs.data.links import LinkGone
 from rdfs.store.metadata import Cache
+from rdfs.sync.selection import select_when_ready
 
 log = logging.getLogger(__name__)
 
 DEAD_STATUSES = frozenset({"dead"})
 # Answers that say nothing about a torrent or a link (a gateway's page, a rate limit).
 _TRANSIENT = (GatewayError, TooManyRequests)
-FAILED_AFTER_ADD = frozenset({"magnet_error", "error", "virus", "dead"})
 
 
 class RepairClient(Protocol):
@@ -233,7 +233,16 @@ class Repairer:
         )
         try:
             created = await self.client.add_magnet(f"magnet:?xt=urn:btih:{old.hash}")
-            await self._select_when_ready(created.id, wanted)
+            with trio.fail_after(self.policy.wait_download):
+                info = await select_when_ready(
+                    self.client,
+                    created.id,
+                    lambda _: wanted,
+                    timeout=self.policy.wait_download,
+                    poll=self.policy.poll,
+                )
+            if info.status == "magnet_conversion":
+                raise TimeoutError(f"torrent {created.id} was not converted in time")
             new = await self._wait_downloaded(created.id)
         except _TRANSIENT as exc:  # not a verdict on the torrent: tried again at a later check
             attempts.pop(old.hash, None)
@@ -256,26 +265,13 @@ class Repairer:
         self.syncer.trigger()
         return True
 
-    async def _select_when_ready(self, torrent_id: str, wanted: list[int]) -> None:
-        with trio.fail_after(self.policy.wait_download):
-            while True:
-                info = await self.client.torrent_info(torrent_id)
-                if info.status == "waiting_files_selection":
-                    await self.client.select_files(torrent_id, wanted)
-                    return
-                if info.status in FAILED_AFTER_ADD:
-                    raise RDError(f"the re-added torrent is {info.status}")
-                if info.status != "magnet_conversion":
-                    return  # RD selected already (e.g. a single-file torrent)
-                await trio.sleep(self.policy.poll)
-
     async def _wait_downloaded(self, torrent_id: str) -> TorrentInfo:
         with trio.fail_after(self.policy.wait_download):
             while True:
                 info = await self.client.torrent_info(torrent_id)
                 if info.status == STATUS_DOWNLOADED and info.links:
                     return info
-                if info.status in FAILED_AFTER_ADD:
+                if info.status in FAILED_STATUSES:
                     raise RDError(f"the re-added torrent is {info.status}")
                 await trio.sleep(self.policy.poll)
 
