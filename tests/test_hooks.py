@@ -12,7 +12,7 @@ import trio
 
 from rdfs.emulator import FileSpec
 from rdfs.sync.hooks import HookConfig, HookError, UpdateHook, parse_hook
-from rdfs.sync.syncer import TreeChange
+from rdfs.events import TreeChange
 from tests import mountutil
 
 RECORDER = """

@@ -58,6 +58,7 @@ from rdfs.control.actions import (
     parse_torrent_file,
     select_when_ready,
 )
+from rdfs.events import UPLOAD_GONE, ChangeBus, StatusBoard
 from rdfs.outcome import FsError
 from rdfs.store.metadata import (
     CONTROL_INODE,
@@ -71,7 +72,7 @@ from rdfs.store.metadata import (
     EntrySpec,
     Scope,
 )
-from rdfs.sync.syncer import Syncer, TreeChange
+from rdfs.sync.syncer import Syncer
 from rdfs.tree.specs import Namespace, Node, download_specs
 
 log = logging.getLogger(__name__)
@@ -99,8 +100,6 @@ _HEX_PREFIX = re.compile(r"[0-9a-fA-F]{1,40}")
 _BASE32_PREFIX = re.compile(r"[A-Za-z2-7]{1,32}")
 _ID_PREFIX = re.compile(r"[A-Z2-7]{1,26}")
 _DELETE_PREFIXES = (f"{TORRENTS_DIR}/", f"{DOWNLOADS_DIR}/", ".")
-
-InvalidateEntry = Callable[[int, str], None]  # (parent inode, name): drop the kernel's entry
 
 
 @dataclass
@@ -175,19 +174,23 @@ class Control:
         client: RDClient,
         cache: Cache,
         *,
-        invalidate_entry: InvalidateEntry | None = None,
+        bus: ChangeBus | None = None,
+        board: StatusBoard | None = None,
         allow_delete: bool = False,
         selection: str = "all",
         watch_interval: float = WATCH_INTERVAL,
         upload_memory: int = UPLOAD_MEMORY,
     ) -> None:
-        """``invalidate_entry`` tells the kernel an upload's name is gone; ``run`` is the worker
-        that sends queued batches to RD and watches added torrents (without it, batches wait)."""
+        """What the control files change in the tree goes on ``bus`` (deletes, an upload's name
+        gone); the queue is the ``queue`` section of ``board``, and ``status()`` shows the whole
+        board. ``run`` is the worker that sends queued batches to RD and watches added torrents
+        (without it, batches wait)."""
         self.namespace = namespace
         self.syncer = syncer
         self.client = client
         self.cache = cache
-        self.invalidate_entry = invalidate_entry
+        self.bus = bus if bus is not None else ChangeBus(namespace.path)
+        self.board = board if board is not None else StatusBoard()
         self.allow_delete = allow_delete
         self.selection = check_policy(selection)
         self.watch_interval = watch_interval
@@ -211,6 +214,7 @@ class Control:
         self._traffic_at = -TRAFFIC_TTL
         self._reachable: bool | None = None
         self._probe_at = -PROBE_TTL
+        self.board.register("queue", self.queue_status)
 
     def _ensure_entries(self) -> dict[int, str]:
         """Put the control files into ``.rdfs/`` of the tree (idempotent)."""
@@ -671,14 +675,8 @@ class Control:
             changes.merge(self.cache.apply_diff(diff))
             self.cache.refresh_dir(DOWNLOADS_INODE, time.time())
             changes.inodes.add(DOWNLOADS_INODE)
-        if changes and self.syncer.on_change is not None:
-            self.syncer.on_change(
-                TreeChange(
-                    entries=sorted(changes.entries),
-                    inodes=sorted(changes.inodes | changes.dirs),
-                    paths=[],
-                )
-            )
+        # Views and the update hook hear of it now, as they would from the sync.
+        self.bus.publish(changes, "control")
 
     # --- errors ---------------------------------------------------------------------------------
 
@@ -758,8 +756,9 @@ class Control:
         }
 
     async def status(self) -> dict[str, Any]:
-        """The sync status plus API health, traffic left and what the control files did."""
-        status = self.syncer.status()
+        """The board (the sync's status and every section) plus API health, traffic left and
+        what the control files did."""
+        status = self.board.snapshot()
         await self._probe()
         await self._refresh_traffic()
         errors = sorted(
@@ -774,7 +773,6 @@ class Control:
             traffic=self._traffic,
             recent_errors=errors[-MAX_RECENT:],
             recent_actions=list(self._actions),
-            queue=self.queue_status(),
             watching=list(self._watch),
             selection=self.selection,
             allow_delete=self.allow_delete,
@@ -868,8 +866,7 @@ class Control:
         data = bytes(upload.data)
         self._upload_bytes -= len(upload.data)
         upload.data = bytearray()
-        if self.invalidate_entry is not None:
-            self.invalidate_entry(CONTROL_INODE, name)
+        self.bus.publish(Changes(entries={(CONTROL_INODE, name)}), UPLOAD_GONE)
         if not data:
             log.info(".rdfs/%s closed empty: nothing to add", name)
             return

@@ -35,6 +35,7 @@ import trio
 from rdfs.api.errors import APIError, GatewayError, RDError, TooManyRequests
 from rdfs.api.models import STATUS_DOWNLOADED, Created, TorrentInfo
 from rdfs.data.links import LinkGone
+from rdfs.events import StatusBoard
 from rdfs.store.metadata import Cache
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,8 @@ class Repairer:
         cache: Cache,
         syncer: Refresher,
         policy: RepairPolicy | None = None,
+        *,
+        board: StatusBoard | None = None,
     ) -> None:
         self.client = client
         self.cache = cache
@@ -114,6 +117,8 @@ class Repairer:
         self.repaired: list[dict[str, Any]] = []
         self.gave_up: dict[str, str] = {}  # torrent id -> why it is not repaired
         self._burst: deque[tuple[float, str]] = deque()  # (time turned broken, torrent id)
+        if board is not None:
+            board.register("repair", self.status)
 
     # --- detection ------------------------------------------------------------------------------
 

@@ -60,6 +60,7 @@ import trio
 
 from rdfs.api.errors import APIError, NetworkError, RDError, UnknownResource
 from rdfs.api.models import FAILED_STATUSES, STATUS_DOWNLOADED, Download, Torrent, TorrentInfo
+from rdfs.events import TOP_LEVEL, ChangeBus, StatusBoard
 from rdfs.store.metadata import (
     DOWNLOADS_INODE,
     TORRENTS_INODE,
@@ -100,16 +101,6 @@ class Client(Protocol):
     async def downloads(self, *, page: int, limit: int) -> Any: ...
 
     async def torrent_info(self, id: str) -> TorrentInfo: ...
-
-
-@dataclass
-class TreeChange:
-    """What one sync step changed, for the kernel's caches."""
-
-    entries: list[tuple[int, str]]  # (parent inode, name) that appeared, vanished or was renamed
-    inodes: list[int]  # inodes whose attributes changed
-    paths: list[str]  # directories (relative to the mountpoint) whose listing changed
-    origin: str = "sync"  # what made the change: "sync", or e.g. "views" for a derived one
 
 
 @dataclass
@@ -161,7 +152,9 @@ class Syncer:
         cache: Cache,
         *,
         interval: float = 15.0,
-        on_change: Callable[[TreeChange], None] | None = None,
+        bus: ChangeBus | None = None,
+        board: StatusBoard | None = None,
+        keep_dead: bool = False,
         max_delete_fraction: float = 0.2,
         info_concurrency: int = 4,
         page_size: int = DEFAULT_PAGE_SIZE,
@@ -174,7 +167,6 @@ class Syncer:
         self.client = client
         self.cache = cache
         self.interval = interval
-        self.on_change = on_change
         self.max_delete_fraction = max_delete_fraction
         self.info_concurrency = max(1, info_concurrency)
         self.page_size = page_size
@@ -184,13 +176,11 @@ class Syncer:
         self.stall_after = stall_after
         self.tick_timeout = tick_timeout
         self.namespace = Namespace(cache)
+        # Without a bus (tests, benchmarks) the changes go to a private one nobody listens to.
+        self.bus = bus if bus is not None else ChangeBus(self.namespace.path)
         # Dead torrents stay in the tree (unreadable) while a repair may bring them back: a media
-        # server must not see a movie vanish in between. Set by the mount when repair is on.
-        self.keep_dead = False
-        # Called after on_change with every change (views, the library update hook, ...).
-        self.listeners: list[Callable[[TreeChange], None]] = []
-        # Extra sections of status(): name -> what to show (repair, probe cache, update hook, ...).
-        self.reporters: dict[str, Callable[[], Any]] = {}
+        # server must not see a movie vanish in between. On when repair is.
+        self.keep_dead = keep_dead
         self._lists = {"torrents": _ListState(), "downloads": _ListState()}
         self._wake = trio.Event()
         self._force_full = False
@@ -217,6 +207,8 @@ class Syncer:
         self._conditions: dict[str, str] = {}
         self._tick_started: float | None = None  # trio clock
         self._tick_deadline = float("inf")
+        if board is not None:
+            board.register(TOP_LEVEL, self.status)
 
     # --- public ---------------------------------------------------------------------------
 
@@ -329,7 +321,6 @@ class Syncer:
                 "recent": self.cache.removals(RECENT_REMOVALS),
             },
             "recent_errors": list(self._errors),
-            **{name: report() for name, report in self.reporters.items()},
         }
 
     # --- ticks ----------------------------------------------------------------------------
@@ -818,28 +809,7 @@ class Syncer:
     # --- reporting ------------------------------------------------------------------------
 
     def _emit(self, changes: Changes) -> None:
-        self.publish(changes)
-
-    def publish(self, changes: Changes, origin: str = "sync") -> None:
-        """Report a change of the tree to ``on_change`` and the listeners."""
-        if not changes or (self.on_change is None and not self.listeners):
-            return
-        paths = sorted(
-            p for p in (self.namespace.path(inode) for inode in changes.dirs) if p is not None
-        )
-        change = TreeChange(
-            entries=sorted(changes.entries),
-            inodes=sorted(changes.inodes | changes.dirs),
-            paths=paths,
-            origin=origin,
-        )
-        for callback in [self.on_change, *self.listeners]:
-            if callback is None:
-                continue
-            try:
-                callback(change)
-            except Exception:
-                log.exception("tree change callback failed")
+        self.bus.publish(changes, "sync")
 
     def _note_error(self, where: str, error: BaseException | str) -> None:
         self._errors.append({"time": time.time(), "where": where, "error": str(error)})
