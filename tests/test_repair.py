@@ -41,7 +41,7 @@ async def env(emulator: Emulator, rd_client: RDClient, cache_db: Cache) -> Async
         bus, board = ChangeBus(Namespace(cache).path), StatusBoard()
         syncer = Syncer(rd, cache, bus=bus, board=board, max_delete_fraction=1.0, keep_dead=True)
         policy = RepairPolicy(enabled=True, confirm_after=0.0, poll=0.01)
-        repairer = Repairer(rd, cache, syncer, policy, board=board)
+        repairer = Repairer(rd, cache, syncer, syncer.tree, bus, policy, board=board)
         resolver = LinkResolver(rd, cache, on_gone=repairer.link_gone)
         pool = ReaderPool(resolver, nursery=nursery)
         views = Views(cache, DEFAULT_VIEWS, bus)

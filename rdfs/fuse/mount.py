@@ -239,7 +239,7 @@ async def _serve(config: Config, mountpoint: Path, client: RDClient, cache: Cach
             keep_dead=config.repair, **policy_options(config),
         )  # fmt: skip
         repair_policy = RepairPolicy(enabled=config.repair, per_hour=config.repair_per_hour)
-        repairer = Repairer(client, cache, syncer, repair_policy, board=board)
+        repairer = Repairer(client, cache, syncer, syncer.tree, bus, repair_policy, board=board)
         resolver = LinkResolver(
             client, cache, default_ttl=config.link_ttl, on_gone=repairer.link_gone
         )
@@ -274,7 +274,7 @@ async def _serve(config: Config, mountpoint: Path, client: RDClient, cache: Cach
             hook = UpdateHook(hook_config, mountpoint, board=board)
             bus.subscribe(hook.on_change)
         archives = ArchiveIndexer(
-            cache, readers, resolver, syncer.refresh_files, interval=config.sync_interval
+            cache, readers, resolver, syncer.tree, bus, interval=config.sync_interval
         )
         supervisor = Supervisor(board=board)
         _mount_session(ops, mountpoint, fuse_options(config))

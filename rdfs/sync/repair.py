@@ -35,8 +35,9 @@ import trio
 from rdfs.api.errors import APIError, GatewayError, RDError, TooManyRequests
 from rdfs.api.models import STATUS_DOWNLOADED, Created, TorrentInfo
 from rdfs.data.links import LinkGone
-from rdfs.events import StatusBoard
+from rdfs.events import ChangeBus, StatusBoard
 from rdfs.store.metadata import Cache
+from rdfs.sync.treebuilder import TreeBuilder
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,6 @@ class RepairClient(Protocol):
 
 class Refresher(Protocol):
     """What the repairer needs from the syncer."""
-
-    async def adopt(self, info: TorrentInfo) -> None: ...
 
     def trigger(self) -> None: ...
 
@@ -103,13 +102,18 @@ class Repairer:
         client: RepairClient,
         cache: Cache,
         syncer: Refresher,
+        tree: TreeBuilder,
+        bus: ChangeBus,
         policy: RepairPolicy | None = None,
         *,
         board: StatusBoard | None = None,
     ) -> None:
+        """A swap is shown through ``tree`` and published on ``bus`` (origin ``repair``)."""
         self.client = client
         self.cache = cache
         self.syncer = syncer
+        self.tree = tree
+        self.bus = bus
         self.policy = policy or RepairPolicy()
         self.broken: dict[str, Broken] = {}
         self.outage_until = 0.0
@@ -305,7 +309,7 @@ class Repairer:
             self.cache.upsert_torrents([new])
             self.cache.conn.execute("DELETE FROM files WHERE torrent_id = ?", (old_id,))
             self.cache.conn.execute("DELETE FROM torrents WHERE id = ?", (old_id,))
-        await self.syncer.adopt(new)
+        self.bus.publish(await self.tree.adopt(new), "repair")
         log.info("torrent %s swapped in for %s (%s)", new.id, old_id, new.filename)
 
     # --- reporting and running ------------------------------------------------------------------
