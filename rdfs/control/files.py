@@ -323,7 +323,7 @@ class Control:
                 raise FsError(errno.EINVAL, problem)
 
     async def release(self, handle: Handle) -> None:
-        """The last close: a good batch (or upload) is queued for the worker; nothing waits for RD."""
+        """The last close: a good batch (or upload) is queued for the worker (no wait for RD)."""
         if handle.upload is not None:
             self._release_upload(handle.upload)
             return
@@ -335,11 +335,10 @@ class Control:
                 handle.pending.clear()
                 self._accept(handle, last)
             if handle.items:
+                action: Literal["add", "delete"] = "add" if handle.kind == "add" else "delete"
                 source = f".rdfs/{handle.kind}"
                 self._enqueue(
-                    Job(
-                        handle.kind, source, handle.items, time.time(), unverified=handle.unverified
-                    )
+                    Job(action, source, handle.items, time.time(), unverified=handle.unverified)
                 )
         except FsError:
             pass  # recorded for status by _refuse; release cannot report errors
@@ -395,7 +394,10 @@ class Control:
                 raise FsError(errno.EIO, str(exc)) from None
             self._forget(done)
         if not done:
-            reason = f"rm {target.label}: no answer within {REMOVE_TIMEOUT:.0f}s (the next sync shows whether RD deleted it)"
+            reason = (
+                f"rm {target.label}: no answer within {REMOVE_TIMEOUT:.0f}s "
+                "(the next sync shows whether RD deleted it)"
+            )
             self._note_error("delete", reason)
             raise FsError(errno.EIO, reason)
         self._note_action("delete", f"rm {target.label}", "done", [t.to_json() for t in done])
@@ -505,7 +507,8 @@ class Control:
             if "/" in name:
                 return (
                     None,
-                    f"{line!r} is inside an entry: name the torrent directory or the download itself",
+                    f"{line!r} is inside an entry: "
+                    "name the torrent directory or the download itself",
                     False,
                 )
             parent = TORRENTS_INODE if top == TORRENTS_DIR else DOWNLOADS_INODE
@@ -838,7 +841,8 @@ class Control:
                 upload.over_bound = True
                 self._note_error(
                     "add",
-                    f"refused: {upload.node.name}: uploads in flight hold {self._upload_bytes} bytes already",
+                    f"refused: {upload.node.name}: "
+                    f"uploads in flight hold {self._upload_bytes} bytes already",
                 )
             raise FsError(errno.ENOSPC, "upload memory exhausted")
         if growth > 0:

@@ -172,7 +172,8 @@ async def _tune_after_init(mountpoint: Path, read_ahead_kb: int, max_background:
             break
     else:
         log.info(
-            "kernel readahead could not be raised (needs root); streaming under latency will be slower"
+            "kernel readahead could not be raised (needs root); "
+            "streaming under latency will be slower"
         )
         return
     await trio.sleep(2.0)
@@ -482,7 +483,8 @@ async def _show_progress(syncer: Syncer) -> None:
         status = syncer.status()
         done = status["last_sync"] is not None and status["files_pending"] == 0
         if shown or not done:
-            line = f"rdfs: {status['torrents_known']} torrents known, {status['torrents_with_files']} with files"
+            known, with_files = status["torrents_known"], status["torrents_with_files"]
+            line = f"rdfs: {known} torrents known, {with_files} with files"
             sys.stderr.write("\r" + line + ("\n" if done else ""))
             sys.stderr.flush()
             shown = True
@@ -608,7 +610,8 @@ def _sync_and_reopen_log(syncer: Syncer) -> None:
 def task_counts() -> collections.Counter[str]:
     """The live trio tasks of this run, by name."""
     counts: collections.Counter[str] = collections.Counter()
-    pending = [trio.lowlevel.current_root_task()]
+    root = trio.lowlevel.current_root_task()
+    pending = [root] if root is not None else []
     while pending:
         task = pending.pop()
         counts[task.name] += 1

@@ -4,9 +4,9 @@ For each downloaded torrent with one link and several selected files (one archiv
 reads the archive's headers through the reader pool (one unrestrict, a small ranged read per
 member; the blocks land in the probe cache like any other), stores the member list in the cache,
 rebuilds the torrent's subtree (:func:`rdfs.tree.specs.torrent_file_specs` adds the stored
-members) and publishes the change (origin ``archives``). An archive that cannot be listed (RAR4, encrypted headers, not a RAR) is
-recorded with its reason and keeps only its ``.rar`` file; a transient failure (network, rate
-limit) is retried later with a growing pause.
+members) and publishes the change (origin ``archives``). An archive that cannot be listed (RAR4,
+encrypted headers, not a RAR) is recorded with its reason and keeps only its ``.rar`` file; a
+transient failure (network, rate limit) is retried later with a growing pause.
 """
 
 from __future__ import annotations

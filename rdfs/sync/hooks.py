@@ -13,7 +13,8 @@ Configured in the ``[hooks]`` table of config.toml::
 
     [hooks]
     on_change = ["/usr/local/bin/rdfs-jellyfin-scan"]   # argv (or one string, split like a shell)
-    include = ["movies", "shows"]   # top-level directories to report (default: all but downloads, .rdfs)
+    # top-level directories to report (default: all but downloads, .rdfs)
+    include = ["movies", "shows"]
     settle = 2.0                    # seconds to gather changes before a call
     timeout = 300.0                 # a call running longer is killed
 

@@ -273,7 +273,8 @@ class Syncer:
                     nursery.start_soon(self._fill_worker, True)
 
     async def ensure_files(self, torrent_id: str) -> None:
-        """Make sure a shown torrent's file list is cached; fetched now, ahead of the background fill."""
+        """Make sure a shown torrent's file list is cached; fetched now, ahead of the background
+        fill."""
         if self.cache.has_files(torrent_id):
             return
         torrent = self.cache.torrent(torrent_id)
@@ -422,7 +423,8 @@ class Syncer:
     async def _list_all(
         self, fetch: Callable[[int], Awaitable[Any]], first: Any = None, known: int = 0
     ) -> Listing:
-        """Every page of a list, and whether the listing may be trusted for deletions (see the module)."""
+        """Every page of a list, and whether the listing may be trusted for deletions (see the
+        module)."""
         items: list[Any] = []
         seen: set[str] = set()
         pages: list[tuple[str, ...]] = []
@@ -469,7 +471,8 @@ class Syncer:
 
         A total is believed only when it is at least what page 1 held; the bound covers the larger
         of it and the items cached (what the last listings found), plus a margin. Without either,
-        ``MAX_PAGES``. A listing cut by the bound is incomplete; the next one, knowing more, goes further.
+        ``MAX_PAGES``. A listing cut by the bound is incomplete; the next one, knowing more, goes
+        further.
         """
         size = max(total if total is not None and total >= first_page else 0, known)
         if size == 0:
@@ -488,7 +491,8 @@ class Syncer:
             self._note_error(key, reason)
 
     def _trust(self, kind: str, listing: Listing, known: int) -> bool:
-        """Whether deletions may be based on ``listing``; an empty answer needs time to be believed."""
+        """Whether deletions may be based on ``listing``; an empty answer needs time to be
+        believed."""
         if not listing.complete:
             self._condition(f"{kind} listing", f"incomplete ({listing.reason}): nothing is deleted")
             return False
@@ -535,7 +539,8 @@ class Syncer:
         if missing and mass:
             self._condition(
                 f"{kind} removal",
-                f"{len(missing)} of {known} items missing upstream: held back until they stay missing "
+                f"{len(missing)} of {known} items missing upstream: "
+                "held back until they stay missing "
                 f"for {self.delete_confirm_seconds / 60:g} minutes",
             )
         else:  # a small removal waiting for the next listing is routine: no warning
