@@ -18,7 +18,7 @@ from rdfs.api.errors import NetworkError
 from rdfs.store.metadata import CONTROL_INODE, DOWNLOADS_INODE, TORRENTS_INODE
 from rdfs.fuse.operations import Operations
 from rdfs.outcome import FsError
-from rdfs.sync.syncer import TreeChange
+from rdfs.events import TreeChange
 from tests.boundary_world import (
     JUNK,
     MALFORMED_TORRENTS,

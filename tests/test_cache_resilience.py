@@ -24,6 +24,7 @@ from rdfs.store.metadata import (
     StoredLink,
 )
 from rdfs.emulator import Emulator, FileSpec
+from rdfs.events import StatusBoard
 from rdfs.sync.syncer import Syncer
 from rdfs.tree.specs import Namespace
 
@@ -134,8 +135,9 @@ async def test_sync_tick_failing_on_the_cache_is_reported_and_retried(
     cache = Cache.open(tmp_path, 4242)
     other = sqlite3.connect(cache.path, isolation_level=None)
     try:
-        syncer = Syncer(rd_client, cache, interval=0.05)
-        syncer.reporters["cache"] = cache.status
+        board = StatusBoard()
+        syncer = Syncer(rd_client, cache, board=board, interval=0.05)
+        board.register("cache", cache.status)
         other.execute("BEGIN EXCLUSIVE")
         async with trio.open_nursery() as nursery:
             await nursery.start(syncer.run)
@@ -143,7 +145,7 @@ async def test_sync_tick_failing_on_the_cache_is_reported_and_retried(
                 while not any(e["where"] == "cache" for e in syncer.status()["recent_errors"]):
                     await trio.sleep(0.05)
             assert syncer.status()["health"] == "degraded"
-            assert syncer.status()["cache"]["state"] == "locked by another process"
+            assert board.snapshot()["cache"]["state"] == "locked by another process"
             assert cache.torrent_states() == {}
             other.execute("ROLLBACK")
             with trio.fail_after(30):

@@ -26,6 +26,7 @@ from rdfs.store.metadata import CONTROL_INODE, TORRENTS_INODE, Cache
 from rdfs.control.files import MAX_UPLOAD_BYTES, Control, Handle
 from rdfs.emulator import Emulator, FileSpec
 from rdfs.emulator.bencode import encode
+from rdfs.events import UPLOAD_GONE, ChangeBus, TreeChange
 from rdfs.outcome import FsError
 from rdfs.sync.syncer import Syncer
 from rdfs.tree.specs import Namespace
@@ -47,7 +48,7 @@ def make_torrent(name: str, size: int = 50_000) -> tuple[bytes, str]:
 class Rig:
     emulator: Emulator
     control: Control
-    invalidated: list[tuple[int, str]] = field(default_factory=list)
+    changes: list[TreeChange] = field(default_factory=list)
 
     def hashes(self) -> set[str]:
         return {self.emulator.torrent_json(t)["hash"] for t in self.emulator.torrent_ids()}
@@ -72,10 +73,11 @@ async def make_rig(emulator: Emulator, tmp_path: Path, **options) -> AsyncIterat
             syncer = Syncer(client, cache)
             await syncer.sync_once()
             rig = Rig(emulator, None)  # type: ignore[arg-type]
+            bus = ChangeBus(Namespace(cache).path)
+            bus.subscribe(rig.changes.append)
             rig.control = Control(
-                Namespace(cache), syncer, client, cache, watch_interval=0.05,
-                invalidate_entry=lambda parent, name: rig.invalidated.append((parent, name)), **options,
-            )  # fmt: skip
+                Namespace(cache), syncer, client, cache, bus=bus, watch_interval=0.05, **options
+            )
             async with trio.open_nursery() as nursery:
                 await nursery.start(rig.control.run)
                 yield rig
@@ -225,7 +227,7 @@ async def test_upload_reopened_with_o_trunc_and_truncated_keeps_only_the_new_byt
     assert await rig.control.read(first, 0, len(data) + 100) == data
     await rig.control.release(first)
     assert rig.control.lookup(CONTROL_INODE, "t.torrent") is None
-    assert rig.invalidated == [(CONTROL_INODE, "t.torrent")]
+    assert [(c.origin, c.entries) for c in rig.changes] == [(UPLOAD_GONE, [(CONTROL_INODE, "t.torrent")])]
     await rig.finished(1)
     assert info_hash in rig.hashes()
 

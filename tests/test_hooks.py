@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -12,7 +14,7 @@ import trio
 
 from rdfs.emulator import FileSpec
 from rdfs.sync.hooks import HookConfig, HookError, UpdateHook, parse_hook
-from rdfs.sync.syncer import TreeChange
+from rdfs.events import TreeChange
 from tests import mountutil
 
 RECORDER = """
@@ -108,3 +110,46 @@ def test_hook_receives_exactly_the_changed_paths(emulator_proc, tmp_path: Path) 
         time.sleep(1.5)  # and nothing more arrives
         reported()
         assert seen == expected
+
+
+@pytest.mark.mount
+def test_deletes_on_the_mount_reach_the_views_and_the_hook(emulator_proc, tmp_path: Path) -> None:
+    """A delete through ``.rdfs/delete`` or ``rm -r`` removes the torrent from ``torrents/`` at
+    once; the views and the update hook must hear of it then, not at the next hourly refresh."""
+    control = emulator_proc.control
+    control.add_torrent("Kept.Movie.2001", [FileSpec("/Kept.Movie.2001.mkv", 1000)])
+    control.add_torrent("Gone.Movie.2002", [FileSpec("/Gone.Movie.2002.mkv", 1000)])
+    control.add_torrent("Removed.Movie.2003", [FileSpec("/Removed.Movie.2003.mkv", 1000)])
+    command, out = recorder(tmp_path)
+    (tmp_path / "no-config.toml").write_text(f"[hooks]\non_change = {json.dumps(command)}\nsettle = 0.3\n")
+    # A long sync interval: no sync between the delete and the assertions could explain them.
+    with mountutil.mount(
+        emulator_proc.api_url, emulator_proc.token, tmp_path, "--allow-delete", "--sync-interval", "600"
+    ) as mounted:
+        movies = mounted.path / "movies"
+        for name in ("Kept.Movie.2001", "Gone.Movie.2002", "Removed.Movie.2003"):
+            mountutil.wait_for((movies / name / f"{name}.mkv").exists, what=f"{name} in movies/")
+        mountutil.wait_for(lambda: calls(out), what="first hook call")
+        time.sleep(1.0)  # the start-up calls are done
+        watched = {str(mounted.path / "torrents"), str(movies)}
+
+        def hook_saw_both() -> bool:
+            return watched <= {path for call in calls(out) for path in call["argv"]}
+
+        for name, delete in (
+            ("Gone.Movie.2002", lambda: (mounted.path / ".rdfs" / "delete").write_text(f"torrents/{name}\n")),
+            ("Removed.Movie.2003", lambda: subprocess.run(["rm", "-r", str(mounted.path / "torrents" / name)], check=True)),
+        ):  # fmt: skip
+            out.unlink(missing_ok=True)
+            delete()
+            mountutil.wait_for(lambda: name not in os.listdir(movies), timeout=20, what=f"{name} gone from movies/")
+            # Its view entries went with the torrent's rows; the views' refresh also recounts movies/.
+            mountutil.wait_for(
+                lambda: os.stat(movies).st_nlink == 2 + len(os.listdir(movies)), timeout=20, what="movies/ recounted"
+            )
+            mountutil.wait_for(hook_saw_both, timeout=20, what=f"hook call for {name}")
+            assert name not in os.listdir(mounted.path / "torrents")
+        assert os.listdir(movies) == ["Kept.Movie.2001"]
+        status = json.loads((mounted.path / ".rdfs" / "status").read_text())
+        assert status["update_hook"]["runs"] >= 3 and status["update_hook"]["failures"] == 0
+        assert [a["outcome"] for a in status["recent_actions"]] == ["done", "done"]

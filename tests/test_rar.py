@@ -98,7 +98,7 @@ async def env(emulator: Emulator, rd_client: RDClient, cache_db: Cache) -> Async
         resolver = LinkResolver(rd, cache)
         pool = ReaderPool(resolver, nursery=nursery)
         syncer = Syncer(rd, cache)
-        indexer = ArchiveIndexer(cache, pool, resolver, syncer.refresh_files)
+        indexer = ArchiveIndexer(cache, pool, resolver, syncer.tree, syncer.bus)
         try:
             yield Env(emulator, cache, syncer, pool, indexer)
         finally:

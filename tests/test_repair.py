@@ -13,6 +13,7 @@ from rdfs.store.metadata import ROOT_INODE, Cache
 from rdfs.emulator import Emulator, FileSpec
 from rdfs.data.links import LinkGone, LinkResolver
 from rdfs.data.reader import FileSource, ReaderPool
+from rdfs.events import ChangeBus, StatusBoard
 from rdfs.sync.repair import Repairer, RepairPolicy
 from rdfs.sync.syncer import Syncer
 from rdfs.tree.specs import Namespace
@@ -37,14 +38,13 @@ class Env:
 async def env(emulator: Emulator, rd_client: RDClient, cache_db: Cache) -> AsyncIterator[Env]:
     rd, cache = rd_client, cache_db
     async with trio.open_nursery() as nursery:
-        syncer = Syncer(rd, cache, max_delete_fraction=1.0)
-        syncer.keep_dead = True
-        resolver = LinkResolver(rd, cache)
+        bus, board = ChangeBus(Namespace(cache).path), StatusBoard()
+        syncer = Syncer(rd, cache, bus=bus, board=board, max_delete_fraction=1.0, keep_dead=True)
+        policy = RepairPolicy(enabled=True, confirm_after=0.0, poll=0.01)
+        repairer = Repairer(rd, cache, syncer, syncer.tree, bus, policy, board=board)
+        resolver = LinkResolver(rd, cache, on_gone=repairer.link_gone)
         pool = ReaderPool(resolver, nursery=nursery)
-        views = Views(cache, DEFAULT_VIEWS, syncer.publish)
-        repairer = Repairer(rd, cache, syncer, RepairPolicy(enabled=True, confirm_after=0.0, poll=0.01))
-        resolver.on_gone = repairer.link_gone
-        syncer.reporters["repair"] = repairer.status
+        views = Views(cache, DEFAULT_VIEWS, bus)
         try:
             yield Env(emulator, cache, syncer, resolver, pool, views, repairer, Namespace(cache))
         finally:
@@ -95,7 +95,7 @@ async def test_dead_torrent_is_repaired_under_the_same_paths_and_inodes(env: Env
     assert paths(env.namespace) == before  # dead, waiting for its repair: nothing vanishes
     env.repairer.policy.enabled = False  # detection and reporting only
     assert await env.repairer.check() == 0
-    [reported] = env.syncer.status()["repair"]["broken"]
+    [reported] = env.repairer.status()["broken"]
     assert reported["id"] == old_id and reported["confirmed"] and "dead" in reported["reason"]
     env.repairer.policy.enabled = True
     assert await env.repairer.check() == 1

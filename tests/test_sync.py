@@ -19,7 +19,8 @@ from rdfs.api.client import RDClient
 from rdfs.api.transport import RetryPolicy
 from rdfs.store.metadata import DOWNLOADS_INODE, TORRENTS_INODE, Cache
 from rdfs.emulator import Emulator, FileSpec
-from rdfs.sync.syncer import Syncer, TreeChange
+from rdfs.events import ChangeBus, TreeChange
+from rdfs.sync.syncer import Syncer
 from rdfs.tree.specs import Namespace
 
 NO_WAIT = RetryPolicy(max_retries=1, wait_initial=0, wait_max=0, wait_jitter=0)
@@ -82,7 +83,9 @@ async def test_initial_sync_builds_the_tree(emulator: Emulator, client: RDClient
     emulator.add_torrent("Busy", [FileSpec("/b.mkv", 1)], status="downloading")
     packed = emulator.add_torrent("Album", [FileSpec("/1.flac", 50), FileSpec("/info.nfo", 1)], packed=True)
     changes: list[TreeChange] = []
-    syncer = Syncer(client, cache, on_change=changes.append)
+    bus = ChangeBus(Namespace(cache).path)
+    bus.subscribe(changes.append)
+    syncer = Syncer(client, cache, bus=bus)
     await syncer.sync_once()
     ns = Namespace(cache)
     assert sorted(names(ns, TORRENTS_INODE)) == sorted(["Movie (2020)", f"Movie (2020) [{newer}]", "Album"])

@@ -202,7 +202,7 @@ async def test_flipping_torrent_keeps_its_directory(emulator: Emulator, client: 
     emulator.set_status(flip, "downloading", progress=50)
     await syncer.sync_once()
     assert syncer.status()["held_directories"] == 1
-    syncer.delete_confirm_seconds = 0.0
+    syncer.tree.delete_confirm_seconds = 0.0  # the hold ran out
     await syncer.sync_once(full=False)
     assert sorted(names(ns, TORRENTS_INODE)) == ["Steady"]
     assert cache.torrent(flip) is not None and cache.removal_count() == 0

@@ -13,6 +13,7 @@ from rdfs.api.auth import StaticToken
 from rdfs.api.client import RDClient
 from rdfs.store.metadata import ROOT_INODE, Cache
 from rdfs.emulator import Emulator, FileSpec
+from rdfs.events import ChangeBus, TreeChange
 from rdfs.sync.syncer import Syncer
 from rdfs.tree.specs import Namespace
 from rdfs.sync.views import (
@@ -118,8 +119,10 @@ async def test_views_in_the_tree(synced) -> None:
     )  # fmt: skip
     show = emu.add_torrent("Nice.Show.S02", [FileSpec(f"/Nice.Show.S02E0{i}.mkv", 1000 + i) for i in (1, 2)])
     await syncer.sync_once()
-    published = []
-    views = Views(cache, DEFAULT_VIEWS, lambda changes, origin: published.append((changes, origin)))
+    published: list[TreeChange] = []
+    bus = ChangeBus(Namespace(cache).path)
+    bus.subscribe(published.append)
+    views = Views(cache, DEFAULT_VIEWS, bus)
     views.refresh()
     namespace = Namespace(cache)
     top = {node.name for node in namespace.children(ROOT_INODE)}
@@ -137,7 +140,7 @@ async def test_views_in_the_tree(synced) -> None:
     copy = namespace.node(shows["Nice.Show.S02/Nice.Show.S02E01.mkv"])
     assert copy.inode != original.inode
     assert (copy.size, copy.hoster_link, copy.link_offset) == (original.size, original.hoster_link, original.link_offset)
-    assert published and published[0][1] == "views"
+    assert published and published[0].origin == "views"
     assert not views.refresh()  # nothing changed: nothing written
     assert cache.integrity_problems() == []
     # The torrent goes away upstream: it leaves its view too; inodes of the others stay.
@@ -181,7 +184,7 @@ async def test_warm_start_skips_recompute_only_when_views_are_current(synced) ->
     assert views.current and Views(cache, DEFAULT_VIEWS).current  # a restart finds them current
     other = ViewsConfig(views=(View(path="all"),), junk=DEFAULT_VIEWS.junk)
     assert not Views(cache, other).current  # a changed configuration recomputes
-    syncer.listeners.append(views.mark_dirty)
+    syncer.bus.subscribe(views.mark_dirty)
     emu.add_torrent("Other.Film.2021", [FileSpec("/Other.Film.2021.mkv", 10)])
     await syncer.sync_once()
     assert not Views(cache, DEFAULT_VIEWS).current  # torrents/ changed since: recompute at start

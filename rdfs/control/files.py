@@ -58,6 +58,7 @@ from rdfs.control.actions import (
     parse_magnet,
     parse_torrent_file,
 )
+from rdfs.events import UPLOAD_GONE, ChangeBus, StatusBoard
 from rdfs.outcome import FsError
 from rdfs.store.metadata import (
     CONTROL_INODE,
@@ -72,7 +73,7 @@ from rdfs.store.metadata import (
     Scope,
 )
 from rdfs.sync.selection import select_when_ready
-from rdfs.sync.syncer import Syncer, TreeChange
+from rdfs.sync.syncer import Syncer
 from rdfs.tree.specs import Namespace, Node, download_specs
 
 log = logging.getLogger(__name__)
@@ -100,8 +101,6 @@ _HEX_PREFIX = re.compile(r"[0-9a-fA-F]{1,40}")
 _BASE32_PREFIX = re.compile(r"[A-Za-z2-7]{1,32}")
 _ID_PREFIX = re.compile(r"[A-Z2-7]{1,26}")
 _DELETE_PREFIXES = (f"{TORRENTS_DIR}/", f"{DOWNLOADS_DIR}/", ".")
-
-InvalidateEntry = Callable[[int, str], None]  # (parent inode, name): drop the kernel's entry
 
 
 @dataclass
@@ -176,19 +175,23 @@ class Control:
         client: RDClient,
         cache: Cache,
         *,
-        invalidate_entry: InvalidateEntry | None = None,
+        bus: ChangeBus | None = None,
+        board: StatusBoard | None = None,
         allow_delete: bool = False,
         selection: str = "all",
         watch_interval: float = WATCH_INTERVAL,
         upload_memory: int = UPLOAD_MEMORY,
     ) -> None:
-        """``invalidate_entry`` tells the kernel an upload's name is gone; ``run`` is the worker
-        that sends queued batches to RD and watches added torrents (without it, batches wait)."""
+        """What the control files change in the tree goes on ``bus`` (deletes, an upload's name
+        gone); the queue is the ``queue`` section of ``board``, and ``status()`` shows the whole
+        board. ``run`` is the worker that sends queued batches to RD and watches added torrents
+        (without it, batches wait)."""
         self.namespace = namespace
         self.syncer = syncer
         self.client = client
         self.cache = cache
-        self.invalidate_entry = invalidate_entry
+        self.bus = bus if bus is not None else ChangeBus(namespace.path)
+        self.board = board if board is not None else StatusBoard()
         self.allow_delete = allow_delete
         self.selection = check_policy(selection)
         self.watch_interval = watch_interval
@@ -212,6 +215,7 @@ class Control:
         self._traffic_at = -TRAFFIC_TTL
         self._reachable: bool | None = None
         self._probe_at = -PROBE_TTL
+        self.board.register("queue", self.queue_status)
 
     def _ensure_entries(self) -> dict[int, str]:
         """Put the control files into ``.rdfs/`` of the tree (idempotent)."""
@@ -320,7 +324,7 @@ class Control:
                 raise FsError(errno.EINVAL, problem)
 
     async def release(self, handle: Handle) -> None:
-        """The last close: a good batch (or upload) is queued for the worker; nothing waits for RD."""
+        """The last close: a good batch (or upload) is queued for the worker (no wait for RD)."""
         if handle.upload is not None:
             self._release_upload(handle.upload)
             return
@@ -332,11 +336,10 @@ class Control:
                 handle.pending.clear()
                 self._accept(handle, last)
             if handle.items:
+                action: Literal["add", "delete"] = "add" if handle.kind == "add" else "delete"
                 source = f".rdfs/{handle.kind}"
                 self._enqueue(
-                    Job(
-                        handle.kind, source, handle.items, time.time(), unverified=handle.unverified
-                    )
+                    Job(action, source, handle.items, time.time(), unverified=handle.unverified)
                 )
         except FsError:
             pass  # recorded for status by _refuse; release cannot report errors
@@ -392,7 +395,10 @@ class Control:
                 raise FsError(errno.EIO, str(exc)) from None
             self._forget(done)
         if not done:
-            reason = f"rm {target.label}: no answer within {REMOVE_TIMEOUT:.0f}s (the next sync shows whether RD deleted it)"
+            reason = (
+                f"rm {target.label}: no answer within {REMOVE_TIMEOUT:.0f}s "
+                "(the next sync shows whether RD deleted it)"
+            )
             self._note_error("delete", reason)
             raise FsError(errno.EIO, reason)
         self._note_action("delete", f"rm {target.label}", "done", [t.to_json() for t in done])
@@ -502,7 +508,8 @@ class Control:
             if "/" in name:
                 return (
                     None,
-                    f"{line!r} is inside an entry: name the torrent directory or the download itself",
+                    f"{line!r} is inside an entry: "
+                    "name the torrent directory or the download itself",
                     False,
                 )
             parent = TORRENTS_INODE if top == TORRENTS_DIR else DOWNLOADS_INODE
@@ -672,14 +679,8 @@ class Control:
             changes.merge(self.cache.apply_diff(diff))
             self.cache.refresh_dir(DOWNLOADS_INODE, time.time())
             changes.inodes.add(DOWNLOADS_INODE)
-        if changes and self.syncer.on_change is not None:
-            self.syncer.on_change(
-                TreeChange(
-                    entries=sorted(changes.entries),
-                    inodes=sorted(changes.inodes | changes.dirs),
-                    paths=[],
-                )
-            )
+        # Views and the update hook hear of it now, as they would from the sync.
+        self.bus.publish(changes, "control")
 
     # --- errors ---------------------------------------------------------------------------------
 
@@ -761,8 +762,9 @@ class Control:
         }
 
     async def status(self) -> dict[str, Any]:
-        """The sync status plus API health, traffic left and what the control files did."""
-        status = self.syncer.status()
+        """The board (the sync's status and every section) plus API health, traffic left and
+        what the control files did."""
+        status = self.board.snapshot()
         await self._probe()
         await self._refresh_traffic()
         errors = sorted(
@@ -777,7 +779,6 @@ class Control:
             traffic=self._traffic,
             recent_errors=errors[-MAX_RECENT:],
             recent_actions=list(self._actions),
-            queue=self.queue_status(),
             watching=list(self._watch),
             selection=self.selection,
             allow_delete=self.allow_delete,
@@ -843,7 +844,8 @@ class Control:
                 upload.over_bound = True
                 self._note_error(
                     "add",
-                    f"refused: {upload.node.name}: uploads in flight hold {self._upload_bytes} bytes already",
+                    f"refused: {upload.node.name}: "
+                    f"uploads in flight hold {self._upload_bytes} bytes already",
                 )
             raise FsError(errno.ENOSPC, "upload memory exhausted")
         if growth > 0:
@@ -871,8 +873,7 @@ class Control:
         data = bytes(upload.data)
         self._upload_bytes -= len(upload.data)
         upload.data = bytearray()
-        if self.invalidate_entry is not None:
-            self.invalidate_entry(CONTROL_INODE, name)
+        self.bus.publish(Changes(entries={(CONTROL_INODE, name)}), UPLOAD_GONE)
         if not data:
             log.info(".rdfs/%s closed empty: nothing to add", name)
             return

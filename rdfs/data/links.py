@@ -214,6 +214,7 @@ class LinkResolver:
         busy_timeout: float = BUSY_TIMEOUT,
         busy_wait_initial: float = 0.5,
         busy_wait_max: float = 15.0,
+        on_gone: Callable[[str, LinkGone], None] | None = None,
     ) -> None:
         self.client = client
         self.store = store
@@ -224,7 +225,7 @@ class LinkResolver:
         self.busy_wait_max = busy_wait_max
         self.stats = ResolverStats()
         # Told about every link RD refuses (the repair of dead torrents listens here).
-        self.on_gone: Callable[[str, LinkGone], None] | None = None
+        self.on_gone = on_gone
         self._links: dict[str, ResolvedLink] = {}
         # Negative cache: hoster link -> (monotonic until, the error every read gets until then).
         self._gone: dict[str, tuple[float, RDError]] = {}

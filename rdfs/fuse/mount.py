@@ -26,7 +26,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -42,6 +42,7 @@ from rdfs.credentials import auth_for, identity
 from rdfs.data.links import LinkResolver
 from rdfs.data.reader import ReaderPool
 from rdfs.data.streaming import StreamingExtras
+from rdfs.events import ChangeBus, StatusBoard
 from rdfs.fuse.mountpoint import entry_at, is_fuse_mount
 from rdfs.fuse.operations import Operations
 from rdfs.store.metadata import Accounts, Cache, CacheError
@@ -49,7 +50,7 @@ from rdfs.store.probecache import open_probe_cache
 from rdfs.sync.archives import ArchiveIndexer
 from rdfs.sync.hooks import HookError, UpdateHook, load_hook
 from rdfs.sync.repair import Repairer, RepairPolicy
-from rdfs.sync.syncer import Syncer, TreeChange, policy_options
+from rdfs.sync.syncer import Syncer, policy_options
 from rdfs.sync.views import Views, ViewsError, load_views
 from rdfs.tree.specs import Namespace
 
@@ -143,7 +144,8 @@ async def _tune_after_init(mountpoint: Path, read_ahead_kb: int, max_background:
             break
     else:
         log.info(
-            "kernel readahead could not be raised (needs root); streaming under latency will be slower"
+            "kernel readahead could not be raised (needs root); "
+            "streaming under latency will be slower"
         )
         return
     await trio.sleep(2.0)
@@ -200,16 +202,33 @@ async def _serve(config: Config, mountpoint: Path, client: RDClient, cache: Cach
         hook_config = load_hook(config.config_path)
     except (ViewsError, HookError) as exc:
         raise MountError(str(exc)) from None
+    # The composition root: every component gets the bus and the board it publishes on and
+    # reports to in its constructor; subscriptions are made here, in the order they run.
+    bus = ChangeBus(namespace.path)
+    board = StatusBoard()
     async with trio.open_nursery() as nursery:
-        resolver = LinkResolver(client, cache, default_ttl=config.link_ttl)
+        syncer = Syncer(
+            client, cache, bus=bus, board=board, interval=config.sync_interval,
+            keep_dead=config.repair, **policy_options(config),
+        )  # fmt: skip
+        repair_policy = RepairPolicy(enabled=config.repair, per_hour=config.repair_per_hour)
+        repairer = Repairer(client, cache, syncer, syncer.tree, bus, repair_policy, board=board)
+        resolver = LinkResolver(
+            client, cache, default_ttl=config.link_ttl, on_gone=repairer.link_gone
+        )
         probe = open_probe_cache(config, cache)
         readers = ReaderPool(
             resolver, cache_bytes=config.chunk_cache_mb * 1024 * 1024, nursery=nursery, probe=probe
         )
-        syncer = Syncer(client, cache, interval=config.sync_interval, **policy_options(config))
+        board.register("cache", cache.status)
+        board.register(
+            "reads", lambda: {"page_cache": config.page_cache, **readers.stats.as_dict()}
+        )
+        if probe is not None:
+            board.register("probe_cache", probe.status)
         control = Control(
-            namespace, syncer, client, cache, allow_delete=config.allow_delete, selection=config.selection,
-            invalidate_entry=lambda parent, name: ops.invalidate(TreeChange([(parent, name)], [], [])),
+            namespace, syncer, client, cache, bus=bus, board=board,
+            allow_delete=config.allow_delete, selection=config.selection,
         )  # fmt: skip
         ops = Operations(
             namespace,
@@ -220,34 +239,17 @@ async def _serve(config: Config, mountpoint: Path, client: RDClient, cache: Cach
             extras=StreamingExtras(client, resolver),
             page_cache=config.page_cache,
         )
-        syncer.on_change = ops.invalidate
-        views = Views(cache, views_config, syncer.publish)
-        syncer.listeners.append(views.mark_dirty)
-        hook = UpdateHook(hook_config, mountpoint) if hook_config is not None else None
-        if hook is not None:
-            syncer.listeners.append(hook.on_change)
-            syncer.reporters["update_hook"] = lambda: dataclasses.asdict(hook.status)
-        repairer = Repairer(
-            client,
-            cache,
-            syncer,
-            RepairPolicy(enabled=config.repair, per_hour=config.repair_per_hour),
-        )
-        resolver.on_gone = repairer.link_gone
-        syncer.keep_dead = config.repair
-        syncer.reporters["repair"] = repairer.status
-        syncer.reporters["cache"] = cache.status
-        syncer.reporters["reads"] = lambda: {
-            "page_cache": config.page_cache,
-            **readers.stats.as_dict(),
-        }
-        if probe is not None:
-            syncer.reporters["probe_cache"] = probe.status
+        bus.subscribe(ops.invalidate)
+        views = Views(cache, views_config, bus)
+        bus.subscribe(views.mark_dirty)
+        hook = None
+        if hook_config is not None:
+            hook = UpdateHook(hook_config, mountpoint, board=board)
+            bus.subscribe(hook.on_change)
         archives = ArchiveIndexer(
-            cache, readers, resolver, syncer.refresh_files, interval=config.sync_interval
+            cache, readers, resolver, syncer.tree, bus, interval=config.sync_interval
         )
-        supervisor = Supervisor()
-        syncer.reporters["background_tasks"] = supervisor.status
+        supervisor = Supervisor(board=board)
         _mount_session(ops, mountpoint, fuse_options(config))
         log.info("mounted %s (api %s)", mountpoint, config.api_url)
         run_state = _RUN.get(None)
@@ -364,9 +366,14 @@ class Supervisor:
     """Runs the mount's background tasks (sync, views, hook, repair, archives ...): an unexpected
     exception in one is logged, with its traceback the first time it is seen, and that task
     restarted after a growing delay. Neither the FUSE loop nor the other tasks are touched. A task
-    that returns is done."""
+    that returns is done. Its status section, ``background_tasks``, lists the tasks that failed."""
 
+    board: InitVar[StatusBoard | None] = None
     tasks: dict[str, TaskRecord] = field(default_factory=dict)
+
+    def __post_init__(self, board: StatusBoard | None) -> None:
+        if board is not None:
+            board.register("background_tasks", self.status)
 
     async def run(
         self,
@@ -448,7 +455,8 @@ async def _show_progress(syncer: Syncer) -> None:
         status = syncer.status()
         done = status["last_sync"] is not None and status["files_pending"] == 0
         if shown or not done:
-            line = f"rdfs: {status['torrents_known']} torrents known, {status['torrents_with_files']} with files"
+            known, with_files = status["torrents_known"], status["torrents_with_files"]
+            line = f"rdfs: {known} torrents known, {with_files} with files"
             sys.stderr.write("\r" + line + ("\n" if done else ""))
             sys.stderr.flush()
             shown = True
@@ -574,7 +582,8 @@ def _sync_and_reopen_log(syncer: Syncer) -> None:
 def task_counts() -> collections.Counter[str]:
     """The live trio tasks of this run, by name."""
     counts: collections.Counter[str] = collections.Counter()
-    pending = [trio.lowlevel.current_root_task()]
+    root = trio.lowlevel.current_root_task()
+    pending = [root] if root is not None else []
     while pending:
         task = pending.pop()
         counts[task.name] += 1

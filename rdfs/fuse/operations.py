@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from rdfs.control.files import Control
     from rdfs.data.reader import FileHandle, ReaderPool
     from rdfs.data.streaming import StreamingExtras
-    from rdfs.sync.syncer import TreeChange
+    from rdfs.events import TreeChange
     from rdfs.tree.specs import Namespace
 
 log = logging.getLogger(__name__)

@@ -2,11 +2,11 @@
 
 For each downloaded torrent with one link and several selected files (one archive), the indexer
 reads the archive's headers through the reader pool (one unrestrict, a small ranged read per
-member; the blocks land in the probe cache like any other), stores the member list in the cache
-and has the syncer rebuild the torrent's subtree (:func:`rdfs.tree.specs.torrent_file_specs` adds the
-stored members). An archive that cannot be listed (RAR4, encrypted headers, not a RAR) is
-recorded with its reason and keeps only its ``.rar`` file; a transient failure (network, rate
-limit) is retried later with a growing pause.
+member; the blocks land in the probe cache like any other), stores the member list in the cache,
+rebuilds the torrent's subtree (:func:`rdfs.tree.specs.torrent_file_specs` adds the stored
+members) and publishes the change (origin ``archives``). An archive that cannot be listed (RAR4,
+encrypted headers, not a RAR) is recorded with its reason and keeps only its ``.rar`` file; a
+transient failure (network, rate limit) is retried later with a growing pause.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
 
 import trio
 
@@ -22,7 +21,9 @@ from rdfs.api.errors import RDError
 from rdfs.data import rar
 from rdfs.data.links import LinkGone, LinkResolver
 from rdfs.data.reader import FileSource, ReaderPool
+from rdfs.events import ChangeBus
 from rdfs.store.metadata import Cache, CacheError
+from rdfs.sync.treebuilder import TreeBuilder
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +36,16 @@ class ArchiveIndexer:
         cache: Cache,
         readers: ReaderPool,
         resolver: LinkResolver,
-        refresh: Callable[[str], None],
+        tree: TreeBuilder,
+        bus: ChangeBus,
         *,
         interval: float = 15.0,
     ) -> None:
         self.cache = cache
         self.readers = readers
         self.resolver = resolver
-        self.refresh = refresh
+        self.tree = tree
+        self.bus = bus
         self.interval = interval
         self._retry_at: dict[str, tuple[float, int]] = {}  # link -> (monotonic time, failures)
 
@@ -57,7 +60,8 @@ class ArchiveIndexer:
             await trio.sleep(self.interval)
 
     async def index_pending(self) -> int:
-        """Index every archive not indexed yet (skipping those waiting for a retry); returns how many."""
+        """Index every archive not indexed yet (skipping those waiting for a retry); returns how
+        many."""
         done = 0
         now = time.monotonic()
         for torrent_id, link in self.cache.archives_to_index():
@@ -102,5 +106,5 @@ class ArchiveIndexer:
             len(members),
             stored,
         )
-        self.refresh(torrent_id)
+        self.bus.publish(self.tree.cached_files(torrent_id), "archives")
         return True

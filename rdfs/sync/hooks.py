@@ -13,7 +13,8 @@ Configured in the ``[hooks]`` table of config.toml::
 
     [hooks]
     on_change = ["/usr/local/bin/rdfs-jellyfin-scan"]   # argv (or one string, split like a shell)
-    include = ["movies", "shows"]   # top-level directories to report (default: all but downloads, .rdfs)
+    # top-level directories to report (default: all but downloads, .rdfs)
+    include = ["movies", "shows"]
     settle = 2.0                    # seconds to gather changes before a call
     timeout = 300.0                 # a call running longer is killed
 
@@ -23,6 +24,7 @@ logged (its exit status and the end of its stderr) and does not stop later calls
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shlex
@@ -34,7 +36,7 @@ from typing import Any
 import trio
 
 from rdfs.config import read_table
-from rdfs.sync.syncer import TreeChange
+from rdfs.events import StatusBoard, TreeChange
 
 log = logging.getLogger(__name__)
 
@@ -95,14 +97,22 @@ class HookStatus:
 
 
 class UpdateHook:
-    """``on_change`` is a syncer listener; ``run`` calls the command (in the mount's nursery)."""
+    """``on_change`` is a subscriber of the change bus; ``run`` calls the command (in the mount's
+    nursery). Its status section is ``update_hook``."""
 
-    def __init__(self, config: HookConfig, mountpoint: Path) -> None:
+    def __init__(
+        self, config: HookConfig, mountpoint: Path, *, board: StatusBoard | None = None
+    ) -> None:
         self.config = config
         self.mountpoint = Path(mountpoint)
         self.status = HookStatus()
         self._pending: set[str] = set()
         self._wake = trio.Event()
+        if board is not None:
+            board.register("update_hook", self._report)
+
+    def _report(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.status)
 
     def on_change(self, change: TreeChange) -> None:
         paths = {p for p in change.paths if self.config.reports(p)}

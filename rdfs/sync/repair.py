@@ -35,8 +35,10 @@ import trio
 from rdfs.api.errors import APIError, GatewayError, RDError, TooManyRequests
 from rdfs.api.models import FAILED_STATUSES, STATUS_DOWNLOADED, Created, TorrentInfo
 from rdfs.data.links import LinkGone
+from rdfs.events import ChangeBus, StatusBoard
 from rdfs.store.metadata import Cache
 from rdfs.sync.selection import select_when_ready
+from rdfs.sync.treebuilder import TreeBuilder
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +63,6 @@ class RepairClient(Protocol):
 
 class Refresher(Protocol):
     """What the repairer needs from the syncer."""
-
-    async def adopt(self, info: TorrentInfo) -> None: ...
 
     def trigger(self) -> None: ...
 
@@ -102,11 +102,18 @@ class Repairer:
         client: RepairClient,
         cache: Cache,
         syncer: Refresher,
+        tree: TreeBuilder,
+        bus: ChangeBus,
         policy: RepairPolicy | None = None,
+        *,
+        board: StatusBoard | None = None,
     ) -> None:
+        """A swap is shown through ``tree`` and published on ``bus`` (origin ``repair``)."""
         self.client = client
         self.cache = cache
         self.syncer = syncer
+        self.tree = tree
+        self.bus = bus
         self.policy = policy or RepairPolicy()
         self.broken: dict[str, Broken] = {}
         self.outage_until = 0.0
@@ -114,6 +121,8 @@ class Repairer:
         self.repaired: list[dict[str, Any]] = []
         self.gave_up: dict[str, str] = {}  # torrent id -> why it is not repaired
         self._burst: deque[tuple[float, str]] = deque()  # (time turned broken, torrent id)
+        if board is not None:
+            board.register("repair", self.status)
 
     # --- detection ------------------------------------------------------------------------------
 
@@ -296,7 +305,7 @@ class Repairer:
             self.cache.upsert_torrents([new])
             self.cache.conn.execute("DELETE FROM files WHERE torrent_id = ?", (old_id,))
             self.cache.conn.execute("DELETE FROM torrents WHERE id = ?", (old_id,))
-        await self.syncer.adopt(new)
+        self.bus.publish(await self.tree.adopt(new), "repair")
         log.info("torrent %s swapped in for %s (%s)", new.id, old_id, new.filename)
 
     # --- reporting and running ------------------------------------------------------------------

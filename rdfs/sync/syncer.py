@@ -59,19 +59,17 @@ from typing import Any, Protocol, TypeVar
 import trio
 
 from rdfs.api.errors import APIError, NetworkError, RDError, UnknownResource
-from rdfs.api.models import FAILED_STATUSES, STATUS_DOWNLOADED, Download, Torrent, TorrentInfo
+from rdfs.api.models import STATUS_DOWNLOADED, Torrent, TorrentInfo
+from rdfs.events import TOP_LEVEL, ChangeBus, StatusBoard
 from rdfs.store.metadata import (
-    DOWNLOADS_INODE,
-    TORRENTS_INODE,
     Cache,
     CacheError,
     Changes,
-    ListedTorrent,
-    Scope,
     list_key,
     row_key,
 )
-from rdfs.tree.specs import Namespace, download_specs, torrent_dir_specs, torrent_file_specs
+from rdfs.sync.treebuilder import TreeBuilder
+from rdfs.tree.specs import Namespace
 
 log = logging.getLogger(__name__)
 
@@ -100,16 +98,6 @@ class Client(Protocol):
     async def downloads(self, *, page: int, limit: int) -> Any: ...
 
     async def torrent_info(self, id: str) -> TorrentInfo: ...
-
-
-@dataclass
-class TreeChange:
-    """What one sync step changed, for the kernel's caches."""
-
-    entries: list[tuple[int, str]]  # (parent inode, name) that appeared, vanished or was renamed
-    inodes: list[int]  # inodes whose attributes changed
-    paths: list[str]  # directories (relative to the mountpoint) whose listing changed
-    origin: str = "sync"  # what made the change: "sync", or e.g. "views" for a derived one
 
 
 @dataclass
@@ -161,7 +149,9 @@ class Syncer:
         cache: Cache,
         *,
         interval: float = 15.0,
-        on_change: Callable[[TreeChange], None] | None = None,
+        bus: ChangeBus | None = None,
+        board: StatusBoard | None = None,
+        keep_dead: bool = False,
         max_delete_fraction: float = 0.2,
         info_concurrency: int = 4,
         page_size: int = DEFAULT_PAGE_SIZE,
@@ -174,7 +164,6 @@ class Syncer:
         self.client = client
         self.cache = cache
         self.interval = interval
-        self.on_change = on_change
         self.max_delete_fraction = max_delete_fraction
         self.info_concurrency = max(1, info_concurrency)
         self.page_size = page_size
@@ -184,13 +173,17 @@ class Syncer:
         self.stall_after = stall_after
         self.tick_timeout = tick_timeout
         self.namespace = Namespace(cache)
-        # Dead torrents stay in the tree (unreadable) while a repair may bring them back: a media
-        # server must not see a movie vanish in between. Set by the mount when repair is on.
-        self.keep_dead = False
-        # Called after on_change with every change (views, the library update hook, ...).
-        self.listeners: list[Callable[[TreeChange], None]] = []
-        # Extra sections of status(): name -> what to show (repair, probe cache, update hook, ...).
-        self.reporters: dict[str, Callable[[], Any]] = {}
+        # Without a bus (tests, benchmarks) the changes go to a private one nobody listens to.
+        self.bus = bus if bus is not None else ChangeBus(self.namespace.path)
+        # The tree mutations, shared with repair and the archive indexer. Dead torrents stay in the
+        # tree (unreadable) with ``keep_dead`` (repair is on): a media server must not see a movie
+        # vanish while a repair may bring it back.
+        self.tree = TreeBuilder(
+            cache,
+            delete_confirm_seconds=delete_confirm_seconds,
+            keep_dead=keep_dead,
+            batch_size=batch_size,
+        )
         self._lists = {"torrents": _ListState(), "downloads": _ListState()}
         self._wake = trio.Event()
         self._force_full = False
@@ -211,12 +204,12 @@ class Syncer:
         # kind -> id -> [first time missing from a complete listing, complete listings missing it]
         self._missing: dict[str, dict[str, list[float]]] = cache.get_state("missing", {})
         self._empty_since: dict[str, float] = cache.get_state("empty_since", {})
-        # Torrents whose shown directory is kept although their status left "downloaded": id -> since.
-        self._leaving: dict[str, float] = cache.get_state("leaving", {})
         # Bad listing conditions currently warned about (one warning when one starts): key -> text.
         self._conditions: dict[str, str] = {}
         self._tick_started: float | None = None  # trio clock
         self._tick_deadline = float("inf")
+        if board is not None:
+            board.register(TOP_LEVEL, self.status)
 
     # --- public ---------------------------------------------------------------------------
 
@@ -235,8 +228,8 @@ class Syncer:
                         if (
                             rebuild
                         ):  # a failed tick may have stored torrents but not their directories
-                            self._emit(await self._rebuild_torrent_dirs())
-                            self._emit(await self._rebuild_downloads(self.cache.downloads()))
+                            self._emit(await self.tree.torrent_dirs())
+                            self._emit(await self.tree.downloads(self.cache.downloads()))
                             rebuild = False
                         await self._tick()
                     except (
@@ -280,7 +273,8 @@ class Syncer:
                     nursery.start_soon(self._fill_worker, True)
 
     async def ensure_files(self, torrent_id: str) -> None:
-        """Make sure a shown torrent's file list is cached; fetched now, ahead of the background fill."""
+        """Make sure a shown torrent's file list is cached; fetched now, ahead of the background
+        fill."""
         if self.cache.has_files(torrent_id):
             return
         torrent = self.cache.torrent(torrent_id)
@@ -323,13 +317,12 @@ class Syncer:
                 for t in self.cache.active_torrents()
             ],
             "pending_deletions": {kind: len(ids) for kind, ids in self._missing.items() if ids},
-            "held_directories": len(self._leaving),
+            "held_directories": self.tree.held,
             "removed": {
                 "count": self.cache.removal_count(),
                 "recent": self.cache.removals(RECENT_REMOVALS),
             },
             "recent_errors": list(self._errors),
-            **{name: report() for name, report in self.reporters.items()},
         }
 
     # --- ticks ----------------------------------------------------------------------------
@@ -351,8 +344,8 @@ class Syncer:
                 await self._sweep()
             else:
                 await self._probe_torrents()
-            if self._leaving_expired():
-                self._emit(await self._rebuild_torrent_dirs())
+            if self.tree.hold_expired():
+                self._emit(await self.tree.torrent_dirs())
         except SyncStalled as exc:
             self._condition("sync", f"stalled: {exc}")  # one warning per outage, not one per tick
             self._set_health("stalled")
@@ -430,7 +423,8 @@ class Syncer:
     async def _list_all(
         self, fetch: Callable[[int], Awaitable[Any]], first: Any = None, known: int = 0
     ) -> Listing:
-        """Every page of a list, and whether the listing may be trusted for deletions (see the module)."""
+        """Every page of a list, and whether the listing may be trusted for deletions (see the
+        module)."""
         items: list[Any] = []
         seen: set[str] = set()
         pages: list[tuple[str, ...]] = []
@@ -477,7 +471,8 @@ class Syncer:
 
         A total is believed only when it is at least what page 1 held; the bound covers the larger
         of it and the items cached (what the last listings found), plus a margin. Without either,
-        ``MAX_PAGES``. A listing cut by the bound is incomplete; the next one, knowing more, goes further.
+        ``MAX_PAGES``. A listing cut by the bound is incomplete; the next one, knowing more, goes
+        further.
         """
         size = max(total if total is not None and total >= first_page else 0, known)
         if size == 0:
@@ -496,7 +491,8 @@ class Syncer:
             self._note_error(key, reason)
 
     def _trust(self, kind: str, listing: Listing, known: int) -> bool:
-        """Whether deletions may be based on ``listing``; an empty answer needs time to be believed."""
+        """Whether deletions may be based on ``listing``; an empty answer needs time to be
+        believed."""
         if not listing.complete:
             self._condition(f"{kind} listing", f"incomplete ({listing.reason}): nothing is deleted")
             return False
@@ -543,7 +539,8 @@ class Syncer:
         if missing and mass:
             self._condition(
                 f"{kind} removal",
-                f"{len(missing)} of {known} items missing upstream: held back until they stay missing "
+                f"{len(missing)} of {known} items missing upstream: "
+                "held back until they stay missing "
                 f"for {self.delete_confirm_seconds / 60:g} minutes",
             )
         else:  # a small removal waiting for the next listing is routine: no warning
@@ -613,7 +610,7 @@ class Syncer:
         else:
             state.listed = False
         if structural:
-            changes.merge(await self._rebuild_torrent_dirs())
+            changes.merge(await self.tree.torrent_dirs())
             self._refill_queue()
         self._emit(changes)
 
@@ -638,70 +635,9 @@ class Syncer:
                 "structural" if structural else "progress",
             )
         if structural and rebuild:
-            self._emit(await self._rebuild_torrent_dirs())
+            self._emit(await self.tree.torrent_dirs())
             self._refill_queue()
         return structural
-
-    async def _rebuild_torrent_dirs(self) -> Changes:
-        """Bring ``torrents/`` in line with the cached downloaded torrents."""
-        # Each step blocks the loop for a while on a big library: let FUSE requests in between.
-        statuses = (STATUS_DOWNLOADED, "dead") if self.keep_dead else (STATUS_DOWNLOADED,)
-        torrents = self.cache.shown_torrents(statuses) + self._held_torrents(statuses)
-        await trio.sleep(0)
-        specs = torrent_dir_specs(
-            torrents, self.cache.torrents_with_files(), self.cache.subdir_counts(), statuses
-        )
-        await trio.sleep(0)
-        diff = self.cache.diff_entries(Scope.torrent_dirs(), specs)
-        await trio.sleep(0)
-        changes = Changes()
-        if not diff:
-            return changes
-        for step in self.cache.diff_batches(diff, self.batch_size):
-            changes.merge(step)
-            await trio.sleep(0)
-        # A torrent shown again (e.g. back to downloaded) gets its cached files back at once.
-        for spec in diff.upsert:
-            if spec.key not in diff.existing and not spec.files_pending and spec.torrent_id:
-                info = self.cache.files_of(spec.torrent_id)
-                if info is not None:
-                    changes.merge(self._store_info(info))
-        self.cache.refresh_dir(TORRENTS_INODE, time.time())
-        changes.inodes.add(TORRENTS_INODE)
-        log.info("torrents/: %d added or changed, %d removed", len(diff.upsert), len(diff.remove))
-        return changes
-
-    def _held_torrents(self, statuses: Sequence[str]) -> list[ListedTorrent]:
-        """Shown torrents now active again (not failed): kept (as shown) for ``delete_confirm_seconds``.
-
-        RD flips some torrents between downloaded and downloading; without this their directory
-        (and a media server's items) would go and come back on every sync.
-        """
-        now = time.time()
-        leaving = self.cache.listed_torrents(self.cache.shown_torrent_ids())
-        before = dict(self._leaving)
-        held: list[ListedTorrent] = []
-        for torrent in leaving:
-            if torrent.status in statuses or torrent.status in FAILED_STATUSES:
-                continue  # a failed torrent is unreadable: it leaves at once (unless repair keeps it)
-            since = self._leaving.setdefault(torrent.id, now)
-            if now - since < self.delete_confirm_seconds:
-                held.append(torrent._replace(status=statuses[0]))
-                if torrent.id not in before:
-                    log.info(
-                        "torrent %s (%s) is %s now: its directory stays for %g minutes",
-                        torrent.id, torrent.filename, torrent.status, self.delete_confirm_seconds / 60,
-                    )  # fmt: skip
-        kept = {t.id for t in held}
-        self._leaving = {tid: since for tid, since in self._leaving.items() if tid in kept}
-        if self._leaving != before:
-            self.cache.set_state("leaving", self._leaving)
-        return held
-
-    def _leaving_expired(self) -> bool:
-        """Whether a held directory's time ran out (its removal needs a rebuild)."""
-        now = time.time()
-        return any(now - since >= self.delete_confirm_seconds for since in self._leaving.values())
 
     async def _sync_downloads(self, first: Any = None) -> None:
         state = self._lists["downloads"]
@@ -726,18 +662,7 @@ class Syncer:
         else:
             state.listed = False
         if new or doomed:
-            self._emit(await self._rebuild_downloads(self.cache.downloads()))
-
-    async def _rebuild_downloads(self, downloads: Sequence[Download]) -> Changes:
-        diff = self.cache.diff_entries(Scope.downloads(), download_specs(downloads))
-        changes = Changes()
-        for step in self.cache.diff_batches(diff, self.batch_size):
-            changes.merge(step)
-            await trio.sleep(0)
-        if diff:
-            self.cache.refresh_dir(DOWNLOADS_INODE, time.time())
-            changes.inodes.add(DOWNLOADS_INODE)
-        return changes
+            self._emit(await self.tree.downloads(self.cache.downloads()))
 
     # --- file lists -----------------------------------------------------------------------
 
@@ -793,53 +718,15 @@ class Syncer:
                 self._force_full = True
                 return
             self._queue.pop(torrent_id, None)
-            self._emit(self._store_info(info))
+            self._emit(self.tree.store_info(info))
         finally:
             del self._inflight[torrent_id]
             done.set()
 
-    def _store_info(self, info: TorrentInfo) -> Changes:
-        specs = torrent_file_specs(
-            info, self.cache.link_sizes(info.links), self.cache.archive_members(info.links)
-        )
-        return self.cache.store_info(info, specs)
-
-    async def adopt(self, info: TorrentInfo) -> None:
-        """Store and show a torrent obtained elsewhere (a repair's replacement), without API calls."""
-        self._emit(self._store_info(info))
-        self._emit(await self._rebuild_torrent_dirs())
-
-    def refresh_files(self, torrent_id: str) -> None:
-        """Rebuild a torrent's subtree from the cache (e.g. after its archive was indexed); no API call."""
-        info = self.cache.files_of(torrent_id)
-        if info is not None:
-            self._emit(self._store_info(info))
-
     # --- reporting ------------------------------------------------------------------------
 
     def _emit(self, changes: Changes) -> None:
-        self.publish(changes)
-
-    def publish(self, changes: Changes, origin: str = "sync") -> None:
-        """Report a change of the tree to ``on_change`` and the listeners."""
-        if not changes or (self.on_change is None and not self.listeners):
-            return
-        paths = sorted(
-            p for p in (self.namespace.path(inode) for inode in changes.dirs) if p is not None
-        )
-        change = TreeChange(
-            entries=sorted(changes.entries),
-            inodes=sorted(changes.inodes | changes.dirs),
-            paths=paths,
-            origin=origin,
-        )
-        for callback in [self.on_change, *self.listeners]:
-            if callback is None:
-                continue
-            try:
-                callback(change)
-            except Exception:
-                log.exception("tree change callback failed")
+        self.bus.publish(changes, "sync")
 
     def _note_error(self, where: str, error: BaseException | str) -> None:
         self._errors.append({"time": time.time(), "where": where, "error": str(error)})

@@ -23,7 +23,7 @@ import logging
 import re
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from typing import Any
 import trio
 
 from rdfs.config import read_table
+from rdfs.events import UPLOAD_GONE, ChangeBus, TreeChange
 from rdfs.store.metadata import (
     ROOT_INODE,
     TORRENTS_INODE,
@@ -42,7 +43,6 @@ from rdfs.store.metadata import (
     EntrySpec,
     Scope,
 )
-from rdfs.sync.syncer import TreeChange
 from rdfs.tree.specs import safe_name
 
 log = logging.getLogger(__name__)
@@ -295,11 +295,11 @@ class Views:
         self,
         cache: Cache,
         config: ViewsConfig,
-        publish: Callable[[Changes, str], None] | None = None,
+        bus: ChangeBus | None = None,
     ) -> None:
         self.cache = cache
         self.config = config
-        self.publish = publish
+        self.bus = bus
         self._dirty = trio.Event()
         # Which configuration the view entries stored in the cache were computed with; cleared
         # while torrents/ has changes the views have not caught up with. A warm mount whose views
@@ -308,8 +308,8 @@ class Views:
         self._fingerprint = hashlib.sha1(repr(config).encode()).hexdigest()
 
     def mark_dirty(self, change: TreeChange | None = None) -> None:
-        """``torrents/`` changed: refresh soon (coalescing bursts). A listener of the syncer."""
-        if change is None or change.origin != "views":
+        """``torrents/`` changed: refresh soon (coalescing bursts). A subscriber of the bus."""
+        if change is None or change.origin not in ("views", UPLOAD_GONE):
             if not self._dirty.is_set():
                 self.cache.set_meta(VIEWS_CURRENT_KEY, "")
             self._dirty.set()
@@ -339,8 +339,8 @@ class Views:
         log.info(
             "views: %d entries added or changed, %d removed", len(diff.upsert), len(diff.remove)
         )
-        if self.publish is not None:
-            self.publish(changes, "views")
+        if self.bus is not None:
+            self.bus.publish(changes, "views")
         return changes
 
     def _facts(self, entries: Sequence[EntrySpec]) -> list[TorrentFacts]:
