@@ -37,7 +37,7 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,6 +47,8 @@ import sqlite_utils
 import trio
 
 from rdfs.api.models import Download, Torrent, TorrentFile, TorrentInfo
+from rdfs.store import keys
+from rdfs.store.values import chunks, unix_time
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,8 @@ BUSY_TIMEOUT_MS = 100
 # Pending link writes are retried this often (doubling up to the maximum while they fail).
 RETRY_INITIAL = 1.0
 RETRY_MAX = 10.0
+# Expired unrestricted links are deleted this often (by the retry task).
+PURGE_INTERVAL = 3600.0
 
 ROOT_INODE = 1
 TORRENTS_INODE = 2
@@ -73,19 +77,16 @@ CONTROL_DIR = ".rdfs"
 
 # (inode, key, parent, name): the fixed top of the tree.
 FIXED_DIRS = (
-    (ROOT_INODE, "root", 0, ""),  # the root has no parent (0)
-    (TORRENTS_INODE, "top:torrents", ROOT_INODE, TORRENTS_DIR),
-    (DOWNLOADS_INODE, "top:downloads", ROOT_INODE, DOWNLOADS_DIR),
-    (CONTROL_INODE, "top:.rdfs", ROOT_INODE, CONTROL_DIR),
+    (ROOT_INODE, keys.ROOT, 0, ""),  # the root has no parent (0)
+    (TORRENTS_INODE, keys.TORRENTS, ROOT_INODE, TORRENTS_DIR),
+    (DOWNLOADS_INODE, keys.DOWNLOADS, ROOT_INODE, DOWNLOADS_DIR),
+    (CONTROL_INODE, keys.CONTROL, ROOT_INODE, CONTROL_DIR),
 )
 
-# Keys of the library views (rdfs.sync.views): ``view:<dir>`` for a view's directory, ``v:<dir>:<key>``
-# for the copy of the torrents/ entry ``<key>`` shown in it.
-VIEW_DIR_KEY_PREFIX = "view:"
-VIEW_KEY_PREFIX = "v:"
-
-# SQLite host parameters per statement stay well below the 32766 limit.
-_IN_CHUNK = 500
+# LIKE patterns of the keys of the library views (rdfs.sync.views): their directories, and the
+# copies of torrents/ entries shown in them.
+_VIEW_DIR_LIKE = keys.VIEW_DIR_PREFIX + "%"
+_VIEW_COPY_LIKE = keys.VIEW_COPY_PREFIX + "%"
 
 _SCHEMA_V1 = f"""
 CREATE TABLE meta (
@@ -423,8 +424,40 @@ class ListedTorrent(NamedTuple):
     ended: float | None
 
 
-def _ts(value: datetime | None) -> float | None:
-    return value.timestamp() if value is not None else None
+class ShownTorrent(NamedTuple):
+    """What the library views classify a torrent of ``torrents/`` by."""
+
+    id: str
+    filename: str
+    bytes: int
+    added: float | None
+
+
+class EntryRow(NamedTuple):
+    """A row of ``entries``, with the hash and status of its torrent (for the xattrs)."""
+
+    inode: int
+    parent: int
+    name: str
+    kind: str  # "dir" | "file"
+    size: int
+    mtime: float
+    nlink: int
+    torrent_id: str | None
+    file_id: int | None
+    download_id: str | None
+    hoster_link: str | None
+    link_offset: int
+    files_pending: int
+    torrent_hash: str | None
+    torrent_status: str | None
+
+
+_ENTRY_SQL = (
+    "SELECT e.inode, e.parent, e.name, e.kind, e.size, e.mtime, e.nlink, e.torrent_id, e.file_id, "
+    "e.download_id, e.hoster_link, e.link_offset, e.files_pending, t.hash, t.status "
+    "FROM entries e LEFT JOIN torrents t ON t.id = e.torrent_id "
+)
 
 
 def _fingerprint(values: list[Any]) -> str:
@@ -445,15 +478,10 @@ def row_key(torrent: Torrent) -> str:
             torrent.host,
             torrent.split,
             torrent.progress,
-            _ts(torrent.added),
-            _ts(torrent.ended),
+            unix_time(torrent.added),
+            unix_time(torrent.ended),
         ]
     )
-
-
-def _chunks(items: Sequence[Any], size: int = _IN_CHUNK) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 class Accounts:
@@ -733,11 +761,16 @@ class Cache:
         self._pending_meta.clear()
         return True
 
-    async def retry_pending(self) -> None:
-        """Run forever: write what is pending once the database takes writes again (backing off)."""
+    async def retry_pending(self, *, purge_every: float = PURGE_INTERVAL) -> None:
+        """Run forever: write what is pending once the database takes writes again (backing off),
+        and forget expired links every ``purge_every`` seconds."""
         wait = RETRY_INITIAL
+        next_purge = trio.current_time() + purge_every
         while True:
             await trio.sleep(wait)
+            if trio.current_time() >= next_purge:
+                next_purge = trio.current_time() + purge_every
+                self._purge_quietly()
             if not self.pending_writes:
                 wait = RETRY_INITIAL
             elif self.flush_pending():
@@ -825,7 +858,7 @@ class Cache:
         """Known sizes of links (from earlier unrestricts), for RAR volumes."""
         sizes: dict[str, int] = {}
         wanted = list(hoster_links)
-        for chunk in _chunks(wanted):
+        for chunk in chunks(wanted):
             marks = ",".join("?" * len(chunk))
             for link, size in self.conn.execute(
                 f"SELECT hoster_link, filesize FROM links WHERE hoster_link IN ({marks}) AND filesize > 0",
@@ -872,11 +905,21 @@ class Cache:
         return found
 
     def purge_expired_links(self, now: float | None = None) -> int:
+        """Delete the stored links expired at ``now`` (default: the current time); how many."""
+        when = time.time() if now is None else now
         with self.transaction():
-            cursor = self.conn.execute(
-                "DELETE FROM links WHERE expires_at <= ?", (now or time.time(),)
-            )
+            cursor = self.conn.execute("DELETE FROM links WHERE expires_at <= ?", (when,))
         return cursor.rowcount
+
+    def _purge_quietly(self) -> None:
+        """:meth:`purge_expired_links` for the retry task: a failure waits for the next round."""
+        try:
+            purged = self.purge_expired_links()
+        except CacheUnavailable as exc:
+            log.debug("cache: expired links not purged now (%s)", exc)
+            return
+        if purged:
+            log.info("cache: %d expired links purged", purged)
 
     # --- torrents ---------------------------------------------------------------------------
 
@@ -900,8 +943,8 @@ class Cache:
                 t.split,
                 t.progress,
                 t.status,
-                _ts(t.added),
-                _ts(t.ended),
+                unix_time(t.added),
+                unix_time(t.ended),
                 json.dumps(list(t.links)),
                 row_key(t),
                 list_key(t),
@@ -949,6 +992,38 @@ class Cache:
                 tuple(statuses),
             )
         ]
+
+    def torrents_with_status(self, statuses: Collection[str]) -> list[str]:
+        """Ids of the cached torrents whose status is one of ``statuses``."""
+        wanted = tuple(statuses)
+        marks = ",".join("?" * len(wanted))
+        sql = f"SELECT id FROM torrents WHERE status IN ({marks}) ORDER BY added DESC, id"
+        return [row[0] for row in self.conn.execute(sql, wanted)]
+
+    def swap_torrent(self, old_id: str, new: Torrent) -> None:
+        """Put the torrent ``new`` in the place of ``old_id`` (a repair), in one transaction.
+
+        Every inode key of the old torrent (its directory, files, subdirectories, RAR volumes and
+        members, and their copies in the views) is renamed to the new id, so every path keeps
+        its inode and name; its entries point to the new torrent; the old torrent's rows go.
+        A failure rolls everything back. The caller rebuilds the new torrent's files after it.
+        """
+        with self.transaction():
+            rows = self.conn.execute(
+                "SELECT inode, key FROM inodes WHERE key LIKE ?", (f"%:{old_id}%",)
+            ).fetchall()
+            for inode, key in rows:
+                renamed = keys.renamed_torrent(key, old_id, new.id)
+                if renamed != key:
+                    # A key of the new torrent allocated meanwhile (never shown) gives way.
+                    self.conn.execute("DELETE FROM inodes WHERE key = ?", (renamed,))
+                    self.conn.execute("UPDATE inodes SET key = ? WHERE inode = ?", (renamed, inode))
+            self.conn.execute(
+                "UPDATE entries SET torrent_id = ? WHERE torrent_id = ?", (new.id, old_id)
+            )
+            self.upsert_torrents([new])
+            self.conn.execute("DELETE FROM files WHERE torrent_id = ?", (old_id,))
+            self.conn.execute("DELETE FROM torrents WHERE id = ?", (old_id,))
 
     def torrents_with_files(self) -> set[str]:
         return {
@@ -1022,7 +1097,9 @@ class Cache:
                 return Changes()
             changes = self.apply_diff(self.diff_entries(Scope.torrent_files(info.id), specs))
             # The torrent directory itself stops being "pending".
-            nlink = 2 + sum(1 for s in specs if s.kind == "dir" and s.parent_key == f"t:{info.id}")
+            nlink = 2 + sum(
+                1 for s in specs if s.kind == "dir" and s.parent_key == keys.torrent(info.id)
+            )
             cursor = self.conn.execute(
                 "UPDATE entries SET files_pending = 0, nlink = ? WHERE parent = ? AND torrent_id = ? "
                 "AND (files_pending != 0 OR nlink != ?) RETURNING inode",
@@ -1041,7 +1118,7 @@ class Cache:
         """Forget torrents gone upstream: their rows, files and entries (one transaction)."""
         changes = Changes()
         with self.transaction():
-            for chunk in _chunks(list(torrent_ids)):
+            for chunk in chunks(list(torrent_ids)):
                 marks = ",".join("?" * len(chunk))
                 for inode, parent, name in self.conn.execute(
                     f"DELETE FROM entries WHERE torrent_id IN ({marks}) RETURNING inode, parent, name",
@@ -1098,7 +1175,7 @@ class Cache:
                         d.host,
                         d.download,
                         d.mime_type,
-                        _ts(d.generated),
+                        unix_time(d.generated),
                     )
                     for d in downloads
                 ],
@@ -1106,7 +1183,7 @@ class Cache:
 
     def delete_downloads(self, download_ids: Sequence[str]) -> None:
         with self.transaction():
-            for chunk in _chunks(list(download_ids)):
+            for chunk in chunks(list(download_ids)):
                 marks = ",".join("?" * len(chunk))
                 self.conn.execute(f"DELETE FROM downloads WHERE id IN ({marks})", chunk)
 
@@ -1127,6 +1204,70 @@ class Cache:
             )
         ]
 
+    # --- the namespace: FUSE's reads, one indexed statement each (no helper library here) ----
+
+    def entry(self, inode: int) -> EntryRow | None:
+        """The entry with this inode (getattr)."""
+        row = self.conn.execute(_ENTRY_SQL + "WHERE e.inode = ?", (inode,)).fetchone()
+        return EntryRow._make(row) if row else None
+
+    def lookup_entry(self, parent: int, name: str) -> EntryRow | None:
+        """The entry called exactly ``name`` in the directory ``parent`` (lookup)."""
+        row = self.conn.execute(
+            _ENTRY_SQL + "WHERE e.parent = ? AND e.name = ?", (parent, name)
+        ).fetchone()
+        return EntryRow._make(row) if row else None
+
+    def child_entries(
+        self, parent: int, offset: int = 0, limit: int = 1000, *, after: int | None = None
+    ) -> list[EntryRow]:
+        """A page of a directory's entries (readdir): in name order skipping ``offset``, or with
+        ``after`` (an inode) in inode order after it."""
+        if after is not None:
+            rows = self.conn.execute(
+                _ENTRY_SQL + "WHERE e.parent = ? AND e.inode > ? ORDER BY e.inode LIMIT ?",
+                (parent, after, limit),
+            )
+        else:
+            rows = self.conn.execute(
+                _ENTRY_SQL + "WHERE e.parent = ? ORDER BY e.name LIMIT ? OFFSET ?",
+                (parent, limit, offset),
+            )
+        return [EntryRow._make(row) for row in rows]
+
+    def entry_place(self, inode: int) -> tuple[int, str] | None:
+        """(parent inode, name) of an entry, None if the inode is unknown."""
+        row = self.conn.execute(
+            "SELECT parent, name FROM entries WHERE inode = ?", (inode,)
+        ).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def entry_totals(self) -> tuple[int, int]:
+        """(number of entries, bytes of their sizes)."""
+        # total() is a float sum: sizes near 2^63 never overflow it (sum() would raise).
+        count, size = self.conn.execute(
+            "SELECT count(*), total(CASE WHEN size > 0 THEN size ELSE 0 END) FROM entries"
+        ).fetchone()
+        return count, int(size)
+
+    def torrent_for_link(self, hoster_link: str) -> str | None:
+        """The id of a torrent one of whose entries reads ``hoster_link``, None if none does."""
+        row = self.conn.execute(
+            "SELECT torrent_id FROM entries WHERE hoster_link = ? AND torrent_id IS NOT NULL "
+            "LIMIT 1",
+            (hoster_link,),
+        ).fetchone()
+        return row[0] if row else None
+
+    def shown_torrent_facts(self) -> list[ShownTorrent]:
+        """Id, name, size and time added of the torrents that have a directory in ``torrents/``."""
+        rows = self.conn.execute(
+            "SELECT e.torrent_id, t.filename, t.bytes, t.added FROM entries e "
+            "JOIN torrents t ON t.id = e.torrent_id WHERE e.parent = ?",
+            (TORRENTS_INODE,),
+        )
+        return [ShownTorrent._make(row) for row in rows]
+
     # --- inodes and entries -----------------------------------------------------------------
 
     def inode_for(self, key: str) -> int:
@@ -1136,7 +1277,7 @@ class Cache:
     def _inodes(self, keys: Iterable[str]) -> dict[str, int]:
         wanted = list(dict.fromkeys(keys))
         found: dict[str, int] = {}
-        for chunk in _chunks(wanted):
+        for chunk in chunks(wanted):
             marks = ",".join("?" * len(chunk))
             found.update(
                 self.conn.execute(f"SELECT key, inode FROM inodes WHERE key IN ({marks})", chunk)
@@ -1191,25 +1332,25 @@ class Cache:
         Every intermediate state is a valid tree, so a crash between batches is harmless: the
         next sync computes the diff again from what is stored.
         """
-        for chunk in _chunks(diff.remove, size):
+        for removed in chunks(diff.remove, size):
             changes = Changes()
             with self.transaction():
-                self._remove_entries(chunk, changes)
+                self._remove_entries(removed, changes)
             yield changes
-        for chunk in _chunks(diff.upsert, size):
+        for upserted in chunks(diff.upsert, size):
             changes = Changes()
             with self.transaction():
-                self._upsert_entries(chunk, diff.existing, changes)
+                self._upsert_entries(upserted, diff.existing, changes)
             yield changes
 
     def _remove_entries(self, stored: Sequence[StoredEntry], changes: Changes) -> None:
         for entry in stored:
             # Removing a directory removes what is below it (a torrent's subtree goes with it).
-            if entry.key.startswith("t:"):
+            if keys.is_torrent_dir(entry.key):
                 # (Its copies in the views go with the views' own refresh, which reports them.)
                 below = self.conn.execute(
                     "DELETE FROM entries WHERE torrent_id = ? AND inode != ? AND NOT EXISTS (SELECT 1 FROM inodes i "
-                    f"WHERE i.inode = entries.inode AND i.key LIKE '{VIEW_KEY_PREFIX}%') RETURNING inode",
+                    f"WHERE i.inode = entries.inode AND i.key LIKE '{_VIEW_COPY_LIKE}') RETURNING inode",
                     (entry.torrent_id, entry.inode),
                 ).fetchall()
                 changes.inodes.update(row[0] for row in below)
@@ -1267,7 +1408,7 @@ class Cache:
         rows = self.conn.execute(
             "SELECT i.key, p.key, e.name, e.kind, e.size, e.mtime, e.nlink, e.torrent_id, e.file_id, e.download_id, "
             "e.hoster_link, e.link_offset, e.files_pending FROM entries e JOIN inodes i ON i.inode = e.inode "
-            f"JOIN inodes p ON p.inode = e.parent WHERE e.torrent_id IS NOT NULL AND i.key NOT LIKE '{VIEW_KEY_PREFIX}%'"
+            f"JOIN inodes p ON p.inode = e.parent WHERE e.torrent_id IS NOT NULL AND i.key NOT LIKE '{_VIEW_COPY_LIKE}'"
         )
         return [
             EntrySpec(
@@ -1336,7 +1477,7 @@ class Cache:
         """
         now = time.time()
         rows: list[tuple[Any, ...]] = []
-        for chunk in _chunks(list(torrent_ids)):
+        for chunk in chunks(list(torrent_ids)):
             marks = ",".join("?" * len(chunk))
             found = self.conn.execute(
                 f"SELECT id, filename, hash, bytes, info_key IS NOT NULL FROM torrents WHERE id IN ({marks})",
@@ -1395,7 +1536,7 @@ class Cache:
     def listed_torrents(self, torrent_ids: Iterable[str]) -> list[ListedTorrent]:
         """``shown_torrents``'s columns for the given cached torrents, whatever their status."""
         out: list[ListedTorrent] = []
-        for chunk in _chunks(list(torrent_ids)):
+        for chunk in chunks(list(torrent_ids)):
             marks = ",".join("?" * len(chunk))
             out += [
                 ListedTorrent(*row)
@@ -1421,18 +1562,22 @@ class Scope:
     @classmethod
     def torrent_files(cls, torrent_id: str) -> Scope:
         return cls(
-            f"e.torrent_id = ? AND e.parent != ? AND i.key NOT LIKE '{VIEW_KEY_PREFIX}%'",
+            f"e.torrent_id = ? AND e.parent != ? AND i.key NOT LIKE '{_VIEW_COPY_LIKE}'",
             (torrent_id, TORRENTS_INODE),
         )
 
     @classmethod
     def views(cls) -> Scope:
         """The library views: their top directories and the copies of torrents inside them."""
-        return cls(f"i.key LIKE '{VIEW_KEY_PREFIX}%' OR i.key LIKE '{VIEW_DIR_KEY_PREFIX}%'", ())
+        return cls(f"i.key LIKE '{_VIEW_COPY_LIKE}' OR i.key LIKE '{_VIEW_DIR_LIKE}'", ())
 
     @classmethod
     def downloads(cls) -> Scope:
         return cls("e.parent = ?", (DOWNLOADS_INODE,))
+
+    @classmethod
+    def control_files(cls) -> Scope:
+        return cls("e.parent = ?", (CONTROL_INODE,))
 
 
 _TORRENT_COLUMNS = "id, filename, hash, bytes, host, split, progress, status, added, ended, links"
