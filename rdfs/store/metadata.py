@@ -43,7 +43,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import sqlite_utils
 import trio
 
 from rdfs.api.models import Download, Torrent, TorrentFile, TorrentInfo
@@ -576,7 +575,6 @@ class Cache:
         except BaseException:
             conn.close()
             raise
-        self.db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
         if user_id is not None:
             stored = self.get_meta("user_id")
             if stored is None:
