@@ -29,31 +29,101 @@ rebuilt (:meth:`Cache.open`). Which account's cache a credential may see is told
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import hmac
 import json
 import logging
 import os
-import secrets
 import sqlite3
 import time
 from collections.abc import Collection, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import trio
 
 from rdfs.api.models import Download, Torrent, TorrentFile, TorrentInfo
 from rdfs.store import keys
+from rdfs.store.accounts import ACCOUNTS_FILE, Accounts
+from rdfs.store.errors import (
+    CacheCorrupt,
+    CacheError,
+    CacheFull,
+    CacheLocked,
+    CacheReadOnly,
+    CacheUnavailable,
+    classify,
+    is_corrupt,
+    unavailable,
+)
+from rdfs.store.records import (
+    Changes,
+    EntryDiff,
+    EntryRow,
+    EntrySpec,
+    ListedTorrent,
+    ShownTorrent,
+    StoredEntry,
+    StoredLink,
+    TorrentState,
+    list_key,
+    row_key,
+)
+from rdfs.store.schema import (
+    CONTROL_DIR,
+    CONTROL_INODE,
+    DOWNLOADS_DIR,
+    DOWNLOADS_INODE,
+    FIRST_DYNAMIC_INODE,
+    MIGRATIONS,
+    ROOT_INODE,
+    SCHEMA_VERSION,
+    TORRENTS_DIR,
+    TORRENTS_INODE,
+)
 from rdfs.store.values import chunks, unix_time
+
+# The store's public names stay importable from here (this module is the cache's front door).
+__all__ = [
+    "ACCOUNTS_FILE",
+    "CONTROL_DIR",
+    "CONTROL_INODE",
+    "DOWNLOADS_DIR",
+    "DOWNLOADS_INODE",
+    "FIRST_DYNAMIC_INODE",
+    "ROOT_INODE",
+    "SCHEMA_VERSION",
+    "TORRENTS_DIR",
+    "TORRENTS_INODE",
+    "Accounts",
+    "Cache",
+    "CacheCorrupt",
+    "CacheError",
+    "CacheFull",
+    "CacheLocked",
+    "CacheReadOnly",
+    "CacheUnavailable",
+    "Changes",
+    "EntryDiff",
+    "EntryRow",
+    "EntrySpec",
+    "ListedTorrent",
+    "Scope",
+    "ShownTorrent",
+    "StoredEntry",
+    "StoredLink",
+    "TorrentState",
+    "classify",
+    "is_corrupt",
+    "list_key",
+    "move_aside",
+    "row_key",
+]
 
 log = logging.getLogger(__name__)
 
 DB_NAME = "rdfs.db"
 LAST_ACCOUNT_FILE = "last-account"
-ACCOUNTS_FILE = "accounts.json"
 
 # How long a write on the event loop waits for another process's write lock before it gives up
 # (and is retried later). SQLite's usual 5 s froze every FUSE request for that long.
@@ -64,219 +134,10 @@ RETRY_MAX = 10.0
 # Expired unrestricted links are deleted this often (by the retry task).
 PURGE_INTERVAL = 3600.0
 
-ROOT_INODE = 1
-TORRENTS_INODE = 2
-DOWNLOADS_INODE = 3
-CONTROL_INODE = 4
-FIRST_DYNAMIC_INODE = 1000
-
-TORRENTS_DIR = "torrents"
-DOWNLOADS_DIR = "downloads"
-CONTROL_DIR = ".rdfs"
-
-# (inode, key, parent, name): the fixed top of the tree.
-FIXED_DIRS = (
-    (ROOT_INODE, keys.ROOT, 0, ""),  # the root has no parent (0)
-    (TORRENTS_INODE, keys.TORRENTS, ROOT_INODE, TORRENTS_DIR),
-    (DOWNLOADS_INODE, keys.DOWNLOADS, ROOT_INODE, DOWNLOADS_DIR),
-    (CONTROL_INODE, keys.CONTROL, ROOT_INODE, CONTROL_DIR),
-)
-
 # LIKE patterns of the keys of the library views (rdfs.sync.views): their directories, and the
 # copies of torrents/ entries shown in them.
 _VIEW_DIR_LIKE = keys.VIEW_DIR_PREFIX + "%"
 _VIEW_COPY_LIKE = keys.VIEW_COPY_PREFIX + "%"
-
-_SCHEMA_V1 = f"""
-CREATE TABLE meta (
-    key   TEXT PRIMARY KEY,  -- setting name: schema_version, user_id
-    value TEXT NOT NULL      -- its value as text
-);
-
-CREATE TABLE torrents (
-    id         TEXT PRIMARY KEY,  -- RD torrent id (13 characters A-Z2-7)
-    filename   TEXT NOT NULL,     -- RD's name of the torrent (the file name for single-file selections)
-    hash       TEXT NOT NULL,     -- info hash, lower case
-    bytes      INTEGER NOT NULL,  -- size of the selected files
-    host       TEXT NOT NULL,     -- hoster the links point to
-    split      INTEGER NOT NULL,  -- RD split size in GB
-    progress   REAL NOT NULL,     -- download progress, 0-100
-    status     TEXT NOT NULL,     -- RD status (downloaded, downloading, dead, ...)
-    added      REAL,              -- UNIX time the torrent was added
-    ended      REAL,              -- UNIX time it finished; NULL while active
-    links      TEXT NOT NULL,     -- JSON array of hoster links, as /torrents lists them
-    row_key    TEXT NOT NULL,     -- fingerprint of all listed fields (skip rewriting unchanged rows)
-    list_key   TEXT NOT NULL,     -- fingerprint of the listed fields that shape the file tree
-    info_key   TEXT,              -- list_key at the time /torrents/info was stored; NULL = files never fetched
-    info_error TEXT               -- last error fetching /torrents/info; NULL when fine
-);
-CREATE INDEX torrents_status ON torrents(status, added);
-
-CREATE TABLE files (
-    torrent_id TEXT NOT NULL,     -- torrents.id
-    file_id    INTEGER NOT NULL,  -- RD file id inside the torrent
-    path       TEXT NOT NULL,     -- path inside the torrent as RD gives it (leading "/")
-    bytes      INTEGER NOT NULL,  -- file size
-    selected   INTEGER NOT NULL,  -- 1 when selected for download
-    link       TEXT,              -- its hoster link (links[i] of the i-th selected file); NULL if packed or missing
-    PRIMARY KEY (torrent_id, file_id)
-) WITHOUT ROWID;
-
-CREATE TABLE downloads (
-    id        TEXT PRIMARY KEY,  -- RD download id
-    filename  TEXT NOT NULL,     -- file name
-    filesize  INTEGER NOT NULL,  -- size in bytes
-    link      TEXT NOT NULL,     -- the original hoster link
-    host      TEXT NOT NULL,     -- hoster domain
-    download  TEXT NOT NULL,     -- the generated (unrestricted) URL
-    mime_type TEXT NOT NULL,     -- MIME type RD reports
-    generated REAL               -- UNIX time the link was generated
-);
-CREATE INDEX downloads_link ON downloads(link);
-
-CREATE TABLE links (
-    hoster_link TEXT PRIMARY KEY,  -- the hoster link that was unrestricted
-    url         TEXT NOT NULL,     -- the direct download URL RD generated
-    download_id TEXT NOT NULL,     -- id of the /downloads entry the unrestrict created
-    filesize    INTEGER NOT NULL,  -- size RD reported
-    expires_at  REAL NOT NULL      -- UNIX time after which the URL is assumed dead
-);
-CREATE INDEX links_expiry ON links(expires_at);
-
-CREATE TABLE inodes (
-    inode INTEGER PRIMARY KEY AUTOINCREMENT,  -- inode number, never reused
-    key   TEXT NOT NULL UNIQUE                -- stable identity (t:<id>, f:<id>:<file>, d:<id>, dir:<id>:<path>, ...)
-);
-
-CREATE TABLE entries (
-    inode         INTEGER PRIMARY KEY,         -- inodes.inode
-    parent        INTEGER NOT NULL,            -- inode of the directory holding it (0 for the root)
-    name          TEXT NOT NULL,               -- safe name (NFC, no "/" or NUL, <= 255 bytes, unique in parent)
-    kind          TEXT NOT NULL CHECK (kind IN ('dir', 'file')),  -- entry type
-    size          INTEGER NOT NULL,            -- st_size (0 for directories)
-    mtime         REAL NOT NULL,               -- st_mtime, UNIX seconds (RD ended/added/generated)
-    nlink         INTEGER NOT NULL,            -- st_nlink (2 + subdirectories for a directory)
-    torrent_id    TEXT,                        -- torrent this entry belongs to (its directory and everything in it)
-    file_id       INTEGER,                     -- RD file id for a torrent file
-    download_id   TEXT,                        -- RD download id for an entry of downloads/
-    hoster_link   TEXT,                        -- hoster link to unrestrict to read the file
-    link_offset   INTEGER NOT NULL DEFAULT 0,  -- byte offset of this file inside the link's content
-    files_pending INTEGER NOT NULL DEFAULT 0   -- 1 for a torrent directory whose file list is not cached yet
-);
-CREATE UNIQUE INDEX entries_name ON entries(parent, name);
-CREATE INDEX entries_parent_inode ON entries(parent, inode);
-CREATE INDEX entries_torrent ON entries(torrent_id) WHERE torrent_id IS NOT NULL;
-CREATE INDEX entries_link ON entries(hoster_link) WHERE hoster_link IS NOT NULL;
-
-CREATE TABLE sync_state (
-    key   TEXT PRIMARY KEY,  -- last_sync, last_outcome, health, pending_deletions, ...
-    value TEXT NOT NULL      -- JSON value
-);
-
-INSERT INTO inodes (inode, key) VALUES {", ".join(f"({i}, '{k}')" for i, k, _, _ in FIXED_DIRS)};
-INSERT INTO entries (inode, parent, name, kind, size, mtime, nlink) VALUES
-    {", ".join(f"({i}, {p}, '{n}', 'dir', 0, 0, 2)" for i, _, p, n in FIXED_DIRS)};
-UPDATE entries SET nlink = 5 WHERE inode = {ROOT_INODE};
-UPDATE sqlite_sequence SET seq = {FIRST_DYNAMIC_INODE - 1} WHERE name = 'inodes';
-"""
-
-_SCHEMA_V2 = """
-CREATE TABLE archives (
-    hoster_link TEXT PRIMARY KEY,  -- link of a RAR archive RD packed a torrent into
-    members     TEXT,              -- JSON list of its members (rdfs.data.rar.Member fields); NULL on error
-    error       TEXT,              -- why the members could not be listed; NULL when fine
-    indexed     REAL NOT NULL      -- UNIX time of the attempt
-);
-"""
-
-# The removal record: every torrent removed (by RD or by the user), to re-add what RD took.
-_SCHEMA_REMOVALS = """
-CREATE TABLE removals (
-    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
-    time      REAL NOT NULL,     -- UNIX time of the removal
-    id        TEXT NOT NULL,     -- RD's torrent id
-    name      TEXT NOT NULL,     -- its filename as listed
-    hash      TEXT NOT NULL,     -- info hash: magnet:?xt=urn:btih:<hash> re-adds it
-    bytes     INTEGER NOT NULL,
-    selection TEXT,              -- JSON [[file id, path, bytes], ...] selected; NULL if never fetched
-    by        TEXT NOT NULL,     -- 'rd' (gone from RD's listing) or 'user'
-    reason    TEXT NOT NULL
-);
-"""
-
-# Migration i (0-based) takes the schema from version i to i + 1. Append, never edit.
-MIGRATIONS: list[str] = [_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_REMOVALS]
-SCHEMA_VERSION = len(MIGRATIONS)
-
-
-class CacheError(Exception):
-    """The cache database cannot be used (e.g. written by a newer rdfs)."""
-
-
-class CacheUnavailable(CacheError):
-    """A write could not be done now and was rolled back whole; it can be tried again later.
-
-    ``state`` is what :meth:`Cache.status` shows: "disk full", "locked by another process",
-    "read-only", "corrupt" or "error".
-    """
-
-    state = "error"
-
-
-class CacheFull(CacheUnavailable):
-    state = "disk full"
-
-
-class CacheLocked(CacheUnavailable):
-    state = "locked by another process"
-
-
-class CacheReadOnly(CacheUnavailable):
-    state = "read-only"
-
-
-class CacheCorrupt(CacheUnavailable):
-    state = "corrupt"
-
-
-# SQLite primary result codes (the low byte of an extended code).
-_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY, _SQLITE_IOERR = 5, 6, 8, 10
-_SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB = 11, 13, 14, 26
-_ERRORS: dict[int, type[CacheUnavailable]] = {
-    _SQLITE_BUSY: CacheLocked,
-    _SQLITE_LOCKED: CacheLocked,
-    _SQLITE_READONLY: CacheReadOnly,
-    _SQLITE_FULL: CacheFull,
-    _SQLITE_CORRUPT: CacheCorrupt,
-    _SQLITE_NOTADB: CacheCorrupt,
-}
-
-
-def classify(exc: sqlite3.Error) -> CacheUnavailable:
-    """The :class:`CacheUnavailable` saying what an SQLite error means for the cache (one line)."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    kind = _ERRORS.get(code & 0xFF, CacheUnavailable) if isinstance(code, int) else CacheUnavailable
-    return kind(str(exc))
-
-
-def _unavailable(exc: sqlite3.Error) -> bool:
-    """Whether an SQLite error is about the database file's state (not a constraint or a bug)."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    return isinstance(code, int) and code & 0xFF in (*_ERRORS, _SQLITE_IOERR, _SQLITE_CANTOPEN)
-
-
-def is_corrupt(exc: BaseException) -> bool:
-    """Whether an error opening a database says the file is not a (sound) SQLite database."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    return (
-        isinstance(exc, sqlite3.DatabaseError)
-        and isinstance(code, int)
-        and code & 0xFF
-        in (
-            _SQLITE_CORRUPT,
-            _SQLITE_NOTADB,
-        )
-    )
 
 
 def move_aside(path: Path, reason: str) -> Path:
@@ -306,240 +167,11 @@ class WriteHealth:
     failed_writes: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class StoredLink:
-    """An unrestricted link as the data path persists it."""
-
-    hoster_link: str
-    url: str
-    download_id: str
-    filesize: int
-    expires_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class EntrySpec:
-    """A wanted row of ``entries``, addressed by stable keys instead of inode numbers."""
-
-    key: str
-    parent_key: str
-    name: str
-    kind: str  # "dir" | "file"
-    size: int = 0
-    mtime: float = 0.0
-    nlink: int = 1
-    torrent_id: str | None = None
-    file_id: int | None = None
-    download_id: str | None = None
-    hoster_link: str | None = None
-    link_offset: int = 0
-    files_pending: bool = False
-
-    def row(self) -> tuple[Any, ...]:
-        """The fields compared to decide whether a stored entry must be rewritten."""
-        return (
-            self.parent_key,
-            self.name,
-            self.kind,
-            self.size,
-            self.mtime,
-            self.nlink,
-            self.torrent_id,
-            self.file_id,
-            self.download_id,
-            self.hoster_link,
-            self.link_offset,
-            int(self.files_pending),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class StoredEntry:
-    """An existing row of ``entries``: its inode, parent inode, key and ``EntrySpec.row()`` values."""
-
-    inode: int
-    parent: int
-    key: str
-    row: tuple[Any, ...]
-
-    @property
-    def name(self) -> str:
-        return self.row[1]
-
-    @property
-    def torrent_id(self) -> str | None:
-        return self.row[6]
-
-
-@dataclass
-class EntryDiff:
-    """What turns the stored entries of one scope into the wanted ones."""
-
-    remove: list[StoredEntry] = field(default_factory=list)
-    upsert: list[EntrySpec] = field(default_factory=list)
-    existing: dict[str, StoredEntry] = field(default_factory=dict)
-
-    def __bool__(self) -> bool:
-        return bool(self.remove or self.upsert)
-
-
-@dataclass
-class Changes:
-    """What a write changed, for kernel cache invalidation."""
-
-    entries: set[tuple[int, str]] = field(
-        default_factory=set
-    )  # (parent inode, name) gone or appeared
-    inodes: set[int] = field(default_factory=set)  # inodes whose attributes changed
-    dirs: set[int] = field(default_factory=set)  # directories whose listing changed
-
-    def merge(self, other: Changes) -> None:
-        self.entries |= other.entries
-        self.inodes |= other.inodes
-        self.dirs |= other.dirs
-
-    def __bool__(self) -> bool:
-        return bool(self.entries or self.inodes or self.dirs)
-
-
-@dataclass(frozen=True, slots=True)
-class TorrentState:
-    """The sync-relevant columns of a cached torrent."""
-
-    id: str
-    status: str
-    row_key: str
-    list_key: str
-    info_key: str | None
-
-
-class ListedTorrent(NamedTuple):
-    """The columns of a torrent that name and date its directory (times in UNIX seconds)."""
-
-    id: str
-    filename: str
-    status: str
-    added: float | None
-    ended: float | None
-
-
-class ShownTorrent(NamedTuple):
-    """What the library views classify a torrent of ``torrents/`` by."""
-
-    id: str
-    filename: str
-    bytes: int
-    added: float | None
-
-
-class EntryRow(NamedTuple):
-    """A row of ``entries``, with the hash and status of its torrent (for the xattrs)."""
-
-    inode: int
-    parent: int
-    name: str
-    kind: str  # "dir" | "file"
-    size: int
-    mtime: float
-    nlink: int
-    torrent_id: str | None
-    file_id: int | None
-    download_id: str | None
-    hoster_link: str | None
-    link_offset: int
-    files_pending: int
-    torrent_hash: str | None
-    torrent_status: str | None
-
-
 _ENTRY_SQL = (
     "SELECT e.inode, e.parent, e.name, e.kind, e.size, e.mtime, e.nlink, e.torrent_id, e.file_id, "
     "e.download_id, e.hoster_link, e.link_offset, e.files_pending, t.hash, t.status "
     "FROM entries e LEFT JOIN torrents t ON t.id = e.torrent_id "
 )
-
-
-def _fingerprint(values: list[Any]) -> str:
-    return hashlib.blake2b(json.dumps(values).encode(), digest_size=12).hexdigest()
-
-
-def list_key(torrent: Torrent) -> str:
-    """Fingerprint of the listed fields whose change can change the torrent's files."""
-    return _fingerprint([torrent.status, torrent.bytes, torrent.filename, list(torrent.links)])
-
-
-def row_key(torrent: Torrent) -> str:
-    """Fingerprint of every listed field rdfs keeps: equal means the stored row is current."""
-    return _fingerprint(
-        [
-            list_key(torrent),
-            torrent.hash,
-            torrent.host,
-            torrent.split,
-            torrent.progress,
-            unix_time(torrent.added),
-            unix_time(torrent.ended),
-        ]
-    )
-
-
-class Accounts:
-    """Which account a credential belongs to, without asking the API and without storing it.
-
-    ``<cache dir>/accounts.json`` maps salted fingerprints of credentials to RD user ids:
-    ``HMAC-SHA256(salt, credential)``, the salt random per cache directory. RD tokens are long
-    random strings, so a keyed hash is enough (no password stretching needed); the salt keeps
-    fingerprints from matching across machines. A mount with a known credential opens its
-    account's cache with no API call; an unknown one asks ``/user`` first. The file is a hint:
-    unreadable or unwritable, it costs one ``/user`` call, never the mount.
-    """
-
-    MAX_ENTRIES = 32
-
-    def __init__(self, cache_dir: Path | str) -> None:
-        self.path = Path(cache_dir) / ACCOUNTS_FILE
-        self._salt = b""
-        self._known: dict[str, str] = {}
-        try:
-            data = json.loads(self.path.read_text())
-            self._salt = bytes.fromhex(data["salt"])
-            self._known = {str(k): str(v) for k, v in data["accounts"].items()}
-        except FileNotFoundError:
-            pass
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            log.warning(
-                "ignoring unreadable %s (%s): the account is asked from the API", self.path, exc
-            )
-        if len(self._salt) < 16:
-            self._salt, self._known = secrets.token_bytes(16), {}
-
-    def fingerprint(self, credential: bytes) -> str:
-        return hmac.new(self._salt, credential, hashlib.sha256).hexdigest()
-
-    def user_for(self, credential: bytes) -> str | None:
-        """The user id a credential was seen with, or None when it is new here."""
-        return self._known.get(self.fingerprint(credential))
-
-    def remember(self, credential: bytes, user_id: str) -> None:
-        """Note whose the credential is (best effort: a failure only costs a ``/user`` call later)."""
-        key = self.fingerprint(credential)
-        if self._known.get(key) == user_id:
-            return
-        self._known.pop(key, None)
-        self._known[key] = user_id
-        while len(self._known) > self.MAX_ENTRIES:
-            del self._known[next(iter(self._known))]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps({"salt": self._salt.hex(), "accounts": self._known}))
-            os.replace(tmp, self.path)
-        except OSError as exc:
-            log.warning(
-                "cannot write %s (%s): the next mount asks the API whose token it is",
-                self.path,
-                exc,
-            )
 
 
 class Cache:
@@ -688,7 +320,7 @@ class Cache:
             self.conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
-            if not _unavailable(exc):
+            if not unavailable(exc):
                 raise  # a constraint or a bug: not the cache's state
             raise self._failed(exc) from None
         self._succeeded()
@@ -821,7 +453,7 @@ class Cache:
                 (hoster_link,),
             ).fetchone()
         except sqlite3.Error as exc:
-            if not _unavailable(exc):
+            if not unavailable(exc):
                 raise
             self._failed(exc)
             return None
