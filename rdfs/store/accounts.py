@@ -53,7 +53,7 @@ class Accounts:
         return self._known.get(self.fingerprint(credential))
 
     def remember(self, credential: bytes, user_id: str) -> None:
-        """Note whose the credential is (best effort: a failure only costs a ``/user`` call later)."""
+        """Note whose the credential is (best effort: a failure costs a ``/user`` call later)."""
         key = self.fingerprint(credential)
         if self._known.get(key) == user_id:
             return

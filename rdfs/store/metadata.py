@@ -190,7 +190,8 @@ class Cache:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.health = WriteHealth()
-        # Unrestricted links (None: a deletion) and markers not yet written, served from here meanwhile.
+        # Unrestricted links (None: a deletion) and markers not yet written, served from here
+        # meanwhile.
         self._pending_links: dict[str, StoredLink | None] = {}
         self._pending_meta: dict[str, str] = {}
         conn = sqlite3.connect(str(self.path), isolation_level=None, cached_statements=256)
@@ -274,7 +275,8 @@ class Cache:
         self.conn.close()
 
     def _check_sound(self) -> None:
-        """Raise :class:`CacheCorrupt` unless SQLite's quick check passes (a truncated file, torn pages).
+        """Raise :class:`CacheCorrupt` unless SQLite's quick check passes (truncated file, torn
+        pages).
 
         Reads every page once (a fraction of a second for a large library) so that a damaged
         cache is rebuilt at mount time instead of failing lookups later.
@@ -296,7 +298,8 @@ class Cache:
             # executescript runs the whole migration and its version bump as one transaction.
             self.conn.executescript(
                 f"BEGIN IMMEDIATE;\n{MIGRATIONS[number]}\n"
-                f"INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '{number + 1}');\nCOMMIT;"
+                "INSERT OR REPLACE INTO meta (key, value) "
+                f"VALUES ('schema_version', '{number + 1}');\nCOMMIT;"
             )
             log.info("cache %s migrated to schema version %d", self.path, number + 1)
 
@@ -370,7 +373,8 @@ class Cache:
         return len(self._pending_links) + len(self._pending_meta)
 
     def flush_pending(self) -> bool:
-        """Write the pending links and markers in one transaction; False (still pending) if it failed."""
+        """Write the pending links and markers in one transaction; False (still pending) if it
+        failed."""
         if not self.pending_writes or self.conn.in_transaction:
             return not self.pending_writes
         links, meta = dict(self._pending_links), dict(self._pending_meta)
@@ -449,7 +453,8 @@ class Cache:
             return self._pending_links[hoster_link]
         try:
             row = self.conn.execute(
-                "SELECT hoster_link, url, download_id, filesize, expires_at FROM links WHERE hoster_link = ?",
+                "SELECT hoster_link, url, download_id, filesize, expires_at FROM links WHERE "
+                "hoster_link = ?",
                 (hoster_link,),
             ).fetchone()
         except sqlite3.Error as exc:
@@ -474,7 +479,8 @@ class Cache:
         if link.filesize > 0:
             # (Files inside an archive read the same link at an offset: their size is their own.)
             self.conn.execute(
-                "UPDATE entries SET size = ? WHERE hoster_link = ? AND file_id IS NULL AND link_offset = 0 "
+                "UPDATE entries SET size = ? WHERE hoster_link = ? AND file_id IS NULL AND "
+                "link_offset = 0 "
                 "AND torrent_id IS NOT NULL AND kind = 'file' AND size != ?",
                 (link.filesize, link.hoster_link, link.filesize),
             )
@@ -491,7 +497,8 @@ class Cache:
         for chunk in chunks(wanted):
             marks = ",".join("?" * len(chunk))
             for link, size in self.conn.execute(
-                f"SELECT hoster_link, filesize FROM links WHERE hoster_link IN ({marks}) AND filesize > 0",
+                f"SELECT hoster_link, filesize FROM links WHERE hoster_link IN ({marks}) AND "
+                "filesize > 0",
                 chunk,
             ):
                 sizes[link] = size
@@ -506,10 +513,12 @@ class Cache:
     def archives_to_index(self) -> list[tuple[str, str]]:
         """(torrent id, link) of shown single-archive packed torrents whose members are unknown."""
         rows = self.conn.execute(
-            "SELECT t.id, t.links FROM torrents t WHERE t.status = 'downloaded' AND t.info_key IS NOT NULL "
+            "SELECT t.id, t.links FROM torrents t WHERE t.status = 'downloaded' AND t.info_key IS "
+            "NOT NULL "
             "AND json_array_length(t.links) = 1 "
             "AND (SELECT count(*) FROM files f WHERE f.torrent_id = t.id AND f.selected) > 1 "
-            "AND NOT EXISTS (SELECT 1 FROM archives a WHERE a.hoster_link = json_extract(t.links, '$[0]')) ORDER BY t.added DESC"
+            "AND NOT EXISTS (SELECT 1 FROM archives a WHERE a.hoster_link = json_extract(t.links, "
+            "'$[0]')) ORDER BY t.added DESC"
         )
         return [(torrent_id, json.loads(links)[0]) for torrent_id, links in rows]
 
@@ -518,12 +527,13 @@ class Cache:
     ) -> None:
         with self.transaction():
             self.conn.execute(
-                "INSERT OR REPLACE INTO archives (hoster_link, members, error, indexed) VALUES (?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO archives (hoster_link, members, error, indexed) VALUES "
+                "(?, ?, ?, ?)",
                 (hoster_link, None if members is None else json.dumps(members), error, time.time()),
             )
 
     def archive_members(self, hoster_links: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
-        """The listed members of the archives behind ``hoster_links`` (those indexed without error)."""
+        """The listed members of the archives behind ``hoster_links`` (indexed without error)."""
         found: dict[str, list[dict[str, Any]]] = {}
         for link in hoster_links:
             row = self.conn.execute(
@@ -583,9 +593,11 @@ class Cache:
         ]
         with self.transaction():
             self.conn.executemany(
-                "INSERT INTO torrents (id, filename, hash, bytes, host, split, progress, status, added, ended, "
+                "INSERT INTO torrents (id, filename, hash, bytes, host, split, progress, status, "
+                "added, ended, "
                 "links, row_key, list_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (id) DO UPDATE SET filename = excluded.filename, hash = excluded.hash, "
+                "ON CONFLICT (id) DO UPDATE SET filename = excluded.filename, hash = "
+                "excluded.hash, "
                 "bytes = excluded.bytes, host = excluded.host, split = excluded.split, "
                 "progress = excluded.progress, status = excluded.status, added = excluded.added, "
                 "ended = excluded.ended, links = excluded.links, row_key = excluded.row_key, "
@@ -613,12 +625,13 @@ class Cache:
         return [_torrent(row) for row in rows]
 
     def shown_torrents(self, statuses: Sequence[str] = ("downloaded",)) -> list[ListedTorrent]:
-        """The downloaded torrents (those in ``statuses``), with just what their directories need."""
+        """The downloaded torrents (those in ``statuses``), with what their directories need."""
         marks = ",".join("?" * len(statuses))
         return [
             ListedTorrent(*row)
             for row in self.conn.execute(
-                f"SELECT id, filename, status, added, ended FROM torrents WHERE status IN ({marks})",
+                "SELECT id, filename, status, added, ended FROM torrents WHERE status IN "
+                f"({marks})",
                 tuple(statuses),
             )
         ]
@@ -662,7 +675,8 @@ class Cache:
         }
 
     def torrents_needing_files(self) -> list[str]:
-        """Downloaded torrents whose file list is missing or older than their listing, newest first."""
+        """Downloaded torrents whose file list is missing or older than their listing, newest
+        first."""
         return [
             row[0]
             for row in self.conn.execute(
@@ -685,7 +699,8 @@ class Cache:
         files = tuple(
             TorrentFile(id=fid, path=path, bytes=size, selected=bool(selected))
             for fid, path, size, selected in self.conn.execute(
-                "SELECT file_id, path, bytes, selected FROM files WHERE torrent_id = ? ORDER BY file_id",
+                "SELECT file_id, path, bytes, selected FROM files WHERE torrent_id = ? ORDER BY "
+                "file_id",
                 (torrent_id,),
             )
         )
@@ -695,7 +710,8 @@ class Cache:
     def store_info(self, info: TorrentInfo, specs: Sequence[EntrySpec]) -> Changes:
         """Store a torrent's files and its subtree of entries in one transaction.
 
-        ``specs`` is the torrent's whole subtree below its directory (built by :mod:`rdfs.tree.specs`).
+        ``specs`` is the torrent's whole subtree below its directory (built by
+        :mod:`rdfs.tree.specs`).
         The listing's fields are refreshed from ``info`` as well, so info and listing agree.
         """
         with self.transaction():
@@ -709,7 +725,8 @@ class Cache:
             }
             self.conn.execute("DELETE FROM files WHERE torrent_id = ?", (info.id,))
             self.conn.executemany(
-                "INSERT INTO files (torrent_id, file_id, path, bytes, selected, link) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO files (torrent_id, file_id, path, bytes, selected, link) VALUES (?, "
+                "?, ?, ?, ?, ?)",
                 [
                     (info.id, f.id, f.path, f.bytes, int(f.selected), link_of.get(f.id))
                     for f in info.files
@@ -731,7 +748,8 @@ class Cache:
                 1 for s in specs if s.kind == "dir" and s.parent_key == keys.torrent(info.id)
             )
             cursor = self.conn.execute(
-                "UPDATE entries SET files_pending = 0, nlink = ? WHERE parent = ? AND torrent_id = ? "
+                "UPDATE entries SET files_pending = 0, nlink = ? WHERE parent = ? AND torrent_id "
+                "= ? "
                 "AND (files_pending != 0 OR nlink != ?) RETURNING inode",
                 (nlink, TORRENTS_INODE, info.id, nlink),
             )
@@ -750,8 +768,8 @@ class Cache:
         with self.transaction():
             for chunk in chunks(list(torrent_ids)):
                 marks = ",".join("?" * len(chunk))
-                for inode, parent, name in self.conn.execute(
-                    f"DELETE FROM entries WHERE torrent_id IN ({marks}) RETURNING inode, parent, name",
+                for parent, name in self.conn.execute(
+                    f"DELETE FROM entries WHERE torrent_id IN ({marks}) RETURNING parent, name",
                     chunk,
                 ).fetchall():
                     changes.entries.add((parent, name))
@@ -778,7 +796,8 @@ class Cache:
             _torrent(row)
             for row in self.conn.execute(
                 f"SELECT {_TORRENT_COLUMNS} FROM torrents WHERE status IN "
-                "('magnet_conversion', 'waiting_files_selection', 'queued', 'downloading', 'compressing', "
+                "('magnet_conversion', 'waiting_files_selection', 'queued', 'downloading', "
+                "'compressing', "
                 "'uploading') ORDER BY added DESC, id"
             )
         ]
@@ -794,7 +813,8 @@ class Cache:
     def upsert_downloads(self, downloads: Sequence[Download]) -> None:
         with self.transaction():
             self.conn.executemany(
-                "INSERT OR REPLACE INTO downloads (id, filename, filesize, link, host, download, mime_type, "
+                "INSERT OR REPLACE INTO downloads (id, filename, filesize, link, host, download, "
+                "mime_type, "
                 "generated) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
@@ -830,7 +850,8 @@ class Cache:
                 generated=_when(row[7]),
             )
             for row in self.conn.execute(
-                "SELECT id, filename, filesize, link, host, download, mime_type, generated FROM downloads"
+                "SELECT id, filename, filesize, link, host, download, mime_type, generated FROM "
+                "downloads"
             )
         ]
 
@@ -932,7 +953,8 @@ class Cache:
         """Compare the stored entries of ``scope`` with the wanted ones (reads only)."""
         existing: dict[str, StoredEntry] = {}
         rows = self.conn.execute(
-            "SELECT e.inode, e.parent, i.key, p.key, e.name, e.kind, e.size, e.mtime, e.nlink, e.torrent_id, "
+            "SELECT e.inode, e.parent, i.key, p.key, e.name, e.kind, e.size, e.mtime, e.nlink, "
+            "e.torrent_id, "
             "e.file_id, e.download_id, e.hoster_link, e.link_offset, e.files_pending "
             "FROM entries e JOIN inodes i ON i.inode = e.inode JOIN inodes p ON p.inode = e.parent "
             f"WHERE {scope.where}",
@@ -979,8 +1001,10 @@ class Cache:
             if keys.is_torrent_dir(entry.key):
                 # (Its copies in the views go with the views' own refresh, which reports them.)
                 below = self.conn.execute(
-                    "DELETE FROM entries WHERE torrent_id = ? AND inode != ? AND NOT EXISTS (SELECT 1 FROM inodes i "
-                    f"WHERE i.inode = entries.inode AND i.key LIKE '{_VIEW_COPY_LIKE}') RETURNING inode",
+                    "DELETE FROM entries WHERE torrent_id = ? AND inode != ? AND NOT EXISTS "
+                    "(SELECT 1 FROM inodes i "
+                    f"WHERE i.inode = entries.inode AND i.key LIKE '{_VIEW_COPY_LIKE}') RETURNING "
+                    "inode",
                     (entry.torrent_id, entry.inode),
                 ).fetchall()
                 changes.inodes.update(row[0] for row in below)
@@ -997,15 +1021,20 @@ class Cache:
             old = existing.get(spec.key)
             # A name can be taken by an entry that a later batch renames (a swap): move it aside.
             self.conn.execute(
-                "UPDATE entries SET name = name || ' [~' || inode || ']' WHERE parent = ? AND name = ? AND inode != ?",
+                "UPDATE entries SET name = name || ' [~' || inode || ']' WHERE parent = ? AND "
+                "name = ? AND inode != ?",
                 (parent, spec.name, inode),
             )
             self.conn.execute(
-                "INSERT INTO entries (inode, parent, name, kind, size, mtime, nlink, torrent_id, file_id, "
-                "download_id, hoster_link, link_offset, files_pending) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "INSERT INTO entries (inode, parent, name, kind, size, mtime, nlink, torrent_id, "
+                "file_id, "
+                "download_id, hoster_link, link_offset, files_pending) VALUES (?, ?, ?, ?, ?, ?, "
+                "?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (inode) DO UPDATE SET parent = excluded.parent, name = excluded.name, "
-                "kind = excluded.kind, size = excluded.size, mtime = excluded.mtime, nlink = excluded.nlink, "
-                "torrent_id = excluded.torrent_id, file_id = excluded.file_id, download_id = excluded.download_id, "
+                "kind = excluded.kind, size = excluded.size, mtime = excluded.mtime, nlink = "
+                "excluded.nlink, "
+                "torrent_id = excluded.torrent_id, file_id = excluded.file_id, download_id = "
+                "excluded.download_id, "
                 "hoster_link = excluded.hoster_link, link_offset = excluded.link_offset, "
                 "files_pending = excluded.files_pending",
                 (
@@ -1036,14 +1065,16 @@ class Cache:
     def torrent_entries(self) -> list[EntrySpec]:
         """Every entry of ``torrents/`` below the top (torrent directories and their subtrees)."""
         rows = self.conn.execute(
-            "SELECT i.key, p.key, e.name, e.kind, e.size, e.mtime, e.nlink, e.torrent_id, e.file_id, e.download_id, "
-            "e.hoster_link, e.link_offset, e.files_pending FROM entries e JOIN inodes i ON i.inode = e.inode "
-            f"JOIN inodes p ON p.inode = e.parent WHERE e.torrent_id IS NOT NULL AND i.key NOT LIKE '{_VIEW_COPY_LIKE}'"
+            "SELECT i.key, p.key, e.name, e.kind, e.size, e.mtime, e.nlink, e.torrent_id, "
+            "e.file_id, e.download_id, e.hoster_link, e.link_offset, e.files_pending "
+            "FROM entries e JOIN inodes i ON i.inode = e.inode JOIN inodes p ON p.inode = e.parent "
+            f"WHERE e.torrent_id IS NOT NULL AND i.key NOT LIKE '{_VIEW_COPY_LIKE}'"
         )
         return [
             EntrySpec(
-                key=row[0], parent_key=row[1], name=row[2], kind=row[3], size=row[4], mtime=row[5], nlink=row[6],
-                torrent_id=row[7], file_id=row[8], download_id=row[9], hoster_link=row[10], link_offset=row[11],
+                key=row[0], parent_key=row[1], name=row[2], kind=row[3], size=row[4],
+                mtime=row[5], nlink=row[6], torrent_id=row[7], file_id=row[8],
+                download_id=row[9], hoster_link=row[10], link_offset=row[11],
                 files_pending=bool(row[12]),
             )
             for row in rows
@@ -1079,17 +1110,20 @@ class Cache:
         """SQLite's integrity check plus the tree's invariants; empty when all is well."""
         problems = [row[0] for row in self.conn.execute("PRAGMA integrity_check") if row[0] != "ok"]
         checks = {
-            "entry without inode": "SELECT count(*) FROM entries e LEFT JOIN inodes i USING (inode) WHERE i.key IS NULL",
-            "entry whose parent is missing": "SELECT count(*) FROM entries e LEFT JOIN entries p ON p.inode = e.parent "
-            "WHERE p.inode IS NULL AND e.inode != 1",
-            "entry whose parent is a file": "SELECT count(*) FROM entries e JOIN entries p ON p.inode = e.parent "
-            "WHERE p.kind != 'dir'",
-            "torrent entry without torrent": "SELECT count(*) FROM entries e LEFT JOIN torrents t ON t.id = e.torrent_id "
+            "entry without inode": "SELECT count(*) FROM entries e "
+            "LEFT JOIN inodes i USING (inode) WHERE i.key IS NULL",
+            "entry whose parent is missing": "SELECT count(*) FROM entries e "
+            "LEFT JOIN entries p ON p.inode = e.parent WHERE p.inode IS NULL AND e.inode != 1",
+            "entry whose parent is a file": "SELECT count(*) FROM entries e "
+            "JOIN entries p ON p.inode = e.parent WHERE p.kind != 'dir'",
+            "torrent entry without torrent": "SELECT count(*) FROM entries e "
+            "LEFT JOIN torrents t ON t.id = e.torrent_id "
             "WHERE e.torrent_id IS NOT NULL AND t.id IS NULL",
-            "files without torrent": "SELECT count(*) FROM files f LEFT JOIN torrents t ON t.id = f.torrent_id "
-            "WHERE t.id IS NULL",
-            "unsafe name": "SELECT count(*) FROM entries WHERE inode != 1 AND (name IN ('', '.', '..') "
-            "OR instr(name, '/') > 0 OR instr(name, char(0)) > 0 OR length(CAST(name AS BLOB)) > 255)",
+            "files without torrent": "SELECT count(*) FROM files f "
+            "LEFT JOIN torrents t ON t.id = f.torrent_id WHERE t.id IS NULL",
+            "unsafe name": "SELECT count(*) FROM entries WHERE inode != 1 AND ("
+            "name IN ('', '.', '..') OR instr(name, '/') > 0 OR instr(name, char(0)) > 0 "
+            "OR length(CAST(name AS BLOB)) > 255)",
         }
         for label, sql in checks.items():
             count = self.conn.execute(sql).fetchone()[0]
@@ -1110,7 +1144,8 @@ class Cache:
         for chunk in chunks(list(torrent_ids)):
             marks = ",".join("?" * len(chunk))
             found = self.conn.execute(
-                f"SELECT id, filename, hash, bytes, info_key IS NOT NULL FROM torrents WHERE id IN ({marks})",
+                "SELECT id, filename, hash, bytes, info_key IS NOT NULL FROM torrents WHERE id "
+                f"IN ({marks})",
                 chunk,
             ).fetchall()
             for torrent_id, name, info_hash, size, has_files in found:
@@ -1118,7 +1153,8 @@ class Cache:
                 if has_files:
                     selection = json.dumps(
                         self.conn.execute(
-                            "SELECT file_id, path, bytes FROM files WHERE torrent_id = ? AND selected ORDER BY file_id",
+                            "SELECT file_id, path, bytes FROM files WHERE torrent_id = ? AND "
+                            "selected ORDER BY file_id",
                             (torrent_id,),
                         ).fetchall()
                     )
@@ -1134,16 +1170,18 @@ class Cache:
         return len(rows)
 
     def removals(self, limit: int | None = None) -> list[dict[str, Any]]:
-        """The removal record, newest first (``selection``: selected files, None if never fetched)."""
+        """The removal record, newest first (``selection``: the selected files, None if unknown)."""
         rows = self.conn.execute(
-            "SELECT time, id, name, hash, bytes, selection, by, reason FROM removals ORDER BY seq DESC LIMIT ?",
+            "SELECT time, id, name, hash, bytes, selection, by, reason FROM removals "
+            "ORDER BY seq DESC LIMIT ?",
             (-1 if limit is None else limit,),
         ).fetchall()
         return [
             {
                 "time": when, "id": torrent_id, "name": name, "hash": info_hash, "bytes": size,
                 "selection": None if selection is None else [
-                    {"id": fid, "path": path, "bytes": fsize} for fid, path, fsize in json.loads(selection)
+                    {"id": fid, "path": path, "bytes": fsize}
+                    for fid, path, fsize in json.loads(selection)
                 ],
                 "by": by, "reason": reason,
             }
@@ -1171,7 +1209,8 @@ class Cache:
             out += [
                 ListedTorrent(*row)
                 for row in self.conn.execute(
-                    f"SELECT id, filename, status, added, ended FROM torrents WHERE id IN ({marks})",
+                    "SELECT id, filename, status, added, ended FROM torrents WHERE id IN "
+                    f"({marks})",
                     chunk,
                 )
             ]

@@ -60,7 +60,7 @@ class EntrySpec:
 
 @dataclass(frozen=True, slots=True)
 class StoredEntry:
-    """An existing row of ``entries``: its inode, parent inode, key and ``EntrySpec.row()`` values."""
+    """A stored row of ``entries``: its inode, parent inode, key and ``EntrySpec.row()`` values."""
 
     inode: int
     parent: int

@@ -30,7 +30,8 @@ CREATE TABLE meta (
 
 CREATE TABLE torrents (
     id         TEXT PRIMARY KEY,  -- RD torrent id (13 characters A-Z2-7)
-    filename   TEXT NOT NULL,     -- RD's name of the torrent (the file name for single-file selections)
+    filename   TEXT NOT NULL,     -- RD's name of the torrent (the file name for single-file
+                                  -- selections)
     hash       TEXT NOT NULL,     -- info hash, lower case
     bytes      INTEGER NOT NULL,  -- size of the selected files
     host       TEXT NOT NULL,     -- hoster the links point to
@@ -40,9 +41,11 @@ CREATE TABLE torrents (
     added      REAL,              -- UNIX time the torrent was added
     ended      REAL,              -- UNIX time it finished; NULL while active
     links      TEXT NOT NULL,     -- JSON array of hoster links, as /torrents lists them
-    row_key    TEXT NOT NULL,     -- fingerprint of all listed fields (skip rewriting unchanged rows)
+    row_key    TEXT NOT NULL,     -- fingerprint of all listed fields (skip rewriting unchanged
+                                  -- rows)
     list_key   TEXT NOT NULL,     -- fingerprint of the listed fields that shape the file tree
-    info_key   TEXT,              -- list_key at the time /torrents/info was stored; NULL = files never fetched
+    info_key   TEXT,              -- list_key at the time /torrents/info was stored; NULL = files
+                                  -- never fetched
     info_error TEXT               -- last error fetching /torrents/info; NULL when fine
 );
 CREATE INDEX torrents_status ON torrents(status, added);
@@ -53,7 +56,8 @@ CREATE TABLE files (
     path       TEXT NOT NULL,     -- path inside the torrent as RD gives it (leading "/")
     bytes      INTEGER NOT NULL,  -- file size
     selected   INTEGER NOT NULL,  -- 1 when selected for download
-    link       TEXT,              -- its hoster link (links[i] of the i-th selected file); NULL if packed or missing
+    link       TEXT,              -- its hoster link (links[i] of the i-th selected file); NULL if
+                                  -- packed or missing
     PRIMARY KEY (torrent_id, file_id)
 ) WITHOUT ROWID;
 
@@ -80,23 +84,27 @@ CREATE INDEX links_expiry ON links(expires_at);
 
 CREATE TABLE inodes (
     inode INTEGER PRIMARY KEY AUTOINCREMENT,  -- inode number, never reused
-    key   TEXT NOT NULL UNIQUE                -- stable identity (t:<id>, f:<id>:<file>, d:<id>, dir:<id>:<path>, ...)
+    key   TEXT NOT NULL UNIQUE                -- stable identity (t:<id>, f:<id>:<file>, d:<id>,
+                                              -- dir:<id>:<path>, ...)
 );
 
 CREATE TABLE entries (
     inode         INTEGER PRIMARY KEY,         -- inodes.inode
     parent        INTEGER NOT NULL,            -- inode of the directory holding it (0 for the root)
-    name          TEXT NOT NULL,               -- safe name (NFC, no "/" or NUL, <= 255 bytes, unique in parent)
+    name          TEXT NOT NULL,               -- safe name (NFC, no "/" or NUL, <= 255 bytes,
+                                               -- unique in parent)
     kind          TEXT NOT NULL CHECK (kind IN ('dir', 'file')),  -- entry type
     size          INTEGER NOT NULL,            -- st_size (0 for directories)
     mtime         REAL NOT NULL,               -- st_mtime, UNIX seconds (RD ended/added/generated)
     nlink         INTEGER NOT NULL,            -- st_nlink (2 + subdirectories for a directory)
-    torrent_id    TEXT,                        -- torrent this entry belongs to (its directory and everything in it)
+    torrent_id    TEXT,                        -- torrent this entry belongs to (its directory and
+                                               -- everything in it)
     file_id       INTEGER,                     -- RD file id for a torrent file
     download_id   TEXT,                        -- RD download id for an entry of downloads/
     hoster_link   TEXT,                        -- hoster link to unrestrict to read the file
     link_offset   INTEGER NOT NULL DEFAULT 0,  -- byte offset of this file inside the link's content
-    files_pending INTEGER NOT NULL DEFAULT 0   -- 1 for a torrent directory whose file list is not cached yet
+    files_pending INTEGER NOT NULL DEFAULT 0   -- 1 for a torrent directory whose file list is not
+                                               -- cached yet
 );
 CREATE UNIQUE INDEX entries_name ON entries(parent, name);
 CREATE INDEX entries_parent_inode ON entries(parent, inode);
@@ -118,7 +126,8 @@ UPDATE sqlite_sequence SET seq = {FIRST_DYNAMIC_INODE - 1} WHERE name = 'inodes'
 _SCHEMA_V2 = """
 CREATE TABLE archives (
     hoster_link TEXT PRIMARY KEY,  -- link of a RAR archive RD packed a torrent into
-    members     TEXT,              -- JSON list of its members (rdfs.data.rar.Member fields); NULL on error
+    members     TEXT,              -- JSON list of its members (rdfs.data.rar.Member fields); NULL
+                                   -- on error
     error       TEXT,              -- why the members could not be listed; NULL when fine
     indexed     REAL NOT NULL      -- UNIX time of the attempt
 );
@@ -133,7 +142,8 @@ CREATE TABLE removals (
     name      TEXT NOT NULL,     -- its filename as listed
     hash      TEXT NOT NULL,     -- info hash: magnet:?xt=urn:btih:<hash> re-adds it
     bytes     INTEGER NOT NULL,
-    selection TEXT,              -- JSON [[file id, path, bytes], ...] selected; NULL if never fetched
+    selection TEXT,              -- JSON [[file id, path, bytes], ...] selected; NULL if never
+                                 -- fetched
     by        TEXT NOT NULL,     -- 'rd' (gone from RD's listing) or 'user'
     reason    TEXT NOT NULL
 );

@@ -273,7 +273,7 @@ class Repairer:
                 await trio.sleep(self.policy.poll)
 
     async def swap(self, old_id: str, new: TorrentInfo) -> None:
-        """Put ``new`` where ``old_id`` was: same inodes, same paths (one transaction), then rebuild."""
+        """Put ``new`` where ``old_id`` was (same inodes and paths, one transaction); rebuild."""
         self.cache.swap_torrent(old_id, new)
         await self.syncer.adopt(new)
         log.info("torrent %s swapped in for %s (%s)", new.id, old_id, new.filename)

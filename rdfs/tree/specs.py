@@ -197,8 +197,8 @@ def torrent_file_specs(
     The i-th selected file reads ``links[i]``. With fewer links than selected files the torrent
     is RAR-packed: one ``.rar`` volume per link (``link_sizes`` gives sizes learnt from
     unrestricts), plus, for a single archive whose members are known (``archives``: hoster link
-    -> members as :class:`rdfs.data.rar.Member` fields), every *stored* member as a regular file that
-    reads its byte range of the archive. Compressed, encrypted or split members are not shown:
+    -> members as :class:`rdfs.data.rar.Member` fields), every *stored* member as a regular file
+    that reads its byte range of the archive. Compressed, encrypted or split members are not shown:
     only the ``.rar`` gives access to them.
     """
     selected = info.selected_files
