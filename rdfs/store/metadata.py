@@ -2,13 +2,14 @@
 
 It holds what the API said (torrents, their files, downloads, unrestricted links with expiry),
 the sync bookkeeping, and the *materialized tree*: the ``entries`` table has one row per file or
-directory of the mount, so FUSE lookup/getattr/readdir are each one indexed query and a warm
-start shows the whole tree without a single API call.
+directory of the mount, so FUSE lookup/getattr/readdir are each one indexed query (raw SQL:
+:meth:`Cache.entry`, :meth:`Cache.lookup_entry`, :meth:`Cache.child_entries`) and a warm start
+shows the whole tree without a single API call. Every statement on this database lives in
+:mod:`rdfs.store`; the rest of rdfs calls methods named for what they return.
 
-Inodes are persisted in ``inodes`` keyed by a stable identity (``t:<torrent id>``,
-``f:<torrent id>:<file id>``, ``r:<torrent id>:<link index>``, ``dir:<torrent id>:<subpath>``,
-``d:<download id>``) with AUTOINCREMENT, so the same file keeps its inode across syncs and
-restarts and an inode number is never reused. Inodes 1-4 are the fixed top of the tree
+Inodes are persisted in ``inodes`` keyed by a stable identity (built and read by
+:mod:`rdfs.store.keys` only) with AUTOINCREMENT, so the same file keeps its inode across syncs
+and restarts and an inode number is never reused. Inodes 1-4 are the fixed top of the tree
 (root, ``torrents``, ``downloads``, ``.rdfs``); ``5 .. FIRST_DYNAMIC_INODE-1`` are reserved for
 the control layer (allocate them with :meth:`Cache.inode_for` and keys of your own, or use them
 as constants).
