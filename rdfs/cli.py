@@ -436,6 +436,18 @@ def _add_management_commands(commands: argparse._SubParsersAction) -> None:
     _add_output_flag(removed)
     removed.set_defaults(func=cmd_removed)
 
+    cache = commands.add_parser(
+        "cache",
+        help="show what the metadata cache holds (tables, rows, size, schema version)",
+        description="Show the last-used account's metadata cache: its file, size and schema "
+        "version, then one line per table with its rows. No API call.",
+    )
+    cache.add_argument(
+        "--cache-dir", type=Path, help="the mount's cache directory (default from the config)"
+    )
+    _add_output_flag(cache)
+    cache.set_defaults(func=cmd_cache)
+
     for name, func, text in (
         ("ls", cmd_ls, "list torrents with status, progress and size"),
         ("user", cmd_user, "show the account"),
@@ -920,6 +932,30 @@ def cmd_removed(args: argparse.Namespace) -> int:
             (_when(entry["time"]), entry["by"], entry["id"], entry["hash"], files, entry["name"])
         )
     _table(rows, ("when", "by", "id", "hash", "files", "name"))
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from rdfs.store.metadata import Cache
+    from rdfs.store.overview import overview
+
+    _quiet_logging(args)
+    config = _config(args)
+    cache = Cache.open_warm(config.cache_dir)
+    if cache is None:
+        raise InvalidInput(f"no rdfs cache in {config.cache_dir}: nothing was ever mounted with it")
+    try:
+        found = overview(cache)
+    finally:
+        cache.close()
+    if args.json:
+        _print_json(found.as_json())
+        return 0
+    print(
+        f"{found.path}: account {found.user_id}, schema version {found.schema_version}, "
+        f"{human_size(found.file_bytes)}"
+    )
+    _table([(name, str(rows)) for name, rows in found.tables.items()], ("table", "rows"))
     return 0
 
 

@@ -60,6 +60,7 @@ from rdfs.control.actions import (
 )
 from rdfs.events import UPLOAD_GONE, ChangeBus, StatusBoard
 from rdfs.outcome import FsError
+from rdfs.store import keys
 from rdfs.store.metadata import (
     CONTROL_INODE,
     DOWNLOADS_DIR,
@@ -80,7 +81,6 @@ log = logging.getLogger(__name__)
 
 # name -> permission bits
 CONTROL_FILES = {"add": 0o644, "delete": 0o644, "refresh": 0o644, "status": 0o444}
-CONTROL_KEY = "top:.rdfs"
 UPLOAD_SUFFIX = ".torrent"
 MAX_UPLOAD_BYTES = 16 * 1024 * 1024  # one upload; far above any real .torrent (EFBIG beyond)
 UPLOAD_MEMORY = 64 * 1024 * 1024  # all uploads open or queued, together (ENOSPC beyond)
@@ -221,15 +221,15 @@ class Control:
         """Put the control files into ``.rdfs/`` of the tree (idempotent)."""
         now = time.time()
         specs = [
-            EntrySpec(key=f"ctl:{name}", parent_key=CONTROL_KEY, name=name, kind="file", mtime=now)
+            EntrySpec(keys.control(name), keys.CONTROL, name, kind="file", mtime=now)
             for name in CONTROL_FILES
         ]
-        diff = self.cache.diff_entries(Scope("e.parent = ?", (CONTROL_INODE,)), specs)
+        diff = self.cache.diff_entries(Scope.control_files(), specs)
         # Only additions and removals matter; an mtime change alone is not worth a write.
         diff.upsert = [s for s in diff.upsert if s.key not in diff.existing]
         if diff:
             self.cache.apply_diff(diff)
-        return {self.cache.inode_for(f"ctl:{name}"): name for name in CONTROL_FILES}
+        return {self.cache.inode_for(keys.control(name)): name for name in CONTROL_FILES}
 
     # --- what fs.py asks --------------------------------------------------------------------
 

@@ -2,13 +2,14 @@
 
 It holds what the API said (torrents, their files, downloads, unrestricted links with expiry),
 the sync bookkeeping, and the *materialized tree*: the ``entries`` table has one row per file or
-directory of the mount, so FUSE lookup/getattr/readdir are each one indexed query and a warm
-start shows the whole tree without a single API call.
+directory of the mount, so FUSE lookup/getattr/readdir are each one indexed query (raw SQL:
+:meth:`Cache.entry`, :meth:`Cache.lookup_entry`, :meth:`Cache.child_entries`) and a warm start
+shows the whole tree without a single API call. Every statement on this database lives in
+:mod:`rdfs.store`; the rest of rdfs calls methods named for what they return.
 
-Inodes are persisted in ``inodes`` keyed by a stable identity (``t:<torrent id>``,
-``f:<torrent id>:<file id>``, ``r:<torrent id>:<link index>``, ``dir:<torrent id>:<subpath>``,
-``d:<download id>``) with AUTOINCREMENT, so the same file keeps its inode across syncs and
-restarts and an inode number is never reused. Inodes 1-4 are the fixed top of the tree
+Inodes are persisted in ``inodes`` keyed by a stable identity (built and read by
+:mod:`rdfs.store.keys` only) with AUTOINCREMENT, so the same file keeps its inode across syncs
+and restarts and an inode number is never reused. Inodes 1-4 are the fixed top of the tree
 (root, ``torrents``, ``downloads``, ``.rdfs``); ``5 .. FIRST_DYNAMIC_INODE-1`` are reserved for
 the control layer (allocate them with :meth:`Cache.inode_for` and keys of your own, or use them
 as constants).
@@ -29,30 +30,101 @@ rebuilt (:meth:`Cache.open`). Which account's cache a credential may see is told
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import hmac
 import json
 import logging
 import os
-import secrets
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-import sqlite_utils
 import trio
 
 from rdfs.api.models import Download, Torrent, TorrentFile, TorrentInfo
+from rdfs.store import keys
+from rdfs.store.accounts import ACCOUNTS_FILE, Accounts
+from rdfs.store.errors import (
+    CacheCorrupt,
+    CacheError,
+    CacheFull,
+    CacheLocked,
+    CacheReadOnly,
+    CacheUnavailable,
+    classify,
+    is_corrupt,
+    unavailable,
+)
+from rdfs.store.records import (
+    Changes,
+    EntryDiff,
+    EntryRow,
+    EntrySpec,
+    ListedTorrent,
+    ShownTorrent,
+    StoredEntry,
+    StoredLink,
+    TorrentState,
+    list_key,
+    row_key,
+)
+from rdfs.store.schema import (
+    CONTROL_DIR,
+    CONTROL_INODE,
+    DOWNLOADS_DIR,
+    DOWNLOADS_INODE,
+    FIRST_DYNAMIC_INODE,
+    MIGRATIONS,
+    ROOT_INODE,
+    SCHEMA_VERSION,
+    TORRENTS_DIR,
+    TORRENTS_INODE,
+)
+from rdfs.store.values import chunks, unix_time
+
+# The store's public names stay importable from here (this module is the cache's front door).
+__all__ = [
+    "ACCOUNTS_FILE",
+    "CONTROL_DIR",
+    "CONTROL_INODE",
+    "DOWNLOADS_DIR",
+    "DOWNLOADS_INODE",
+    "FIRST_DYNAMIC_INODE",
+    "ROOT_INODE",
+    "SCHEMA_VERSION",
+    "TORRENTS_DIR",
+    "TORRENTS_INODE",
+    "Accounts",
+    "Cache",
+    "CacheCorrupt",
+    "CacheError",
+    "CacheFull",
+    "CacheLocked",
+    "CacheReadOnly",
+    "CacheUnavailable",
+    "Changes",
+    "EntryDiff",
+    "EntryRow",
+    "EntrySpec",
+    "ListedTorrent",
+    "Scope",
+    "ShownTorrent",
+    "StoredEntry",
+    "StoredLink",
+    "TorrentState",
+    "classify",
+    "is_corrupt",
+    "list_key",
+    "move_aside",
+    "row_key",
+]
 
 log = logging.getLogger(__name__)
 
 DB_NAME = "rdfs.db"
 LAST_ACCOUNT_FILE = "last-account"
-ACCOUNTS_FILE = "accounts.json"
 
 # How long a write on the event loop waits for another process's write lock before it gives up
 # (and is retried later). SQLite's usual 5 s froze every FUSE request for that long.
@@ -60,223 +132,13 @@ BUSY_TIMEOUT_MS = 100
 # Pending link writes are retried this often (doubling up to the maximum while they fail).
 RETRY_INITIAL = 1.0
 RETRY_MAX = 10.0
+# Expired unrestricted links are deleted this often (by the retry task).
+PURGE_INTERVAL = 3600.0
 
-ROOT_INODE = 1
-TORRENTS_INODE = 2
-DOWNLOADS_INODE = 3
-CONTROL_INODE = 4
-FIRST_DYNAMIC_INODE = 1000
-
-TORRENTS_DIR = "torrents"
-DOWNLOADS_DIR = "downloads"
-CONTROL_DIR = ".rdfs"
-
-# (inode, key, parent, name): the fixed top of the tree.
-FIXED_DIRS = (
-    (ROOT_INODE, "root", 0, ""),  # the root has no parent (0)
-    (TORRENTS_INODE, "top:torrents", ROOT_INODE, TORRENTS_DIR),
-    (DOWNLOADS_INODE, "top:downloads", ROOT_INODE, DOWNLOADS_DIR),
-    (CONTROL_INODE, "top:.rdfs", ROOT_INODE, CONTROL_DIR),
-)
-
-# Keys of the library views (rdfs.sync.views): ``view:<dir>`` for a view's directory, ``v:<dir>:<key>``
-# for the copy of the torrents/ entry ``<key>`` shown in it.
-VIEW_DIR_KEY_PREFIX = "view:"
-VIEW_KEY_PREFIX = "v:"
-
-# SQLite host parameters per statement stay well below the 32766 limit.
-_IN_CHUNK = 500
-
-_SCHEMA_V1 = f"""
-CREATE TABLE meta (
-    key   TEXT PRIMARY KEY,  -- setting name: schema_version, user_id
-    value TEXT NOT NULL      -- its value as text
-);
-
-CREATE TABLE torrents (
-    id         TEXT PRIMARY KEY,  -- RD torrent id (13 characters A-Z2-7)
-    filename   TEXT NOT NULL,     -- RD's name of the torrent (the file name for single-file selections)
-    hash       TEXT NOT NULL,     -- info hash, lower case
-    bytes      INTEGER NOT NULL,  -- size of the selected files
-    host       TEXT NOT NULL,     -- hoster the links point to
-    split      INTEGER NOT NULL,  -- RD split size in GB
-    progress   REAL NOT NULL,     -- download progress, 0-100
-    status     TEXT NOT NULL,     -- RD status (downloaded, downloading, dead, ...)
-    added      REAL,              -- UNIX time the torrent was added
-    ended      REAL,              -- UNIX time it finished; NULL while active
-    links      TEXT NOT NULL,     -- JSON array of hoster links, as /torrents lists them
-    row_key    TEXT NOT NULL,     -- fingerprint of all listed fields (skip rewriting unchanged rows)
-    list_key   TEXT NOT NULL,     -- fingerprint of the listed fields that shape the file tree
-    info_key   TEXT,              -- list_key at the time /torrents/info was stored; NULL = files never fetched
-    info_error TEXT               -- last error fetching /torrents/info; NULL when fine
-);
-CREATE INDEX torrents_status ON torrents(status, added);
-
-CREATE TABLE files (
-    torrent_id TEXT NOT NULL,     -- torrents.id
-    file_id    INTEGER NOT NULL,  -- RD file id inside the torrent
-    path       TEXT NOT NULL,     -- path inside the torrent as RD gives it (leading "/")
-    bytes      INTEGER NOT NULL,  -- file size
-    selected   INTEGER NOT NULL,  -- 1 when selected for download
-    link       TEXT,              -- its hoster link (links[i] of the i-th selected file); NULL if packed or missing
-    PRIMARY KEY (torrent_id, file_id)
-) WITHOUT ROWID;
-
-CREATE TABLE downloads (
-    id        TEXT PRIMARY KEY,  -- RD download id
-    filename  TEXT NOT NULL,     -- file name
-    filesize  INTEGER NOT NULL,  -- size in bytes
-    link      TEXT NOT NULL,     -- the original hoster link
-    host      TEXT NOT NULL,     -- hoster domain
-    download  TEXT NOT NULL,     -- the generated (unrestricted) URL
-    mime_type TEXT NOT NULL,     -- MIME type RD reports
-    generated REAL               -- UNIX time the link was generated
-);
-CREATE INDEX downloads_link ON downloads(link);
-
-CREATE TABLE links (
-    hoster_link TEXT PRIMARY KEY,  -- the hoster link that was unrestricted
-    url         TEXT NOT NULL,     -- the direct download URL RD generated
-    download_id TEXT NOT NULL,     -- id of the /downloads entry the unrestrict created
-    filesize    INTEGER NOT NULL,  -- size RD reported
-    expires_at  REAL NOT NULL      -- UNIX time after which the URL is assumed dead
-);
-CREATE INDEX links_expiry ON links(expires_at);
-
-CREATE TABLE inodes (
-    inode INTEGER PRIMARY KEY AUTOINCREMENT,  -- inode number, never reused
-    key   TEXT NOT NULL UNIQUE                -- stable identity (t:<id>, f:<id>:<file>, d:<id>, dir:<id>:<path>, ...)
-);
-
-CREATE TABLE entries (
-    inode         INTEGER PRIMARY KEY,         -- inodes.inode
-    parent        INTEGER NOT NULL,            -- inode of the directory holding it (0 for the root)
-    name          TEXT NOT NULL,               -- safe name (NFC, no "/" or NUL, <= 255 bytes, unique in parent)
-    kind          TEXT NOT NULL CHECK (kind IN ('dir', 'file')),  -- entry type
-    size          INTEGER NOT NULL,            -- st_size (0 for directories)
-    mtime         REAL NOT NULL,               -- st_mtime, UNIX seconds (RD ended/added/generated)
-    nlink         INTEGER NOT NULL,            -- st_nlink (2 + subdirectories for a directory)
-    torrent_id    TEXT,                        -- torrent this entry belongs to (its directory and everything in it)
-    file_id       INTEGER,                     -- RD file id for a torrent file
-    download_id   TEXT,                        -- RD download id for an entry of downloads/
-    hoster_link   TEXT,                        -- hoster link to unrestrict to read the file
-    link_offset   INTEGER NOT NULL DEFAULT 0,  -- byte offset of this file inside the link's content
-    files_pending INTEGER NOT NULL DEFAULT 0   -- 1 for a torrent directory whose file list is not cached yet
-);
-CREATE UNIQUE INDEX entries_name ON entries(parent, name);
-CREATE INDEX entries_parent_inode ON entries(parent, inode);
-CREATE INDEX entries_torrent ON entries(torrent_id) WHERE torrent_id IS NOT NULL;
-CREATE INDEX entries_link ON entries(hoster_link) WHERE hoster_link IS NOT NULL;
-
-CREATE TABLE sync_state (
-    key   TEXT PRIMARY KEY,  -- last_sync, last_outcome, health, pending_deletions, ...
-    value TEXT NOT NULL      -- JSON value
-);
-
-INSERT INTO inodes (inode, key) VALUES {", ".join(f"({i}, '{k}')" for i, k, _, _ in FIXED_DIRS)};
-INSERT INTO entries (inode, parent, name, kind, size, mtime, nlink) VALUES
-    {", ".join(f"({i}, {p}, '{n}', 'dir', 0, 0, 2)" for i, _, p, n in FIXED_DIRS)};
-UPDATE entries SET nlink = 5 WHERE inode = {ROOT_INODE};
-UPDATE sqlite_sequence SET seq = {FIRST_DYNAMIC_INODE - 1} WHERE name = 'inodes';
-"""
-
-_SCHEMA_V2 = """
-CREATE TABLE archives (
-    hoster_link TEXT PRIMARY KEY,  -- link of a RAR archive RD packed a torrent into
-    members     TEXT,              -- JSON list of its members (rdfs.data.rar.Member fields); NULL on error
-    error       TEXT,              -- why the members could not be listed; NULL when fine
-    indexed     REAL NOT NULL      -- UNIX time of the attempt
-);
-"""
-
-# The removal record: every torrent removed (by RD or by the user), to re-add what RD took.
-_SCHEMA_REMOVALS = """
-CREATE TABLE removals (
-    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
-    time      REAL NOT NULL,     -- UNIX time of the removal
-    id        TEXT NOT NULL,     -- RD's torrent id
-    name      TEXT NOT NULL,     -- its filename as listed
-    hash      TEXT NOT NULL,     -- info hash: magnet:?xt=urn:btih:<hash> re-adds it
-    bytes     INTEGER NOT NULL,
-    selection TEXT,              -- JSON [[file id, path, bytes], ...] selected; NULL if never fetched
-    by        TEXT NOT NULL,     -- 'rd' (gone from RD's listing) or 'user'
-    reason    TEXT NOT NULL
-);
-"""
-
-# Migration i (0-based) takes the schema from version i to i + 1. Append, never edit.
-MIGRATIONS: list[str] = [_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_REMOVALS]
-SCHEMA_VERSION = len(MIGRATIONS)
-
-
-class CacheError(Exception):
-    """The cache database cannot be used (e.g. written by a newer rdfs)."""
-
-
-class CacheUnavailable(CacheError):
-    """A write could not be done now and was rolled back whole; it can be tried again later.
-
-    ``state`` is what :meth:`Cache.status` shows: "disk full", "locked by another process",
-    "read-only", "corrupt" or "error".
-    """
-
-    state = "error"
-
-
-class CacheFull(CacheUnavailable):
-    state = "disk full"
-
-
-class CacheLocked(CacheUnavailable):
-    state = "locked by another process"
-
-
-class CacheReadOnly(CacheUnavailable):
-    state = "read-only"
-
-
-class CacheCorrupt(CacheUnavailable):
-    state = "corrupt"
-
-
-# SQLite primary result codes (the low byte of an extended code).
-_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY, _SQLITE_IOERR = 5, 6, 8, 10
-_SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB = 11, 13, 14, 26
-_ERRORS: dict[int, type[CacheUnavailable]] = {
-    _SQLITE_BUSY: CacheLocked,
-    _SQLITE_LOCKED: CacheLocked,
-    _SQLITE_READONLY: CacheReadOnly,
-    _SQLITE_FULL: CacheFull,
-    _SQLITE_CORRUPT: CacheCorrupt,
-    _SQLITE_NOTADB: CacheCorrupt,
-}
-
-
-def classify(exc: sqlite3.Error) -> CacheUnavailable:
-    """The :class:`CacheUnavailable` saying what an SQLite error means for the cache (one line)."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    kind = _ERRORS.get(code & 0xFF, CacheUnavailable) if isinstance(code, int) else CacheUnavailable
-    return kind(str(exc))
-
-
-def _unavailable(exc: sqlite3.Error) -> bool:
-    """Whether an SQLite error is about the database file's state (not a constraint or a bug)."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    return isinstance(code, int) and code & 0xFF in (*_ERRORS, _SQLITE_IOERR, _SQLITE_CANTOPEN)
-
-
-def is_corrupt(exc: BaseException) -> bool:
-    """Whether an error opening a database says the file is not a (sound) SQLite database."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    return (
-        isinstance(exc, sqlite3.DatabaseError)
-        and isinstance(code, int)
-        and code & 0xFF
-        in (
-            _SQLITE_CORRUPT,
-            _SQLITE_NOTADB,
-        )
-    )
+# LIKE patterns of the keys of the library views (rdfs.sync.views): their directories, and the
+# copies of torrents/ entries shown in them.
+_VIEW_DIR_LIKE = keys.VIEW_DIR_PREFIX + "%"
+_VIEW_COPY_LIKE = keys.VIEW_COPY_PREFIX + "%"
 
 
 def move_aside(path: Path, reason: str) -> Path:
@@ -306,213 +168,11 @@ class WriteHealth:
     failed_writes: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class StoredLink:
-    """An unrestricted link as the data path persists it."""
-
-    hoster_link: str
-    url: str
-    download_id: str
-    filesize: int
-    expires_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class EntrySpec:
-    """A wanted row of ``entries``, addressed by stable keys instead of inode numbers."""
-
-    key: str
-    parent_key: str
-    name: str
-    kind: str  # "dir" | "file"
-    size: int = 0
-    mtime: float = 0.0
-    nlink: int = 1
-    torrent_id: str | None = None
-    file_id: int | None = None
-    download_id: str | None = None
-    hoster_link: str | None = None
-    link_offset: int = 0
-    files_pending: bool = False
-
-    def row(self) -> tuple[Any, ...]:
-        """The fields compared to decide whether a stored entry must be rewritten."""
-        return (
-            self.parent_key,
-            self.name,
-            self.kind,
-            self.size,
-            self.mtime,
-            self.nlink,
-            self.torrent_id,
-            self.file_id,
-            self.download_id,
-            self.hoster_link,
-            self.link_offset,
-            int(self.files_pending),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class StoredEntry:
-    """An existing row of ``entries``: its inode, parent inode, key and ``EntrySpec.row()`` values."""
-
-    inode: int
-    parent: int
-    key: str
-    row: tuple[Any, ...]
-
-    @property
-    def name(self) -> str:
-        return self.row[1]
-
-    @property
-    def torrent_id(self) -> str | None:
-        return self.row[6]
-
-
-@dataclass
-class EntryDiff:
-    """What turns the stored entries of one scope into the wanted ones."""
-
-    remove: list[StoredEntry] = field(default_factory=list)
-    upsert: list[EntrySpec] = field(default_factory=list)
-    existing: dict[str, StoredEntry] = field(default_factory=dict)
-
-    def __bool__(self) -> bool:
-        return bool(self.remove or self.upsert)
-
-
-@dataclass
-class Changes:
-    """What a write changed, for kernel cache invalidation."""
-
-    entries: set[tuple[int, str]] = field(
-        default_factory=set
-    )  # (parent inode, name) gone or appeared
-    inodes: set[int] = field(default_factory=set)  # inodes whose attributes changed
-    dirs: set[int] = field(default_factory=set)  # directories whose listing changed
-
-    def merge(self, other: Changes) -> None:
-        self.entries |= other.entries
-        self.inodes |= other.inodes
-        self.dirs |= other.dirs
-
-    def __bool__(self) -> bool:
-        return bool(self.entries or self.inodes or self.dirs)
-
-
-@dataclass(frozen=True, slots=True)
-class TorrentState:
-    """The sync-relevant columns of a cached torrent."""
-
-    id: str
-    status: str
-    row_key: str
-    list_key: str
-    info_key: str | None
-
-
-class ListedTorrent(NamedTuple):
-    """The columns of a torrent that name and date its directory (times in UNIX seconds)."""
-
-    id: str
-    filename: str
-    status: str
-    added: float | None
-    ended: float | None
-
-
-def _ts(value: datetime | None) -> float | None:
-    return value.timestamp() if value is not None else None
-
-
-def _fingerprint(values: list[Any]) -> str:
-    return hashlib.blake2b(json.dumps(values).encode(), digest_size=12).hexdigest()
-
-
-def list_key(torrent: Torrent) -> str:
-    """Fingerprint of the listed fields whose change can change the torrent's files."""
-    return _fingerprint([torrent.status, torrent.bytes, torrent.filename, list(torrent.links)])
-
-
-def row_key(torrent: Torrent) -> str:
-    """Fingerprint of every listed field rdfs keeps: equal means the stored row is current."""
-    return _fingerprint(
-        [
-            list_key(torrent),
-            torrent.hash,
-            torrent.host,
-            torrent.split,
-            torrent.progress,
-            _ts(torrent.added),
-            _ts(torrent.ended),
-        ]
-    )
-
-
-def _chunks(items: Sequence[Any], size: int = _IN_CHUNK) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-class Accounts:
-    """Which account a credential belongs to, without asking the API and without storing it.
-
-    ``<cache dir>/accounts.json`` maps salted fingerprints of credentials to RD user ids:
-    ``HMAC-SHA256(salt, credential)``, the salt random per cache directory. RD tokens are long
-    random strings, so a keyed hash is enough (no password stretching needed); the salt keeps
-    fingerprints from matching across machines. A mount with a known credential opens its
-    account's cache with no API call; an unknown one asks ``/user`` first. The file is a hint:
-    unreadable or unwritable, it costs one ``/user`` call, never the mount.
-    """
-
-    MAX_ENTRIES = 32
-
-    def __init__(self, cache_dir: Path | str) -> None:
-        self.path = Path(cache_dir) / ACCOUNTS_FILE
-        self._salt = b""
-        self._known: dict[str, str] = {}
-        try:
-            data = json.loads(self.path.read_text())
-            self._salt = bytes.fromhex(data["salt"])
-            self._known = {str(k): str(v) for k, v in data["accounts"].items()}
-        except FileNotFoundError:
-            pass
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            log.warning(
-                "ignoring unreadable %s (%s): the account is asked from the API", self.path, exc
-            )
-        if len(self._salt) < 16:
-            self._salt, self._known = secrets.token_bytes(16), {}
-
-    def fingerprint(self, credential: bytes) -> str:
-        return hmac.new(self._salt, credential, hashlib.sha256).hexdigest()
-
-    def user_for(self, credential: bytes) -> str | None:
-        """The user id a credential was seen with, or None when it is new here."""
-        return self._known.get(self.fingerprint(credential))
-
-    def remember(self, credential: bytes, user_id: str) -> None:
-        """Note whose the credential is (best effort: a failure only costs a ``/user`` call later)."""
-        key = self.fingerprint(credential)
-        if self._known.get(key) == user_id:
-            return
-        self._known.pop(key, None)
-        self._known[key] = user_id
-        while len(self._known) > self.MAX_ENTRIES:
-            del self._known[next(iter(self._known))]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps({"salt": self._salt.hex(), "accounts": self._known}))
-            os.replace(tmp, self.path)
-        except OSError as exc:
-            log.warning(
-                "cannot write %s (%s): the next mount asks the API whose token it is",
-                self.path,
-                exc,
-            )
+_ENTRY_SQL = (
+    "SELECT e.inode, e.parent, e.name, e.kind, e.size, e.mtime, e.nlink, e.torrent_id, e.file_id, "
+    "e.download_id, e.hoster_link, e.link_offset, e.files_pending, t.hash, t.status "
+    "FROM entries e LEFT JOIN torrents t ON t.id = e.torrent_id "
+)
 
 
 class Cache:
@@ -531,7 +191,8 @@ class Cache:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.health = WriteHealth()
-        # Unrestricted links (None: a deletion) and markers not yet written, served from here meanwhile.
+        # Unrestricted links (None: a deletion) and markers not yet written, served from here
+        # meanwhile.
         self._pending_links: dict[str, StoredLink | None] = {}
         self._pending_meta: dict[str, str] = {}
         conn = sqlite3.connect(str(self.path), isolation_level=None, cached_statements=256)
@@ -548,7 +209,6 @@ class Cache:
         except BaseException:
             conn.close()
             raise
-        self.db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
         if user_id is not None:
             stored = self.get_meta("user_id")
             if stored is None:
@@ -616,7 +276,8 @@ class Cache:
         self.conn.close()
 
     def _check_sound(self) -> None:
-        """Raise :class:`CacheCorrupt` unless SQLite's quick check passes (a truncated file, torn pages).
+        """Raise :class:`CacheCorrupt` unless SQLite's quick check passes (truncated file, torn
+        pages).
 
         Reads every page once (a fraction of a second for a large library) so that a damaged
         cache is rebuilt at mount time instead of failing lookups later.
@@ -638,7 +299,8 @@ class Cache:
             # executescript runs the whole migration and its version bump as one transaction.
             self.conn.executescript(
                 f"BEGIN IMMEDIATE;\n{MIGRATIONS[number]}\n"
-                f"INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '{number + 1}');\nCOMMIT;"
+                "INSERT OR REPLACE INTO meta (key, value) "
+                f"VALUES ('schema_version', '{number + 1}');\nCOMMIT;"
             )
             log.info("cache %s migrated to schema version %d", self.path, number + 1)
 
@@ -662,7 +324,7 @@ class Cache:
             self.conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
-            if not _unavailable(exc):
+            if not unavailable(exc):
                 raise  # a constraint or a bug: not the cache's state
             raise self._failed(exc) from None
         self._succeeded()
@@ -712,7 +374,8 @@ class Cache:
         return len(self._pending_links) + len(self._pending_meta)
 
     def flush_pending(self) -> bool:
-        """Write the pending links and markers in one transaction; False (still pending) if it failed."""
+        """Write the pending links and markers in one transaction; False (still pending) if it
+        failed."""
         if not self.pending_writes or self.conn.in_transaction:
             return not self.pending_writes
         links, meta = dict(self._pending_links), dict(self._pending_meta)
@@ -733,11 +396,16 @@ class Cache:
         self._pending_meta.clear()
         return True
 
-    async def retry_pending(self) -> None:
-        """Run forever: write what is pending once the database takes writes again (backing off)."""
+    async def retry_pending(self, *, purge_every: float = PURGE_INTERVAL) -> None:
+        """Run forever: write what is pending once the database takes writes again (backing off),
+        and forget expired links every ``purge_every`` seconds."""
         wait = RETRY_INITIAL
+        next_purge = trio.current_time() + purge_every
         while True:
             await trio.sleep(wait)
+            if trio.current_time() >= next_purge:
+                next_purge = trio.current_time() + purge_every
+                self._purge_quietly()
             if not self.pending_writes:
                 wait = RETRY_INITIAL
             elif self.flush_pending():
@@ -786,11 +454,12 @@ class Cache:
             return self._pending_links[hoster_link]
         try:
             row = self.conn.execute(
-                "SELECT hoster_link, url, download_id, filesize, expires_at FROM links WHERE hoster_link = ?",
+                "SELECT hoster_link, url, download_id, filesize, expires_at FROM links WHERE "
+                "hoster_link = ?",
                 (hoster_link,),
             ).fetchone()
         except sqlite3.Error as exc:
-            if not _unavailable(exc):
+            if not unavailable(exc):
                 raise
             self._failed(exc)
             return None
@@ -811,7 +480,8 @@ class Cache:
         if link.filesize > 0:
             # (Files inside an archive read the same link at an offset: their size is their own.)
             self.conn.execute(
-                "UPDATE entries SET size = ? WHERE hoster_link = ? AND file_id IS NULL AND link_offset = 0 "
+                "UPDATE entries SET size = ? WHERE hoster_link = ? AND file_id IS NULL AND "
+                "link_offset = 0 "
                 "AND torrent_id IS NOT NULL AND kind = 'file' AND size != ?",
                 (link.filesize, link.hoster_link, link.filesize),
             )
@@ -825,10 +495,11 @@ class Cache:
         """Known sizes of links (from earlier unrestricts), for RAR volumes."""
         sizes: dict[str, int] = {}
         wanted = list(hoster_links)
-        for chunk in _chunks(wanted):
+        for chunk in chunks(wanted):
             marks = ",".join("?" * len(chunk))
             for link, size in self.conn.execute(
-                f"SELECT hoster_link, filesize FROM links WHERE hoster_link IN ({marks}) AND filesize > 0",
+                f"SELECT hoster_link, filesize FROM links WHERE hoster_link IN ({marks}) AND "
+                "filesize > 0",
                 chunk,
             ):
                 sizes[link] = size
@@ -843,10 +514,12 @@ class Cache:
     def archives_to_index(self) -> list[tuple[str, str]]:
         """(torrent id, link) of shown single-archive packed torrents whose members are unknown."""
         rows = self.conn.execute(
-            "SELECT t.id, t.links FROM torrents t WHERE t.status = 'downloaded' AND t.info_key IS NOT NULL "
+            "SELECT t.id, t.links FROM torrents t WHERE t.status = 'downloaded' AND t.info_key IS "
+            "NOT NULL "
             "AND json_array_length(t.links) = 1 "
             "AND (SELECT count(*) FROM files f WHERE f.torrent_id = t.id AND f.selected) > 1 "
-            "AND NOT EXISTS (SELECT 1 FROM archives a WHERE a.hoster_link = json_extract(t.links, '$[0]')) ORDER BY t.added DESC"
+            "AND NOT EXISTS (SELECT 1 FROM archives a WHERE a.hoster_link = json_extract(t.links, "
+            "'$[0]')) ORDER BY t.added DESC"
         )
         return [(torrent_id, json.loads(links)[0]) for torrent_id, links in rows]
 
@@ -855,12 +528,13 @@ class Cache:
     ) -> None:
         with self.transaction():
             self.conn.execute(
-                "INSERT OR REPLACE INTO archives (hoster_link, members, error, indexed) VALUES (?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO archives (hoster_link, members, error, indexed) VALUES "
+                "(?, ?, ?, ?)",
                 (hoster_link, None if members is None else json.dumps(members), error, time.time()),
             )
 
     def archive_members(self, hoster_links: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
-        """The listed members of the archives behind ``hoster_links`` (those indexed without error)."""
+        """The listed members of the archives behind ``hoster_links`` (indexed without error)."""
         found: dict[str, list[dict[str, Any]]] = {}
         for link in hoster_links:
             row = self.conn.execute(
@@ -872,11 +546,21 @@ class Cache:
         return found
 
     def purge_expired_links(self, now: float | None = None) -> int:
+        """Delete the stored links expired at ``now`` (default: the current time); how many."""
+        when = time.time() if now is None else now
         with self.transaction():
-            cursor = self.conn.execute(
-                "DELETE FROM links WHERE expires_at <= ?", (now or time.time(),)
-            )
+            cursor = self.conn.execute("DELETE FROM links WHERE expires_at <= ?", (when,))
         return cursor.rowcount
+
+    def _purge_quietly(self) -> None:
+        """:meth:`purge_expired_links` for the retry task: a failure waits for the next round."""
+        try:
+            purged = self.purge_expired_links()
+        except CacheUnavailable as exc:
+            log.debug("cache: expired links not purged now (%s)", exc)
+            return
+        if purged:
+            log.info("cache: %d expired links purged", purged)
 
     # --- torrents ---------------------------------------------------------------------------
 
@@ -900,8 +584,8 @@ class Cache:
                 t.split,
                 t.progress,
                 t.status,
-                _ts(t.added),
-                _ts(t.ended),
+                unix_time(t.added),
+                unix_time(t.ended),
                 json.dumps(list(t.links)),
                 row_key(t),
                 list_key(t),
@@ -910,9 +594,11 @@ class Cache:
         ]
         with self.transaction():
             self.conn.executemany(
-                "INSERT INTO torrents (id, filename, hash, bytes, host, split, progress, status, added, ended, "
+                "INSERT INTO torrents (id, filename, hash, bytes, host, split, progress, status, "
+                "added, ended, "
                 "links, row_key, list_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (id) DO UPDATE SET filename = excluded.filename, hash = excluded.hash, "
+                "ON CONFLICT (id) DO UPDATE SET filename = excluded.filename, hash = "
+                "excluded.hash, "
                 "bytes = excluded.bytes, host = excluded.host, split = excluded.split, "
                 "progress = excluded.progress, status = excluded.status, added = excluded.added, "
                 "ended = excluded.ended, links = excluded.links, row_key = excluded.row_key, "
@@ -940,15 +626,48 @@ class Cache:
         return [_torrent(row) for row in rows]
 
     def shown_torrents(self, statuses: Sequence[str] = ("downloaded",)) -> list[ListedTorrent]:
-        """The downloaded torrents (those in ``statuses``), with just what their directories need."""
+        """The downloaded torrents (those in ``statuses``), with what their directories need."""
         marks = ",".join("?" * len(statuses))
         return [
             ListedTorrent(*row)
             for row in self.conn.execute(
-                f"SELECT id, filename, status, added, ended FROM torrents WHERE status IN ({marks})",
+                "SELECT id, filename, status, added, ended FROM torrents WHERE status IN "
+                f"({marks})",
                 tuple(statuses),
             )
         ]
+
+    def torrents_with_status(self, statuses: Collection[str]) -> list[str]:
+        """Ids of the cached torrents whose status is one of ``statuses``."""
+        wanted = tuple(statuses)
+        marks = ",".join("?" * len(wanted))
+        sql = f"SELECT id FROM torrents WHERE status IN ({marks}) ORDER BY added DESC, id"
+        return [row[0] for row in self.conn.execute(sql, wanted)]
+
+    def swap_torrent(self, old_id: str, new: Torrent) -> None:
+        """Put the torrent ``new`` in the place of ``old_id`` (a repair), in one transaction.
+
+        Every inode key of the old torrent (its directory, files, subdirectories, RAR volumes and
+        members, and their copies in the views) is renamed to the new id, so every path keeps
+        its inode and name; its entries point to the new torrent; the old torrent's rows go.
+        A failure rolls everything back. The caller rebuilds the new torrent's files after it.
+        """
+        with self.transaction():
+            rows = self.conn.execute(
+                "SELECT inode, key FROM inodes WHERE key LIKE ?", (f"%:{old_id}%",)
+            ).fetchall()
+            for inode, key in rows:
+                renamed = keys.renamed_torrent(key, old_id, new.id)
+                if renamed != key:
+                    # A key of the new torrent allocated meanwhile (never shown) gives way.
+                    self.conn.execute("DELETE FROM inodes WHERE key = ?", (renamed,))
+                    self.conn.execute("UPDATE inodes SET key = ? WHERE inode = ?", (renamed, inode))
+            self.conn.execute(
+                "UPDATE entries SET torrent_id = ? WHERE torrent_id = ?", (new.id, old_id)
+            )
+            self.upsert_torrents([new])
+            self.conn.execute("DELETE FROM files WHERE torrent_id = ?", (old_id,))
+            self.conn.execute("DELETE FROM torrents WHERE id = ?", (old_id,))
 
     def torrents_with_files(self) -> set[str]:
         return {
@@ -957,7 +676,8 @@ class Cache:
         }
 
     def torrents_needing_files(self) -> list[str]:
-        """Downloaded torrents whose file list is missing or older than their listing, newest first."""
+        """Downloaded torrents whose file list is missing or older than their listing, newest
+        first."""
         return [
             row[0]
             for row in self.conn.execute(
@@ -980,7 +700,8 @@ class Cache:
         files = tuple(
             TorrentFile(id=fid, path=path, bytes=size, selected=bool(selected))
             for fid, path, size, selected in self.conn.execute(
-                "SELECT file_id, path, bytes, selected FROM files WHERE torrent_id = ? ORDER BY file_id",
+                "SELECT file_id, path, bytes, selected FROM files WHERE torrent_id = ? ORDER BY "
+                "file_id",
                 (torrent_id,),
             )
         )
@@ -990,7 +711,8 @@ class Cache:
     def store_info(self, info: TorrentInfo, specs: Sequence[EntrySpec]) -> Changes:
         """Store a torrent's files and its subtree of entries in one transaction.
 
-        ``specs`` is the torrent's whole subtree below its directory (built by :mod:`rdfs.tree.specs`).
+        ``specs`` is the torrent's whole subtree below its directory (built by
+        :mod:`rdfs.tree.specs`).
         The listing's fields are refreshed from ``info`` as well, so info and listing agree.
         """
         with self.transaction():
@@ -1004,7 +726,8 @@ class Cache:
             }
             self.conn.execute("DELETE FROM files WHERE torrent_id = ?", (info.id,))
             self.conn.executemany(
-                "INSERT INTO files (torrent_id, file_id, path, bytes, selected, link) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO files (torrent_id, file_id, path, bytes, selected, link) VALUES (?, "
+                "?, ?, ?, ?, ?)",
                 [
                     (info.id, f.id, f.path, f.bytes, int(f.selected), link_of.get(f.id))
                     for f in info.files
@@ -1022,9 +745,12 @@ class Cache:
                 return Changes()
             changes = self.apply_diff(self.diff_entries(Scope.torrent_files(info.id), specs))
             # The torrent directory itself stops being "pending".
-            nlink = 2 + sum(1 for s in specs if s.kind == "dir" and s.parent_key == f"t:{info.id}")
+            nlink = 2 + sum(
+                1 for s in specs if s.kind == "dir" and s.parent_key == keys.torrent(info.id)
+            )
             cursor = self.conn.execute(
-                "UPDATE entries SET files_pending = 0, nlink = ? WHERE parent = ? AND torrent_id = ? "
+                "UPDATE entries SET files_pending = 0, nlink = ? WHERE parent = ? AND torrent_id "
+                "= ? "
                 "AND (files_pending != 0 OR nlink != ?) RETURNING inode",
                 (nlink, TORRENTS_INODE, info.id, nlink),
             )
@@ -1041,10 +767,10 @@ class Cache:
         """Forget torrents gone upstream: their rows, files and entries (one transaction)."""
         changes = Changes()
         with self.transaction():
-            for chunk in _chunks(list(torrent_ids)):
+            for chunk in chunks(list(torrent_ids)):
                 marks = ",".join("?" * len(chunk))
-                for inode, parent, name in self.conn.execute(
-                    f"DELETE FROM entries WHERE torrent_id IN ({marks}) RETURNING inode, parent, name",
+                for parent, name in self.conn.execute(
+                    f"DELETE FROM entries WHERE torrent_id IN ({marks}) RETURNING parent, name",
                     chunk,
                 ).fetchall():
                     changes.entries.add((parent, name))
@@ -1071,7 +797,8 @@ class Cache:
             _torrent(row)
             for row in self.conn.execute(
                 f"SELECT {_TORRENT_COLUMNS} FROM torrents WHERE status IN "
-                "('magnet_conversion', 'waiting_files_selection', 'queued', 'downloading', 'compressing', "
+                "('magnet_conversion', 'waiting_files_selection', 'queued', 'downloading', "
+                "'compressing', "
                 "'uploading') ORDER BY added DESC, id"
             )
         ]
@@ -1087,7 +814,8 @@ class Cache:
     def upsert_downloads(self, downloads: Sequence[Download]) -> None:
         with self.transaction():
             self.conn.executemany(
-                "INSERT OR REPLACE INTO downloads (id, filename, filesize, link, host, download, mime_type, "
+                "INSERT OR REPLACE INTO downloads (id, filename, filesize, link, host, download, "
+                "mime_type, "
                 "generated) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
@@ -1098,7 +826,7 @@ class Cache:
                         d.host,
                         d.download,
                         d.mime_type,
-                        _ts(d.generated),
+                        unix_time(d.generated),
                     )
                     for d in downloads
                 ],
@@ -1106,7 +834,7 @@ class Cache:
 
     def delete_downloads(self, download_ids: Sequence[str]) -> None:
         with self.transaction():
-            for chunk in _chunks(list(download_ids)):
+            for chunk in chunks(list(download_ids)):
                 marks = ",".join("?" * len(chunk))
                 self.conn.execute(f"DELETE FROM downloads WHERE id IN ({marks})", chunk)
 
@@ -1123,9 +851,74 @@ class Cache:
                 generated=_when(row[7]),
             )
             for row in self.conn.execute(
-                "SELECT id, filename, filesize, link, host, download, mime_type, generated FROM downloads"
+                "SELECT id, filename, filesize, link, host, download, mime_type, generated FROM "
+                "downloads"
             )
         ]
+
+    # --- the namespace: FUSE's reads, one indexed statement each (no helper library here) ----
+
+    def entry(self, inode: int) -> EntryRow | None:
+        """The entry with this inode (getattr)."""
+        row = self.conn.execute(_ENTRY_SQL + "WHERE e.inode = ?", (inode,)).fetchone()
+        return EntryRow._make(row) if row else None
+
+    def lookup_entry(self, parent: int, name: str) -> EntryRow | None:
+        """The entry called exactly ``name`` in the directory ``parent`` (lookup)."""
+        row = self.conn.execute(
+            _ENTRY_SQL + "WHERE e.parent = ? AND e.name = ?", (parent, name)
+        ).fetchone()
+        return EntryRow._make(row) if row else None
+
+    def child_entries(
+        self, parent: int, offset: int = 0, limit: int = 1000, *, after: int | None = None
+    ) -> list[EntryRow]:
+        """A page of a directory's entries (readdir): in name order skipping ``offset``, or with
+        ``after`` (an inode) in inode order after it."""
+        if after is not None:
+            rows = self.conn.execute(
+                _ENTRY_SQL + "WHERE e.parent = ? AND e.inode > ? ORDER BY e.inode LIMIT ?",
+                (parent, after, limit),
+            )
+        else:
+            rows = self.conn.execute(
+                _ENTRY_SQL + "WHERE e.parent = ? ORDER BY e.name LIMIT ? OFFSET ?",
+                (parent, limit, offset),
+            )
+        return [EntryRow._make(row) for row in rows]
+
+    def entry_place(self, inode: int) -> tuple[int, str] | None:
+        """(parent inode, name) of an entry, None if the inode is unknown."""
+        row = self.conn.execute(
+            "SELECT parent, name FROM entries WHERE inode = ?", (inode,)
+        ).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def entry_totals(self) -> tuple[int, int]:
+        """(number of entries, bytes of their sizes)."""
+        # total() is a float sum: sizes near 2^63 never overflow it (sum() would raise).
+        count, size = self.conn.execute(
+            "SELECT count(*), total(CASE WHEN size > 0 THEN size ELSE 0 END) FROM entries"
+        ).fetchone()
+        return count, int(size)
+
+    def torrent_for_link(self, hoster_link: str) -> str | None:
+        """The id of a torrent one of whose entries reads ``hoster_link``, None if none does."""
+        row = self.conn.execute(
+            "SELECT torrent_id FROM entries WHERE hoster_link = ? AND torrent_id IS NOT NULL "
+            "LIMIT 1",
+            (hoster_link,),
+        ).fetchone()
+        return row[0] if row else None
+
+    def shown_torrent_facts(self) -> list[ShownTorrent]:
+        """Id, name, size and time added of the torrents that have a directory in ``torrents/``."""
+        rows = self.conn.execute(
+            "SELECT e.torrent_id, t.filename, t.bytes, t.added FROM entries e "
+            "JOIN torrents t ON t.id = e.torrent_id WHERE e.parent = ?",
+            (TORRENTS_INODE,),
+        )
+        return [ShownTorrent._make(row) for row in rows]
 
     # --- inodes and entries -----------------------------------------------------------------
 
@@ -1136,7 +929,7 @@ class Cache:
     def _inodes(self, keys: Iterable[str]) -> dict[str, int]:
         wanted = list(dict.fromkeys(keys))
         found: dict[str, int] = {}
-        for chunk in _chunks(wanted):
+        for chunk in chunks(wanted):
             marks = ",".join("?" * len(chunk))
             found.update(
                 self.conn.execute(f"SELECT key, inode FROM inodes WHERE key IN ({marks})", chunk)
@@ -1161,7 +954,8 @@ class Cache:
         """Compare the stored entries of ``scope`` with the wanted ones (reads only)."""
         existing: dict[str, StoredEntry] = {}
         rows = self.conn.execute(
-            "SELECT e.inode, e.parent, i.key, p.key, e.name, e.kind, e.size, e.mtime, e.nlink, e.torrent_id, "
+            "SELECT e.inode, e.parent, i.key, p.key, e.name, e.kind, e.size, e.mtime, e.nlink, "
+            "e.torrent_id, "
             "e.file_id, e.download_id, e.hoster_link, e.link_offset, e.files_pending "
             "FROM entries e JOIN inodes i ON i.inode = e.inode JOIN inodes p ON p.inode = e.parent "
             f"WHERE {scope.where}",
@@ -1191,25 +985,27 @@ class Cache:
         Every intermediate state is a valid tree, so a crash between batches is harmless: the
         next sync computes the diff again from what is stored.
         """
-        for chunk in _chunks(diff.remove, size):
+        for removed in chunks(diff.remove, size):
             changes = Changes()
             with self.transaction():
-                self._remove_entries(chunk, changes)
+                self._remove_entries(removed, changes)
             yield changes
-        for chunk in _chunks(diff.upsert, size):
+        for upserted in chunks(diff.upsert, size):
             changes = Changes()
             with self.transaction():
-                self._upsert_entries(chunk, diff.existing, changes)
+                self._upsert_entries(upserted, diff.existing, changes)
             yield changes
 
     def _remove_entries(self, stored: Sequence[StoredEntry], changes: Changes) -> None:
         for entry in stored:
             # Removing a directory removes what is below it (a torrent's subtree goes with it).
-            if entry.key.startswith("t:"):
+            if keys.is_torrent_dir(entry.key):
                 # (Its copies in the views go with the views' own refresh, which reports them.)
                 below = self.conn.execute(
-                    "DELETE FROM entries WHERE torrent_id = ? AND inode != ? AND NOT EXISTS (SELECT 1 FROM inodes i "
-                    f"WHERE i.inode = entries.inode AND i.key LIKE '{VIEW_KEY_PREFIX}%') RETURNING inode",
+                    "DELETE FROM entries WHERE torrent_id = ? AND inode != ? AND NOT EXISTS "
+                    "(SELECT 1 FROM inodes i "
+                    f"WHERE i.inode = entries.inode AND i.key LIKE '{_VIEW_COPY_LIKE}') RETURNING "
+                    "inode",
                     (entry.torrent_id, entry.inode),
                 ).fetchall()
                 changes.inodes.update(row[0] for row in below)
@@ -1226,15 +1022,20 @@ class Cache:
             old = existing.get(spec.key)
             # A name can be taken by an entry that a later batch renames (a swap): move it aside.
             self.conn.execute(
-                "UPDATE entries SET name = name || ' [~' || inode || ']' WHERE parent = ? AND name = ? AND inode != ?",
+                "UPDATE entries SET name = name || ' [~' || inode || ']' WHERE parent = ? AND "
+                "name = ? AND inode != ?",
                 (parent, spec.name, inode),
             )
             self.conn.execute(
-                "INSERT INTO entries (inode, parent, name, kind, size, mtime, nlink, torrent_id, file_id, "
-                "download_id, hoster_link, link_offset, files_pending) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "INSERT INTO entries (inode, parent, name, kind, size, mtime, nlink, torrent_id, "
+                "file_id, "
+                "download_id, hoster_link, link_offset, files_pending) VALUES (?, ?, ?, ?, ?, ?, "
+                "?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (inode) DO UPDATE SET parent = excluded.parent, name = excluded.name, "
-                "kind = excluded.kind, size = excluded.size, mtime = excluded.mtime, nlink = excluded.nlink, "
-                "torrent_id = excluded.torrent_id, file_id = excluded.file_id, download_id = excluded.download_id, "
+                "kind = excluded.kind, size = excluded.size, mtime = excluded.mtime, nlink = "
+                "excluded.nlink, "
+                "torrent_id = excluded.torrent_id, file_id = excluded.file_id, download_id = "
+                "excluded.download_id, "
                 "hoster_link = excluded.hoster_link, link_offset = excluded.link_offset, "
                 "files_pending = excluded.files_pending",
                 (
@@ -1265,14 +1066,16 @@ class Cache:
     def torrent_entries(self) -> list[EntrySpec]:
         """Every entry of ``torrents/`` below the top (torrent directories and their subtrees)."""
         rows = self.conn.execute(
-            "SELECT i.key, p.key, e.name, e.kind, e.size, e.mtime, e.nlink, e.torrent_id, e.file_id, e.download_id, "
-            "e.hoster_link, e.link_offset, e.files_pending FROM entries e JOIN inodes i ON i.inode = e.inode "
-            f"JOIN inodes p ON p.inode = e.parent WHERE e.torrent_id IS NOT NULL AND i.key NOT LIKE '{VIEW_KEY_PREFIX}%'"
+            "SELECT i.key, p.key, e.name, e.kind, e.size, e.mtime, e.nlink, e.torrent_id, "
+            "e.file_id, e.download_id, e.hoster_link, e.link_offset, e.files_pending "
+            "FROM entries e JOIN inodes i ON i.inode = e.inode JOIN inodes p ON p.inode = e.parent "
+            f"WHERE e.torrent_id IS NOT NULL AND i.key NOT LIKE '{_VIEW_COPY_LIKE}'"
         )
         return [
             EntrySpec(
-                key=row[0], parent_key=row[1], name=row[2], kind=row[3], size=row[4], mtime=row[5], nlink=row[6],
-                torrent_id=row[7], file_id=row[8], download_id=row[9], hoster_link=row[10], link_offset=row[11],
+                key=row[0], parent_key=row[1], name=row[2], kind=row[3], size=row[4],
+                mtime=row[5], nlink=row[6], torrent_id=row[7], file_id=row[8],
+                download_id=row[9], hoster_link=row[10], link_offset=row[11],
                 files_pending=bool(row[12]),
             )
             for row in rows
@@ -1308,17 +1111,20 @@ class Cache:
         """SQLite's integrity check plus the tree's invariants; empty when all is well."""
         problems = [row[0] for row in self.conn.execute("PRAGMA integrity_check") if row[0] != "ok"]
         checks = {
-            "entry without inode": "SELECT count(*) FROM entries e LEFT JOIN inodes i USING (inode) WHERE i.key IS NULL",
-            "entry whose parent is missing": "SELECT count(*) FROM entries e LEFT JOIN entries p ON p.inode = e.parent "
-            "WHERE p.inode IS NULL AND e.inode != 1",
-            "entry whose parent is a file": "SELECT count(*) FROM entries e JOIN entries p ON p.inode = e.parent "
-            "WHERE p.kind != 'dir'",
-            "torrent entry without torrent": "SELECT count(*) FROM entries e LEFT JOIN torrents t ON t.id = e.torrent_id "
+            "entry without inode": "SELECT count(*) FROM entries e "
+            "LEFT JOIN inodes i USING (inode) WHERE i.key IS NULL",
+            "entry whose parent is missing": "SELECT count(*) FROM entries e "
+            "LEFT JOIN entries p ON p.inode = e.parent WHERE p.inode IS NULL AND e.inode != 1",
+            "entry whose parent is a file": "SELECT count(*) FROM entries e "
+            "JOIN entries p ON p.inode = e.parent WHERE p.kind != 'dir'",
+            "torrent entry without torrent": "SELECT count(*) FROM entries e "
+            "LEFT JOIN torrents t ON t.id = e.torrent_id "
             "WHERE e.torrent_id IS NOT NULL AND t.id IS NULL",
-            "files without torrent": "SELECT count(*) FROM files f LEFT JOIN torrents t ON t.id = f.torrent_id "
-            "WHERE t.id IS NULL",
-            "unsafe name": "SELECT count(*) FROM entries WHERE inode != 1 AND (name IN ('', '.', '..') "
-            "OR instr(name, '/') > 0 OR instr(name, char(0)) > 0 OR length(CAST(name AS BLOB)) > 255)",
+            "files without torrent": "SELECT count(*) FROM files f "
+            "LEFT JOIN torrents t ON t.id = f.torrent_id WHERE t.id IS NULL",
+            "unsafe name": "SELECT count(*) FROM entries WHERE inode != 1 AND ("
+            "name IN ('', '.', '..') OR instr(name, '/') > 0 OR instr(name, char(0)) > 0 "
+            "OR length(CAST(name AS BLOB)) > 255)",
         }
         for label, sql in checks.items():
             count = self.conn.execute(sql).fetchone()[0]
@@ -1336,10 +1142,11 @@ class Cache:
         """
         now = time.time()
         rows: list[tuple[Any, ...]] = []
-        for chunk in _chunks(list(torrent_ids)):
+        for chunk in chunks(list(torrent_ids)):
             marks = ",".join("?" * len(chunk))
             found = self.conn.execute(
-                f"SELECT id, filename, hash, bytes, info_key IS NOT NULL FROM torrents WHERE id IN ({marks})",
+                "SELECT id, filename, hash, bytes, info_key IS NOT NULL FROM torrents WHERE id "
+                f"IN ({marks})",
                 chunk,
             ).fetchall()
             for torrent_id, name, info_hash, size, has_files in found:
@@ -1347,7 +1154,8 @@ class Cache:
                 if has_files:
                     selection = json.dumps(
                         self.conn.execute(
-                            "SELECT file_id, path, bytes FROM files WHERE torrent_id = ? AND selected ORDER BY file_id",
+                            "SELECT file_id, path, bytes FROM files WHERE torrent_id = ? AND "
+                            "selected ORDER BY file_id",
                             (torrent_id,),
                         ).fetchall()
                     )
@@ -1363,16 +1171,18 @@ class Cache:
         return len(rows)
 
     def removals(self, limit: int | None = None) -> list[dict[str, Any]]:
-        """The removal record, newest first (``selection``: selected files, None if never fetched)."""
+        """The removal record, newest first (``selection``: the selected files, None if unknown)."""
         rows = self.conn.execute(
-            "SELECT time, id, name, hash, bytes, selection, by, reason FROM removals ORDER BY seq DESC LIMIT ?",
+            "SELECT time, id, name, hash, bytes, selection, by, reason FROM removals "
+            "ORDER BY seq DESC LIMIT ?",
             (-1 if limit is None else limit,),
         ).fetchall()
         return [
             {
                 "time": when, "id": torrent_id, "name": name, "hash": info_hash, "bytes": size,
                 "selection": None if selection is None else [
-                    {"id": fid, "path": path, "bytes": fsize} for fid, path, fsize in json.loads(selection)
+                    {"id": fid, "path": path, "bytes": fsize}
+                    for fid, path, fsize in json.loads(selection)
                 ],
                 "by": by, "reason": reason,
             }
@@ -1395,12 +1205,13 @@ class Cache:
     def listed_torrents(self, torrent_ids: Iterable[str]) -> list[ListedTorrent]:
         """``shown_torrents``'s columns for the given cached torrents, whatever their status."""
         out: list[ListedTorrent] = []
-        for chunk in _chunks(list(torrent_ids)):
+        for chunk in chunks(list(torrent_ids)):
             marks = ",".join("?" * len(chunk))
             out += [
                 ListedTorrent(*row)
                 for row in self.conn.execute(
-                    f"SELECT id, filename, status, added, ended FROM torrents WHERE id IN ({marks})",
+                    "SELECT id, filename, status, added, ended FROM torrents WHERE id IN "
+                    f"({marks})",
                     chunk,
                 )
             ]
@@ -1421,18 +1232,22 @@ class Scope:
     @classmethod
     def torrent_files(cls, torrent_id: str) -> Scope:
         return cls(
-            f"e.torrent_id = ? AND e.parent != ? AND i.key NOT LIKE '{VIEW_KEY_PREFIX}%'",
+            f"e.torrent_id = ? AND e.parent != ? AND i.key NOT LIKE '{_VIEW_COPY_LIKE}'",
             (torrent_id, TORRENTS_INODE),
         )
 
     @classmethod
     def views(cls) -> Scope:
         """The library views: their top directories and the copies of torrents inside them."""
-        return cls(f"i.key LIKE '{VIEW_KEY_PREFIX}%' OR i.key LIKE '{VIEW_DIR_KEY_PREFIX}%'", ())
+        return cls(f"i.key LIKE '{_VIEW_COPY_LIKE}' OR i.key LIKE '{_VIEW_DIR_LIKE}'", ())
 
     @classmethod
     def downloads(cls) -> Scope:
         return cls("e.parent = ?", (DOWNLOADS_INODE,))
+
+    @classmethod
+    def control_files(cls) -> Scope:
+        return cls("e.parent = ?", (CONTROL_INODE,))
 
 
 _TORRENT_COLUMNS = "id, filename, hash, bytes, host, split, progress, status, added, ended, links"

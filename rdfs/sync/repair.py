@@ -24,7 +24,6 @@ repaired torrent that dies again is reported, not repaired in a loop.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -128,12 +127,9 @@ class Repairer:
 
     def link_gone(self, hoster_link: str, error: LinkGone) -> None:
         """Resolver callback: RD refused to unrestrict ``hoster_link``."""
-        row = self.cache.conn.execute(
-            "SELECT torrent_id FROM entries WHERE hoster_link = ? AND torrent_id IS NOT NULL LIMIT 1",
-            (hoster_link,),
-        ).fetchone()
-        if row is not None:
-            self._report(row[0], f"link refused: {error.reason}", confirmed=False)
+        torrent_id = self.cache.torrent_for_link(hoster_link)
+        if torrent_id is not None:
+            self._report(torrent_id, f"link refused: {error.reason}", confirmed=False)
 
     def _report(self, torrent_id: str, reason: str, *, confirmed: bool) -> None:
         known = self.broken.get(torrent_id)
@@ -161,10 +157,7 @@ class Repairer:
                 self.gave_up.setdefault(tid, "part of a burst of failures (RD outage?)")
 
     def _scan_listing(self) -> None:
-        marks = ",".join("?" * len(DEAD_STATUSES))
-        for (torrent_id,) in self.cache.conn.execute(
-            f"SELECT id FROM torrents WHERE status IN ({marks})", tuple(DEAD_STATUSES)
-        ).fetchall():
+        for torrent_id in self.cache.torrents_with_status(DEAD_STATUSES):
             self._report(torrent_id, "RD lists it as dead", confirmed=True)
         # Broken torrents that left the account (deleted by the user, or swapped out) are forgotten.
         for torrent_id in list(self.broken):
@@ -285,26 +278,8 @@ class Repairer:
                 await trio.sleep(self.policy.poll)
 
     async def swap(self, old_id: str, new: TorrentInfo) -> None:
-        """Put ``new`` where ``old_id`` was: same inodes, same paths (one transaction), then rebuild."""
-        pattern = re.compile(rf"(?<![^:])(t|f|dir|r|a):{re.escape(old_id)}(?=:|$)")
-        with self.cache.transaction():
-            rows = self.cache.conn.execute(
-                "SELECT inode, key FROM inodes WHERE key LIKE ?", (f"%:{old_id}%",)
-            ).fetchall()
-            for inode, key in rows:
-                renamed = pattern.sub(lambda m: f"{m.group(1)}:{new.id}", key)
-                if renamed != key:
-                    # A key of the new torrent allocated meanwhile (never shown) gives way.
-                    self.cache.conn.execute("DELETE FROM inodes WHERE key = ?", (renamed,))
-                    self.cache.conn.execute(
-                        "UPDATE inodes SET key = ? WHERE inode = ?", (renamed, inode)
-                    )
-            self.cache.conn.execute(
-                "UPDATE entries SET torrent_id = ? WHERE torrent_id = ?", (new.id, old_id)
-            )
-            self.cache.upsert_torrents([new])
-            self.cache.conn.execute("DELETE FROM files WHERE torrent_id = ?", (old_id,))
-            self.cache.conn.execute("DELETE FROM torrents WHERE id = ?", (old_id,))
+        """Put ``new`` where ``old_id`` was (same inodes and paths, one transaction); rebuild."""
+        self.cache.swap_torrent(old_id, new)
         self.bus.publish(await self.tree.adopt(new), "repair")
         log.info("torrent %s swapped in for %s (%s)", new.id, old_id, new.filename)
 

@@ -68,6 +68,7 @@ from rdfs.store.metadata import (
     list_key,
     row_key,
 )
+from rdfs.store.values import chunks as _chunks
 from rdfs.sync.treebuilder import TreeBuilder
 from rdfs.tree.specs import Namespace
 
@@ -747,7 +748,3 @@ class Syncer:
         else:
             self._empty_since[kind] = when
         self.cache.set_state("empty_since", self._empty_since)
-
-
-def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
-    return [items[start : start + size] for start in range(0, len(items), size)]

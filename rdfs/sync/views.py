@@ -12,7 +12,7 @@ hold: ``name`` (regex on the torrent name), ``file`` (regex matching at least on
 ``min_size_gb`` / ``max_size_gb`` (the torrent's selected bytes), ``has_episodes`` (SxxEyy,
 1x02, "Season 2", "S02" in a name), ``added_within_days``.
 
-Configured in the ``[views]`` table of ``config.toml`` (see docs/CONFIG.md for an example);
+Configured in the ``[views]`` table of ``config.toml`` (docs/LIBRARY.md has an example);
 without one, the group ``library`` holds ``shows`` (has_episodes) then ``movies`` (the rest).
 """
 
@@ -32,11 +32,9 @@ import trio
 
 from rdfs.config import read_table
 from rdfs.events import UPLOAD_GONE, ChangeBus, TreeChange
+from rdfs.store import keys
 from rdfs.store.metadata import (
     ROOT_INODE,
-    TORRENTS_INODE,
-    VIEW_DIR_KEY_PREFIX,
-    VIEW_KEY_PREFIX,
     Cache,
     CacheError,
     Changes,
@@ -224,9 +222,7 @@ def view_specs(
     ``entries``: the ``torrents/`` entries (:meth:`Cache.torrent_entries`). Pure: no I/O.
     """
     specs = [
-        EntrySpec(
-            key=VIEW_DIR_KEY_PREFIX + v.path, parent_key="root", name=v.path, kind="dir", nlink=2
-        )
+        EntrySpec(key=keys.view_dir(v.path), parent_key=keys.ROOT, name=v.path, kind="dir", nlink=2)
         for v in config.views
     ]
     by_torrent: dict[str, list[EntrySpec]] = defaultdict(list)
@@ -239,15 +235,14 @@ def view_specs(
             continue
         kept = _without_junk(config, subtree)
         for view in classify(config, torrent, now):
-            prefix = f"{VIEW_KEY_PREFIX}{view.path}:"
-            top = VIEW_DIR_KEY_PREFIX + view.path
+            top = keys.view_dir(view.path)
             for entry in kept:
-                at_top = entry.key.startswith("t:")
+                at_top = keys.is_torrent_dir(entry.key)
                 specs.append(
                     replace(
                         entry,
-                        key=prefix + entry.key,
-                        parent_key=top if at_top else prefix + entry.parent_key,
+                        key=keys.view_copy(view.path, entry.key),
+                        parent_key=top if at_top else keys.view_copy(view.path, entry.parent_key),
                     )
                 )
                 if at_top:
@@ -257,10 +252,10 @@ def view_specs(
 
 def _without_junk(config: ViewsConfig, subtree: Sequence[EntrySpec]) -> list[EntrySpec]:
     """A torrent's entries minus junk files, a shown archive's ``.rar``, and directories left empty."""
-    has_members = any(e.key.startswith("a:") for e in subtree)
+    has_members = any(keys.is_archive_member(e.key) for e in subtree)
 
     def junk(entry: EntrySpec) -> bool:
-        if has_members and entry.key.startswith("r:"):
+        if has_members and keys.is_rar_volume(entry.key):
             return True
         return any(p.search(entry.name) for p in config.junk)
 
@@ -276,7 +271,7 @@ def _without_junk(config: ViewsConfig, subtree: Sequence[EntrySpec]) -> list[Ent
     kept_dirs = [
         d
         for d in dirs.values()
-        if d.key.startswith("t:")
+        if keys.is_torrent_dir(d.key)
         or (d.key in needed and not any(p.search(d.name) for p in config.junk))
     ]
     kept_keys = {d.key for d in kept_dirs}
@@ -329,9 +324,8 @@ class Views:
             self.cache.set_meta(VIEWS_CURRENT_KEY, self._fingerprint)
             return Changes()
         changes = self.cache.apply_diff(diff)
-        if any(e.key.startswith(VIEW_DIR_KEY_PREFIX) for e in diff.remove) or any(
-            s.key.startswith(VIEW_DIR_KEY_PREFIX) and s.key not in diff.existing
-            for s in diff.upsert
+        if any(keys.is_view_dir(e.key) for e in diff.remove) or any(
+            keys.is_view_dir(s.key) and s.key not in diff.existing for s in diff.upsert
         ):
             self.cache.refresh_dir(ROOT_INODE)
             changes.inodes.add(ROOT_INODE)
@@ -348,14 +342,9 @@ class Views:
         for entry in entries:
             if entry.kind == "file" and entry.torrent_id:
                 names[entry.torrent_id].append(entry.name)
-        rows = self.cache.conn.execute(
-            "SELECT e.torrent_id, t.filename, t.bytes, t.added FROM entries e JOIN torrents t ON t.id = e.torrent_id "
-            "WHERE e.parent = ?",
-            (TORRENTS_INODE,),
-        )
         return [
             TorrentFacts(tid, name, size, added, tuple(names.get(tid, ())))
-            for tid, name, size, added in rows
+            for tid, name, size, added in self.cache.shown_torrent_facts()
         ]
 
     async def run(self, *, settle: float = 0.2, interval: float = 3600.0) -> None:

@@ -37,20 +37,17 @@ import unicodedata
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from typing import Any
 
 from rdfs.api.models import STATUS_DOWNLOADED, Download, Torrent, TorrentInfo
-from rdfs.store.metadata import ROOT_INODE, Cache, EntrySpec, ListedTorrent
+from rdfs.store import keys
+from rdfs.store.metadata import ROOT_INODE, Cache, EntryRow, EntrySpec, ListedTorrent
+from rdfs.store.values import unix_time
 
 MAX_NAME_BYTES = 255
 SLASH_SUBSTITUTE = "\u2215"  # ∕ DIVISION SLASH
 DOT_SUBSTITUTE = "\uff0e"  # ． FULLWIDTH FULL STOP
 MAX_EXTENSION_CHARS = 16
-
-TORRENTS_KEY = "top:torrents"
-DOWNLOADS_KEY = "top:downloads"
-
 
 # --- names ------------------------------------------------------------------------------------
 
@@ -134,18 +131,8 @@ def assign_names(candidates: Iterable[NameCandidate]) -> dict[str, str]:
 # --- entries ----------------------------------------------------------------------------------
 
 
-def _ts(value: datetime | float | None) -> float:
-    if value is None:
-        return 0.0
-    return value if isinstance(value, (int, float)) else value.timestamp()
-
-
 def torrent_mtime(torrent: Torrent | ListedTorrent) -> float:
-    return _ts(torrent.ended or torrent.added)
-
-
-def torrent_key(torrent_id: str) -> str:
-    return f"t:{torrent_id}"
+    return unix_time(torrent.ended or torrent.added, if_none=0.0)
 
 
 def torrent_dir_specs(
@@ -162,20 +149,20 @@ def torrent_dir_specs(
     shown = [t for t in torrents if t.status in statuses]
     names = assign_names(
         NameCandidate(
-            key=torrent_key(t.id),
+            key=keys.torrent(t.id),
             name=safe_name(t.filename, is_dir=True, fallback=t.id),
             tag=t.id,
             is_dir=True,
-            order=(_ts(t.added), t.id),
+            order=(unix_time(t.added, if_none=0.0), t.id),
         )
         for t in shown
     )
     subdirs = subdirs or {}
     return [
         EntrySpec(
-            key=torrent_key(t.id),
-            parent_key=TORRENTS_KEY,
-            name=names[torrent_key(t.id)],
+            key=keys.torrent(t.id),
+            parent_key=keys.TORRENTS,
+            name=names[keys.torrent(t.id)],
             kind="dir",
             mtime=torrent_mtime(t),
             nlink=2 + subdirs.get(t.id, 0),
@@ -210,8 +197,8 @@ def torrent_file_specs(
     The i-th selected file reads ``links[i]``. With fewer links than selected files the torrent
     is RAR-packed: one ``.rar`` volume per link (``link_sizes`` gives sizes learnt from
     unrestricts), plus, for a single archive whose members are known (``archives``: hoster link
-    -> members as :class:`rdfs.data.rar.Member` fields), every *stored* member as a regular file that
-    reads its byte range of the archive. Compressed, encrypted or split members are not shown:
+    -> members as :class:`rdfs.data.rar.Member` fields), every *stored* member as a regular file
+    that reads its byte range of the archive. Compressed, encrypted or split members are not shown:
     only the ``.rar`` gives access to them.
     """
     selected = info.selected_files
@@ -219,7 +206,7 @@ def torrent_file_specs(
         return _packed_specs(info, link_sizes or {}, archives or {})
     leaves = [
         _Leaf(
-            key=f"f:{info.id}:{file.id}",
+            key=keys.torrent_file(info.id, file.id),
             path=file.path,
             size=file.bytes,
             tag=str(file.id),
@@ -237,7 +224,7 @@ def _subtree(
 ) -> list[EntrySpec]:
     """Entries for ``leaves`` and the directories of their paths (``taken``: other entries of the
     torrent's directory, whose names come first)."""
-    root = torrent_key(info.id)
+    root = keys.torrent(info.id)
     mtime = torrent_mtime(info)
     dirs: dict[str, EntrySpec] = {}
     files: list[tuple[EntrySpec, _Leaf]] = []
@@ -247,7 +234,7 @@ def _subtree(
         parts = [safe_name(part, is_dir=True) for part in raw_parts[:-1]]
         parent = root
         for depth in range(len(parts)):
-            key = f"dir:{info.id}:{'/'.join(parts[: depth + 1])}"
+            key = keys.torrent_dir(info.id, "/".join(parts[: depth + 1]))
             if key not in dirs:
                 dirs[key] = EntrySpec(
                     key=key,
@@ -312,8 +299,8 @@ def _packed_specs(
         fallback_size = info.bytes if count == 1 else 0
         specs.append(
             EntrySpec(
-                key=f"r:{info.id}:{index}",
-                parent_key=torrent_key(info.id),
+                key=keys.rar_volume(info.id, index),
+                parent_key=keys.torrent(info.id),
                 name=_fit(base, suffix),
                 kind="file",
                 size=link_sizes.get(link, fallback_size),
@@ -325,7 +312,7 @@ def _packed_specs(
     members = archives.get(info.links[0], ()) if count == 1 else ()
     leaves = [
         _Leaf(
-            key=f"a:{info.id}:{member['name']}",
+            key=keys.archive_member(info.id, member["name"]),
             path=member["name"],
             size=member["size"],
             tag=str(number),
@@ -345,26 +332,26 @@ def _packed_specs(
 def download_specs(downloads: Iterable[Download]) -> list[EntrySpec]:
     """The files of ``downloads/``: one per hoster link, the oldest entry of each."""
     chosen: dict[str, Download] = {}
-    for item in sorted(downloads, key=lambda d: (_ts(d.generated), d.id)):
+    for item in sorted(downloads, key=lambda d: (unix_time(d.generated, if_none=0.0), d.id)):
         chosen.setdefault(item.link or f"id:{item.id}", item)
     names = assign_names(
         NameCandidate(
-            key=f"d:{d.id}",
+            key=keys.download(d.id),
             name=safe_name(d.filename, fallback=d.id),
             tag=d.id,
             is_dir=False,
-            order=(_ts(d.generated), d.id),
+            order=(unix_time(d.generated, if_none=0.0), d.id),
         )
         for d in chosen.values()
     )
     return [
         EntrySpec(
-            key=f"d:{d.id}",
-            parent_key=DOWNLOADS_KEY,
-            name=names[f"d:{d.id}"],
+            key=keys.download(d.id),
+            parent_key=keys.DOWNLOADS,
+            name=names[keys.download(d.id)],
             kind="file",
             size=d.filesize,
-            mtime=_ts(d.generated),
+            mtime=unix_time(d.generated, if_none=0.0),
             download_id=d.id,
             hoster_link=d.link or None,
         )
@@ -401,62 +388,54 @@ class Totals:
     bytes: int
 
 
-_NODE_SQL = (
-    "SELECT e.inode, e.parent, e.name, e.kind, e.size, e.mtime, e.nlink, e.torrent_id, e.file_id, "
-    "e.download_id, e.hoster_link, e.link_offset, e.files_pending, t.hash, t.status "
-    "FROM entries e LEFT JOIN torrents t ON t.id = e.torrent_id "
-)
-
-
-def _node(row: Sequence[Any]) -> Node:
+def _node(row: EntryRow) -> Node:
     xattrs: dict[str, str] = {}
-    if row[7] is not None:
-        xattrs["user.rdfs.torrent_id"] = row[7]
-        if row[13]:
-            xattrs["user.rdfs.hash"] = row[13]
-        if row[14]:
-            xattrs["user.rdfs.status"] = row[14]
-    if row[8] is not None:
-        xattrs["user.rdfs.file_id"] = str(row[8])
-    if row[9] is not None:
-        xattrs["user.rdfs.download_id"] = row[9]
-    if row[10] is not None:
-        xattrs["user.rdfs.link"] = row[10]
+    if row.torrent_id is not None:
+        xattrs["user.rdfs.torrent_id"] = row.torrent_id
+        if row.torrent_hash:
+            xattrs["user.rdfs.hash"] = row.torrent_hash
+        if row.torrent_status:
+            xattrs["user.rdfs.status"] = row.torrent_status
+    if row.file_id is not None:
+        xattrs["user.rdfs.file_id"] = str(row.file_id)
+    if row.download_id is not None:
+        xattrs["user.rdfs.download_id"] = row.download_id
+    if row.hoster_link is not None:
+        xattrs["user.rdfs.link"] = row.hoster_link
     return Node(
-        inode=row[0],
-        parent=row[1],
-        name=row[2],
-        kind=row[3],
-        size=row[4],
-        mtime=row[5],
-        nlink=row[6],
-        torrent_id=row[7],
-        file_id=row[8],
-        download_id=row[9],
-        hoster_link=row[10],
-        link_offset=row[11],
-        files_pending=bool(row[12]),
+        inode=row.inode,
+        parent=row.parent,
+        name=row.name,
+        kind=row.kind,
+        size=row.size,
+        mtime=row.mtime,
+        nlink=row.nlink,
+        torrent_id=row.torrent_id,
+        file_id=row.file_id,
+        download_id=row.download_id,
+        hoster_link=row.hoster_link,
+        link_offset=row.link_offset,
+        files_pending=bool(row.files_pending),
         xattrs=xattrs,
     )
 
 
 class Namespace:
-    """Reads of the materialized tree; each method is one indexed SQLite query."""
+    """Reads of the materialized tree; each method is one indexed query of the cache."""
 
     def __init__(self, cache: Cache) -> None:
         self.cache = cache
 
     def node(self, inode: int) -> Node | None:
-        row = self.cache.conn.execute(_NODE_SQL + "WHERE e.inode = ?", (inode,)).fetchone()
+        row = self.cache.entry(inode)
         return _node(row) if row else None
 
     def lookup(self, parent_inode: int, name: str) -> Node | None:
-        sql = _NODE_SQL + "WHERE e.parent = ? AND e.name = ?"
-        row = self.cache.conn.execute(sql, (parent_inode, name)).fetchone()
+        row = self.cache.lookup_entry(parent_inode, name)
         if row is None:
             normalized = unicodedata.normalize("NFC", name)
             if normalized != name:
-                row = self.cache.conn.execute(sql, (parent_inode, normalized)).fetchone()
+                row = self.cache.lookup_entry(parent_inode, normalized)
         return _node(row) if row else None
 
     def children(
@@ -468,33 +447,19 @@ class Namespace:
         inode order starting after it: a cursor that stays valid while a sync adds or removes
         entries, so a resumed readdir never repeats or skips the others.
         """
-        if after is not None:
-            rows = self.cache.conn.execute(
-                _NODE_SQL + "WHERE e.parent = ? AND e.inode > ? ORDER BY e.inode LIMIT ?",
-                (inode, after, limit),
-            )
-        else:
-            rows = self.cache.conn.execute(
-                _NODE_SQL + "WHERE e.parent = ? ORDER BY e.name LIMIT ? OFFSET ?",
-                (inode, limit, offset),
-            )
-        return [_node(row) for row in rows]
+        return [_node(row) for row in self.cache.child_entries(inode, offset, limit, after=after)]
 
     def path(self, inode: int) -> str | None:
         """The path relative to the mountpoint ("" for the root), None if the inode is unknown."""
         parts: list[str] = []
         while inode != ROOT_INODE:
-            row = self.cache.conn.execute(
-                "SELECT parent, name FROM entries WHERE inode = ?", (inode,)
-            ).fetchone()
-            if row is None:
+            place = self.cache.entry_place(inode)
+            if place is None:
                 return None
-            parts.append(row[1])
-            inode = row[0]
+            inode, name = place
+            parts.append(name)
         return "/".join(reversed(parts))
 
     def totals(self) -> Totals:
-        # total() is a float sum: sizes near 2^63 never overflow it (sum() would raise).
-        sql = "SELECT count(*), total(CASE WHEN size > 0 THEN size ELSE 0 END) FROM entries"
-        count, size = self.cache.conn.execute(sql).fetchone()
-        return Totals(entries=count, bytes=int(size))
+        count, size = self.cache.entry_totals()
+        return Totals(entries=count, bytes=size)
