@@ -94,7 +94,8 @@ class _History:
 
 
 class Repairer:
-    """``check()`` (each sync interval, from ``run``) finds, confirms and repairs broken torrents."""
+    """``check()`` (each sync interval, from ``run``) finds, confirms and repairs broken torrents.
+    """
 
     def __init__(
         self,
@@ -165,7 +166,7 @@ class Repairer:
                 del self.broken[torrent_id]
 
     async def _confirm(self, broken: Broken) -> None:
-        """A link failure that persisted ``confirm_after`` seconds: unrestrict once more to be sure."""
+        """A link failure that lasted ``confirm_after`` seconds: unrestrict once more to be sure."""
         torrent = self.cache.torrent(broken.torrent_id)
         if torrent is None or not torrent.links:
             return

@@ -251,7 +251,7 @@ def view_specs(
 
 
 def _without_junk(config: ViewsConfig, subtree: Sequence[EntrySpec]) -> list[EntrySpec]:
-    """A torrent's entries minus junk files, a shown archive's ``.rar``, and directories left empty."""
+    """A torrent's entries minus junk files, a shown archive's ``.rar`` and emptied directories."""
     has_members = any(keys.is_archive_member(e.key) for e in subtree)
 
     def junk(entry: EntrySpec) -> bool:
