@@ -94,8 +94,7 @@ class _History:
 
 
 class Repairer:
-    """``check()`` (each sync interval, from ``run``) finds, confirms and repairs broken torrents.
-    """
+    """``check()``, every sync interval: find, confirm and repair broken torrents."""
 
     def __init__(
         self,
