@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ class TreeChange:
     inodes: list[int]  # inodes whose attributes changed
     paths: list[str]  # directories (relative to the mountpoint) whose listing changed
     origin: str = "sync"  # what made it: "sync", "control", "views", "repair", UPLOAD_GONE, ...
+    torrents: list[str] = field(default_factory=list)  # torrents whose entries were written
 
 
 class ChangeSet(Protocol):
@@ -42,6 +43,7 @@ class ChangeSet(Protocol):
     entries: set[tuple[int, str]]  # (parent inode, name) gone or appeared
     inodes: set[int]  # inodes whose attributes changed
     dirs: set[int]  # directories whose listing changed
+    torrents: set[str]  # torrents whose entries were written (the views redo only those)
 
     def __bool__(self) -> bool: ...
 
@@ -78,6 +80,7 @@ class ChangeBus:
             inodes=sorted(changes.inodes | changes.dirs),
             paths=sorted(p for p in paths if p is not None),
             origin=origin,
+            torrents=sorted(changes.torrents),
         )
         for callback in list(self._subscribers):
             try:

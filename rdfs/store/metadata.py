@@ -35,7 +35,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -755,6 +755,8 @@ class Cache:
                 (nlink, TORRENTS_INODE, info.id, nlink),
             )
             changes.inodes.update(row[0] for row in cursor.fetchall())
+            if changes:
+                changes.torrents.add(info.id)
         return changes
 
     def set_info_error(self, torrent_id: str, error: str) -> None:
@@ -777,6 +779,7 @@ class Cache:
                     changes.dirs.add(parent)
                 self.conn.execute(f"DELETE FROM files WHERE torrent_id IN ({marks})", chunk)
                 self.conn.execute(f"DELETE FROM torrents WHERE id IN ({marks})", chunk)
+        changes.torrents.update(torrent_ids)
         return changes
 
     def torrent_counts(self) -> dict[str, int]:
@@ -1012,6 +1015,8 @@ class Cache:
             self.conn.execute("DELETE FROM entries WHERE inode = ?", (entry.inode,))
             changes.entries.add((entry.parent, entry.name))
             changes.dirs.add(entry.parent)
+            if entry.torrent_id is not None:
+                changes.torrents.add(entry.torrent_id)
 
     def _upsert_entries(
         self, specs: Sequence[EntrySpec], existing: dict[str, StoredEntry], changes: Changes
@@ -1054,6 +1059,8 @@ class Cache:
                     int(spec.files_pending),
                 ),
             )
+            if spec.torrent_id is not None:
+                changes.torrents.add(spec.torrent_id)
             if old is None:
                 changes.entries.add((parent, spec.name))
                 changes.dirs.add(parent)
@@ -1063,14 +1070,22 @@ class Cache:
                     changes.entries.update({(old.parent, old.name), (parent, spec.name)})
                     changes.dirs.update({old.parent, parent})
 
-    def torrent_entries(self) -> list[EntrySpec]:
-        """Every entry of ``torrents/`` below the top (torrent directories and their subtrees)."""
-        rows = self.conn.execute(
+    def torrent_entries(self, torrent_ids: Collection[str] | None = None) -> list[EntrySpec]:
+        """Every entry of ``torrents/`` below the top (torrent directories and their subtrees);
+        only those of ``torrent_ids`` when given."""
+        sql = (
             "SELECT i.key, p.key, e.name, e.kind, e.size, e.mtime, e.nlink, e.torrent_id, "
             "e.file_id, e.download_id, e.hoster_link, e.link_offset, e.files_pending "
             "FROM entries e JOIN inodes i ON i.inode = e.inode JOIN inodes p ON p.inode = e.parent "
             f"WHERE e.torrent_id IS NOT NULL AND i.key NOT LIKE '{_VIEW_COPY_LIKE}'"
         )
+        if torrent_ids is None:
+            rows: list[Any] = self.conn.execute(sql).fetchall()
+        else:
+            rows = []
+            for chunk in chunks(list(torrent_ids)):
+                marks = ",".join("?" * len(chunk))
+                rows += self.conn.execute(f"{sql} AND e.torrent_id IN ({marks})", chunk)
         return [
             EntrySpec(
                 key=row[0], parent_key=row[1], name=row[2], kind=row[3], size=row[4],
@@ -1090,6 +1105,102 @@ class Cache:
                 (TORRENTS_INODE,),
             )
         )
+
+    # --- what an incremental rebuild of torrents/ and the views reads (changed torrents only) --
+
+    def torrent_dir_names(self, torrent_ids: Iterable[str]) -> dict[str, str]:
+        """The names of these torrents' directories in ``torrents/`` (of those shown)."""
+        names: dict[str, str] = {}
+        for chunk in chunks(list(torrent_ids)):
+            marks = ",".join("?" * len(chunk))
+            names.update(
+                self.conn.execute(
+                    "SELECT torrent_id, name FROM entries WHERE parent = ? "
+                    f"AND torrent_id IN ({marks})",
+                    (TORRENTS_INODE, *chunk),
+                )
+            )
+        return names
+
+    def torrent_dirs_named(self, low: str, high: str) -> list[tuple[str, str]]:
+        """(torrent id, name) of the directories of ``torrents/`` whose names sort from ``low``
+        (included) to ``high`` (excluded): a range of the ``(parent, name)`` index."""
+        return self.conn.execute(
+            "SELECT torrent_id, name FROM entries WHERE parent = ? AND name >= ? AND name < ? "
+            "AND torrent_id IS NOT NULL",
+            (TORRENTS_INODE, low, high),
+        ).fetchall()
+
+    def torrents_with_files_among(self, torrent_ids: Iterable[str]) -> set[str]:
+        """Which of these torrents have their file list cached."""
+        found: set[str] = set()
+        for chunk in chunks(list(torrent_ids)):
+            marks = ",".join("?" * len(chunk))
+            found.update(
+                row[0]
+                for row in self.conn.execute(
+                    f"SELECT id FROM torrents WHERE info_key IS NOT NULL AND id IN ({marks})",
+                    chunk,
+                )
+            )
+        return found
+
+    def subdir_counts_of(self, torrent_ids: Iterable[str]) -> dict[str, int]:
+        """:meth:`subdir_counts` for these torrents only."""
+        counts: dict[str, int] = {}
+        for chunk in chunks(list(torrent_ids)):
+            marks = ",".join("?" * len(chunk))
+            counts.update(
+                self.conn.execute(
+                    "SELECT c.torrent_id, count(*) FROM entries c "
+                    "JOIN entries p ON p.inode = c.parent "
+                    f"WHERE c.torrent_id IN ({marks}) AND c.kind = 'dir' AND p.parent = ? "
+                    "GROUP BY c.torrent_id",
+                    (*chunk, TORRENTS_INODE),
+                )
+            )
+        return counts
+
+    def shown_torrent_facts_of(self, torrent_ids: Iterable[str]) -> list[ShownTorrent]:
+        """:meth:`shown_torrent_facts` for these torrents only."""
+        facts: list[ShownTorrent] = []
+        for chunk in chunks(list(torrent_ids)):
+            marks = ",".join("?" * len(chunk))
+            facts += [
+                ShownTorrent._make(row)
+                for row in self.conn.execute(
+                    "SELECT e.torrent_id, t.filename, t.bytes, t.added FROM entries e "
+                    "JOIN torrents t ON t.id = e.torrent_id "
+                    f"WHERE e.parent = ? AND e.torrent_id IN ({marks})",
+                    (TORRENTS_INODE, *chunk),
+                )
+            ]
+        return facts
+
+    def recount_dirs(self, inode: int, mtime: float | None = None) -> bool:
+        """:meth:`refresh_dir` for a directory that holds only directories (``torrents/``, a
+        view): its children are counted on the ``(parent, name)`` index alone, no row read.
+        Whether the entry changed."""
+        with self.transaction():
+            return bool(
+                self.conn.execute(
+                    "UPDATE entries SET nlink = 2 + (SELECT count(*) FROM entries c "
+                    "WHERE c.parent = ?1), mtime = coalesce(?2, mtime) WHERE inode = ?1 "
+                    "AND (?2 IS NOT NULL OR nlink != 2 + (SELECT count(*) FROM entries c "
+                    "WHERE c.parent = ?1)) RETURNING inode",
+                    (inode, mtime),
+                ).fetchall()
+            )
+
+    def trace(self, callback: Callable[[str], object] | None) -> None:
+        """Call ``callback`` with every SQL statement run from now on (None: stop); for tests
+        and benchmarks that count the work of an operation."""
+        self.conn.set_trace_callback(callback)
+
+    @property
+    def rows_written(self) -> int:
+        """Rows inserted, updated or deleted through this connection since it opened."""
+        return self.conn.total_changes
 
     def refresh_dir(self, inode: int, mtime: float | None = None) -> None:
         """Recount a directory's ``nlink`` (and set its mtime) after its children changed."""
@@ -1234,6 +1345,20 @@ class Scope:
         return cls(
             f"e.torrent_id = ? AND e.parent != ? AND i.key NOT LIKE '{_VIEW_COPY_LIKE}'",
             (torrent_id, TORRENTS_INODE),
+        )
+
+    @classmethod
+    def torrent_dirs_of(cls, torrent_ids: Sequence[str]) -> Scope:
+        """The directories of these torrents in ``torrents/`` (at most ``IN_CHUNK`` ids)."""
+        marks = ",".join("?" * len(torrent_ids))
+        return cls(f"e.parent = ? AND e.torrent_id IN ({marks})", (TORRENTS_INODE, *torrent_ids))
+
+    @classmethod
+    def view_copies_of(cls, torrent_ids: Sequence[str]) -> Scope:
+        """The copies of these torrents' entries in the views (at most ``IN_CHUNK`` ids)."""
+        marks = ",".join("?" * len(torrent_ids))
+        return cls(
+            f"e.torrent_id IN ({marks}) AND i.key LIKE '{_VIEW_COPY_LIKE}'", tuple(torrent_ids)
         )
 
     @classmethod

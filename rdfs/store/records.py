@@ -97,11 +97,14 @@ class Changes:
     )  # (parent inode, name) gone or appeared
     inodes: set[int] = field(default_factory=set)  # inodes whose attributes changed
     dirs: set[int] = field(default_factory=set)  # directories whose listing changed
+    # Torrents some of whose entries (in torrents/ or a view) were written: what the views redo.
+    torrents: set[str] = field(default_factory=set)
 
     def merge(self, other: Changes) -> None:
         self.entries |= other.entries
         self.inodes |= other.inodes
         self.dirs |= other.dirs
+        self.torrents |= other.torrents
 
     def __bool__(self) -> bool:
         return bool(self.entries or self.inodes or self.dirs)

@@ -222,7 +222,8 @@ class Syncer:
                 nursery.start_soon(self._fill_worker, False)
             self._running = True
             task_status.started()
-            rebuild = False
+            # A crash may have come between writing torrents and rebuilding their directories.
+            rebuild = self.tree.behind
             try:
                 while True:
                     try:
@@ -345,8 +346,9 @@ class Syncer:
                 await self._sweep()
             else:
                 await self._probe_torrents()
-            if self.tree.hold_expired():
-                self._emit(await self.tree.torrent_dirs())
+            expired = self.tree.hold_expired()
+            if expired:
+                self._emit(await self.tree.torrent_dirs(expired))
         except SyncStalled as exc:
             self._condition("sync", f"stalled: {exc}")  # one warning per outage, not one per tick
             self._set_health("stalled")
@@ -598,6 +600,7 @@ class Syncer:
             doomed = self._guard("torrents", gone, len(known))
             if doomed:
                 log.info("removing %d torrents gone upstream", len(doomed))
+                self.tree.expect(doomed)
                 for chunk in _chunks(sorted(doomed), self.batch_size):
                     with self.cache.transaction():
                         self.cache.record_removals(
@@ -605,27 +608,31 @@ class Syncer:
                         )
                         changes.merge(self.cache.delete_torrents(chunk))
                     await trio.sleep(0)
-                structural = True
+                structural |= doomed
             state.pages, state.total, state.listed = listing.pages, listing.total, True
             self.cache.set_state("last_complete_listing", time.time())
         else:
             state.listed = False
         if structural:
-            changes.merge(await self.tree.torrent_dirs())
+            changes.merge(await self.tree.torrent_dirs(structural))
             self._refill_queue()
         self._emit(changes)
 
     async def _store_torrents(
         self, items: Sequence[Torrent], known: dict[str, Any] | None = None, *, rebuild: bool = True
-    ) -> bool:
-        """Write the listed torrents that changed; True if the tree's shape may have changed."""
+    ) -> set[str]:
+        """Write the listed torrents that changed; the ids of those whose directory may have
+        changed (rebuilt now with ``rebuild``, else by the caller)."""
         if known is None:
             known = self.cache.torrent_states()
         changed: list[Torrent] = []
         for chunk in _chunks(items, self.batch_size * 4):
             changed += [t for t in chunk if t.id not in known or known[t.id].row_key != row_key(t)]
             await trio.sleep(0)
-        structural = any(t.id not in known or known[t.id].list_key != list_key(t) for t in changed)
+        structural = {
+            t.id for t in changed if t.id not in known or known[t.id].list_key != list_key(t)
+        }
+        self.tree.expect(structural)
         for chunk in _chunks(changed, self.batch_size):
             self.cache.upsert_torrents(chunk)
             await trio.sleep(0)
@@ -636,7 +643,7 @@ class Syncer:
                 "structural" if structural else "progress",
             )
         if structural and rebuild:
-            self._emit(await self.tree.torrent_dirs())
+            self._emit(await self.tree.torrent_dirs(structural))
             self._refill_queue()
         return structural
 

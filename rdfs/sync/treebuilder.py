@@ -9,13 +9,24 @@ torrent that turns active again (not failed) keeps its directory for ``delete_co
 so a media server does not see it go and come back on every sync. The hold is persisted (sync
 state ``leaving``). A failed torrent leaves at once, unless ``keep_dead`` (repair is on: a dead
 torrent stays, unreadable, while a repair may bring it back).
+
+Incremental rebuilds. A sync that changes a few torrents rebuilds the directories of those only:
+``torrent_dirs(changed)`` computes the specs of the changed torrents and of every torrent whose
+name could collide with theirs (a *family*: names share a prefix; found on the ``(parent, name)``
+index, to a fixpoint) and diffs the stored directories of that family alone, so the work is
+O(changed), not O(library). Names come out as a full rebuild would give them, because a name
+depends only on the torrents whose candidate names it shares (see ``assign_names``). The ids
+(and current names) about to change are persisted first (``expect``): a crash between writing a
+torrent and rebuilding its directory is caught up at the next start (``behind``). A full rebuild
+(``torrent_dirs()``) stays for the recovery after a failed write and for large changes.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import trio
 
@@ -25,12 +36,39 @@ from rdfs.store.metadata import (
     TORRENTS_INODE,
     Cache,
     Changes,
+    EntryDiff,
     ListedTorrent,
     Scope,
 )
-from rdfs.tree.specs import download_specs, torrent_dir_specs, torrent_file_specs
+from rdfs.store.values import IN_CHUNK
+from rdfs.tree.specs import download_specs, safe_name, torrent_dir_specs, torrent_file_specs
 
 log = logging.getLogger(__name__)
+
+PENDING_KEY = "tree_pending"  # sync state: {"ids": [...], "names": [...]} not rebuilt yet
+MAX_INCREMENTAL = IN_CHUNK  # a larger family is rebuilt in full (as cheap, one diff)
+# Prefixes are cut well below the 255-byte name limit: a tagged name (" [id N]") shortens its stem
+# to fit, and every name of a family must still start with the family's prefix.
+_PREFIX_BYTES = 200
+_TAG = re.compile(r" \[[^\[\]]*\]$")
+
+
+def _family_prefix(name: str) -> str:
+    """What every name derived from ``name`` (plain or tagged) starts with."""
+    raw = name.encode()
+    if len(raw) <= _PREFIX_BYTES:
+        return name
+    # Cut on a character boundary, one more character off: a cut name is normalized again.
+    return raw[:_PREFIX_BYTES].decode("utf-8", "ignore")[:-1]
+
+
+def _after_prefix(prefix: str) -> str:
+    """The least string above every string starting with ``prefix`` (code point order, which
+    is SQLite's byte order on UTF-8)."""
+    last = ord(prefix[-1]) + 1
+    if 0xD800 <= last <= 0xDFFF:
+        last = 0xE000
+    return prefix[:-1] + chr(last) if last <= 0x10FFFF else prefix + "\U0010ffff"
 
 
 class TreeBuilder:
@@ -57,15 +95,61 @@ class TreeBuilder:
         """How many directories are held (see the module docstring)."""
         return len(self._leaving)
 
-    def hold_expired(self) -> bool:
-        """Whether a held directory's time ran out (its removal needs a rebuild)."""
+    def hold_expired(self) -> set[str]:
+        """The held directories whose time ran out (their removal needs a rebuild)."""
         now = time.time()
-        return any(now - since >= self.delete_confirm_seconds for since in self._leaving.values())
+        return {
+            tid
+            for tid, since in self._leaving.items()
+            if now - since >= self.delete_confirm_seconds
+        }
 
-    async def torrent_dirs(self) -> Changes:
-        """Bring ``torrents/`` in line with the cached downloaded torrents."""
+    @property
+    def _statuses(self) -> tuple[str, ...]:
+        return (STATUS_DOWNLOADED, "dead") if self.keep_dead else (STATUS_DOWNLOADED,)
+
+    @property
+    def behind(self) -> bool:
+        """Torrents were written whose directories were not rebuilt since (a crash came between)."""
+        return bool(self.cache.get_state(PENDING_KEY))
+
+    def expect(self, torrent_ids: Collection[str]) -> None:
+        """Note that these torrents are about to be written or deleted: call before the write,
+        then ``torrent_dirs`` with them. Their current names are kept for the rebuild (a deleted
+        torrent's name frees a name its family may take back)."""
+        if not torrent_ids:
+            return
+        pending = self.cache.get_state(PENDING_KEY) or {"ids": [], "names": []}
+        if len(pending["ids"]) + len(torrent_ids) > MAX_INCREMENTAL:
+            pending = {"ids": [], "names": [], "full": True}
+        else:
+            pending["ids"] = sorted(set(pending["ids"]) | set(torrent_ids))
+            names = self.cache.torrent_dir_names(torrent_ids).values()
+            pending["names"] = sorted(set(pending["names"]) | set(names))
+        self.cache.set_state(PENDING_KEY, pending)
+
+    async def torrent_dirs(self, changed: Collection[str] | None = None) -> Changes:
+        """Bring ``torrents/`` in line with the cached downloaded torrents: those ``changed``
+        (and what ``expect`` noted) only, or all of them (``None``)."""
+        pending = self.cache.get_state(PENDING_KEY) or {}
+        family = None
+        if changed is not None and not pending.get("full"):
+            family = self._family(
+                set(changed) | set(pending.get("ids", ())), set(pending.get("names", ()))
+            )
+        if family is None:
+            diff = await self._diff_all()
+        else:
+            diff = self._diff_some(family)
+        # Deleted torrents left already (with their entries): torrents/ is recounted all the same.
+        changes = await self._apply(diff, recount=bool(pending.get("names")))
+        if pending:
+            self.cache.set_state(PENDING_KEY, {})
+        return changes
+
+    async def _diff_all(self) -> EntryDiff:
         # Each step blocks the loop for a while on a big library: let FUSE requests in between.
-        statuses = (STATUS_DOWNLOADED, "dead") if self.keep_dead else (STATUS_DOWNLOADED,)
+        statuses = self._statuses
         torrents = self.cache.shown_torrents(statuses) + self._held_torrents(statuses)
         await trio.sleep(0)
         specs = torrent_dir_specs(
@@ -74,8 +158,59 @@ class TreeBuilder:
         await trio.sleep(0)
         diff = self.cache.diff_entries(Scope.torrent_dirs(), specs)
         await trio.sleep(0)
+        return diff
+
+    def _diff_some(self, family: set[str]) -> EntryDiff:
+        """The diff of ``torrents/`` restricted to the directories of ``family``."""
+        statuses = self._statuses
+        ids = sorted(family)
+        listed = self.cache.listed_torrents(ids)
+        shown = set(self.cache.torrent_dir_names(ids))
+        torrents = [t for t in listed if t.status in statuses]
+        torrents += self._held(
+            [t for t in listed if t.id in shown and t.status not in statuses], statuses, family
+        )
+        specs = torrent_dir_specs(
+            torrents,
+            self.cache.torrents_with_files_among(ids),
+            self.cache.subdir_counts_of(ids),
+            statuses,
+        )
+        return self.cache.diff_entries(Scope.torrent_dirs_of(ids), specs)
+
+    def _family(self, changed: set[str], gone_names: set[str]) -> set[str] | None:
+        """``changed`` and every shown torrent whose name may depend on theirs (see the module
+        docstring); None when that is too many for an incremental rebuild."""
+        family: set[str] = set()
+        prefixes = {_family_prefix(_TAG.sub("", name)) for name in gone_names}
+        searched: set[str] = set()
+        new = changed
+        while new:
+            family |= new
+            if len(family) > MAX_INCREMENTAL:
+                return None
+            for torrent in self.cache.listed_torrents(new):
+                prefixes.add(
+                    _family_prefix(safe_name(torrent.filename, is_dir=True, fallback=torrent.id))
+                )
+            for name in self.cache.torrent_dir_names(new).values():
+                prefixes.add(_family_prefix(_TAG.sub("", name)))
+            new = set()
+            for prefix in prefixes - searched:
+                searched.add(prefix)
+                if not prefix:
+                    return None
+                for tid, _name in self.cache.torrent_dirs_named(prefix, _after_prefix(prefix)):
+                    if tid not in family:
+                        new.add(tid)
+        return family
+
+    async def _apply(self, diff: EntryDiff, *, recount: bool = False) -> Changes:
         changes = Changes()
         if not diff:
+            if recount:
+                self.cache.recount_dirs(TORRENTS_INODE, time.time())
+                changes.inodes.add(TORRENTS_INODE)
             return changes
         for step in self.cache.diff_batches(diff, self.batch_size):
             changes.merge(step)
@@ -84,7 +219,7 @@ class TreeBuilder:
         for spec in diff.upsert:
             if spec.key not in diff.existing and not spec.files_pending and spec.torrent_id:
                 changes.merge(self.cached_files(spec.torrent_id))
-        self.cache.refresh_dir(TORRENTS_INODE, time.time())
+        self.cache.recount_dirs(TORRENTS_INODE, time.time())
         changes.inodes.add(TORRENTS_INODE)
         log.info("torrents/: %d added or changed, %d removed", len(diff.upsert), len(diff.remove))
         return changes
@@ -117,13 +252,23 @@ class TreeBuilder:
     async def adopt(self, info: TorrentInfo) -> Changes:
         """Store and show a torrent obtained elsewhere (a repair's replacement)."""
         changes = self.store_info(info)
-        changes.merge(await self.torrent_dirs())
+        changes.merge(await self.torrent_dirs({info.id}))
         return changes
 
     def _held_torrents(self, statuses: Sequence[str]) -> list[ListedTorrent]:
         """Shown torrents now active again (not failed), while their hold lasts."""
-        now = time.time()
         leaving = self.cache.listed_torrents(self.cache.shown_torrent_ids())
+        return self._held(leaving, statuses, None)
+
+    def _held(
+        self,
+        leaving: Sequence[ListedTorrent],
+        statuses: Sequence[str],
+        among: Collection[str] | None,
+    ) -> list[ListedTorrent]:
+        """Which of the shown torrents ``leaving`` stay held; the holds of the torrents
+        ``among`` (all with None) that are not held any more end."""
+        now = time.time()
         before = dict(self._leaving)
         held: list[ListedTorrent] = []
         for torrent in leaving:
@@ -141,7 +286,11 @@ class TreeBuilder:
                         self.delete_confirm_seconds / 60,
                     )
         kept = {t.id for t in held}
-        self._leaving = {tid: since for tid, since in self._leaving.items() if tid in kept}
+        self._leaving = {
+            tid: since
+            for tid, since in self._leaving.items()
+            if tid in kept or (among is not None and tid not in among)
+        }
         if self._leaving != before:
             self.cache.set_state("leaving", self._leaving)
         return held

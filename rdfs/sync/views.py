@@ -14,6 +14,13 @@ hold: ``name`` (regex on the torrent name), ``file`` (regex matching at least on
 
 Configured in the ``[views]`` table of ``config.toml`` (docs/LIBRARY.md has an example);
 without one, the group ``library`` holds ``shows`` (has_episodes) then ``movies`` (the rest).
+
+Incremental. A torrent's place in the views depends on that torrent alone, so the views follow
+the bus: every change names the torrents whose entries it wrote, and ``update`` recomputes the
+copies of those torrents only (O(changed)). A full recompute (``refresh``) runs when the stored
+views are not known to be current (first start, a changed configuration, a crash between a change
+and its update), for a large batch of changes, and every ``interval`` when a rule depends on time
+alone (``added_within_days``).
 """
 
 from __future__ import annotations
@@ -40,7 +47,9 @@ from rdfs.store.metadata import (
     Changes,
     EntrySpec,
     Scope,
+    ShownTorrent,
 )
+from rdfs.store.values import IN_CHUNK
 from rdfs.tree.specs import safe_name
 
 log = logging.getLogger(__name__)
@@ -301,23 +310,61 @@ class Views:
         # are current skips the first recompute, which blocks the loop for seconds at 20,000
         # torrents, so the tree is visible at once.
         self._fingerprint = hashlib.sha1(repr(config).encode()).hexdigest()
+        # The torrents whose copies are to be recomputed; None: every torrent (a full refresh).
+        self._pending: set[str] | None = set() if self.current else None
+        self._timed = any(view.added_within is not None for view in config.views)
 
     def mark_dirty(self, change: TreeChange | None = None) -> None:
-        """``torrents/`` changed: refresh soon (coalescing bursts). A subscriber of the bus."""
-        if change is None or change.origin not in ("views", UPLOAD_GONE):
-            if not self._dirty.is_set():
-                self.cache.set_meta(VIEWS_CURRENT_KEY, "")
-            self._dirty.set()
+        """Torrents changed in ``torrents/`` (all of them with None): update soon (coalescing
+        bursts). A subscriber of the bus."""
+        if change is None:
+            self._pending = None
+        elif change.origin in ("views", UPLOAD_GONE) or not change.torrents:
+            return  # nothing a view shows moved (downloads/, .rdfs/, the views themselves)
+        elif self._pending is not None:
+            self._pending.update(change.torrents)
+        if not self._dirty.is_set():
+            self.cache.set_meta(VIEWS_CURRENT_KEY, "")
+        self._dirty.set()
 
     @property
     def current(self) -> bool:
         """The stored views match ``torrents/`` and this configuration."""
         return self.cache.get_meta(VIEWS_CURRENT_KEY) == self._fingerprint
 
+    def update(self) -> Changes:
+        """Recompute the copies of the torrents changed since the last update (everything when
+        that is unknown or many), in one transaction (no await inside)."""
+        pending = self._pending
+        if pending is None or len(pending) > IN_CHUNK:
+            return self.refresh()
+        self._pending = set()
+        if not pending:
+            return Changes()
+        ids = sorted(pending)
+        entries = self.cache.torrent_entries(ids)
+        facts = self._facts(entries, self.cache.shown_torrent_facts_of(ids))
+        specs = view_specs(self.config, facts, entries, time.time())
+        diff = self.cache.diff_entries(
+            Scope.view_copies_of(ids), [s for s in specs if not keys.is_view_dir(s.key)]
+        )
+        changes = self.cache.apply_diff(diff) if diff else Changes()
+        # A view directory's nlink counts its torrents: recount them (a torrent deleted upstream
+        # left with its copies already, so the diff does not show it).
+        for view in self.config.views:
+            inode = self.cache.inode_for(keys.view_dir(view.path))
+            if self.cache.recount_dirs(inode):
+                changes.inodes.add(inode)
+        self.cache.set_meta(VIEWS_CURRENT_KEY, self._fingerprint)
+        if not changes:
+            return changes
+        return self._published(changes, len(diff.upsert), len(diff.remove))
+
     def refresh(self) -> Changes:
         """Recompute every view and apply the difference in one transaction (no await inside)."""
+        self._pending = set()
         entries = self.cache.torrent_entries()
-        facts = self._facts(entries)
+        facts = self._facts(entries, self.cache.shown_torrent_facts())
         specs = view_specs(self.config, facts, entries, time.time())
         diff = self.cache.diff_entries(Scope.views(), specs)
         if not diff:
@@ -330,46 +377,54 @@ class Views:
             self.cache.refresh_dir(ROOT_INODE)
             changes.inodes.add(ROOT_INODE)
         self.cache.set_meta(VIEWS_CURRENT_KEY, self._fingerprint)
-        log.info(
-            "views: %d entries added or changed, %d removed", len(diff.upsert), len(diff.remove)
-        )
+        return self._published(changes, len(diff.upsert), len(diff.remove))
+
+    def _published(self, changes: Changes, upserted: int, removed: int) -> Changes:
+        log.info("views: %d entries added or changed, %d removed", upserted, removed)
         if self.bus is not None:
             self.bus.publish(changes, "views")
         return changes
 
-    def _facts(self, entries: Sequence[EntrySpec]) -> list[TorrentFacts]:
+    @staticmethod
+    def _facts(entries: Sequence[EntrySpec], shown: Iterable[ShownTorrent]) -> list[TorrentFacts]:
         names: dict[str, list[str]] = defaultdict(list)
         for entry in entries:
             if entry.kind == "file" and entry.torrent_id:
                 names[entry.torrent_id].append(entry.name)
         return [
             TorrentFacts(tid, name, size, added, tuple(names.get(tid, ())))
-            for tid, name, size, added in self.cache.shown_torrent_facts()
+            for tid, name, size, added in shown
         ]
 
     async def run(self, *, settle: float = 0.2, interval: float = 3600.0) -> None:
         """Refresh after changes (once they settle for ``settle`` s) and every ``interval`` s
         (rules like ``added_within_days`` change with time alone).
 
-        A refresh recomputes every view and blocks the loop while it runs (a fraction of a second
-        for thousands of torrents); during a big first sync, refreshes are spaced to take at most
-        a fifth of the time.
+        An update blocks the loop while it runs: a few statements per changed torrent, but a full
+        refresh takes a fraction of a second for thousands of torrents; during a big first sync,
+        updates are spaced to take at most a fifth of the time.
         """
         if self.current and not self._dirty.is_set():
-            with trio.move_on_after(interval):
-                await self._dirty.wait()
+            await self._wait(interval)
             await trio.sleep(settle)
             self._dirty = trio.Event()
         while True:
             started = trio.current_time()
             try:
-                self.refresh()
+                self.update()
             except CacheError as exc:  # rolled back whole; the next refresh redoes it
                 log.warning("views refresh failed: %s", exc)
             except Exception:  # a bug here must not take the mount down; torrents/ still works
                 log.exception("views refresh failed")
             took = trio.current_time() - started
-            with trio.move_on_after(interval):
-                await self._dirty.wait()
+            await self._wait(interval)
             await trio.sleep(max(settle, 4 * took))
             self._dirty = trio.Event()
+
+    async def _wait(self, interval: float) -> None:
+        """Until a change, or ``interval`` (then a full refresh if time alone moves torrents)."""
+        with trio.move_on_after(interval):
+            await self._dirty.wait()
+            return
+        if self._timed:
+            self._pending = None
