@@ -1115,7 +1115,8 @@ class Cache:
             marks = ",".join("?" * len(chunk))
             names.update(
                 self.conn.execute(
-                    "SELECT torrent_id, name FROM entries WHERE parent = ? "
+                    # (+parent: the torrent index, not every entry of torrents/)
+                    "SELECT torrent_id, name FROM entries WHERE +parent = ? "
                     f"AND torrent_id IN ({marks})",
                     (TORRENTS_INODE, *chunk),
                 )
@@ -1171,7 +1172,7 @@ class Cache:
                 for row in self.conn.execute(
                     "SELECT e.torrent_id, t.filename, t.bytes, t.added FROM entries e "
                     "JOIN torrents t ON t.id = e.torrent_id "
-                    f"WHERE e.parent = ? AND e.torrent_id IN ({marks})",
+                    f"WHERE +e.parent = ? AND e.torrent_id IN ({marks})",
                     (TORRENTS_INODE, *chunk),
                 )
             ]
@@ -1351,7 +1352,8 @@ class Scope:
     def torrent_dirs_of(cls, torrent_ids: Sequence[str]) -> Scope:
         """The directories of these torrents in ``torrents/`` (at most ``IN_CHUNK`` ids)."""
         marks = ",".join("?" * len(torrent_ids))
-        return cls(f"e.parent = ? AND e.torrent_id IN ({marks})", (TORRENTS_INODE, *torrent_ids))
+        # (+e.parent: the torrent index, not every entry of torrents/)
+        return cls(f"+e.parent = ? AND e.torrent_id IN ({marks})", (TORRENTS_INODE, *torrent_ids))
 
     @classmethod
     def view_copies_of(cls, torrent_ids: Sequence[str]) -> Scope:
