@@ -21,7 +21,7 @@ import trio
 
 from rdfs.api.auth import StaticToken
 from rdfs.api.client import RDClient
-from rdfs.api.models import TorrentInfo
+from rdfs.api.models import Torrent, TorrentInfo
 from rdfs.emulator import Emulator, FileSpec
 from rdfs.events import ChangeBus
 from rdfs.store.metadata import TORRENTS_INODE, Cache
@@ -141,3 +141,18 @@ async def test_one_torrent_change_costs_the_same_at_any_size(libraries) -> None:
         big_statements, big_rows = big[change]
         assert big_statements <= 2 * statements, (change, small, big)
         assert big_rows <= 2 * max(rows, 1), (change, small, big)
+
+
+async def test_a_crash_between_writing_a_torrent_and_its_directory_is_caught_up(libraries) -> None:
+    lib = await libraries(20)
+    added = lib.emu.add_torrent("Crashed.Before.Its.Dir", [FileSpec("/c.mkv", 10)])
+    listed = Torrent.from_json(lib.emu.torrent_json(added))
+    lib.syncer.tree.expect([added])
+    lib.cache.upsert_torrents([listed])  # ... and the process dies before torrent_dirs
+    fresh = Syncer(lib.syncer.client, lib.cache, bus=lib.syncer.bus, max_delete_fraction=1.0)
+    assert fresh.tree.behind
+    await fresh.sync_once(fill=False)  # the listing finds nothing new: the pending ids catch up
+    assert not fresh.tree.behind
+    assert lib.cache.torrent_dir_names([added]) == {added: "Crashed.Before.Its.Dir"}
+    lib.views.update()
+    await lib.assert_as_full_rebuild()

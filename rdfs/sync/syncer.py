@@ -222,8 +222,7 @@ class Syncer:
                 nursery.start_soon(self._fill_worker, False)
             self._running = True
             task_status.started()
-            # A crash may have come between writing torrents and rebuilding their directories.
-            rebuild = self.tree.behind
+            rebuild = False
             try:
                 while True:
                     try:
@@ -613,7 +612,8 @@ class Syncer:
             self.cache.set_state("last_complete_listing", time.time())
         else:
             state.listed = False
-        if structural:
+        # (behind: a crash came between writing torrents and rebuilding their directories)
+        if structural or self.tree.behind:
             changes.merge(await self.tree.torrent_dirs(structural))
             self._refill_queue()
         self._emit(changes)
