@@ -14,18 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from rdfs.api.errors import BadLink
 import trio
 
 from rdfs.api.client import RDClient
-from rdfs.api.errors import GatewayError, InfringingFile
+from rdfs.api.errors import BadLink, GatewayError, InfringingFile
 from rdfs.api.models import Download
-from rdfs.store.metadata import Cache, StoredLink
-from rdfs.emulator import Emulator, FileSpec
+from rdfs.data.blockcache import BLOCK_SIZE
+from rdfs.data.download import DownloadError, DownloadStalled
 from rdfs.data.links import BadDownloadURL, LinkGone, LinkResolver, checked_url
+from rdfs.data.reader import FileSource, ReaderPool
+from rdfs.emulator import Emulator, FileSpec
+from rdfs.store.metadata import Cache, StoredLink
 from rdfs.store.probecache import ProbeCache, file_key
-from rdfs.data.reader import BLOCK_SIZE, DownloadError, DownloadStalled, FileSource, ReaderPool
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -44,7 +44,9 @@ class Env:
     def add(self, size: int, name: str = "Movie") -> tuple[str, FileSource]:
         torrent_id = self.emu.add_torrent(name, [FileSpec(f"/{name}.mkv", size)])
         link = self.emu.torrent_json(torrent_id)["links"][0]
-        return torrent_id, FileSource(key=torrent_id, hoster_link=link, size=size, name=f"{name}.mkv")
+        return torrent_id, FileSource(
+            key=torrent_id, hoster_link=link, size=size, name=f"{name}.mkv"
+        )
 
     def pool(self, resolver: LinkResolver | None = None) -> ReaderPool:
         return ReaderPool(
@@ -56,7 +58,9 @@ class Env:
             stall_timeout=STALL,
         )
 
-    async def read(self, pool: ReaderPool, source: FileSource, offset: int = 0, size: int = 4096) -> bytes:
+    async def read(
+        self, pool: ReaderPool, source: FileSource, offset: int = 0, size: int = 4096
+    ) -> bytes:
         handle = pool.open(source)
         try:
             return bytes(await handle.read(offset, size))
@@ -65,8 +69,10 @@ class Env:
 
 
 @pytest.fixture
-async def env(emulator: Emulator, rd_client: RDClient, cache_db: Cache, tmp_path: Path) -> AsyncIterator[Env]:
-    probe = ProbeCache(tmp_path / "probe.db", block_size=BLOCK_SIZE, head_bytes=MiB, tail_bytes=MiB)
+async def env(
+    emulator: Emulator, rd_client: RDClient, cache_db: Cache, tmp_path: Path
+) -> AsyncIterator[Env]:
+    probe = ProbeCache(tmp_path / "probe.db", head_bytes=MiB, tail_bytes=MiB)
     try:
         async with trio.open_nursery() as nursery:
             yield Env(emulator, rd_client, cache_db, nursery, probe)
@@ -132,7 +138,9 @@ class Scripted:
 
 
 def gateway() -> GatewayError:
-    return GatewayError(502, None, "", "Gateway error, with a non-JSON body (166 bytes)", endpoint="unrestrict/link")
+    return GatewayError(
+        502, None, "", "Gateway error, with a non-JSON body (166 bytes)", endpoint="unrestrict/link"
+    )
 
 
 async def test_gateway_pages_on_unrestrict_wait_and_are_no_verdict(env: Env) -> None:
@@ -149,7 +157,9 @@ async def test_gateway_pages_on_unrestrict_wait_and_are_no_verdict(env: Env) -> 
 async def test_gateway_outage_longer_than_the_wait_fails_the_read_then_recovers(env: Env) -> None:
     torrent_id, source = env.add(50 * KiB)
     client = Scripted(env.rd, *(gateway() for _ in range(1000)))
-    resolver = LinkResolver(client, env.cache, busy_timeout=0.2, busy_wait_initial=0.01, busy_wait_max=0.02)
+    resolver = LinkResolver(
+        client, env.cache, busy_timeout=0.2, busy_wait_initial=0.01, busy_wait_max=0.02
+    )
     verdicts: list[str] = []
     resolver.on_gone = lambda link, error: verdicts.append(link)
     pool = env.pool(resolver)
@@ -162,7 +172,9 @@ async def test_gateway_outage_longer_than_the_wait_fails_the_read_then_recovers(
 
 async def test_infringing_file_is_gone_and_negative_cached(env: Env) -> None:
     _, source = env.add(50 * KiB)
-    client = Scripted(env.rd, InfringingFile(451, 35, "infringing_file", endpoint="unrestrict/link"))
+    client = Scripted(
+        env.rd, InfringingFile(451, 35, "infringing_file", endpoint="unrestrict/link")
+    )
     resolver = LinkResolver(client, env.cache)
     verdicts: list[str] = []
     resolver.on_gone = lambda link, error: verdicts.append(link)
@@ -191,14 +203,18 @@ class FailingStore:
         raise OSError(28, "No space left on device")
 
 
-async def test_a_failing_store_keeps_links_in_memory(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_failing_store_keeps_links_in_memory(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
     torrent_id, source = env.add(50 * KiB)
     store = FailingStore()
     resolver = LinkResolver(env.rd, store)
     pool = env.pool(resolver)
     with caplog.at_level(logging.WARNING, logger="rdfs.data.links"):
         for offset in (0, 8 * KiB, 40 * KiB):
-            assert await env.read(pool, source, offset, 1000) == env.emu.file_bytes(torrent_id, 1, offset, 1000)
+            assert await env.read(pool, source, offset, 1000) == env.emu.file_bytes(
+                torrent_id, 1, offset, 1000
+            )
     assert env.emu.counters[UNRESTRICT] == 1 and store.writes == 1
     assert sum("link store" in r.getMessage() for r in caplog.records) == 1
 
@@ -218,7 +234,9 @@ def serve_bad_urls(emu: Emulator, url: str) -> None:
     emu.unrestrict = bad  # type: ignore[method-assign]
 
 
-@pytest.mark.parametrize("url", ["http://bad host.example/d/x", "http://[::1/d/x", "http://ex\u2028ample.com/d/x"])
+@pytest.mark.parametrize(
+    "url", ["http://bad host.example/d/x", "http://[::1/d/x", "http://ex\u2028ample.com/d/x"]
+)
 async def test_unrestrict_answering_a_bad_url_fails_that_file_only(env: Env, url: str) -> None:
     good_id, good = env.add(80 * KiB, "Good")
     _, bad = env.add(80 * KiB, "Bad")
@@ -236,14 +254,22 @@ async def test_unrestrict_answering_a_bad_url_fails_that_file_only(env: Env, url
 
 async def test_a_bad_stored_link_is_dropped_and_unrestricted_again(env: Env) -> None:
     torrent_id, source = env.add(80 * KiB)
-    env.cache.put_link(StoredLink(source.hoster_link, "http://[::1/d/x/Movie.mkv", "OLD", 80 * KiB, time.time() + 3600))
+    env.cache.put_link(
+        StoredLink(
+            source.hoster_link, "http://[::1/d/x/Movie.mkv", "OLD", 80 * KiB, time.time() + 3600
+        )
+    )
     assert await env.read(env.pool(), source) == env.emu.file_bytes(torrent_id, 1, 0, 4096)
     stored = env.cache.get_link(source.hoster_link)
     assert env.emu.counters[UNRESTRICT] == 1
-    assert stored is not None and stored.download_id != "OLD" and checked_url(stored.url) == stored.url
+    assert (
+        stored is not None and stored.download_id != "OLD" and checked_url(stored.url) == stored.url
+    )
 
 
-@pytest.mark.parametrize("location", ["http://bad host.example/d/x", "http://[::1/d/x", "gopher://h/x"])
+@pytest.mark.parametrize(
+    "location", ["http://bad host.example/d/x", "http://[::1/d/x", "gopher://h/x"]
+)
 async def test_redirect_to_a_bad_url_fails_that_read(env: Env, location: str) -> None:
     good_id, good = env.add(80 * KiB, "Good")
     _, bad = env.add(80 * KiB, "Bad")
@@ -256,11 +282,13 @@ async def test_redirect_to_a_bad_url_fails_that_read(env: Env, location: str) ->
     assert await env.read(pool, good) == env.emu.file_bytes(good_id, 1, 0, 4096)
 
 
-# --- servers that refuse, drip or encode -----------------------------------------------------------
+# --- servers that refuse, drip or encode ------------------------------------------------------
 
 
 @pytest.mark.parametrize("status", [403, 200])  # 200: RD's HTML "no longer valid" page
-async def test_refusing_even_fresh_links_costs_two_unrestricts_not_two_per_read(env: Env, status: int) -> None:
+async def test_refusing_even_fresh_links_costs_two_unrestricts_not_two_per_read(
+    env: Env, status: int
+) -> None:
     _, source = env.add(80 * KiB)
     good_id, good = env.add(80 * KiB, "Good")
     pool = env.pool()
@@ -281,7 +309,9 @@ async def test_links_that_served_data_are_refreshed_as_often_as_they_expire(env:
     pool = env.pool()
     for offset in (0, 300 * KiB, 700 * KiB, 100 * KiB):
         env.emu.expire_links()
-        assert await env.read(pool, source, offset, 1000) == env.emu.file_bytes(torrent_id, 1, offset, 1000)
+        assert await env.read(pool, source, offset, 1000) == env.emu.file_bytes(
+            torrent_id, 1, offset, 1000
+        )
     assert env.emu.counters[UNRESTRICT] == 4
 
 
@@ -289,17 +319,27 @@ async def test_a_dripping_server_fails_the_read_within_the_stall_bound(env: Env)
     torrent_id, source = env.add(2 * MiB)
     other_id, other = env.add(2 * MiB, "Other")
     pool = env.pool()
-    env.emu.faults.download_drip_interval = STALL / 4  # a byte now and then: never 32 KiB in STALL s
+    env.emu.faults.download_drip_interval = (
+        STALL / 4
+    )  # a byte now and then: never 32 KiB in STALL s
     with trio.fail_after(60):  # generous: without the deadline the read never ends
         with pytest.raises(DownloadStalled):
             await env.read(pool, source, MiB, 64 * KiB)
     stats = pool.stats
     assert stats.stalls == 2 and stats.stalled == 1 and stats.stalling == 0
-    assert stats.last_stall is not None and stats.last_stall["file"] == "Movie.mkv" and stats.last_stall["gave_up"]
+    assert (
+        stats.last_stall is not None
+        and stats.last_stall["file"] == "Movie.mkv"
+        and stats.last_stall["gave_up"]
+    )
     assert env.emu.counters["download_drip_bytes"] > 0
     env.emu.faults.download_drip_interval = 0.0
-    assert await env.read(pool, other, MiB, 300 * KiB) == env.emu.file_bytes(other_id, 1, MiB, 300 * KiB)
-    assert await env.read(pool, source, MiB, 300 * KiB) == env.emu.file_bytes(torrent_id, 1, MiB, 300 * KiB)
+    assert await env.read(pool, other, MiB, 300 * KiB) == env.emu.file_bytes(
+        other_id, 1, MiB, 300 * KiB
+    )
+    assert await env.read(pool, source, MiB, 300 * KiB) == env.emu.file_bytes(
+        torrent_id, 1, MiB, 300 * KiB
+    )
 
 
 async def test_a_stalled_stream_does_not_hang_the_reads_waiting_for_it(env: Env) -> None:
@@ -310,7 +350,9 @@ async def test_a_stalled_stream_does_not_hang_the_reads_waiting_for_it(env: Env)
     try:
         # A sequential reader starts a read-ahead stream; then the server starts dripping.
         for offset in range(0, MiB, 128 * KiB):
-            assert bytes(await handle.read(offset, 128 * KiB)) == env.emu.file_bytes(torrent_id, 1, offset, 128 * KiB)
+            assert bytes(await handle.read(offset, 128 * KiB)) == env.emu.file_bytes(
+                torrent_id, 1, offset, 128 * KiB
+            )
         env.emu.faults.download_drip_interval = STALL / 4
         with trio.fail_after(60):
             with pytest.raises(DownloadStalled):
@@ -336,7 +378,9 @@ async def test_gzip_bodies_are_refused_and_never_cached(env: Env) -> None:
     assert env.probe.blocks(file_key(source.hoster_link, 0, source.size)) == set()
     env.emu.faults.download_content_encoding = None
     pool = env.pool()
-    assert await env.read(pool, source, 280 * KiB, 4096) == env.emu.file_bytes(torrent_id, 1, 280 * KiB, 4096)
+    assert await env.read(pool, source, 280 * KiB, 4096) == env.emu.file_bytes(
+        torrent_id, 1, 280 * KiB, 4096
+    )
 
 
 async def test_a_block_promised_by_a_silent_download_is_fetched_after_the_bound(env: Env) -> None:

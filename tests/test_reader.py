@@ -1,4 +1,5 @@
-"""ReaderPool against the emulator's download server over real HTTP: bytes compared to the source."""
+"""ReaderPool against the emulator's download server over real HTTP: bytes compared to the
+source."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ import trio
 import trio.testing
 
 from rdfs.api.client import RDClient
-from rdfs.store.metadata import Cache
-from rdfs.emulator import Emulator, FileSpec
+from rdfs.data.blockcache import BLOCK_SIZE, BlockCache
+from rdfs.data.download import DownloadError, check_response
 from rdfs.data.links import LinkGone, LinkResolver
-from rdfs.data.reader import BLOCK_SIZE, BlockCache, DownloadError, FileSource, ReaderPool
+from rdfs.data.reader import FileSource, ReaderPool
+from rdfs.emulator import Emulator, FileSpec
+from rdfs.store.metadata import Cache
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -35,7 +38,9 @@ class Env:
     def add(self, size: int, name: str = "Movie", suffix: str = ".mkv") -> tuple[str, FileSource]:
         torrent_id = self.emu.add_torrent(name, [FileSpec(f"/{name}{suffix}", size)])
         link = self.emu.torrent_json(torrent_id)["links"][0]
-        return torrent_id, FileSource(key=torrent_id, hoster_link=link, size=size, name=f"{name}{suffix}")
+        return torrent_id, FileSource(
+            key=torrent_id, hoster_link=link, size=size, name=f"{name}{suffix}"
+        )
 
     def new_pool(self, **kwargs: object) -> ReaderPool:
         kwargs.setdefault("retry_wait_initial", 0.01)
@@ -57,7 +62,8 @@ async def env(emulator: Emulator, rd_client: RDClient, cache_db: Cache) -> Async
 
 
 async def read_all(handle, size: int, chunk: int, pause: float | None = None) -> bytes:  # type: ignore[no-untyped-def]
-    """The first ``size`` bytes in ``chunk`` reads, sleeping ``pause`` s after each (None: no checkpoint)."""
+    """The first ``size`` bytes in ``chunk`` reads, sleeping ``pause`` s after each (None: no
+    checkpoint)."""
     parts = []
     for offset in range(0, size, chunk):
         parts.append(await handle.read(offset, chunk))
@@ -66,7 +72,9 @@ async def read_all(handle, size: int, chunk: int, pause: float | None = None) ->
     return b"".join(parts)
 
 
-async def read_files_at_once(pool: ReaderPool, sources: list[FileSource], size: int, pause: float) -> list[bytes]:
+async def read_files_at_once(
+    pool: ReaderPool, sources: list[FileSource], size: int, pause: float
+) -> list[bytes]:
     """Each source read (``size`` bytes, 256 KiB at a time) by a task of its own, all at once."""
     results: dict[int, bytes] = {}
 
@@ -97,27 +105,32 @@ def test_block_cache_is_lru_and_bounded() -> None:
     assert cache.size == 25 and len(cache) == 3
 
 
-async def test_response_checks_catch_wrong_content_range() -> None:
+def test_response_checks_catch_wrong_content_range() -> None:
     from rdfs.data.links import ResolvedLink
 
-    pool = ReaderPool(LinkResolver(None, None))  # type: ignore[arg-type]
     link = ResolvedLink("http://127.0.0.1:9/d/X/f", "X", 1000, 0.0)
     source = FileSource("k", "h", 1000)
 
     def answer(status: int, **headers: str) -> httpcore.Response:
-        return httpcore.Response(status, headers=[(k.encode(), v.encode()) for k, v in headers.items()])
+        return httpcore.Response(
+            status, headers=[(k.encode(), v.encode()) for k, v in headers.items()]
+        )
 
-    assert pool._check(answer(206, **{"content-range": "bytes 100-999/1000"}), link, source, 100) == 0
+    assert (
+        check_response(answer(206, **{"content-range": "bytes 100-999/1000"}), link, source, 100)
+        == 0
+    )
     with pytest.raises(DownloadError, match="Content-Range"):
-        pool._check(answer(206, **{"content-range": "bytes 0-999/1000"}), link, source, 100)
+        check_response(answer(206, **{"content-range": "bytes 0-999/1000"}), link, source, 100)
     with pytest.raises(DownloadError, match="Content-Range"):
-        pool._check(answer(206), link, source, 100)
+        check_response(answer(206), link, source, 100)
     with pytest.raises(DownloadError, match="needs more"):
-        pool._check(answer(206, **{"content-range": "bytes 100-499/500"}), link, source, 100)
-    assert pool._check(answer(200, **{"content-length": "1000"}), link, source, 100) == 100  # discard
+        check_response(answer(206, **{"content-range": "bytes 100-499/500"}), link, source, 100)
+    assert (
+        check_response(answer(200, **{"content-length": "1000"}), link, source, 100) == 100
+    )  # discard
     with pytest.raises(DownloadError, match="1000-byte file"):
-        pool._check(answer(200, **{"content-length": "7"}), link, source, 0)
-    await pool.aclose()
+        check_response(answer(200, **{"content-length": "7"}), link, source, 0)
 
 
 # --- against the emulator ---------------------------------------------------------------------
@@ -155,7 +168,10 @@ async def test_random_offsets_tail_and_block_boundaries(env: Env) -> None:
         (100, 0),
     ]
     for offset, length in cases:
-        assert await handle.read(offset, length) == expected[offset : offset + length], (offset, length)
+        assert await handle.read(offset, length) == expected[offset : offset + length], (
+            offset,
+            length,
+        )
     await handle.close()
 
 
@@ -166,7 +182,9 @@ async def test_multi_gib_sparse_file_at_random_offsets(env: Env) -> None:
     rng = random.Random(7)
     offsets = [rng.randrange(size) for _ in range(40)] + [size - 70 * KiB, 4 * GiB - 10, 2**32 + 1]
     for offset in offsets:
-        assert await handle.read(offset, 64 * KiB) == env.emu.file_bytes(torrent_id, 1, offset, 64 * KiB)
+        assert await handle.read(offset, 64 * KiB) == env.emu.file_bytes(
+            torrent_id, 1, offset, 64 * KiB
+        )
     await handle.close()
 
 
@@ -191,9 +209,16 @@ async def test_probe_pattern_does_not_open_a_big_window(env: Env) -> None:
     size = 2 * GiB
     torrent_id, source = env.add(size)
     handle = env.pool.open(source)
-    probe = [(0, 64 * KiB), (size - 80 * KiB, 36 * KiB), (size - 40 * KiB, 36 * KiB), (64 * KiB, 64 * KiB)]
+    probe = [
+        (0, 64 * KiB),
+        (size - 80 * KiB, 36 * KiB),
+        (size - 40 * KiB, 36 * KiB),
+        (64 * KiB, 64 * KiB),
+    ]
     for offset, length in probe:
-        assert await handle.read(offset, length) == env.emu.file_bytes(torrent_id, 1, offset, length)
+        assert await handle.read(offset, length) == env.emu.file_bytes(
+            torrent_id, 1, offset, length
+        )
     await handle.close()
     assert env.emu.counters["download_bytes"] <= 2 * MiB
 
@@ -277,7 +302,7 @@ async def test_out_of_order_concurrent_reads(env: Env) -> None:
         rng.shuffle(batch)
         got: dict[int, bytes] = {}
 
-        async def one(offset: int) -> None:
+        async def one(offset: int, got: dict[int, bytes] = got) -> None:
             got[offset] = await handle.read(offset, chunk)
 
         async with trio.open_nursery() as nursery:
@@ -302,7 +327,9 @@ async def test_dropped_connections_resume_with_exact_bytes(env: Env) -> None:
     rng = random.Random(5)
     for _ in range(10):
         offset = rng.randrange(size)
-        assert await handle.read(offset, 200 * KiB) == env.emu.file_bytes(other_id, 1, offset, 200 * KiB)
+        assert await handle.read(offset, 200 * KiB) == env.emu.file_bytes(
+            other_id, 1, offset, 200 * KiB
+        )
     await handle.close()
     assert env.emu.counters["download_drops"] > 20
     assert env.pool.stats.reconnects == env.emu.counters["download_drops"]
@@ -317,7 +344,9 @@ async def test_expired_links_refresh_transparently(env: Env) -> None:
     env.emu.expire_links()  # open responses keep flowing; every new request is refused
     far = 20 * MiB
     assert await handle.read(far, 128 * KiB) == expected[far : far + 128 * KiB]
-    rest = b"".join([await handle.read(offset, 128 * KiB) for offset in range(far + 128 * KiB, size, 128 * KiB)])
+    rest = b"".join(
+        [await handle.read(offset, 128 * KiB) for offset in range(far + 128 * KiB, size, 128 * KiB)]
+    )
     assert rest == expected[far + 128 * KiB :]
     await handle.close()
     assert env.emu.counters[UNRESTRICT] == 2
@@ -326,7 +355,8 @@ async def test_expired_links_refresh_transparently(env: Env) -> None:
 
 
 async def test_redirected_downloads_are_followed(env: Env) -> None:
-    """A download server that hands each request on (302, relative Location) still gives exact bytes."""
+    """A download server that hands each request on (302, relative Location) still gives exact
+    bytes."""
     env.emu.faults.download_redirect = True
     size = 6 * MiB + 77
     torrent_id, source = env.add(size)
@@ -343,8 +373,12 @@ async def test_server_ignoring_range(env: Env) -> None:
     env.emu.faults.ignore_range = True
     handle = env.pool.open(source)
     for offset in (0, 3 * MiB + 17, 1234567):  # small offsets: read and discard
-        assert await handle.read(offset, 100 * KiB) == env.emu.file_bytes(torrent_id, 1, offset, 100 * KiB)
-    with pytest.raises(DownloadError, match="ignores Range"):  # far: fail clearly, never wrong bytes
+        assert await handle.read(offset, 100 * KiB) == env.emu.file_bytes(
+            torrent_id, 1, offset, 100 * KiB
+        )
+    with pytest.raises(
+        DownloadError, match="ignores Range"
+    ):  # far: fail clearly, never wrong bytes
         await handle.read(30 * MiB, 100 * KiB)
     await handle.close()
 
@@ -406,7 +440,9 @@ async def test_file_inside_a_link_at_an_offset(env: Env) -> None:
     inner = FileSource(key="inner", hoster_link=whole.hoster_link, size=2 * MiB, offset=start)
     handle = env.pool.open(inner)
     data = await read_all(handle, inner.size, 128 * KiB)
-    assert await handle.read(inner.size - 5, 100) == env.emu.file_bytes(torrent_id, 1, start + inner.size - 5, 5)
+    assert await handle.read(inner.size - 5, 100) == env.emu.file_bytes(
+        torrent_id, 1, start + inner.size - 5, 5
+    )
     await handle.close()
     assert data == env.emu.file_bytes(torrent_id, 1, start, inner.size)
 
@@ -418,10 +454,10 @@ async def test_memory_bound_and_close_cancels_read_ahead(env: Env) -> None:
     handle = pool.open(source)
     data = await read_all(handle, size // 2, 256 * KiB)
     assert pool.cache.size <= 4 * MiB
-    assert pool._streams  # read-ahead running
+    assert pool.streaming  # read-ahead running
     await handle.close()
     await trio.testing.wait_all_tasks_blocked()
-    assert not pool._streams
+    assert not pool.streaming
     assert data == env.emu.file_bytes(torrent_id, 1, 0, size // 2)
     await pool.aclose()
 
@@ -456,7 +492,9 @@ async def test_seek_back_far_starts_a_new_stream(env: Env) -> None:
     handle = pool.open(source)
     assert await read_all(handle, 16 * MiB, 256 * KiB) == expected[: 16 * MiB]
     streams = pool.stats.streams
-    back = b"".join([await handle.read(offset, 256 * KiB) for offset in range(MiB, 5 * MiB, 256 * KiB)])
+    back = b"".join(
+        [await handle.read(offset, 256 * KiB) for offset in range(MiB, 5 * MiB, 256 * KiB)]
+    )
     assert back == expected[MiB : 5 * MiB]
     assert pool.stats.streams == streams + 1
     assert pool.stats.requests <= 8
@@ -512,17 +550,22 @@ async def test_large_first_read_starts_the_read_ahead(env: Env) -> None:
     size = 64 * MiB
     torrent_id, source = env.add(size)
     handle = env.pool.open(source)
-    assert await handle.read(10 * MiB, 512 * KiB) == env.emu.file_bytes(torrent_id, 1, 10 * MiB, 512 * KiB)
+    assert await handle.read(10 * MiB, 512 * KiB) == env.emu.file_bytes(
+        torrent_id, 1, 10 * MiB, 512 * KiB
+    )
     assert env.pool.stats.streams == 1
     requests = env.emu.counters["download_requests"]
     for offset in range(10 * MiB + 512 * KiB, 12 * MiB, 256 * KiB):
-        assert await handle.read(offset, 256 * KiB) == env.emu.file_bytes(torrent_id, 1, offset, 256 * KiB)
+        assert await handle.read(offset, 256 * KiB) == env.emu.file_bytes(
+            torrent_id, 1, offset, 256 * KiB
+        )
     assert env.emu.counters["download_requests"] == requests
     await handle.close()
 
 
 async def test_many_streams_share_the_read_ahead_budget(env: Env) -> None:
-    """Read-ahead never outgrows the cache: nothing is evicted before it is read, and downloaded twice."""
+    """Read-ahead never outgrows the cache: nothing is evicted before it is read, and downloaded
+    twice."""
     size = 24 * MiB
     files = [env.add(size, name=f"Part{i}") for i in range(6)]
     pool = env.new_pool(cache_bytes=32 * MiB)  # alone, each stream's window could grow to 8 MiB
@@ -542,14 +585,20 @@ async def test_evicted_read_ahead_restarts_its_stream(env: Env) -> None:
     other_id, other = env.add(8 * MiB, name="Other")
     pool = env.new_pool(cache_bytes=4 * MiB)
     handle = pool.open(source)
-    assert await read_all(handle, 3 * MiB, 256 * KiB) == env.emu.file_bytes(torrent_id, 1, 0, 3 * MiB)
+    assert await read_all(handle, 3 * MiB, 256 * KiB) == env.emu.file_bytes(
+        torrent_id, 1, 0, 3 * MiB
+    )
     await trio.testing.wait_all_tasks_blocked()
     second = pool.open(other)
     for offset in range(0, 8 * MiB, 256 * KiB):  # scattered small reads: no stream, all cached
-        assert await second.read(offset, 128 * KiB) == env.emu.file_bytes(other_id, 1, offset, 128 * KiB)
+        assert await second.read(offset, 128 * KiB) == env.emu.file_bytes(
+            other_id, 1, offset, 128 * KiB
+        )
     await second.close()
     requests = env.emu.counters["download_requests"]
-    rest = b"".join([await handle.read(offset, 256 * KiB) for offset in range(3 * MiB, size, 256 * KiB)])
+    rest = b"".join(
+        [await handle.read(offset, 256 * KiB) for offset in range(3 * MiB, size, 256 * KiB)]
+    )
     assert rest == env.emu.file_bytes(torrent_id, 1, 3 * MiB)
     assert env.emu.counters["download_requests"] - requests <= 3
     await handle.close()
@@ -561,9 +610,11 @@ async def test_a_seek_makes_a_far_ahead_stream_let_its_connection_go(env: Env) -
     size = 96 * MiB
     torrent_id, source = env.add(size)
     handle = env.pool.open(source)
-    assert await read_all(handle, 8 * MiB, 256 * KiB) == env.emu.file_bytes(torrent_id, 1, 0, 8 * MiB)
+    assert await read_all(handle, 8 * MiB, 256 * KiB) == env.emu.file_bytes(
+        torrent_id, 1, 0, 8 * MiB
+    )
     await trio.testing.wait_all_tasks_blocked()
-    limiter = next(iter(env.pool._limiters.values()))
+    limiter = next(iter(env.pool.downloader._slots.values())).limiter
     assert limiter.borrowed_tokens == 1  # the read-ahead, parked with its window full
     far = 60 * MiB
     assert await handle.read(far, 512 * KiB) == env.emu.file_bytes(torrent_id, 1, far, 512 * KiB)
@@ -571,7 +622,9 @@ async def test_a_seek_makes_a_far_ahead_stream_let_its_connection_go(env: Env) -
     assert limiter.borrowed_tokens == 1  # only the new position's stream
     # Coming back to the first place still works (its blocks were kept; a new request continues).
     offset = 8 * MiB
-    assert await handle.read(offset, 256 * KiB) == env.emu.file_bytes(torrent_id, 1, offset, 256 * KiB)
+    assert await handle.read(offset, 256 * KiB) == env.emu.file_bytes(
+        torrent_id, 1, offset, 256 * KiB
+    )
     await handle.close()
 
 
@@ -596,7 +649,11 @@ async def test_a_cached_link_to_an_unreachable_server_is_refreshed(env: Env) -> 
     with trio.socket.socket() as closed:  # a port nobody listens on
         await closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
-    env.cache.put_link(StoredLink(source.hoster_link, f"http://127.0.0.1:{port}/d/GONE/Movie.mkv", "GONE", size, 4e9))
+    env.cache.put_link(
+        StoredLink(
+            source.hoster_link, f"http://127.0.0.1:{port}/d/GONE/Movie.mkv", "GONE", size, 4e9
+        )
+    )
     pool = env.new_pool()
     handle = pool.open(source)
     assert await handle.read(1000, 64 * KiB) == env.emu.file_bytes(torrent_id, 1, 1000, 64 * KiB)

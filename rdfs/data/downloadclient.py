@@ -1,4 +1,4 @@
-"""The HTTP connection pool for download servers: httpcore, with socket reads sized for bulk transfers.
+"""The HTTP connection pool for download servers: httpcore, socket reads sized for bulk transfers.
 
 Two costs of a general-purpose client matter on this path, and both are per trip through Python:
 
@@ -101,7 +101,8 @@ class _BulkReadBackend(httpcore.AsyncNetworkBackend):
 def download_pool(
     *, max_keepalive_connections: int, keepalive_expiry: float
 ) -> httpcore.AsyncConnectionPool:
-    """An httpcore connection pool (trio) for ranged GETs of large bodies; TLS verified (certifi)."""
+    """An httpcore connection pool (trio) for ranged GETs of large bodies; TLS verified
+    (certifi)."""
     return httpcore.AsyncConnectionPool(
         ssl_context=httpx.create_ssl_context(),
         max_connections=None,

@@ -81,10 +81,8 @@ _BUSY: tuple[type[RDError], ...] = (
     GatewayError,
     NetworkError,
 )
-# Unrestrict answers that cannot be used (RD acted, but the URL is no URL): remembered for
-# ``gone_ttl`` like a refusal, without telling repair (it says nothing about the torrent).
-_UNUSABLE: tuple[type[RDError], ...] = (BadLink,)
-# What a path and a query may keep as they are; anything else (non-ASCII, spaces) is percent-encoded.
+# What a path and a query may keep as they are; anything else (non-ASCII, spaces) is
+# percent-encoded.
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~"
 _QUERY_SAFE = _PATH_SAFE + "?"
 _LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
@@ -300,7 +298,8 @@ class LinkResolver:
                 del self._unproven[hoster_link]
                 error = LinkGone(hoster_link, "the download server refuses even a fresh link")
                 log.warning(
-                    "link %s: the download server refuses even a fresh link: not asking RD again for %.0f s",
+                    "link %s: the download server refuses even a fresh link: "
+                    "not asking RD again for %.0f s",
                     hoster_link,
                     self.gone_ttl,
                 )
@@ -338,8 +337,10 @@ class LinkResolver:
             if not download.download:
                 raise LinkGone(hoster_link, "RD returned no download URL")
             url = checked_url(download.download)
-        except (BadDownloadURL, *_UNUSABLE) as exc:
-            # RD's answer, not the link's fate: no repair verdict, but no unrestrict per read either.
+        except (BadDownloadURL, BadLink) as exc:
+            # An unrestrict answer that cannot be used (RD acted, but the URL is no URL): RD's
+            # answer, not the link's fate. Remembered for ``gone_ttl`` like a refusal, without
+            # telling repair (it says nothing about the torrent): no unrestrict per read either.
             log.warning(
                 "unrestrict of %s answered an unusable URL (%s): not asking again for %.0f s",
                 hoster_link,
@@ -364,7 +365,8 @@ class LinkResolver:
         return self._remember(hoster_link, download, url, forced)
 
     async def _unrestrict_waiting(self, hoster_link: str) -> Download:
-        """``unrestrict_link``, retried with backoff while RD is busy, for up to ``busy_timeout``."""
+        """``unrestrict_link``, retried with backoff while RD is busy, for up to
+        ``busy_timeout``."""
         try:
             return await self.client.unrestrict_link(hoster_link)
         except _BUSY as exc:

@@ -105,7 +105,8 @@ class StreamingExtras:
         try:
             if name == MEDIAINFO:
                 info = await self.client.streaming_media_infos(download_id)
-                # Not dataclasses.asdict: it would deep-copy ``raw`` (any depth RD sent) for nothing.
+                # Not dataclasses.asdict: it would deep-copy ``raw`` (any depth RD sent) for
+                # nothing.
                 kept = (
                     f.name for f in dataclasses.fields(info) if f.name not in ("raw", "problems")
                 )

@@ -78,14 +78,12 @@ class ProbeCache:
         self,
         path: Path,
         *,
-        block_size: int,
         max_bytes: int = DEFAULT_MAX_BYTES,
         head_bytes: int = DEFAULT_HEAD_BYTES,
         tail_bytes: int = DEFAULT_TAIL_BYTES,
     ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.block_size = block_size
         self.max_bytes = max_bytes
         self.head_bytes = head_bytes
         self.tail_bytes = tail_bytes
@@ -115,12 +113,12 @@ class ProbeCache:
             self._writer.close()
         self.conn.close()
 
-    def wants(self, file_size: int, index: int) -> bool:
-        """Whether block ``index`` of a ``file_size``-byte file lies in its head or tail."""
+    def wants(self, file_size: int, start: int, length: int) -> bool:
+        """Whether the ``length`` bytes at ``start`` of a ``file_size``-byte file (a block: the
+        cache stores what its callers deliver, by index) lie in its head or tail."""
         if self.max_bytes <= 0:
             return False
-        start = index * self.block_size
-        return start < self.head_bytes or start + self.block_size > file_size - self.tail_bytes
+        return start < self.head_bytes or start + length > file_size - self.tail_bytes
 
     def blocks(self, key: str) -> set[int]:
         """The stored block indices of a file; marks the file as just used."""
@@ -130,9 +128,8 @@ class ProbeCache:
         if indices:
             try:
                 self.conn.execute("UPDATE files SET used = ? WHERE file = ?", (time.time(), key))
-            except (
-                sqlite3.OperationalError
-            ) as exc:  # full, locked, read-only: only eviction order suffers
+            except sqlite3.OperationalError as exc:
+                # full, locked, read-only: only the eviction order suffers
                 log.debug("probe cache: cannot mark %d blocks as used: %s", len(indices), exc)
         return indices
 
@@ -174,8 +171,8 @@ class ProbeCache:
                             (key, index, data),
                         )
                     db.execute(
-                        "INSERT INTO files (file, bytes, used) VALUES (?, ?, ?) "
-                        "ON CONFLICT (file) DO UPDATE SET bytes = bytes + excluded.bytes, used = excluded.used",
+                        "INSERT INTO files (file, bytes, used) VALUES (?, ?, ?) ON CONFLICT (file) "
+                        "DO UPDATE SET bytes = bytes + excluded.bytes, used = excluded.used",
                         (key, grown, now),
                     )
                     grown_total += grown
@@ -233,7 +230,6 @@ def open_probe_cache(config: Config, cache: Cache) -> ProbeCache | None:
     It is only a cache: a corrupt file is moved aside and rebuilt; one that cannot be opened
     (full disk, read-only directory) costs the probe cache for this mount, never the mount.
     """
-    from rdfs.data.reader import BLOCK_SIZE  # the reader imports this module: import at call time
     from rdfs.store.metadata import is_corrupt, move_aside
 
     if config.probe_cache_mb <= 0:
@@ -243,7 +239,6 @@ def open_probe_cache(config: Config, cache: Cache) -> ProbeCache | None:
     def make() -> ProbeCache:
         return ProbeCache(
             path,
-            block_size=BLOCK_SIZE,
             max_bytes=config.probe_cache_mb * MiB,
             head_bytes=config.probe_head_mb * MiB,
             tail_bytes=config.probe_tail_mb * MiB,

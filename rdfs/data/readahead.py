@@ -1,0 +1,174 @@
+"""The read-pattern policy: which reads form sequential runs, and how far ahead a run is read.
+
+Pure: plain numbers of bytes, no I/O, no trio. The reader asks it; the streams follow it.
+
+* A handle follows up to ``MAX_RUNS`` sequential *runs* (two places of one file read in turn
+  each keep theirs). A read belongs to a run when it lies within ``BACK_TOLERANCE`` /
+  ``FORWARD_TOLERANCE`` of the run's latest read or of its stream (concurrent FUSE reads arrive
+  out of order).
+* A small first read of a run (a seek of a media probe, a random read) starts no read-ahead; the
+  second read that continues it does, unless another run came in between: a probe that reads the
+  head, the tail, then the head again is no stream. An interleaved run earns its stream once it
+  is ``INTERLEAVED_RUN_MIN`` long. A large first read (``STREAM_ON_SEEK``: a player seeking)
+  starts the stream at once, so the reads after it do not wait for a first byte.
+* A stream stays a *window* ahead of its reader. The window starts at ``INITIAL_WINDOW`` and
+  grows with the bytes read sequentially (2x, capped); all windows together stay within half the
+  block cache, so read-ahead is not evicted before it is read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+KiB = 1024
+MiB = 1024 * KiB
+
+INITIAL_WINDOW = 512 * KiB
+MAX_WINDOW = 64 * MiB
+# Reads this far behind / ahead of a stream still belong to it (out-of-order FUSE reads).
+BACK_TOLERANCE = 256 * KiB
+FORWARD_TOLERANCE = 512 * KiB
+# Sequential runs followed per handle (interleaved readers of one file); the oldest is dropped.
+MAX_RUNS = 4
+# A run resumed after another run was read gets a stream only once it is this long.
+INTERLEAVED_RUN_MIN = 512 * KiB
+# A first read at least this large (a player's, not a probe's) starts a stream.
+STREAM_ON_SEEK = 256 * KiB
+# A download of a file's first block fetches at least this much: container probes read the head
+# in more than one 32 KiB read (ffprobe re-reads an MP4's head from byte 48), and a second request
+# would cost the probe another round trip to the download server.
+HEAD_FETCH = 64 * KiB
+# MP4/MOV written without "faststart" keep their index (the moov box) at the end: a probe reads the
+# head, then the tail. For these, the first read of the head also fetches the last TAIL_FETCH bytes,
+# in parallel: the probe's tail read finds them, and a scan saves one round trip per file. (An MKV
+# probe reads the head only; a faststart MP4 costs one small request too many.)
+TAIL_FIRST_SUFFIXES = (".mp4", ".m4v", ".mov")
+TAIL_FETCH = 32 * KiB
+# On a seek, other streams of the handle this far ahead of their reader let their connection go.
+RELEASE_AHEAD = 4 * MiB
+
+
+def window_budget(cache_bytes: int, streams: int, initial: int, max_window: int) -> int:
+    """The largest window a stream may have while ``streams`` streams share the cache."""
+    share = (cache_bytes // 2) // max(1, streams)
+    return max(initial, min(max_window, share))
+
+
+@dataclass
+class Window:
+    """Where a stream stands: its run began at ``run_start``, its reader got to ``consumed``."""
+
+    run_start: int
+    consumed: int
+    initial: int
+
+    def size(self, budget: int) -> int:
+        """The window: twice the bytes read sequentially, at least ``initial``, at most
+        ``budget``."""
+        return min(budget, max(self.initial, 2 * (self.consumed - self.run_start)))
+
+    def target(self, budget: int, stop: int, block: int) -> int:
+        """The byte the stream reads up to now: whole blocks (never pausing inside a promised
+        one), at most ``stop``."""
+        target = self.consumed + self.size(budget)
+        return min(-(-target // block) * block, stop)
+
+    def covers(self, offset: int, ahead: int) -> bool:
+        """A read near the reader or inside the stream's reach ``ahead`` (reads come out of
+        order)."""
+        return self.consumed - BACK_TOLERANCE <= offset <= ahead + FORWARD_TOLERANCE
+
+    def straggler(self, offset: int, budget: int) -> bool:
+        """A read shortly behind the reader (out of order), not a seek back."""
+        floor = max(self.run_start, self.consumed - self.size(budget)) - BACK_TOLERANCE
+        return floor <= offset < self.consumed
+
+    def advance(self, end: int) -> None:
+        self.consumed = max(self.consumed, end)
+
+
+def tail_first(name: str, size: int) -> bool:
+    """Whether a head read of this file also fetches its tail (see ``TAIL_FIRST_SUFFIXES``)."""
+    return size > HEAD_FETCH + TAIL_FETCH and name.lower().endswith(TAIL_FIRST_SUFFIXES)
+
+
+class Reach(Protocol):
+    """What the run tracker needs to know of a stream."""
+
+    @property
+    def serving(self) -> bool: ...
+
+    def covers(self, offset: int) -> bool: ...
+
+    def straggler(self, offset: int) -> bool: ...
+
+
+S = TypeVar("S", bound=Reach)
+
+
+@dataclass(eq=False)
+class Run(Generic[S]):
+    """One sequential run of reads on a handle, and the stream that reads ahead of it.
+
+    A handle follows several runs at once: a player reading video and audio at two places of one
+    file, or two viewers of one handle, each keep their own read-ahead.
+    """
+
+    start: int  # where the run began
+    end: int  # end of its latest read
+    stream: S | None = None
+
+    def claims(self, offset: int) -> bool:
+        """Whether a read at ``offset`` belongs to this run."""
+        stream = self.stream
+        if (
+            stream is not None
+            and stream.serving
+            and (stream.covers(offset) or stream.straggler(offset))
+        ):
+            return True
+        return self.end - BACK_TOLERANCE <= offset <= self.end + FORWARD_TOLERANCE
+
+    def earns_stream(self, end: int, resumed: bool) -> bool:
+        """Whether a read continuing this run up to ``end`` starts its stream."""
+        return not resumed or end - self.start >= INTERLEAVED_RUN_MIN
+
+
+class Runs(Generic[S]):
+    """The runs of one handle, most recently read first, at most ``MAX_RUNS``."""
+
+    def __init__(self) -> None:
+        self.runs: list[Run[S]] = []
+
+    def find(self, offset: int) -> tuple[Run[S] | None, bool]:
+        """The run a read at ``offset`` continues (made the most recent), and whether another run
+        was read in between (the run is *resumed*)."""
+        run = next((r for r in self.runs if r.claims(offset)), None)
+        if run is None:
+            return None, False
+        resumed = self.runs[0] is not run
+        if resumed:
+            self.runs.remove(run)
+            self.runs.insert(0, run)
+        return run, resumed
+
+    def begin(self, offset: int, end: int) -> tuple[Run[S], list[Run[S]]]:
+        """A new run for a read of ``[offset, end)``, and the runs dropped to make room."""
+        run: Run[S] = Run(start=offset, end=end)
+        self.runs.insert(0, run)
+        dropped = self.runs[MAX_RUNS:]
+        del self.runs[MAX_RUNS:]
+        return run, dropped
+
+    def others(self) -> list[Run[S]]:
+        return self.runs[1:]
+
+    def clear(self) -> list[Run[S]]:
+        runs, self.runs = self.runs, []
+        return runs
+
+
+def starts_on_seek(offset: int, end: int) -> bool:
+    """Whether a read that starts a new run is large enough to start its stream at once."""
+    return end - offset >= STREAM_ON_SEEK

@@ -1,0 +1,105 @@
+"""The read-pattern policy (rdfs.data.readahead), with plain numbers: no HTTP, no trio."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rdfs.data.readahead import (
+    BACK_TOLERANCE,
+    FORWARD_TOLERANCE,
+    INTERLEAVED_RUN_MIN,
+    MAX_RUNS,
+    STREAM_ON_SEEK,
+    Runs,
+    Window,
+    starts_on_seek,
+    window_budget,
+)
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+@dataclass
+class FakeStream:
+    """A stream's reach as the run tracker sees it."""
+
+    low: int
+    high: int
+    serving: bool = True
+
+    def covers(self, offset: int) -> bool:
+        return self.low <= offset <= self.high
+
+    def straggler(self, offset: int) -> bool:
+        return False
+
+
+def test_window_grows_twice_the_sequential_bytes_within_bounds() -> None:
+    window = Window(run_start=0, consumed=128 * KiB, initial=512 * KiB)
+    assert window.size(budget=64 * MiB) == 512 * KiB  # little read: the initial window
+    window.advance(10 * MiB)
+    assert window.size(budget=64 * MiB) == 20 * MiB
+    assert window.size(budget=8 * MiB) == 8 * MiB  # capped by the budget
+    window.advance(5 * MiB)  # an out-of-order read behind does not move it back
+    assert window.consumed == 10 * MiB
+
+
+def test_window_target_is_whole_blocks_and_stops_at_the_end() -> None:
+    window = Window(run_start=0, consumed=100, initial=1000)
+    assert window.target(budget=10_000, stop=10**9, block=512) == 1536  # 1100 rounded up
+    assert window.target(budget=10_000, stop=1200, block=512) == 1200
+
+
+def test_reads_near_the_reader_or_inside_the_reach_are_covered() -> None:
+    window = Window(run_start=0, consumed=10 * MiB, initial=512 * KiB)
+    ahead = 12 * MiB
+    assert window.covers(10 * MiB - BACK_TOLERANCE, ahead)
+    assert not window.covers(10 * MiB - BACK_TOLERANCE - 1, ahead)
+    assert window.covers(ahead + FORWARD_TOLERANCE, ahead)
+    assert not window.covers(ahead + FORWARD_TOLERANCE + 1, ahead)
+    assert window.straggler(10 * MiB - 1, budget=64 * MiB)
+    assert not window.straggler(10 * MiB, budget=64 * MiB)
+
+
+def test_window_budget_shares_half_the_cache() -> None:
+    assert window_budget(128 * MiB, streams=1, initial=512 * KiB, max_window=64 * MiB) == 64 * MiB
+    assert window_budget(128 * MiB, streams=4, initial=512 * KiB, max_window=64 * MiB) == 16 * MiB
+    assert window_budget(MiB, streams=8, initial=512 * KiB, max_window=64 * MiB) == 512 * KiB
+
+
+def test_runs_follow_sequential_reads_and_drop_the_oldest() -> None:
+    runs: Runs[FakeStream] = Runs()
+    assert runs.find(0) == (None, False)
+    first, dropped = runs.begin(0, 128 * KiB)
+    assert not dropped
+    assert runs.find(128 * KiB) == (first, False)  # continues
+    assert runs.find(50 * MiB) == (None, False)  # a seek
+    second, _ = runs.begin(50 * MiB, 50 * MiB + 4096)
+    assert runs.find(128 * KiB) == (first, True)  # back to the first: resumed
+    assert runs.runs[0] is first and runs.others() == [second]
+    gone = []
+    for n in range(MAX_RUNS):
+        _, dropped = runs.begin(100 * MiB * (n + 1), 100 * MiB * (n + 1) + 1)
+        gone += dropped
+    assert gone == [second, first] and len(runs.runs) == MAX_RUNS  # least recently read first
+
+
+def test_a_run_claims_reads_in_its_streams_reach() -> None:
+    runs: Runs[FakeStream] = Runs()
+    run, _ = runs.begin(0, 128 * KiB)
+    far = 40 * MiB
+    assert runs.find(far) == (None, False)
+    run.stream = FakeStream(low=0, high=far)
+    assert runs.find(far) == (run, False)
+    run.stream.serving = False  # a stream that stopped early reaches nothing
+    assert runs.find(far) == (None, False)
+
+
+def test_which_reads_earn_a_stream() -> None:
+    runs: Runs[FakeStream] = Runs()
+    run, _ = runs.begin(0, 32 * KiB)
+    assert run.earns_stream(64 * KiB, resumed=False)  # the second sequential read
+    assert not run.earns_stream(64 * KiB, resumed=True)  # a probe coming back to the head
+    assert run.earns_stream(INTERLEAVED_RUN_MIN, resumed=True)
+    assert starts_on_seek(0, STREAM_ON_SEEK) and not starts_on_seek(0, STREAM_ON_SEEK - 1)
