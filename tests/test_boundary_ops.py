@@ -304,25 +304,28 @@ async def test_other_users_read_only_and_spend_no_api_call(world: World, errors)
 
 
 async def test_only_what_the_kernel_holds_is_invalidated(world: World, monkeypatch, caplog) -> None:
+    """An entry can be in the kernel's cache only under a directory it holds: entries under others
+    (a sync removing thousands of torrents nobody listed) send nothing; under a held directory they
+    are sent (``ignore_enoent``: those the kernel did not cache are dropped silently)."""
     ops = world.ops
     entries, inodes = [], []
     monkeypatch.setattr(pyfuse3, "invalidate_entry_async", lambda parent, name, **kw: entries.append((parent, name)))
     monkeypatch.setattr(pyfuse3, "invalidate_inode", lambda inode, **kw: inodes.append(inode))
     ops.init()
     movie_dir = await ops.lookup(TORRENTS_INODE, "Movie (2024)".encode(), ctx())
-    gone = [(TORRENTS_INODE, f"Gone {i}") for i in range(5000)]
+    gone = [(777_777, f"Gone {i}") for i in range(5000)]  # under a directory the kernel never held
     change = TreeChange(
-        entries=gone + [(TORRENTS_INODE, "Movie (2024)")], inodes=[TORRENTS_INODE, movie_dir.st_ino, 777_777], paths=[]
+        entries=gone + [(movie_dir.st_ino, "movie.mkv")], inodes=[TORRENTS_INODE, movie_dir.st_ino, 777_777], paths=[]
     )
     ops.invalidate(change)
-    assert entries == [(TORRENTS_INODE, "Movie (2024)".encode())]
+    assert entries == [(movie_dir.st_ino, b"movie.mkv")]
     assert inodes == [movie_dir.st_ino]  # TORRENTS_INODE was never looked up in this test
-    # Once the kernel forgot it, nothing is sent for it any more.
+    # Once the kernel forgot it, nothing is sent for it any more, and nothing is kept for it.
     await ops.forget([(movie_dir.st_ino, 1)])
     entries.clear(), inodes.clear()
     ops.invalidate(change)
     assert entries == [] and inodes == []
-    assert ops._entries == {} and ops._entry_keys == {}  # nothing kept for what the kernel forgot
+    assert len(ops.held) == 0 and ops.held.stat(movie_dir.st_ino) is None
 
 
 async def test_the_boundary_maps_every_outcome(world: World, caplog, monkeypatch) -> None:

@@ -87,7 +87,8 @@ def iter_chunks(seed: str | None, source: Path | None, offset: int, length: int)
 
 @dataclass(frozen=True, slots=True)
 class Segment:
-    """A piece of a served body: literal ``data``, a real file (``source``) or synthetic ``seed``."""
+    """A piece of a served body: literal ``data``, a real file (``source``) or synthetic
+    ``seed``."""
 
     size: int
     data: bytes | None = None

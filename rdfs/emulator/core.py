@@ -189,7 +189,9 @@ class Emulator:
         config.keep_alive_max_requests = 1_000_000
         config.graceful_timeout = 0.5
         async with trio.open_nursery() as nursery:
-            binds = await nursery.start(functools.partial(serve, build_app(self), config))
+            # hypercorn's ASGI type is narrower than Starlette's app type; they are compatible.
+            app: Any = build_app(self)
+            binds = await nursery.start(functools.partial(serve, app, config))
             self.base_url = binds[0]
             self.api_url = f"{self.base_url}/rest/1.0"
             self.oauth_url = f"{self.base_url}/oauth/v2"
@@ -349,7 +351,8 @@ class Emulator:
         ]
 
     def add_media_dir(self, directory: Path) -> list[str]:
-        """Each subdirectory (or file) of ``directory`` becomes a downloaded torrent of real files."""
+        """Each subdirectory (or file) of ``directory`` becomes a downloaded torrent of real
+        files."""
         ids = []
         for entry in sorted(Path(directory).iterdir()):
             if entry.name.startswith("."):
@@ -638,7 +641,8 @@ class Emulator:
         return read_segments(segments, offset, max(0, length))
 
     def unrestrict(self, link: str) -> DownloadRec:
-        """``/unrestrict/link``: a new download URL served by the emulator, and a /downloads entry."""
+        """``/unrestrict/link``: a new download URL served by the emulator, and a /downloads
+        entry."""
         link_id, target = self._target(link)
         rec, filename, segments = self._link_body(target)
         download_id = self._new_id("download", self._urls)

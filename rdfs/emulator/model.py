@@ -294,7 +294,8 @@ class Faults:
     torrent_fields: dict[str, dict[str, str]] = field(default_factory=dict)
     # Per hoster link ("*": every link): field -> raw JSON in its /unrestrict/link answer.
     unrestrict_fields: dict[str, dict[str, str]] = field(default_factory=dict)
-    # Per hoster link: an RD error name (ERRORS) /unrestrict/link answers instead, e.g. "infringing_file".
+    # Per hoster link: an RD error name (ERRORS) /unrestrict/link answers instead, e.g.
+    # "infringing_file".
     unrestrict_errors: dict[str, str] = field(default_factory=dict)
     # Per endpoint counter name ("GET /torrents/info"): [status, body] answered instead of a
     # success (a body starting with "<" is served as text/html).

@@ -90,7 +90,8 @@ def verification_route(emu: Emulator) -> Route:
         code = request.query_params.get("code", "").strip()
         if not code:
             return HTMLResponse(
-                '<form method="get"><label>Code <input name="code"></label><button>Allow</button></form>'
+                '<form method="get"><label>Code <input name="code"></label>'
+                "<button>Allow</button></form>"
             )
         try:
             emu.approve_device(code)

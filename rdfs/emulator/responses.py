@@ -81,7 +81,8 @@ def hostile_torrent(emu: Emulator, body: dict[str, Any], *, info: bool) -> dict[
 def hostile_unrestrict(
     emu: Emulator, link: str, unrestrict: Callable[[str], Any]
 ) -> dict[str, Any]:
-    """``unrestrict(link).json()`` unless a hostile error is set for ``link`` (then no entry is made)."""
+    """``unrestrict(link).json()`` unless a hostile error is set for ``link`` (then no entry is
+    made)."""
     error = emu.faults.unrestrict_errors.get(link)
     if error is not None:
         raise Refusal(error)

@@ -1,4 +1,5 @@
-"""Real media files for the demo and the probe tests, generated with ffmpeg (small, a few seconds each)."""
+"""Real media files for the demo and the probe tests, generated with ffmpeg (small, a few
+seconds each)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,10 @@ MEDIA = {
     "Test Show S01/Test.Show.S01E02.mp4": ["-c:v", "mpeg4", "-c:a", "mp3"],
 }
 
-SUBTITLE = "1\n00:00:00,000 --> 00:00:02,000\nHello from rdfs\n\n2\n00:00:02,000 --> 00:00:04,000\nStill here\n"
+SUBTITLE = (
+    "1\n00:00:00,000 --> 00:00:02,000\nHello from rdfs\n\n"
+    "2\n00:00:02,000 --> 00:00:04,000\nStill here\n"
+)
 
 
 def make_media(root: Path, seconds: float = 3.0) -> list[Path]:

@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--download-base-url",
         metavar="URL",
-        help="hand out URL/<path under --media DIR> for real files (a static server such as nginx serves them)",
+        help="hand out URL/<path under --media DIR> for real files "
+        "(a static server such as nginx serves them)",
     )
     parser.add_argument(
         "--user-id",

@@ -1,9 +1,15 @@
 """The pyfuse3 adapter: kernel requests in, namespace / reader / control calls out.
 
-This module holds no policy of its own. Names and inodes come from :mod:`rdfs.tree.specs`, bytes from
-:mod:`rdfs.data.reader`, the ``.rdfs/`` files from :mod:`rdfs.control.files`. Media files are read-only; the
-kernel page cache is kept across opens (RD content never changes) and sync changes reach the
-kernel through invalidation.
+This module holds no policy of its own. Names and inodes come from :mod:`rdfs.tree.specs`,
+bytes from :mod:`rdfs.data.reader`, the ``.rdfs/`` files from :mod:`rdfs.control.files`. Media
+files are read-only and open with direct I/O: each application read reaches the reader as made,
+which does all read-ahead and caching (``page_cache = true`` opens them with ``keep_cache``
+instead: RD content never changes). Entries and attributes are cached by the kernel for
+:data:`ENTRY_TIMEOUT` / :data:`ATTR_TIMEOUT`; sync changes reach it through invalidation.
+
+Per inode the kernel holds, the adapter keeps only its lookup count and the stat last answered
+(:mod:`rdfs.fuse.held`, flat arrays); everything else is read from the store when asked, so a
+scan of the whole library costs no memory in proportion to the library.
 
 Every handler passes through one boundary (:func:`_boundary`) that maps outcomes to errnos, so no
 request can end the FUSE loop (pyfuse3 ends ``main()`` on any exception but ``FUSEError``, and an
@@ -32,7 +38,7 @@ import math
 import os
 import stat
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -42,12 +48,13 @@ import trio
 from rdfs.api.errors import RDError
 from rdfs.data.links import LinkGone
 from rdfs.data.reader import FileSource
+from rdfs.fuse.held import HeldInodes, Stat
 from rdfs.outcome import FsError
 from rdfs.store.metadata import CONTROL_INODE, DOWNLOADS_INODE, TORRENTS_INODE
 from rdfs.tree.specs import Node
 
 if TYPE_CHECKING:
-    from rdfs.control.files import Control
+    from rdfs.control.files import Control, Handle
     from rdfs.data.reader import FileHandle, ReaderPool
     from rdfs.data.streaming import StreamingExtras
     from rdfs.events import TreeChange
@@ -73,14 +80,16 @@ NAME_MAX = 255  # bytes of one name (the kernel's limit too; statfs reports it)
 MAX_SIZE = 2**63 - 1
 MAX_MTIME = 2**62 // 10**9  # seconds; far beyond any real date, far inside int64 nanoseconds
 MAX_NLINK = 2**32 - 1
-MAX_WARNED = (
-    10_000  # inodes whose odd attributes were logged (once each); the set starts over beyond
-)
+MAX_WARNED = 10_000  # inodes whose odd attributes were logged (once each); starts over beyond
 MAX_FAILURES = 1_000  # kinds of unexpected failure whose traceback was logged; starts over beyond
 # Handlers whose first argument is a file handle (the rest take an inode, a dir handle or a list).
 _FH_HANDLERS = frozenset({"read", "write", "flush", "release", "fsync"})
 # Handlers whose bytes arguments are data, never logged (only their length).
 _DATA_HANDLERS = frozenset({"write", "setxattr"})
+
+
+def _stat(attrs: pyfuse3.EntryAttributes) -> Stat:
+    return Stat(attrs.st_mode, attrs.st_nlink, attrs.st_size, attrs.st_mtime_ns)
 
 
 class BadName(Exception):
@@ -204,7 +213,7 @@ class Files(Protocol):
 class OpenFile:
     node: Node
     handle: FileHandle | None = None  # media file reader
-    control: object | None = None  # control-file handle (rdfs.control.files)
+    control: Handle | None = None  # control-file handle (rdfs.control.files)
 
 
 class Operations(pyfuse3.Operations):
@@ -239,19 +248,17 @@ class Operations(pyfuse3.Operations):
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
         self.allow_delete = allow_delete
-        # Direct I/O (the default): the kernel hands rdfs each read as the application made it, with
-        # no readahead of its own and no copy into the page cache; rdfs's read-ahead and block cache
-        # do that job. With the page cache, the kernel caches and reads ahead (mmap MAP_SHARED works).
+        # Direct I/O (the default): the kernel hands rdfs each read as the application made it,
+        # with no readahead of its own and no copy into the page cache; rdfs's read-ahead and block
+        # cache do that job. With the page cache, the kernel caches and reads ahead (mmap
+        # MAP_SHARED works).
         self.page_cache = page_cache
         self._open: dict[int, OpenFile] = {}
         self._next_fh = 1
-        # Nodes kept alive for the kernel: a file removed upstream stays stat-able and readable
-        # through handles that are already open until the kernel forgets the inode.
-        self._lookups: dict[int, int] = {}
-        self._retained: dict[int, Node] = {}
-        # (parent inode, name) -> inode of every entry the kernel holds: only those are invalidated.
-        self._entries: dict[tuple[int, str], int] = {}
-        self._entry_keys: dict[int, set[tuple[int, str]]] = {}  # inode -> its keys in _entries
+        # Inodes the kernel holds: lookup counts and the stat last answered, so an inode removed
+        # upstream stays stat-able until the kernel forgets it (open files keep their node in
+        # _open: they stay readable). Only what the kernel holds is invalidated.
+        self._held = HeldInodes()
         # Inodes whose odd stored attributes were logged already (once each).
         self._warned: set[int] = set()
         # Requests of other users refused and logged already (see _refuse_other).
@@ -269,15 +276,50 @@ class Operations(pyfuse3.Operations):
         """Handles the kernel holds open (media and control files)."""
         return len(self._open)
 
+    @property
+    def held(self) -> HeldInodes:
+        """The inodes the kernel holds (lookup counts), for status and tests."""
+        return self._held
+
     # --- helpers -----------------------------------------------------------------------------
 
     def _node(self, inode: int) -> Node:
         if not 0 < inode <= MAX_SIZE:  # no SQLite integer: no such inode
             raise pyfuse3.FUSEError(errno.ENOENT)
-        node = self.namespace.node(inode) or self._control_node(inode) or self._retained.get(inode)
+        node = self._known(inode) or self._gone_node(inode)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return node
+
+    def _known(self, inode: int) -> Node | None:
+        """The node of an inode in the store or the control layer, or of an open file (removed
+        upstream, it stays readable through the handles already open)."""
+        node = self.namespace.node(inode) or self._control_node(inode)
+        if node is None:
+            node = next((f.node for f in self._open.values() if f.node.inode == inode), None)
+        return node
+
+    def _gone_node(self, inode: int) -> Node | None:
+        """An inode removed upstream that the kernel still holds, as its last stat said (so it
+        stays stat-able, and empty if a directory, until the kernel forgets it)."""
+        held = self._held.stat(inode)
+        if held is None:
+            return None
+        return Node(
+            inode=inode,
+            parent=pyfuse3.ROOT_INODE,
+            name="",
+            kind="dir" if held.is_dir else "file",
+            size=held.size,
+            mtime=held.mtime_ns / 1e9,
+            nlink=held.nlink,
+        )
+
+    def _control(self) -> Control:
+        """The control layer of a control-file handle (one exists whenever such a handle does)."""
+        if self.control is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        return self.control
 
     def _control_node(self, inode: int) -> Node | None:
         """Files being copied into ``.rdfs/`` exist only in the control layer until closed."""
@@ -366,6 +408,19 @@ class Operations(pyfuse3.Operations):
         attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = mtime_ns
         return attr
 
+    def _held_attrs(self, inode: int, held: Stat) -> pyfuse3.EntryAttributes:
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino = inode
+        attr.generation = 0
+        attr.entry_timeout = ENTRY_TIMEOUT
+        attr.attr_timeout = ATTR_TIMEOUT
+        attr.st_mode, attr.st_nlink, attr.st_size = held.mode, held.nlink, held.size
+        attr.st_uid, attr.st_gid = self.uid, self.gid
+        attr.st_blksize = IO_SIZE
+        attr.st_blocks = (held.size + 511) // 512
+        attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = held.mtime_ns
+        return attr
+
     async def _ensure_files(self, node: Node) -> None:
         """A torrent dir whose file list is not cached yet: fetch it now, first in line."""
         if node.kind != "dir" or not node.files_pending or not node.torrent_id:
@@ -380,14 +435,13 @@ class Operations(pyfuse3.Operations):
                 "file list of torrent %s still loading after %ss", node.torrent_id, FILES_WAIT
             )
 
-    def _remember(self, node: Node) -> None:
-        self._lookups[node.inode] = self._lookups.get(node.inode, 0) + 1
-        self._retained[node.inode] = node
-        key = (node.parent, node.name)
-        self._entries[key] = node.inode
-        self._entry_keys.setdefault(node.inode, set()).add(
-            key
-        )  # a renamed entry keeps its old key too
+    def _remember(self, attrs: pyfuse3.EntryAttributes) -> None:
+        """The kernel took one lookup of the entry answered with ``attrs`` (lookup, create,
+        each readdirplus entry): counted until it forgets, with the stat it was given."""
+        self._held.looked_up(attrs.st_ino, _stat(attrs))
+
+    def _holds(self, inode: int) -> bool:
+        return inode == pyfuse3.ROOT_INODE or inode in self._held
 
     # --- namespace -----------------------------------------------------------------------------
 
@@ -395,6 +449,7 @@ class Operations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         text = decode_name(name)
+        node: Node | None
         if text == ".":
             node = self._node(parent_inode)
         elif text == "..":
@@ -410,7 +465,7 @@ class Operations(pyfuse3.Operations):
             if node is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
         attrs = self._attrs(node)
-        self._remember(node)
+        self._remember(attrs)
         return attrs
 
     def _lookup_child(self, parent_inode: int, name: str) -> Node | None:
@@ -421,21 +476,22 @@ class Operations(pyfuse3.Operations):
             node = self.control.lookup(parent_inode, name)
         return node
 
-    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for inode, count in inode_list:
-            left = self._lookups.get(inode, 0) - count
-            if left > 0:
-                self._lookups[inode] = left
-                continue
-            self._lookups.pop(inode, None)
-            for key in self._entry_keys.pop(inode, ()):
-                if self._entries.get(key) == inode:
-                    del self._entries[key]
-            if not any(f.node.inode == inode for f in self._open.values()):
-                self._retained.pop(inode, None)
+            self._held.forget(inode, count)
 
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return self._attrs(self._node(inode))
+        if not 0 < inode <= MAX_SIZE:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        node = self._known(inode)
+        if node is None:  # removed upstream: the kernel still holds it, answer as last time
+            held = self._held.stat(inode)
+            if held is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            return self._held_attrs(inode, held)
+        attrs = self._attrs(node)
+        self._held.answered(inode, _stat(attrs))
+        return attrs
 
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         node = self._node(inode)
@@ -461,9 +517,10 @@ class Operations(pyfuse3.Operations):
                     self._warn_once(node, "a name that is not UTF-8")
                     cursor = node.inode
                     continue
-                if not pyfuse3.readdir_reply(token, name, self._attrs(node), node.inode):
+                attrs = self._attrs(node)
+                if not pyfuse3.readdir_reply(token, name, attrs, node.inode):
                     return
-                self._remember(node)
+                self._remember(attrs)  # readdirplus: the kernel holds each entry it took
                 cursor = node.inode
 
     async def releasedir(self, fh: int) -> None:
@@ -526,9 +583,9 @@ class Operations(pyfuse3.Operations):
             # Control files add, delete and cost API calls (status too): the owner's only.
             # pyfuse3's write() has no ctx, so this is where other users are turned away.
             self._refuse_other(ctx, f"open of .rdfs/{node.name}")
-            handle = self.control.open(inode, flags)
+            control = self.control.open(inode, flags)
             fh = self._new_fh()
-            self._open[fh] = OpenFile(node, control=handle)
+            self._open[fh] = OpenFile(node, control=control)
             return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise pyfuse3.FUSEError(errno.EROFS)
@@ -545,7 +602,6 @@ class Operations(pyfuse3.Operations):
         handle = self.readers.open(source)
         fh = self._new_fh()
         self._open[fh] = OpenFile(node, handle=handle)
-        self._retained[inode] = node
         return pyfuse3.FileInfo(fh=fh, direct_io=not self.page_cache, keep_cache=self.page_cache)
 
     def _new_fh(self) -> int:
@@ -560,38 +616,32 @@ class Operations(pyfuse3.Operations):
         if size <= 0:
             return b""
         if opened.control is not None:
-            return await self.control.read(opened.control, off, size)
+            return await self._control().read(opened.control, off, size)
         assert opened.handle is not None
         if off >= self._size(opened.node):
             return b""
-        return await opened.handle.read(off, size)  # RDError (a gone link too): EIO at the boundary
+        # RDError (a gone link too) is EIO at the boundary; pyfuse3 takes any buffer.
+        return await opened.handle.read(off, size)  # type: ignore[return-value]
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         opened = self._open.get(fh)
         if opened is None or opened.control is None:
             raise pyfuse3.FUSEError(errno.EROFS)
-        return await self.control.write(opened.control, off, buf)
+        return await self._control().write(opened.control, off, buf)
 
     async def flush(self, fh: int) -> None:
         opened = self._open.get(fh)
         if opened is not None and opened.control is not None:
-            await self.control.flush(opened.control)
+            await self._control().flush(opened.control)
 
     async def release(self, fh: int) -> None:
         opened = self._open.pop(fh, None)
         if opened is None:
             return
-        try:
-            if opened.control is not None:
-                await self.control.release(opened.control)
-            elif opened.handle is not None:
-                await opened.handle.close()
-        finally:
-            inode = opened.node.inode
-            if inode not in self._lookups and not any(
-                f.node.inode == inode for f in self._open.values()
-            ):
-                self._retained.pop(inode, None)
+        if opened.control is not None:
+            await self._control().release(opened.control)
+        elif opened.handle is not None:
+            await opened.handle.close()
 
     # --- everything that would change the tree ---------------------------------------------------
 
@@ -612,8 +662,9 @@ class Operations(pyfuse3.Operations):
         node, handle = self.control.create(parent_inode, text)
         fh = self._new_fh()
         self._open[fh] = OpenFile(node, control=handle)
-        self._remember(node)
-        return pyfuse3.FileInfo(fh=fh, direct_io=True), self._attrs(node)
+        attrs = self._attrs(node)
+        self._remember(attrs)
+        return pyfuse3.FileInfo(fh=fh, direct_io=True), attrs
 
     async def setattr(
         self,
@@ -674,14 +725,14 @@ class Operations(pyfuse3.Operations):
         if not self._kernel_ready:
             return
         for parent, name in change.entries:
-            if (parent, name) not in self._entries:
+            if not self._holds(parent):  # no entry of it can be in the kernel's cache
                 continue
             try:
                 pyfuse3.invalidate_entry_async(parent, name.encode("utf-8"), ignore_enoent=True)
             except (OSError, UnicodeEncodeError) as exc:
                 log.debug("invalidate %d/%r: %s", parent, name, exc)
         for inode in change.inodes:
-            if inode != pyfuse3.ROOT_INODE and inode not in self._lookups:
+            if not self._holds(inode):
                 continue
             try:
                 pyfuse3.invalidate_inode(inode, attr_only=True)
