@@ -211,7 +211,11 @@ async def _serve(config: Config, mountpoint: Path, client: RDClient, cache: Cach
             client, cache, bus=bus, board=board, interval=config.sync_interval,
             keep_dead=config.repair, **policy_options(config),
         )  # fmt: skip
-        repair_policy = RepairPolicy(enabled=config.repair, per_hour=config.repair_per_hour)
+        repair_policy = RepairPolicy(
+            enabled=config.repair,
+            per_hour=config.repair_per_hour,
+            check_every=max(config.sync_interval, 30.0),
+        )
         repairer = Repairer(client, cache, syncer, syncer.tree, bus, repair_policy, board=board)
         resolver = LinkResolver(
             client, cache, default_ttl=config.link_ttl, on_gone=repairer.link_gone
@@ -262,17 +266,19 @@ async def _serve(config: Config, mountpoint: Path, client: RDClient, cache: Cach
                 nursery.start_soon(
                     supervisor.run, "progress", functools.partial(_show_progress, syncer)
                 )
-            nursery.start_soon(supervisor.run, "cache retry", cache.retry_pending)
-            await nursery.start(supervisor.run, "sync", syncer.run)
-            await nursery.start(control.run)
-            nursery.start_soon(supervisor.run, "archives", archives.run)
-            nursery.start_soon(supervisor.run, "views", views.run)
+            # Every background task has the shape ``run(*, task_status)`` and runs supervised.
+            tasks: list[tuple[str, Callable[..., Awaitable[object]]]] = [
+                ("cache retry", cache.retry_pending),
+                ("sync", syncer.run),
+                ("control", control.run),
+                ("archives", archives.run),
+                ("views", views.run),
+                ("repair", repairer.run),
+            ]
             if hook is not None:
-                nursery.start_soon(supervisor.run, "update_hook", hook.run)
-            repair_interval = max(config.sync_interval, 30.0)
-            nursery.start_soon(
-                supervisor.run, "repair", functools.partial(repairer.run, interval=repair_interval)
-            )
+                tasks.append(("update_hook", hook.run))
+            for name, task in tasks:
+                await nursery.start(supervisor.run, name, task)
             if config.page_cache:  # direct I/O has no kernel readahead to tune
                 tune = functools.partial(
                     _tune_after_init, mountpoint, config.read_ahead_kb, config.max_background

@@ -396,9 +396,15 @@ class Cache:
         self._pending_meta.clear()
         return True
 
-    async def retry_pending(self, *, purge_every: float = PURGE_INTERVAL) -> None:
+    async def retry_pending(
+        self,
+        *,
+        purge_every: float = PURGE_INTERVAL,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
         """Run forever: write what is pending once the database takes writes again (backing off),
         and forget expired links every ``purge_every`` seconds."""
+        task_status.started()
         wait = RETRY_INITIAL
         next_purge = trio.current_time() + purge_every
         while True:

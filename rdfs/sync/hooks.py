@@ -120,7 +120,9 @@ class UpdateHook:
             self._pending |= paths
             self._wake.set()
 
-    async def run(self) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the command for each settled batch of changed paths, until cancelled."""
+        task_status.started()
         while True:
             await self._wake.wait()
             await trio.sleep(self.config.settle)

@@ -86,6 +86,7 @@ class RepairPolicy:
     retry_after: float = 86400.0
     wait_download: float = 120.0  # how long a repair waits for the re-added torrent
     poll: float = 2.0
+    check_every: float = 60.0  # seconds between two checks (the mount: the sync interval)
 
 
 @dataclass
@@ -303,10 +304,12 @@ class Repairer:
             "repaired": self.repaired[-20:],
         }
 
-    async def run(self, *, interval: float = 60.0) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Check every ``policy.check_every`` seconds, until cancelled."""
+        task_status.started()
         while True:
             try:
                 await self.check()
             except Exception:  # a bug here must not take the mount down
                 log.exception("repair check failed")
-            await trio.sleep(interval)
+            await trio.sleep(self.policy.check_every)

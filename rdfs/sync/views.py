@@ -300,8 +300,13 @@ class Views:
         cache: Cache,
         config: ViewsConfig,
         bus: ChangeBus | None = None,
+        *,
+        settle: float = 0.2,
+        interval: float = 3600.0,
     ) -> None:
         self.cache = cache
+        self.settle = settle  # seconds of quiet after a change before an update
+        self.interval = interval  # seconds between timed refreshes (``added_within_days``)
         self.config = config
         self.bus = bus
         self._dirty = trio.Event()
@@ -396,7 +401,7 @@ class Views:
             for tid, name, size, added in shown
         ]
 
-    async def run(self, *, settle: float = 0.2, interval: float = 3600.0) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Refresh after changes (once they settle for ``settle`` s) and every ``interval`` s
         (rules like ``added_within_days`` change with time alone).
 
@@ -404,6 +409,8 @@ class Views:
         refresh takes a fraction of a second for thousands of torrents; during a big first sync,
         updates are spaced to take at most a fifth of the time.
         """
+        task_status.started()
+        settle, interval = self.settle, self.interval
         if self.current and not self._dirty.is_set():
             await self._wait(interval)
             await trio.sleep(settle)
