@@ -15,8 +15,10 @@ difference leads to a complete listing. ``trigger()`` forces a complete listing 
 
 Files. ``/torrents`` does not list files: every downloaded torrent's directory appears as soon as
 the listing is known (``files_pending``), and workers fetch ``/torrents/info`` in the background
-(newest first, paced by the client's shared rate limiter). ``ensure_files`` fetches one torrent
-on demand ahead of them; concurrent callers for the same torrent share one request.
+(newest first, as background requests of the client's shared rate limiter: they run on the budget
+reads and the sync's own requests leave, see :mod:`rdfs.api.ratelimit`). ``ensure_files`` fetches
+one torrent on demand ahead of them; concurrent callers for the same torrent share one request.
+``status()["fill"]`` reports the fill's progress, pace and time left (:mod:`.fillprogress`).
 
 Listings. Paging goes on while pages come back full, whatever ``X-Total-Count`` says (RD has
 sent -1, 0 and exactly the page size): the first short page is the last one. Paging stops early,
@@ -60,6 +62,7 @@ import trio
 
 from rdfs.api.errors import APIError, NetworkError, RDError, UnknownResource
 from rdfs.api.models import STATUS_DOWNLOADED, Torrent, TorrentInfo
+from rdfs.api.ratelimit import background
 from rdfs.events import TOP_LEVEL, ChangeBus, StatusBoard
 from rdfs.store.metadata import (
     Cache,
@@ -69,6 +72,7 @@ from rdfs.store.metadata import (
     row_key,
 )
 from rdfs.store.values import chunks as _chunks
+from rdfs.sync.fillprogress import FillProgress
 from rdfs.sync.treebuilder import TreeBuilder
 from rdfs.tree.specs import Namespace
 
@@ -197,6 +201,7 @@ class Syncer:
         self._demand = 0
         self._no_demand = trio.Event()
         self._no_demand.set()
+        self._fill = FillProgress()
         self._errors: collections.deque[dict[str, Any]] = collections.deque(
             maxlen=MAX_RECENT_ERRORS
         )
@@ -312,6 +317,11 @@ class Syncer:
             "downloads_known": self.cache.download_count(),
             "entries": totals.entries,
             "fill_queue": len(self._queue),
+            "fill": self._fill.report(
+                trio.current_time(),
+                done=counts["downloaded"] - counts["files_pending"],
+                total=counts["downloaded"],
+            ),
             "fetching": sorted(self._inflight),
             "in_progress": [
                 {"id": t.id, "name": t.filename, "status": t.status, "progress": t.progress}
@@ -688,7 +698,8 @@ class Syncer:
                 continue
             del self._queue[torrent_id]
             try:
-                await self._fetch_files(torrent_id)
+                with background():
+                    await self._fetch_files(torrent_id)
                 failures = 0
             except Exception as exc:
                 if drain and not isinstance(exc, (RDError, CacheError)):
@@ -720,6 +731,7 @@ class Syncer:
                 return
             self._queue.pop(torrent_id, None)
             self._emit(self.tree.store_info(info))
+            self._fill.stored(trio.current_time())
         finally:
             del self._inflight[torrent_id]
             done.set()
