@@ -139,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="read through the kernel page cache (for mmap MAP_SHARED)",
     )
     mount.add_argument(
+        "--downloads",
+        choices=("own", "all"),
+        help="downloads/ shows your own hoster downloads (own, default) "
+        "or also the unrestricts of torrent files (all)",
+    )
+    mount.add_argument(
         "--log-file", type=_path, help="log file (default: stderr in the foreground)"
     )
     mount.set_defaults(func=cmd_mount)
@@ -171,6 +177,7 @@ def _config(args: argparse.Namespace) -> configuration.Config:
             "rate_limit",
             "chunk_cache_mb",
             "page_cache",
+            "downloads",
             "log_file",
         )
     }

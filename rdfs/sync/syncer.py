@@ -125,6 +125,7 @@ def policy_options(config: Any) -> dict[str, Any]:
         "small_removal": config.small_removal,
         "stall_after": stall,
         "tick_timeout": 3 * stall,
+        "own_downloads": config.downloads == "own",
     }
 
 
@@ -157,6 +158,7 @@ class Syncer:
         bus: ChangeBus | None = None,
         board: StatusBoard | None = None,
         keep_dead: bool = False,
+        own_downloads: bool = True,
         max_delete_fraction: float = 0.2,
         info_concurrency: int = 4,
         page_size: int = DEFAULT_PAGE_SIZE,
@@ -187,6 +189,7 @@ class Syncer:
             cache,
             delete_confirm_seconds=delete_confirm_seconds,
             keep_dead=keep_dead,
+            own_downloads=own_downloads,
             batch_size=batch_size,
         )
         self._lists = {"torrents": _ListState(), "downloads": _ListState()}
@@ -202,6 +205,9 @@ class Syncer:
         self._no_demand = trio.Event()
         self._no_demand.set()
         self._fill = FillProgress()
+        # downloads/ needs a rebuild: once at start (the ``downloads`` setting may have changed),
+        # and when a stored file list brings links of shown downloads (see ``_fetch_files``).
+        self._downloads_stale = True
         self._errors: collections.deque[dict[str, Any]] = collections.deque(
             maxlen=MAX_RECENT_ERRORS
         )
@@ -235,7 +241,7 @@ class Syncer:
                             rebuild
                         ):  # a failed tick may have stored torrents but not their directories
                             self._emit(await self.tree.torrent_dirs())
-                            self._emit(await self.tree.downloads(self.cache.downloads()))
+                            self._emit(await self.tree.downloads())
                             rebuild = False
                         await self._tick()
                     except (
@@ -357,6 +363,8 @@ class Syncer:
                 await self._probe_torrents()
             if self.tree.hold_expired():
                 self._emit(await self.tree.torrent_dirs())
+            if self._downloads_stale:
+                await self._rebuild_downloads()
         except SyncStalled as exc:
             self._condition("sync", f"stalled: {exc}")  # one warning per outage, not one per tick
             self._set_health("stalled")
@@ -672,8 +680,12 @@ class Syncer:
             state.pages, state.total, state.listed = listing.pages, listing.total, True
         else:
             state.listed = False
-        if new or doomed:
-            self._emit(await self.tree.downloads(self.cache.downloads()))
+        if new or doomed or self._downloads_stale:
+            await self._rebuild_downloads()
+
+    async def _rebuild_downloads(self) -> None:
+        self._downloads_stale = False
+        self._emit(await self.tree.downloads())
 
     # --- file lists -----------------------------------------------------------------------
 
@@ -732,6 +744,11 @@ class Syncer:
             self._queue.pop(torrent_id, None)
             self._emit(self.tree.store_info(info))
             self._fill.stored(trio.current_time())
+            # A torrent whose links changed has its list fetched again: a shown download that
+            # turns out to be this torrent's leaves downloads/ with the next tick (one indexed
+            # look-up here, no rebuild per list).
+            if self.tree.own_downloads and self.cache.shows_download_of(info.links):
+                self._downloads_stale = True
         finally:
             del self._inflight[torrent_id]
             done.set()

@@ -9,6 +9,12 @@ torrent that turns active again (not failed) keeps its directory for ``delete_co
 so a media server does not see it go and come back on every sync. The hold is persisted (sync
 state ``leaving``). A failed torrent leaves at once, unless ``keep_dead`` (repair is on: a dead
 torrent stays, unreadable, while a repair may bring it back).
+
+Downloads. Every unrestrict adds an entry to RD's ``/downloads``, also those rdfs makes to read a
+torrent's files: with ``own_downloads`` (the default, config ``downloads = "own"``),
+``downloads/`` leaves out every download whose hoster link is one of a cached torrent's links, so
+it holds the user's own hoster downloads and does not grow with every file opened (a media server
+pointed at the root would index the library twice).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from collections.abc import Sequence
 
 import trio
 
-from rdfs.api.models import FAILED_STATUSES, STATUS_DOWNLOADED, Download, TorrentInfo
+from rdfs.api.models import FAILED_STATUSES, STATUS_DOWNLOADED, TorrentInfo
 from rdfs.store.metadata import (
     DOWNLOADS_INODE,
     TORRENTS_INODE,
@@ -42,9 +48,11 @@ class TreeBuilder:
         *,
         delete_confirm_seconds: float,
         keep_dead: bool = False,
+        own_downloads: bool = True,
         batch_size: int = 500,
     ) -> None:
         self.cache = cache
+        self.own_downloads = own_downloads
         self.delete_confirm_seconds = delete_confirm_seconds
         self.keep_dead = keep_dead
         self.batch_size = batch_size
@@ -89,9 +97,11 @@ class TreeBuilder:
         log.info("torrents/: %d added or changed, %d removed", len(diff.upsert), len(diff.remove))
         return changes
 
-    async def downloads(self, downloads: Sequence[Download]) -> Changes:
-        """Bring ``downloads/`` in line with ``downloads``."""
-        diff = self.cache.diff_entries(Scope.downloads(), download_specs(downloads))
+    async def downloads(self) -> Changes:
+        """Bring ``downloads/`` in line with the cached downloads (see "Downloads" above)."""
+        shown = self.cache.own_downloads() if self.own_downloads else self.cache.downloads()
+        await trio.sleep(0)
+        diff = self.cache.diff_entries(Scope.downloads(), download_specs(shown))
         changes = Changes()
         for step in self.cache.diff_batches(diff, self.batch_size):
             changes.merge(step)
