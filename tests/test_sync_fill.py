@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rdfs.cli import fill_line, human_duration
+from rdfs.cli import _show_status, fill_line, human_duration
 from rdfs.emulator import Emulator
 from rdfs.store.metadata import Cache
 from rdfs.sync.fillprogress import FillProgress
@@ -70,3 +70,11 @@ def test_fill_line_in_words() -> None:
     assert human_duration(3 * 3600) == "about 3 h"
     assert human_duration(190) == "about 3 min"
     assert human_duration(20) == "less than a minute"
+
+
+def test_rdfs_status_prints_the_fill(capsys: pytest.CaptureFixture[str]) -> None:
+    report = {"fill": {"done": 12_345, "total": 100_000, "per_minute": 250.0, "eta_seconds": 21_038}}
+    _show_status("/mnt/rd", report)
+    assert "file lists  12,345 of 100,000 (250/min, about 5 h 51 min left)\n" in capsys.readouterr().out
+    _show_status("/mnt/rd", {"fill": {"done": 5, "total": 5, "per_minute": None, "eta_seconds": 0}})
+    assert "file lists" not in capsys.readouterr().out

@@ -91,6 +91,7 @@ CONFIRM_DELAY = 5.0  # the listing that confirms a small removal comes this soon
 RECENT_REMOVALS = 50  # removal record entries shown by status()
 MAX_RECENT_ERRORS = 20
 MAX_FILL_PAUSE = 120.0
+ANNOUNCE_FILL = 500  # a fill of this many file lists takes minutes: say so in the log
 
 T = TypeVar("T")
 
@@ -690,9 +691,16 @@ class Syncer:
     # --- file lists -----------------------------------------------------------------------
 
     def _refill_queue(self) -> None:
+        idle = not self._queue
         self._queue = dict.fromkeys(
             t for t in self.cache.torrents_needing_files() if t not in self._inflight
         )
+        if idle and len(self._queue) >= ANNOUNCE_FILL:
+            log.info(
+                "loading %d file lists in the background, newest first (one request each, on the "
+                "API budget reads leave): `rdfs status` shows the time left",
+                len(self._queue),
+            )
         self._queue_changed.set()
         self._queue_changed = trio.Event()
 
