@@ -12,9 +12,10 @@ torrent stays, unreadable, while a repair may bring it back).
 
 Downloads. Every unrestrict adds an entry to RD's ``/downloads``, also those rdfs makes to read a
 torrent's files: with ``own_downloads`` (the default, config ``downloads = "own"``),
-``downloads/`` leaves out every download whose hoster link is one of a cached torrent's links, so
-it holds the user's own hoster downloads and does not grow with every file opened (a media server
-pointed at the root would index the library twice).
+``downloads/`` leaves out every download whose hoster link is a torrent's (see
+:meth:`~rdfs.store.metadata.Cache.own_downloads`), so it holds the user's own hoster downloads and
+does not grow with every file opened (a media server pointed at the root would index the library
+twice).
 """
 
 from __future__ import annotations
