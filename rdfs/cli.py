@@ -139,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="read through the kernel page cache (for mmap MAP_SHARED)",
     )
     mount.add_argument(
+        "--downloads",
+        choices=("own", "all"),
+        help="downloads/ shows your own hoster downloads (own, default) "
+        "or also the unrestricts of torrent files (all)",
+    )
+    mount.add_argument(
         "--log-file", type=_path, help="log file (default: stderr in the foreground)"
     )
     mount.set_defaults(func=cmd_mount)
@@ -171,6 +177,7 @@ def _config(args: argparse.Namespace) -> configuration.Config:
             "rate_limit",
             "chunk_cache_mb",
             "page_cache",
+            "downloads",
             "log_file",
         )
     }
@@ -519,6 +526,31 @@ def human_size(size: float) -> str:
     raise AssertionError("unreachable")
 
 
+def human_duration(seconds: float) -> str:
+    """A time left, to the minute: "about 5 h 51 min", "about 3 min", "less than a minute"."""
+    minutes = round(seconds / 60)
+    if minutes < 1:
+        return "less than a minute"
+    hours, minutes = divmod(minutes, 60)
+    if hours == 0:
+        return f"about {minutes} min"
+    return f"about {hours} h {minutes} min" if minutes else f"about {hours} h"
+
+
+def fill_line(fill: dict) -> str | None:
+    """The file-list fill in one line while it runs, e.g.
+    "12,345 of 100,000 (250/min, about 5 h 51 min left)"; None when every list is there."""
+    done, total = fill.get("done", 0), fill.get("total", 0)
+    if done >= total:
+        return None
+    line = f"{done:,} of {total:,}"
+    rate, eta = fill.get("per_minute"), fill.get("eta_seconds")
+    if rate and eta is not None:
+        pace = f"{rate:,.0f}" if rate >= 10 else f"{rate:.1f}"
+        return f"{line} ({pace}/min, {human_duration(eta)} left)"
+    return f"{line} (starting)"
+
+
 def _when(timestamp: float | None) -> str:
     if not timestamp:
         return "never"
@@ -683,6 +715,9 @@ def _show_status(mountpoint: str, report: dict) -> None:
     if report.get("files_pending"):
         line += f" ({report['files_pending']} file lists loading)"
     print(line)
+    fill = fill_line(report.get("fill") or {})
+    if fill is not None:
+        print(f"file lists  {fill}")
     print(f"downloads   {report.get('downloads_known', 0)}")
     for host, traffic in (report.get("traffic") or {}).items():
         print(f"traffic     {host}: {human_size(traffic['left'])} left")

@@ -60,6 +60,9 @@ class Config:
     allow_other: bool = False
     allow_delete: bool = False  # let `rm -r torrents/<name>` delete upstream
     selection: str = "all"  # files selected when adding a magnet: "all" or "video" (+ subtitles)
+    # What downloads/ shows: "own" (the user's hoster downloads; not the /downloads entries every
+    # unrestrict of a torrent's link adds) or "all" (every entry of /downloads).
+    downloads: str = "own"
     # Direct I/O (False, the default): each application read reaches rdfs as it was made, and rdfs's
     # read-ahead and block cache do the caching; one copy less per byte and no kernel readahead
     # speculating past a media probe's reads (scripts/bench: sequential loopback 492 -> 690 MB/s,
@@ -100,6 +103,8 @@ class Config:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.selection not in ("all", "video"):
             raise ConfigError(f"selection must be 'all' or 'video', got {self.selection!r}")
+        if self.downloads not in ("own", "all"):
+            raise ConfigError(f"downloads must be 'own' or 'all', got {self.downloads!r}")
         if not 0 < self.max_delete_fraction <= 1:
             raise ConfigError(
                 f"max_delete_fraction must be in (0, 1], got {self.max_delete_fraction}"

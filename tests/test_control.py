@@ -188,11 +188,13 @@ def test_delete_a_download_by_path(mnt, account):
     movie = mnt.path / "torrents" / "Read Once" / "once.mkv"
     mountutil.wait_for(movie.exists, what="torrent shown")
     assert movie.read_bytes() == account.file_bytes(torrent_id, 1)  # unrestricting adds a /downloads entry
+    account.add_hoster_download("own.iso", 4096, "https://hoster.example/f/own", "hoster.example")
     downloads = mnt.path / "downloads"
     (mnt.path / ".rdfs" / "refresh").write_text("1")
-    mountutil.wait_for(lambda: "once.mkv" in os.listdir(downloads), what="download listed")
-    submit(mnt, "delete", b"downloads/once.mkv\n")
-    assert "once.mkv" not in os.listdir(downloads)
+    mountutil.wait_for(lambda: "own.iso" in os.listdir(downloads), what="download listed")
+    assert "once.mkv" not in os.listdir(downloads)  # a torrent's unrestrict is not the user's own
+    submit(mnt, "delete", b"downloads/own.iso\n")
+    assert "own.iso" not in os.listdir(downloads)
 
 
 def test_rm_is_refused_without_allow_delete(mnt, account):

@@ -53,6 +53,8 @@ FILE_CASES = {
     "no-host": Case("not an HTTP(S) URL", toml='api_url = "https:///rest/1.0"'),
     "broken-ipv6": Case("Invalid IPv6 URL", toml='api_url = "https://[::1/rest"'),
     "selection": Case("selection must be 'all' or 'video'", toml='selection = "some"'),
+    "downloads": Case("downloads must be 'own' or 'all'", toml='downloads = "mine"'),
+    "downloads-type": Case("downloads must be a string", toml="downloads = true"),
     "unknown": Case("unknown setting(s): sync_intervall", toml="sync_intervall = 5"),
     "not-toml": Case("config.toml", toml="sync_interval = = 5"),
     "not-utf8": Case("is not UTF-8 text", toml=b"sync_interval = 5\n# caf\xe9\n"),
@@ -68,6 +70,7 @@ ENV_CASES = {
     "infinity": Case("link_ttl must be a finite number", env={"RDFS_LINK_TTL": "inf"}),
     "fraction-nan": Case("max_delete_fraction must be a finite number", env={"RDFS_MAX_DELETE_FRACTION": "nan"}),
     "log-level": Case("log_level must be one of", env={"RDFS_LOG_LEVEL": "LOUD"}),
+    "downloads": Case("downloads must be 'own' or 'all'", env={"RDFS_DOWNLOADS": "x"}),
     "plain-http": Case("refusing plain HTTP", env={"RDFS_API_URL": "http://example.com/rest/1.0"}),
     "cache-inside": Case("is inside the mountpoint", env={"RDFS_CACHE_DIR": f"{MNT}/c"}),
     "log-inside": Case("is inside the mountpoint", env={"RDFS_LOG_FILE": f"{MNT}/x.log"}),
@@ -88,6 +91,7 @@ FLAG_CASES = {
     "log-inside": Case("is inside the mountpoint", flags=("--log-file", f"{MNT}/sub/rdfs.log")),
     "missing-config": Case("does not exist", flags=("--config", "/nonexistent/rdfs.toml")),
     "config-is-dir": Case("Is a directory", flags=("--config", "/")),
+    "downloads": Case("argument --downloads: invalid choice", flags=("--downloads", "mine")),
 }
 
 

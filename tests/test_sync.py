@@ -170,7 +170,7 @@ async def test_downloads_are_listed(emulator: Emulator, client: RDClient, cache:
     link = emulator.torrent_json(tid)["links"][0]
     await client.unrestrict_link(link)
     await client.unrestrict_link(link)  # a second entry for the same link
-    await Syncer(client, cache).sync_once()
+    await Syncer(client, cache, own_downloads=False).sync_once()  # downloads = "all"
     ns = Namespace(cache)
     entries = ns.children(DOWNLOADS_INODE)
     assert [(n.name, n.size, n.hoster_link) for n in entries] == [("m.mkv", 1234, link)]

@@ -7,6 +7,14 @@ keeps the send times of the last 60 seconds, and a request may go out while fewe
 them all at once; the 251st request waits until the oldest send leaves the window. A burst
 waits its turn (first come, first served) rather than failing.
 
+Background requests (the file-list fill of a fresh cache: hours of ``/torrents/info`` at RD's
+pace) run on the budget the foreground leaves: a request made inside :func:`background` goes out
+only while no foreground request is waiting and more than a reserve of the window
+(``RESERVE_FRACTION`` of the pace) is free. So a fill never fills the window: a file opened
+during it is unrestricted at once (from the reserve), and a burst of foreground requests (a
+library scan) passes every waiting background one. The fill runs at the pace minus the reserve
+while nothing else happens.
+
 There is no separate burst cap (requests per second): RD's rule is the window alone, so any
 smaller cap would only slow down the bursts (library scans) the full budget is meant for.
 
@@ -24,8 +32,11 @@ same log of recent sends, so a penalty never opens room for an immediate burst.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import deque
+from collections.abc import Iterator
+from contextvars import ContextVar
 
 import trio
 
@@ -38,6 +49,20 @@ MIN_PER_MINUTE = 10
 # Adds: at most this many in any ADD_WINDOW seconds (with the same kind of margin).
 ADDS_PER_WINDOW = 20
 ADD_WINDOW = 10.5
+# The part of the window background requests leave free for foreground ones (25 of 250).
+RESERVE_FRACTION = 0.1
+
+_background: ContextVar[bool] = ContextVar("rdfs_background_requests", default=False)
+
+
+@contextlib.contextmanager
+def background() -> Iterator[None]:
+    """The requests made inside this block (in this task) yield to foreground ones."""
+    token = _background.set(True)
+    try:
+        yield
+    finally:
+        _background.reset(token)
 
 
 class RateLimiter:
@@ -46,44 +71,94 @@ class RateLimiter:
     The window is one minute plus a margin by default.
     """
 
-    def __init__(self, per_minute: int = 250, *, window: float = WINDOW) -> None:
+    def __init__(
+        self,
+        per_minute: int = 250,
+        *,
+        window: float = WINDOW,
+        reserve_fraction: float = RESERVE_FRACTION,
+    ) -> None:
         if per_minute < 1:
             raise ValueError("per_minute must be at least 1")
+        if not 0 <= reserve_fraction < 1:
+            raise ValueError("reserve_fraction must be in [0, 1)")
         self.window = window
+        self.reserve_fraction = reserve_fraction
         self.limit = per_minute  # the configured ceiling
         self.per_minute = per_minute  # the current pace (lowered by 429s)
         self._sent: deque[float] = deque()  # send times still inside the window, oldest first
         self._blocked_until = 0.0
         self._lock = trio.Lock()  # fair: waiters are served in arrival order
+        self._background_lock = trio.Lock()  # the same among background requests
+        self._foreground = 0  # foreground requests waiting for room
+        self._no_foreground = trio.Event()
+        self._no_foreground.set()
         self.acquired = 0
+        self.background_acquired = 0
         self.waited = 0.0  # total seconds spent waiting for room in the window
 
     def _forget_old(self, now: float) -> None:
         while self._sent and self._sent[0] + self.window <= now:
             self._sent.popleft()
 
-    def _ready_at(self, now: float) -> float:
-        """The earliest time the next request may go out (``<= now``: right away)."""
+    def reserve(self) -> int:
+        """Sends of the window kept free for foreground requests at the current pace."""
+        return int(self.per_minute * self.reserve_fraction)
+
+    def _ready_at(self, now: float, reserve: int = 0) -> float:
+        """The earliest time the next request may go out (``<= now``: right away) while
+        ``reserve`` sends of the window stay free."""
         self._forget_old(now)
         ready = self._blocked_until
-        excess = len(self._sent) - self.per_minute
+        excess = len(self._sent) - (self.per_minute - reserve)
         if excess >= 0:  # the sends up to index ``excess`` must leave the window first
             ready = max(ready, self._sent[excess] + self.window)
         return ready
 
     async def acquire(self) -> None:
-        """Wait until a request may be sent, then record it in the window."""
-        async with self._lock:
-            start = now = trio.current_time()
-            while (ready := self._ready_at(now)) > now:
-                await trio.sleep_until(ready)
+        """Wait until a request may be sent, then record it in the window.
+
+        Inside :func:`background`, also wait for the foreground (see the module)."""
+        start = trio.current_time()
+        if _background.get():
+            async with self._background_lock:
+                now = await self._wait_for_background_room()
+                self.background_acquired += 1
+                self._send(start, now)
+            return
+        if self._foreground == 0:
+            self._no_foreground = trio.Event()
+        self._foreground += 1
+        try:
+            async with self._lock:
                 now = trio.current_time()
-            self._sent.append(now)
-            self.acquired += 1
-            waited = now - start
-            self.waited += waited
-            if waited > 1.0:
-                log.debug("rate limiter held a request for %.1f s", waited)
+                while (ready := self._ready_at(now)) > now:
+                    await trio.sleep_until(ready)
+                    now = trio.current_time()
+                self._send(start, now)
+        finally:
+            self._foreground -= 1
+            if self._foreground == 0:
+                self._no_foreground.set()
+
+    async def _wait_for_background_room(self) -> float:
+        """Wait until no foreground request waits and the reserve stays free; the time then."""
+        while True:
+            await self._no_foreground.wait()
+            now = trio.current_time()
+            ready = self._ready_at(now, self.reserve())
+            if ready <= now and self._foreground == 0:
+                return now
+            # A foreground request arriving meanwhile may take the room: look again at ``ready``.
+            await trio.sleep_until(ready)
+
+    def _send(self, start: float, now: float) -> None:
+        self._sent.append(now)
+        self.acquired += 1
+        waited = now - start
+        self.waited += waited
+        if waited > 1.0:
+            log.debug("rate limiter held a request for %.1f s", waited)
 
     def penalize(self, seconds: float) -> None:
         """RD refused a request (429): send nothing for ``seconds``, then at half the pace."""

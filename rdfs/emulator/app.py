@@ -31,6 +31,7 @@ CONTROL_METHODS = frozenset(
         "bulk_add_torrents",
         "add_synthetic_library",
         "add_media_dir",
+        "add_hoster_download",
         "remove_torrent",
         "set_status",
         "kill_torrent",

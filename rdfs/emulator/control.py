@@ -106,6 +106,9 @@ class EmulatorControl:
     def torrent_json(self, torrent_id: str) -> dict[str, Any]:
         return self._call("torrent_json", torrent_id=torrent_id)
 
+    def add_hoster_download(self, filename: str, size: int, link: str, host: str) -> str:
+        return self._call("add_hoster_download", filename=filename, size=size, link=link, host=host)
+
     def torrent_ids(self) -> list[str]:
         return self._call("torrent_ids")
 

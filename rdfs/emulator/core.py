@@ -662,6 +662,28 @@ class Emulator:
         self._urls[download_id] = entry
         return entry
 
+    def add_hoster_download(self, filename: str, size: int, link: str, host: str) -> str:
+        """A download the user made from a file hoster's ``link`` (not from a torrent), as if
+        unrestricted on RD's site; returns its id. Its URL serves synthetic bytes."""
+        download_id = self._new_id("download", self._urls)
+        segments = (Segment(size, seed=f"{self._salt}:hoster:{download_id}"),)
+        entry = DownloadRec(
+            id=download_id,
+            seq=self._seq,
+            filename=filename,
+            filesize=size,
+            link=link,
+            download=self._download_url(download_id, filename, segments),
+            generated=_now(),
+            expires_at=time.monotonic() + self.link_ttl,
+            torrent_id="",
+            segments=segments,
+            host=host,
+        )
+        self._downloads[download_id] = entry
+        self._urls[download_id] = entry
+        return download_id
+
     def _download_url(self, download_id: str, filename: str, segments: tuple[Segment, ...]) -> str:
         if self.download_base_url and self.download_root is not None and len(segments) == 1:
             source = segments[0].source

@@ -220,6 +220,7 @@ class DownloadRec:
     expires_at: float  # monotonic
     torrent_id: str
     segments: tuple[Segment, ...]  # the body served at the download URL
+    host: str = HOST  # the hoster of ``link`` (RD itself for a torrent's links)
 
     def json(self) -> dict[str, Any]:
         mime = mime_type(self.filename)
@@ -229,7 +230,7 @@ class DownloadRec:
             "mimeType": mime,
             "filesize": self.filesize,
             "link": self.link,
-            "host": HOST,
+            "host": self.host,
             "host_icon": "https://fcdn.real-debrid.com/0830/images/hosters/realdebrid.png",
             "chunks": 32,
             "crc": 1,

@@ -849,21 +849,36 @@ class Cache:
 
     def downloads(self) -> list[Download]:
         return [
-            Download(
-                id=row[0],
-                filename=row[1],
-                filesize=row[2],
-                link=row[3],
-                host=row[4],
-                download=row[5],
-                mime_type=row[6],
-                generated=_when(row[7]),
-            )
+            _download(row)
+            for row in self.conn.execute(f"SELECT {_DOWNLOAD_COLUMNS} FROM downloads")
+        ]
+
+    def own_downloads(self) -> list[Download]:
+        """The user's own hoster downloads: the downloads whose hoster link is none of a cached
+        torrent's links, nor has the form of one (RD's ``https://real-debrid.com/d/<id>``: the
+        torrent may be gone, or another client unrestricted a truncated id). So not the
+        unrestricts made for torrent files, by rdfs or anyone else.
+
+        One statement: SQLite builds the set of torrent links once (an uncorrelated ``IN``)."""
+        return [
+            _download(row)
             for row in self.conn.execute(
-                "SELECT id, filename, filesize, link, host, download, mime_type, generated FROM "
-                "downloads"
+                f"SELECT {_DOWNLOAD_COLUMNS} FROM downloads WHERE link NOT LIKE ? AND link NOT IN "
+                "(SELECT j.value FROM torrents t, json_each(t.links) j WHERE j.type = 'text')",
+                (TORRENT_LINK_LIKE,),
             )
         ]
+
+    def shows_download_of(self, hoster_links: Sequence[str]) -> bool:
+        """Whether ``downloads/`` shows a download of one of ``hoster_links`` (indexed)."""
+        for chunk in chunks(list(hoster_links)):
+            marks = ",".join("?" * len(chunk))
+            if self.conn.execute(
+                f"SELECT 1 FROM entries WHERE hoster_link IN ({marks}) AND parent = ? LIMIT 1",
+                (*chunk, DOWNLOADS_INODE),
+            ).fetchone():
+                return True
+        return False
 
     # --- the namespace: FUSE's reads, one indexed statement each (no helper library here) ----
 
@@ -1383,6 +1398,9 @@ class Scope:
         return cls("e.parent = ?", (CONTROL_INODE,))
 
 
+# The form of a torrent's hoster links on RD (LIKE: ASCII case-insensitive, http or https).
+TORRENT_LINK_LIKE = "http%://real-debrid.com/d/%"
+_DOWNLOAD_COLUMNS = "id, filename, filesize, link, host, download, mime_type, generated"
 _TORRENT_COLUMNS = "id, filename, hash, bytes, host, split, progress, status, added, ended, links"
 
 
@@ -1403,4 +1421,17 @@ def _torrent(row: Sequence[Any]) -> Torrent:
         added=_when(row[8]),
         ended=_when(row[9]),
         links=tuple(json.loads(row[10])),
+    )
+
+
+def _download(row: Sequence[Any]) -> Download:
+    return Download(
+        id=row[0],
+        filename=row[1],
+        filesize=row[2],
+        link=row[3],
+        host=row[4],
+        download=row[5],
+        mime_type=row[6],
+        generated=_when(row[7]),
     )

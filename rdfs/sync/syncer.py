@@ -15,8 +15,10 @@ difference leads to a complete listing. ``trigger()`` forces a complete listing 
 
 Files. ``/torrents`` does not list files: every downloaded torrent's directory appears as soon as
 the listing is known (``files_pending``), and workers fetch ``/torrents/info`` in the background
-(newest first, paced by the client's shared rate limiter). ``ensure_files`` fetches one torrent
-on demand ahead of them; concurrent callers for the same torrent share one request.
+(newest first, as background requests of the client's shared rate limiter: they run on the budget
+reads and the sync's own requests leave, see :mod:`rdfs.api.ratelimit`). ``ensure_files`` fetches
+one torrent on demand ahead of them; concurrent callers for the same torrent share one request.
+``status()["fill"]`` reports the fill's progress, pace and time left (:mod:`.fillprogress`).
 
 Listings. Paging goes on while pages come back full, whatever ``X-Total-Count`` says (RD has
 sent -1, 0 and exactly the page size): the first short page is the last one. Paging stops early,
@@ -60,6 +62,7 @@ import trio
 
 from rdfs.api.errors import APIError, NetworkError, RDError, UnknownResource
 from rdfs.api.models import STATUS_DOWNLOADED, Torrent, TorrentInfo
+from rdfs.api.ratelimit import background
 from rdfs.events import TOP_LEVEL, ChangeBus, StatusBoard
 from rdfs.store.metadata import (
     Cache,
@@ -69,6 +72,7 @@ from rdfs.store.metadata import (
     row_key,
 )
 from rdfs.store.values import chunks as _chunks
+from rdfs.sync.fillprogress import FillProgress
 from rdfs.sync.treebuilder import TreeBuilder
 from rdfs.tree.specs import Namespace
 
@@ -87,6 +91,7 @@ CONFIRM_DELAY = 5.0  # the listing that confirms a small removal comes this soon
 RECENT_REMOVALS = 50  # removal record entries shown by status()
 MAX_RECENT_ERRORS = 20
 MAX_FILL_PAUSE = 120.0
+ANNOUNCE_FILL = 500  # a fill of this many file lists takes minutes: say so in the log
 
 T = TypeVar("T")
 
@@ -121,6 +126,7 @@ def policy_options(config: Any) -> dict[str, Any]:
         "small_removal": config.small_removal,
         "stall_after": stall,
         "tick_timeout": 3 * stall,
+        "own_downloads": config.downloads == "own",
     }
 
 
@@ -153,6 +159,7 @@ class Syncer:
         bus: ChangeBus | None = None,
         board: StatusBoard | None = None,
         keep_dead: bool = False,
+        own_downloads: bool = True,
         max_delete_fraction: float = 0.2,
         info_concurrency: int = 4,
         page_size: int = DEFAULT_PAGE_SIZE,
@@ -183,6 +190,7 @@ class Syncer:
             cache,
             delete_confirm_seconds=delete_confirm_seconds,
             keep_dead=keep_dead,
+            own_downloads=own_downloads,
             batch_size=batch_size,
         )
         self._lists = {"torrents": _ListState(), "downloads": _ListState()}
@@ -197,6 +205,10 @@ class Syncer:
         self._demand = 0
         self._no_demand = trio.Event()
         self._no_demand.set()
+        self._fill = FillProgress()
+        # downloads/ needs a rebuild: once at start (the ``downloads`` setting may have changed),
+        # and when a stored file list brings links of shown downloads (see ``_fetch_files``).
+        self._downloads_stale = True
         self._errors: collections.deque[dict[str, Any]] = collections.deque(
             maxlen=MAX_RECENT_ERRORS
         )
@@ -230,7 +242,7 @@ class Syncer:
                             rebuild
                         ):  # a failed tick may have stored torrents but not their directories
                             self._emit(await self.tree.torrent_dirs())
-                            self._emit(await self.tree.downloads(self.cache.downloads()))
+                            self._emit(await self.tree.downloads())
                             rebuild = False
                         await self._tick()
                     except (
@@ -312,6 +324,11 @@ class Syncer:
             "downloads_known": self.cache.download_count(),
             "entries": totals.entries,
             "fill_queue": len(self._queue),
+            "fill": self._fill.report(
+                trio.current_time(),
+                done=counts["downloaded"] - counts["files_pending"],
+                total=counts["downloaded"],
+            ),
             "fetching": sorted(self._inflight),
             "in_progress": [
                 {"id": t.id, "name": t.filename, "status": t.status, "progress": t.progress}
@@ -348,6 +365,8 @@ class Syncer:
             expired = self.tree.hold_expired()
             if expired:
                 self._emit(await self.tree.torrent_dirs(expired))
+            if self._downloads_stale:
+                await self._rebuild_downloads()
         except SyncStalled as exc:
             self._condition("sync", f"stalled: {exc}")  # one warning per outage, not one per tick
             self._set_health("stalled")
@@ -669,15 +688,26 @@ class Syncer:
             state.pages, state.total, state.listed = listing.pages, listing.total, True
         else:
             state.listed = False
-        if new or doomed:
-            self._emit(await self.tree.downloads(self.cache.downloads()))
+        if new or doomed or self._downloads_stale:
+            await self._rebuild_downloads()
+
+    async def _rebuild_downloads(self) -> None:
+        self._downloads_stale = False
+        self._emit(await self.tree.downloads())
 
     # --- file lists -----------------------------------------------------------------------
 
     def _refill_queue(self) -> None:
+        idle = not self._queue
         self._queue = dict.fromkeys(
             t for t in self.cache.torrents_needing_files() if t not in self._inflight
         )
+        if idle and len(self._queue) >= ANNOUNCE_FILL:
+            log.info(
+                "loading %d file lists in the background, newest first (one request each, on the "
+                "API budget reads leave): `rdfs status` shows the time left",
+                len(self._queue),
+            )
         self._queue_changed.set()
         self._queue_changed = trio.Event()
 
@@ -695,7 +725,8 @@ class Syncer:
                 continue
             del self._queue[torrent_id]
             try:
-                await self._fetch_files(torrent_id)
+                with background():
+                    await self._fetch_files(torrent_id)
                 failures = 0
             except Exception as exc:
                 if drain and not isinstance(exc, (RDError, CacheError)):
@@ -727,6 +758,12 @@ class Syncer:
                 return
             self._queue.pop(torrent_id, None)
             self._emit(self.tree.store_info(info))
+            self._fill.stored(trio.current_time())
+            # A torrent whose links changed has its list fetched again: a shown download that
+            # turns out to be this torrent's leaves downloads/ with the next tick (one indexed
+            # look-up here, no rebuild per list).
+            if self.tree.own_downloads and self.cache.shows_download_of(info.links):
+                self._downloads_stale = True
         finally:
             del self._inflight[torrent_id]
             done.set()

@@ -19,6 +19,13 @@ depends only on the torrents whose candidate names it shares (see ``assign_names
 (and current names) about to change are persisted first (``expect``): a crash between writing a
 torrent and rebuilding its directory is caught up at the next start (``behind``). A full rebuild
 (``torrent_dirs()``) stays for the recovery after a failed write and for large changes.
+
+Downloads. Every unrestrict adds an entry to RD's ``/downloads``, also those rdfs makes to read a
+torrent's files: with ``own_downloads`` (the default, config ``downloads = "own"``),
+``downloads/`` leaves out every download whose hoster link is a torrent's (see
+:meth:`~rdfs.store.metadata.Cache.own_downloads`), so it holds the user's own hoster downloads and
+does not grow with every file opened (a media server pointed at the root would index the library
+twice).
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from collections.abc import Collection, Sequence
 
 import trio
 
-from rdfs.api.models import FAILED_STATUSES, STATUS_DOWNLOADED, Download, TorrentInfo
+from rdfs.api.models import FAILED_STATUSES, STATUS_DOWNLOADED, TorrentInfo
 from rdfs.store.metadata import (
     DOWNLOADS_INODE,
     TORRENTS_INODE,
@@ -80,9 +87,11 @@ class TreeBuilder:
         *,
         delete_confirm_seconds: float,
         keep_dead: bool = False,
+        own_downloads: bool = True,
         batch_size: int = 500,
     ) -> None:
         self.cache = cache
+        self.own_downloads = own_downloads
         self.delete_confirm_seconds = delete_confirm_seconds
         self.keep_dead = keep_dead
         self.batch_size = batch_size
@@ -224,9 +233,11 @@ class TreeBuilder:
         log.info("torrents/: %d added or changed, %d removed", len(diff.upsert), len(diff.remove))
         return changes
 
-    async def downloads(self, downloads: Sequence[Download]) -> Changes:
-        """Bring ``downloads/`` in line with ``downloads``."""
-        diff = self.cache.diff_entries(Scope.downloads(), download_specs(downloads))
+    async def downloads(self) -> Changes:
+        """Bring ``downloads/`` in line with the cached downloads (see "Downloads" above)."""
+        shown = self.cache.own_downloads() if self.own_downloads else self.cache.downloads()
+        await trio.sleep(0)
+        diff = self.cache.diff_entries(Scope.downloads(), download_specs(shown))
         changes = Changes()
         for step in self.cache.diff_batches(diff, self.batch_size):
             changes.merge(step)
