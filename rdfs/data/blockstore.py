@@ -62,7 +62,10 @@ class BlockStore:
         return index in file.stored or (file.cache_key, index) in self.cache
 
     def all_available(self, file: OpenFile, first: int, last: int) -> bool:
-        return all(self.available(file, i) for i in range(first, last + 1))
+        """Whether blocks ``first`` to ``last`` need no download (the last one is looked at
+        first: past the cached blocks, it answers alone)."""
+        available = self.available
+        return available(file, last) and all(available(file, i) for i in range(first, last))
 
     def cached_run_start(self, file: OpenFile, index: int, limit: int) -> int:
         """The first of the blocks held in memory contiguously before block ``index`` (looking

@@ -51,8 +51,9 @@ INTERLEAVED_RUN_MIN = 512 * KiB
 STREAM_ON_SEEK = 256 * KiB
 # A run this long (two reads or more) starts a stream: a probe's few reads at a place do not.
 SEQUENTIAL_MIN = 128 * KiB
-# How far back a new run looks for blocks cached contiguously before it (a previous reading).
-LOOKBACK = 2 * MAX_WINDOW
+# How far back a new run looks for blocks cached contiguously before it (a previous reading):
+# enough for a 16 MiB window, little enough that a random read in a cached file stays cheap.
+LOOKBACK = 32 * MiB
 # A download of a file's first block fetches at least this much: container probes read the head
 # in more than one 32 KiB read (ffprobe re-reads an MP4's head from byte 48), and a second request
 # would cost the probe another round trip to the download server.
