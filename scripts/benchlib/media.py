@@ -85,23 +85,13 @@ def _sparse(path: Path, size: int) -> Path:
 # --- real media, grown with holes ----------------------------------------------------------------
 
 TEMPLATES = {
-    "h264-aac.mp4": ["-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac"],
-    "mpeg4-mp3.mp4": ["-c:v", "mpeg4", "-c:a", "libmp3lame"],
-    "h264-aac.mkv": ["-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac"],
-    "h264-2audio.mkv": [
-        "-map",
-        "0:v",
-        "-map",
-        "1:a",
-        "-map",
-        "1:a",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-c:a",
-        "aac",
-    ],  # fmt: skip
+    name: args.split()
+    for name, args in {
+        "h264-aac.mp4": "-c:v libx264 -preset ultrafast -c:a aac",
+        "mpeg4-mp3.mp4": "-c:v mpeg4 -c:a libmp3lame",
+        "h264-aac.mkv": "-c:v libx264 -preset ultrafast -c:a aac",
+        "h264-2audio.mkv": "-map 0:v -map 1:a -map 1:a -c:v libx264 -preset ultrafast -c:a aac",
+    }.items()
 }
 
 
@@ -109,27 +99,12 @@ def _template(directory: Path, name: str, codec_args: list[str]) -> Path:
     path = directory / name
     if not path.exists():
         directory.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [
-                "ffmpeg",
-                "-loglevel",
-                "error",
-                "-y",
-                "-f",
-                "lavfi",
-                "-i",
-                "testsrc=duration=20:size=640x360:rate=25",
-                "-f",
-                "lavfi",
-                "-i",
-                "sine=frequency=440:duration=20",
-                *codec_args,
-                "-shortest",
-                str(path.with_suffix(".tmp" + path.suffix)),
-            ],  # fmt: skip
-            check=True,
-        )
-        path.with_suffix(".tmp" + path.suffix).rename(path)
+        sources = "-f lavfi -i testsrc=duration=20:size=640x360:rate=25 "
+        sources += "-f lavfi -i sine=frequency=440:duration=20"
+        tmp = path.with_suffix(".tmp" + path.suffix)
+        argv = ["ffmpeg", "-loglevel", "error", "-y", *sources.split(), *codec_args, "-shortest"]
+        subprocess.run([*argv, str(tmp)], check=True)
+        tmp.rename(path)
     return path
 
 
