@@ -35,14 +35,14 @@ class FakeStream:
         return False
 
 
-def test_window_is_half_the_sequential_bytes_within_bounds() -> None:
+def test_window_is_a_quarter_of_the_sequential_bytes_within_bounds() -> None:
     window = Window(run_start=0, consumed=128 * KiB, initial=256 * KiB)
     assert window.size(budget=64 * MiB) == 256 * KiB  # little read: the initial window
-    window.advance(10 * MiB)
+    window.advance(20 * MiB)
     assert window.size(budget=64 * MiB) == 5 * MiB
     assert window.size(budget=4 * MiB) == 4 * MiB  # capped by the budget
     window.advance(5 * MiB)  # an out-of-order read behind does not move it back
-    assert window.consumed == 10 * MiB
+    assert window.consumed == 20 * MiB
 
 
 def test_window_target_is_whole_blocks_and_stops_at_the_end() -> None:
@@ -54,15 +54,15 @@ def test_window_target_is_whole_blocks_and_stops_at_the_end() -> None:
 def test_requests_go_out_once_half_a_window_is_missing() -> None:
     """Requests are bounded by the window's end and never tiny: a close or a seek wastes at most
     the window, a sequential reader does not pay a round trip per read."""
-    window = Window(run_start=0, consumed=8 * MiB, initial=256 * KiB)  # window: 4 MiB
+    window = Window(run_start=0, consumed=8 * MiB, initial=256 * KiB)  # window: 2 MiB
     stop, block, budget = 10**12, 32 * KiB, 64 * MiB
-    assert window.target(budget, stop, block) == 12 * MiB
+    assert window.target(budget, stop, block) == 10 * MiB
     assert window.due(received=8 * MiB, budget=budget, stop=stop, block=block)
-    assert window.due(received=10 * MiB, budget=budget, stop=stop, block=block)  # half missing
-    assert not window.due(received=10 * MiB + 1, budget=budget, stop=stop, block=block)
-    assert not window.due(received=12 * MiB, budget=budget, stop=stop, block=block)
+    assert window.due(received=9 * MiB, budget=budget, stop=stop, block=block)  # half missing
+    assert not window.due(received=9 * MiB + 1, budget=budget, stop=stop, block=block)
+    assert not window.due(received=10 * MiB, budget=budget, stop=stop, block=block)
     # The end of the file: the rest is requested, however little.
-    assert window.due(received=12 * MiB - 10, budget=budget, stop=12 * MiB, block=block)
+    assert window.due(received=10 * MiB - 10, budget=budget, stop=10 * MiB, block=block)
 
 
 def test_reads_near_the_reader_or_inside_the_reach_are_covered() -> None:

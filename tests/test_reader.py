@@ -146,7 +146,7 @@ async def test_sequential_read_streams_exact_bytes(env: Env) -> None:
     assert env.emu.counters[UNRESTRICT] == 1
     assert env.pool.stats.streams >= 1
     # Bounded requests that grow with the run: far fewer requests than the 193 reads.
-    assert env.emu.counters["download_requests"] <= 16
+    assert env.emu.counters["download_requests"] <= 24
     assert env.emu.counters["download_bytes"] <= size + 2 * MiB
 
 
@@ -489,7 +489,8 @@ async def test_seek_back_far_starts_a_new_stream(env: Env) -> None:
     )
     assert back == expected[MiB : 5 * MiB]
     assert pool.stats.streams == streams + 1
-    assert pool.stats.requests <= 24  # a 4 MiB cache: windows of 1 MiB at most
+    # A 4 MiB cache: windows of 1 MiB at most, requests of half a window at least.
+    assert pool.stats.requests <= 40
     await handle.close()
     await pool.aclose()
 
@@ -535,7 +536,7 @@ async def test_interleaved_positions_each_keep_a_stream(env: Env) -> None:
     assert env.pool.stats.streams == 2
     # A few bounded reads at each place before its stream starts, then requests that grow with
     # each run: not one per read.
-    assert env.emu.counters["download_requests"] <= 20
+    assert env.emu.counters["download_requests"] <= 24
 
 
 async def test_large_first_read_starts_the_read_ahead(env: Env) -> None:
@@ -707,7 +708,7 @@ async def test_closing_a_handle_mid_stream_cancels_its_request(env: Env) -> None
     await trio.sleep(0.1)  # nothing more arrives
     await trio.testing.wait_all_tasks_blocked()
     assert env.emu.counters["download_bytes"] == sent
-    assert sent <= read + read // 2 + MiB  # the window: half of what was read sequentially
+    assert sent <= read + read // 4 + MiB  # the window: a quarter of what was read sequentially
 
 
 async def test_a_second_handle_continues_where_the_first_cache_ends(env: Env) -> None:
@@ -726,7 +727,7 @@ async def test_a_second_handle_continues_where_the_first_cache_ends(env: Env) ->
     extent = cached_extent(env.pool, source)
     assert extent >= 8 * MiB
     before = env.emu.counters["download_bytes"]
-    assert before <= 8 * MiB + 4 * MiB + MiB  # what was read, one window, a socket's buffers
+    assert before <= 8 * MiB + 2 * MiB + MiB  # what was read, one window, a socket's buffers
     misses = env.pool.stats.cache_misses
     second = env.pool.open(source)
     start, stop = 6 * MiB, extent + 4 * MiB
@@ -739,5 +740,5 @@ async def test_a_second_handle_continues_where_the_first_cache_ends(env: Env) ->
     await trio.testing.wait_all_tasks_blocked()
     after = env.emu.counters["download_bytes"] - before
     # Only what lies past the first handle's cache, and at most one window beyond the reads.
-    assert after <= (stop - extent) + stop // 2 + MiB
+    assert after <= (stop - extent) + stop // 4 + MiB
     assert env.pool.stats.cache_misses == misses  # every read found its blocks cached or coming

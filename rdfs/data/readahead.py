@@ -23,8 +23,8 @@ keep theirs). A read belongs to a run when it lies within ``BACK_TOLERANCE`` /
 out of order).
 
 A stream stays a *window* ahead of its reader, with bounded requests (the model is
-mountpoint-s3's prefetcher and rclone's chunked reader). The window is half the bytes read
-sequentially, at least ``INITIAL_WINDOW``, at most the budget (all windows together stay within
+mountpoint-s3's prefetcher and rclone's chunked reader). The window is a quarter of the bytes
+read sequentially, at least ``INITIAL_WINDOW``, at most the budget (all windows together stay within
 half the block cache, so read-ahead is not evicted before it is read). A request asks for the
 bytes up to the window's end and is sent once at least half a window is missing, so requests
 grow with the run and a close or a seek never wastes more than the current window.
@@ -40,6 +40,9 @@ MiB = 1024 * KiB
 
 INITIAL_WINDOW = 256 * KiB
 MAX_WINDOW = 64 * MiB
+# The window is the bytes read sequentially divided by this: a player that reads 2 MiB after a
+# seek leaves at most 512 KiB unread (a quarter), a long copy still reaches MAX_WINDOW.
+WINDOW_DIVISOR = 4
 # Reads this far behind / ahead of a stream still belong to it (out-of-order FUSE reads).
 BACK_TOLERANCE = 256 * KiB
 FORWARD_TOLERANCE = 512 * KiB
@@ -77,9 +80,9 @@ class Window:
     initial: int
 
     def size(self, budget: int) -> int:
-        """The window: half the bytes read sequentially, at least ``initial``, at most
+        """The window: a quarter of the bytes read sequentially, at least ``initial``, at most
         ``budget``."""
-        return min(budget, max(self.initial, (self.consumed - self.run_start) // 2))
+        return min(budget, max(self.initial, (self.consumed - self.run_start) // WINDOW_DIVISOR))
 
     def target(self, budget: int, stop: int, block: int) -> int:
         """The byte the stream reads up to now: whole blocks (never pausing inside a promised
