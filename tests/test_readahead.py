@@ -9,10 +9,10 @@ from rdfs.data.readahead import (
     FORWARD_TOLERANCE,
     INTERLEAVED_RUN_MIN,
     MAX_RUNS,
+    SEQUENTIAL_MIN,
     STREAM_ON_SEEK,
     Runs,
     Window,
-    starts_on_seek,
     window_budget,
 )
 
@@ -35,20 +35,34 @@ class FakeStream:
         return False
 
 
-def test_window_grows_twice_the_sequential_bytes_within_bounds() -> None:
-    window = Window(run_start=0, consumed=128 * KiB, initial=512 * KiB)
-    assert window.size(budget=64 * MiB) == 512 * KiB  # little read: the initial window
-    window.advance(10 * MiB)
-    assert window.size(budget=64 * MiB) == 20 * MiB
-    assert window.size(budget=8 * MiB) == 8 * MiB  # capped by the budget
+def test_window_is_a_quarter_of_the_sequential_bytes_within_bounds() -> None:
+    window = Window(run_start=0, consumed=128 * KiB, initial=256 * KiB)
+    assert window.size(budget=64 * MiB) == 256 * KiB  # little read: the initial window
+    window.advance(20 * MiB)
+    assert window.size(budget=64 * MiB) == 5 * MiB
+    assert window.size(budget=4 * MiB) == 4 * MiB  # capped by the budget
     window.advance(5 * MiB)  # an out-of-order read behind does not move it back
-    assert window.consumed == 10 * MiB
+    assert window.consumed == 20 * MiB
 
 
 def test_window_target_is_whole_blocks_and_stops_at_the_end() -> None:
     window = Window(run_start=0, consumed=100, initial=1000)
     assert window.target(budget=10_000, stop=10**9, block=512) == 1536  # 1100 rounded up
     assert window.target(budget=10_000, stop=1200, block=512) == 1200
+
+
+def test_requests_go_out_once_half_a_window_is_missing() -> None:
+    """Requests are bounded by the window's end and never tiny: a close or a seek wastes at most
+    the window, a sequential reader does not pay a round trip per read."""
+    window = Window(run_start=0, consumed=8 * MiB, initial=256 * KiB)  # window: 2 MiB
+    stop, block, budget = 10**12, 32 * KiB, 64 * MiB
+    assert window.target(budget, stop, block) == 10 * MiB
+    assert window.due(received=8 * MiB, budget=budget, stop=stop, block=block)
+    assert window.due(received=9 * MiB, budget=budget, stop=stop, block=block)  # half missing
+    assert not window.due(received=9 * MiB + 1, budget=budget, stop=stop, block=block)
+    assert not window.due(received=10 * MiB, budget=budget, stop=stop, block=block)
+    # The end of the file: the rest is requested, however little.
+    assert window.due(received=10 * MiB - 10, budget=budget, stop=10 * MiB, block=block)
 
 
 def test_reads_near_the_reader_or_inside_the_reach_are_covered() -> None:
@@ -97,9 +111,17 @@ def test_a_run_claims_reads_in_its_streams_reach() -> None:
 
 
 def test_which_reads_earn_a_stream() -> None:
+    """From the pattern: a probe's few small reads do not, a copy's run does once it reaches
+    SEQUENTIAL_MIN, a player's large first read does at once."""
     runs: Runs[FakeStream] = Runs()
     run, _ = runs.begin(0, 32 * KiB)
-    assert run.earns_stream(64 * KiB, resumed=False)  # the second sequential read
-    assert not run.earns_stream(64 * KiB, resumed=True)  # a probe coming back to the head
+    assert not run.earns_stream(64 * KiB)  # a probe's second head read
+    assert not run.earns_stream(512 + 96 * KiB)  # a WebDAV server's 512 B + 96 KiB
+    assert run.earns_stream(SEQUENTIAL_MIN)  # reading on
+    assert not run.earns_stream(SEQUENTIAL_MIN, resumed=True)  # back to the head after the tail
     assert run.earns_stream(INTERLEAVED_RUN_MIN, resumed=True)
-    assert starts_on_seek(0, STREAM_ON_SEEK) and not starts_on_seek(0, STREAM_ON_SEEK - 1)
+    assert run.earns_stream(STREAM_ON_SEEK, new=True)
+    assert not run.earns_stream(STREAM_ON_SEEK - 1, new=True)
+    # A new run that continues blocks cached by a previous reading counts from where they begin.
+    continued, _ = runs.begin(0, 10 * MiB + 32 * KiB)
+    assert continued.earns_stream(10 * MiB + 32 * KiB, new=True)

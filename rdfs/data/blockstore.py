@@ -62,7 +62,20 @@ class BlockStore:
         return index in file.stored or (file.cache_key, index) in self.cache
 
     def all_available(self, file: OpenFile, first: int, last: int) -> bool:
-        return all(self.available(file, i) for i in range(first, last + 1))
+        """Whether blocks ``first`` to ``last`` need no download (the last one is looked at
+        first: past the cached blocks, it answers alone)."""
+        available = self.available
+        return available(file, last) and all(available(file, i) for i in range(first, last))
+
+    def cached_run_start(self, file: OpenFile, index: int, limit: int) -> int:
+        """The first of the blocks held in memory contiguously before block ``index`` (looking
+        back ``limit`` blocks at most); ``index`` when block ``index - 1`` is not. Blocks on disk
+        only do not count: the probe cache holds every file's head, read or not."""
+        key, cache = file.cache_key, self.cache
+        first = index
+        while first > 0 and index - first < limit and (key, first - 1) in cache:
+            first -= 1
+        return first
 
     def cached(self, file: OpenFile, index: int, touch: bool = True) -> Block | None:
         data = self.cache.get(file.cache_key, index, touch)

@@ -167,6 +167,10 @@ class Transfer:
         """The byte up to which this transfer wants data now."""
         return self.stop
 
+    def request_stop(self) -> int:
+        """The end of the range the next request asks for."""
+        return self.stop
+
     def feed(self, piece: bytes) -> None:
         """Take the next bytes of the response (everything up to ``stop``: a response is never
         read partially, the next piece would land at the wrong offset).
@@ -283,6 +287,11 @@ class Downloader:
         if slots is None:
             slots = self._slots[host] = HostSlots(self.connections_per_host)
         return slots
+
+    @property
+    def connections(self) -> int:
+        """Connections to download servers in use now (held by a request)."""
+        return sum(slots.limiter.borrowed_tokens for slots in self._slots.values())
 
     async def fetch(self, file: OpenFile, first: int, stop: int) -> dict[int, Block]:
         """Download blocks ``[first, stop)`` now (in the caller's task) and return them."""
@@ -422,7 +431,8 @@ class Downloader:
         transfer.url = link.url
         start = transfer.received
         first = source.offset + start
-        last = source.offset + transfer.stop - 1
+        request_stop = transfer.request_stop()
+        last = source.offset + request_stop - 1
         headers = [
             (b"Range", f"bytes={first}-{last}".encode()),
             (b"Accept-Encoding", b"identity"),
@@ -440,7 +450,7 @@ class Downloader:
                 try:
                     skip = check_response(response, link, source, first, self.range_discard_limit)
                     self.resolver.confirm(source.hoster_link)
-                    await self._receive(response, transfer, skip, slots, guard)
+                    await self._receive(response, transfer, request_stop, skip, slots, guard)
                     if transfer.received == start:
                         raise _Transient(f"HTTP {response.status} with no data from byte {first}")
                 finally:
@@ -482,6 +492,7 @@ class Downloader:
         self,
         response: httpcore.Response,
         transfer: Transfer,
+        request_stop: int,
         skip: int,
         slots: HostSlots,
         guard: trio.CancelScope,
@@ -504,7 +515,7 @@ class Downloader:
                 piece = piece[skip:]
                 skip = 0
             transfer.feed(piece)
-            if transfer.finished:
+            if transfer.finished or transfer.received >= request_stop:
                 if got == expected:
                     # Let httpcore see the end of the message: the connection stays reusable.
                     continue

@@ -2,18 +2,32 @@
 
 Pure: plain numbers of bytes, no I/O, no trio. The reader asks it; the streams follow it.
 
-* A handle follows up to ``MAX_RUNS`` sequential *runs* (two places of one file read in turn
-  each keep theirs). A read belongs to a run when it lies within ``BACK_TOLERANCE`` /
-  ``FORWARD_TOLERANCE`` of the run's latest read or of its stream (concurrent FUSE reads arrive
-  out of order).
-* A small first read of a run (a seek of a media probe, a random read) starts no read-ahead; the
-  second read that continues it does, unless another run came in between: a probe that reads the
-  head, the tail, then the head again is no stream. An interleaved run earns its stream once it
-  is ``INTERLEAVED_RUN_MIN`` long. A large first read (``STREAM_ON_SEEK``: a player seeking)
-  starts the stream at once, so the reads after it do not wait for a first byte.
-* A stream stays a *window* ahead of its reader. The window starts at ``INITIAL_WINDOW`` and
-  grows with the bytes read sequentially (2x, capped); all windows together stay within half the
-  block cache, so read-ahead is not evicted before it is read.
+What a handle's reads mean is inferred from their pattern, never from the file's name:
+
+* A *probe* (a media scanner: the head, a few tail ranges, the head again) reads little at each
+  place: runs shorter than ``SEQUENTIAL_MIN`` start no read-ahead, each read fetches the blocks
+  it covers (the first block of a file brings ``HEAD_FETCH``).
+* A *player starting* (or seeking) reads a lot at once: a first read of ``STREAM_ON_SEEK`` or more
+  starts the read-ahead at once, so the reads after it do not wait for a first byte.
+* A *copy* reads on and on: a run that reaches ``SEQUENTIAL_MIN`` starts its read-ahead, unless
+  another run came in between (a probe that reads the head, the tail, then the head again is no
+  stream); an interleaved run earns its stream once it is ``INTERLEAVED_RUN_MIN`` long.
+* A handle that starts where blocks of the file are cached contiguously before it (the previous
+  handle of an open/read/close loop: WebDAV, SMB, Plex's transcoder) continues that reading: the
+  run counts from where the cached blocks begin, so its read-ahead starts with the window that
+  reading earned, where the cache ends.
+
+A handle follows up to ``MAX_RUNS`` sequential runs (two places of one file read in turn each
+keep theirs). A read belongs to a run when it lies within ``BACK_TOLERANCE`` /
+``FORWARD_TOLERANCE`` of the run's latest read or of its stream (concurrent FUSE reads arrive
+out of order).
+
+A stream stays a *window* ahead of its reader, with bounded requests (the model is
+mountpoint-s3's prefetcher and rclone's chunked reader). The window is a quarter of the bytes
+read sequentially, at least ``INITIAL_WINDOW``, at most the budget (all windows together stay within
+half the block cache, so read-ahead is not evicted before it is read). A request asks for the
+bytes up to the window's end and is sent once at least half a window is missing, so requests
+grow with the run and a close or a seek never wastes more than the current window.
 """
 
 from __future__ import annotations
@@ -24,8 +38,11 @@ from typing import Generic, Protocol, TypeVar
 KiB = 1024
 MiB = 1024 * KiB
 
-INITIAL_WINDOW = 512 * KiB
+INITIAL_WINDOW = 256 * KiB
 MAX_WINDOW = 64 * MiB
+# The window is the bytes read sequentially divided by this: a player that reads 2 MiB after a
+# seek leaves at most 512 KiB unread (a quarter), a long copy still reaches MAX_WINDOW.
+WINDOW_DIVISOR = 4
 # Reads this far behind / ahead of a stream still belong to it (out-of-order FUSE reads).
 BACK_TOLERANCE = 256 * KiB
 FORWARD_TOLERANCE = 512 * KiB
@@ -35,16 +52,15 @@ MAX_RUNS = 4
 INTERLEAVED_RUN_MIN = 512 * KiB
 # A first read at least this large (a player's, not a probe's) starts a stream.
 STREAM_ON_SEEK = 256 * KiB
+# A run this long (two reads or more) starts a stream: a probe's few reads at a place do not.
+SEQUENTIAL_MIN = 128 * KiB
+# How far back a new run looks for blocks cached contiguously before it (a previous reading):
+# enough for a 16 MiB window, little enough that a random read in a cached file stays cheap.
+LOOKBACK = 32 * MiB
 # A download of a file's first block fetches at least this much: container probes read the head
 # in more than one 32 KiB read (ffprobe re-reads an MP4's head from byte 48), and a second request
 # would cost the probe another round trip to the download server.
 HEAD_FETCH = 64 * KiB
-# MP4/MOV written without "faststart" keep their index (the moov box) at the end: a probe reads the
-# head, then the tail. For these, the first read of the head also fetches the last TAIL_FETCH bytes,
-# in parallel: the probe's tail read finds them, and a scan saves one round trip per file. (An MKV
-# probe reads the head only; a faststart MP4 costs one small request too many.)
-TAIL_FIRST_SUFFIXES = (".mp4", ".m4v", ".mov")
-TAIL_FETCH = 32 * KiB
 # On a seek, other streams of the handle this far ahead of their reader let their connection go.
 RELEASE_AHEAD = 4 * MiB
 
@@ -64,15 +80,23 @@ class Window:
     initial: int
 
     def size(self, budget: int) -> int:
-        """The window: twice the bytes read sequentially, at least ``initial``, at most
+        """The window: a quarter of the bytes read sequentially, at least ``initial``, at most
         ``budget``."""
-        return min(budget, max(self.initial, 2 * (self.consumed - self.run_start)))
+        return min(budget, max(self.initial, (self.consumed - self.run_start) // WINDOW_DIVISOR))
 
     def target(self, budget: int, stop: int, block: int) -> int:
         """The byte the stream reads up to now: whole blocks (never pausing inside a promised
         one), at most ``stop``."""
         target = self.consumed + self.size(budget)
         return min(-(-target // block) * block, stop)
+
+    def due(self, received: int, budget: int, stop: int, block: int) -> bool:
+        """Whether a stream that has received up to ``received`` sends its next request now: at
+        least half a window is missing (or the rest of the file), so requests are never tiny."""
+        target = self.target(budget, stop, block)
+        if received >= target:
+            return False
+        return target >= stop or target - received >= self.size(budget) // 2
 
     def covers(self, offset: int, ahead: int) -> bool:
         """A read near the reader or inside the stream's reach ``ahead`` (reads come out of
@@ -86,11 +110,6 @@ class Window:
 
     def advance(self, end: int) -> None:
         self.consumed = max(self.consumed, end)
-
-
-def tail_first(name: str, size: int) -> bool:
-    """Whether a head read of this file also fetches its tail (see ``TAIL_FIRST_SUFFIXES``)."""
-    return size > HEAD_FETCH + TAIL_FETCH and name.lower().endswith(TAIL_FIRST_SUFFIXES)
 
 
 class Reach(Protocol):
@@ -130,9 +149,16 @@ class Run(Generic[S]):
             return True
         return self.end - BACK_TOLERANCE <= offset <= self.end + FORWARD_TOLERANCE
 
-    def earns_stream(self, end: int, resumed: bool) -> bool:
-        """Whether a read continuing this run up to ``end`` starts its stream."""
-        return not resumed or end - self.start >= INTERLEAVED_RUN_MIN
+    def earns_stream(self, end: int, *, resumed: bool = False, new: bool = False) -> bool:
+        """Whether a read of this run up to ``end`` starts its stream: ``new`` for the run's
+        first read, ``resumed`` when another run was read since its latest read."""
+        if new:
+            need = STREAM_ON_SEEK
+        elif resumed:
+            need = INTERLEAVED_RUN_MIN
+        else:
+            need = SEQUENTIAL_MIN
+        return end - self.start >= need
 
 
 class Runs(Generic[S]):
@@ -153,9 +179,10 @@ class Runs(Generic[S]):
             self.runs.insert(0, run)
         return run, resumed
 
-    def begin(self, offset: int, end: int) -> tuple[Run[S], list[Run[S]]]:
-        """A new run for a read of ``[offset, end)``, and the runs dropped to make room."""
-        run: Run[S] = Run(start=offset, end=end)
+    def begin(self, start: int, end: int) -> tuple[Run[S], list[Run[S]]]:
+        """A new run from ``start`` (the read's offset, or where the cached reading it continues
+        began) to ``end``, and the runs dropped to make room."""
+        run: Run[S] = Run(start=start, end=end)
         self.runs.insert(0, run)
         dropped = self.runs[MAX_RUNS:]
         del self.runs[MAX_RUNS:]
@@ -167,8 +194,3 @@ class Runs(Generic[S]):
     def clear(self) -> list[Run[S]]:
         runs, self.runs = self.runs, []
         return runs
-
-
-def starts_on_seek(offset: int, end: int) -> bool:
-    """Whether a read that starts a new run is large enough to start its stream at once."""
-    return end - offset >= STREAM_ON_SEEK

@@ -42,12 +42,11 @@ from rdfs.data.links import LinkResolver
 from rdfs.data.readahead import (
     HEAD_FETCH,
     INITIAL_WINDOW,
+    LOOKBACK,
     MAX_WINDOW,
-    TAIL_FETCH,
     Run,
     Runs,
     Window,
-    starts_on_seek,
     window_budget,
 )
 from rdfs.data.source import FileSource, OpenFile
@@ -85,8 +84,6 @@ class FileHandle:
             return b""
         end = min(offset + size, file_size)
         first, last = offset // BLOCK_SIZE, (end - 1) // BLOCK_SIZE
-        if first == 0 and self.file.tail_first:
-            self.pool.prefetch_tail(self.file)
         streamed = self._observe(offset, end, first)
         # Blocks a stream brought keep their place in the LRU when read: read once, in order,
         # they go before the read-ahead still waiting for its reader.
@@ -108,7 +105,8 @@ class FileHandle:
         start one for a sequential run; True when the read continues a running stream."""
         run, resumed = self._runs.find(offset)
         if run is None:
-            run, dropped = self._runs.begin(offset, end)
+            cached = self._blocks.cached_run_start(self.file, first, LOOKBACK // BLOCK_SIZE)
+            run, dropped = self._runs.begin(min(offset, cached * BLOCK_SIZE), end)
             for old in dropped:
                 if old.stream is not None:
                     old.stream.cancel()
@@ -119,7 +117,7 @@ class FileHandle:
             for other in self._runs.others():
                 if other.stream is not None and other.stream.idle_ahead:
                     other.stream.release_connection()
-            if starts_on_seek(offset, end):
+            if run.earns_stream(end, new=True):
                 self._start_stream(run, end, first)
             return False
         stream = run.stream
@@ -135,18 +133,21 @@ class FileHandle:
             elif stream.straggler(offset):
                 return True  # a late read of what the stream serves: fetch it, keep the stream
         run.end = end
-        if run.earns_stream(end, resumed):
+        if run.earns_stream(end, resumed=resumed):
             self._start_stream(run, end, first)
         return False
 
     def _start_stream(self, run: Run[Stream], end: int, first: int) -> None:
         """(Re)start ``run``'s read-ahead from this read, unless it needs none.
 
-        A read served entirely from the caches (e.g. a rescan hitting the probe cache) needs no
-        read-ahead: a stream starts with the first read that has to download.
+        A run whose window is at hand in the caches (e.g. a rescan hitting the probe cache, or a
+        handle continuing a previous handle's reading) needs no read-ahead yet: a stream starts
+        with the first read whose window reaches past the cached blocks.
         """
-        last = (end - 1) // BLOCK_SIZE
-        if end >= self.source.size or self._blocks.all_available(self.file, first, last):
+        window = Window(run_start=run.start, consumed=end, initial=self.pool.initial_window)
+        size = self.source.size
+        last = (window.target(self.pool.window_budget(), size, BLOCK_SIZE) - 1) // BLOCK_SIZE
+        if end >= size or self._blocks.all_available(self.file, first, last):
             return
         stream = self.pool.start_stream(run, self.file, first * BLOCK_SIZE, end)
         if stream is None:
@@ -355,20 +356,3 @@ class ReaderPool:
             self._streams.discard(stream)
             if run.stream is stream and not stream.finished:
                 run.stream = None
-
-    def prefetch_tail(self, file: OpenFile) -> None:
-        """Fetch the tail of an MP4/MOV in the background (see ``TAIL_FIRST_SUFFIXES``), unless
-        it is at hand or on its way."""
-        if self.nursery is None:
-            return
-        first, stop = (file.source.size - TAIL_FETCH) // BLOCK_SIZE, file.blocks
-        if any(self.blocks.available(file, i) or i in file.pending for i in range(first, stop)):
-            return
-        self.nursery.start_soon(self._prefetch, file, first, stop)
-
-    async def _prefetch(self, file: OpenFile, first: int, stop: int) -> None:
-        """Download blocks ``[first, stop)`` into the cache; a failure is left to the reads."""
-        try:
-            await self.downloader.fetch(file, first, stop)
-        except (RDError, *TRANSPORT_ERRORS) as exc:
-            log.debug("prefetch of %s failed: %s", file.source.label, exc)

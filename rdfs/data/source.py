@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 import trio
 
 from rdfs.data.blockcache import BLOCK_SIZE
-from rdfs.data.readahead import tail_first
 from rdfs.store.probecache import file_key
 
 
@@ -44,12 +43,9 @@ class OpenFile:
     cache_key: str = field(init=False)
     probe_key: str = field(init=False)
     blocks: int = field(init=False)
-    # An MP4/MOV whose tail lies beyond the head fetch: a head read fetches the tail too.
-    tail_first: bool = field(init=False)
 
     def __post_init__(self) -> None:
         source = self.source
         self.cache_key = f"{source.key}\0{source.hoster_link}\0{source.offset}\0{source.size}"
         self.probe_key = file_key(source.hoster_link, source.offset, source.size)
         self.blocks = (source.size + BLOCK_SIZE - 1) // BLOCK_SIZE
-        self.tail_first = tail_first(source.name, source.size)

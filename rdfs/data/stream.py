@@ -1,10 +1,14 @@
 """The read-ahead stream of one sequential run: a transfer that stays a window ahead of its reader.
 
-One long ranged response up to the end of the file, read in the pool's nursery. The stream stops
-reading the socket when it is far enough ahead (TCP back-pressure) and gives its connection up
-after a while idle, when another download waits for a connection, or when its reader seeks
-elsewhere while it is far ahead. Blocks it passes over that are already at hand (a long run of
-them: ``SKIP_RUN_BLOCKS``) are not downloaded again: the stream sends a new request after them.
+Bounded ranged requests, read in the pool's nursery: each asks for the bytes up to the end of
+the window, and the next one goes out once half a window is missing (see
+:mod:`rdfs.data.readahead`); a close or a seek cancels the one in flight, so the download server
+never sends more than a window nobody reads. Should the window shrink below what a request asked
+for (more streams share the cache), the stream stops reading the socket while it is far enough
+ahead (TCP back-pressure) and gives its connection up after a while idle, when another download
+waits for a connection, or when its reader seeks elsewhere while it is far ahead. Blocks it passes
+over that are already at hand (a long run of them: ``SKIP_RUN_BLOCKS``) are not downloaded again:
+the stream sends a new request after them.
 """
 
 from __future__ import annotations
@@ -55,6 +59,14 @@ class Stream(Transfer):
     def want(self) -> int:
         return self.window.target(self.budget(), self.stop, BLOCK_SIZE)
 
+    def request_stop(self) -> int:
+        return max(self.want(), self.received)
+
+    @property
+    def due(self) -> bool:
+        """Whether the next request goes out now."""
+        return self.window.due(self.received, self.budget(), self.stop, BLOCK_SIZE)
+
     @property
     def idle_ahead(self) -> bool:
         """Its whole window is downloaded and that is a lot: it waits for the reader."""
@@ -74,10 +86,12 @@ class Stream(Transfer):
         return self.window.straggler(offset, self.budget())
 
     def advance(self, end: int) -> None:
-        """The reader got up to ``end``: promise the blocks of the new window and wake up."""
+        """The reader got up to ``end``: when the next request is due, promise the blocks of the
+        new window (the reader then waits for them instead of fetching them) and wake up."""
         self.window.advance(end)
-        self._extend()
-        self.wake.set()
+        if self.due:
+            self._extend()
+            self.wake.set()
 
     def _extend(self) -> None:
         stop = -(-self.want() // BLOCK_SIZE)
@@ -100,7 +114,7 @@ class Stream(Transfer):
             self._skip_ready()
             if self.finished:
                 return False
-            if self.received < self.want():
+            if self.due:
                 self._extend()
                 self._release = False  # a new request: the last one was let go already
                 return True

@@ -29,7 +29,9 @@ async def _pipe(source: trio.SocketStream, sink: trio.SocketStream, delay: float
         pass
 
 
-async def _handle(upstream_host: str, upstream_port: int, delay: float, client: trio.SocketStream) -> None:
+async def _handle(
+    upstream_host: str, upstream_port: int, delay: float, client: trio.SocketStream
+) -> None:
     async with client:
         try:
             server = await trio.open_tcp_stream(upstream_host, upstream_port)
@@ -41,7 +43,9 @@ async def _handle(upstream_host: str, upstream_port: int, delay: float, client: 
             nursery.cancel_scope.cancel()
 
 
-async def main(listen_host: str, listen_port: int, upstream_host: str, upstream_port: int, delay: float) -> None:
+async def main(
+    listen_host: str, listen_port: int, upstream_host: str, upstream_port: int, delay: float
+) -> None:
     handler = functools.partial(_handle, upstream_host, upstream_port, delay)
     listeners = await trio.open_tcp_listeners(listen_port, host=listen_host, backlog=1024)
     print("listening", flush=True)

