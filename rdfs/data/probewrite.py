@@ -8,12 +8,12 @@ blocks are skipped (it is only a cache). A disk that refuses a batch costs the c
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Callable
 
 import trio
 
 from rdfs.data.blockcache import Block, MiB
+from rdfs.store.errors import CacheError
 from rdfs.store.probecache import ProbeCache
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ class ProbeWriter:
         """Store ``batch`` (any thread); False when the disk refused it."""
         try:
             self.probe.put_batch(batch)
-        except sqlite3.Error as exc:  # a full or broken disk costs the cache, never the read
+        except CacheError as exc:  # a full or broken disk costs the cache, never the read
             count = sum(map(len, batch.values()))
             log.warning("probe cache: cannot store %d blocks: %s", count, exc)
             return False

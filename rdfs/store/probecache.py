@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rdfs.store.errors import classify
+
 if TYPE_CHECKING:
     from rdfs.config import Config
     from rdfs.store.metadata import Cache
@@ -150,8 +152,14 @@ class ProbeCache:
         """Store blocks of several files in one transaction; evicts old files when full.
 
         Safe to call from a worker thread (the reader pool does, so a disk write never holds up a
-        read).
+        read). A write the disk refuses rolls back and raises :class:`CacheUnavailable`.
         """
+        try:
+            self._put_batch(batch)
+        except sqlite3.Error as exc:
+            raise classify(exc) from exc
+
+    def _put_batch(self, batch: Mapping[str, Mapping[int, bytes | memoryview]]) -> None:
         with self._write_lock:
             db = self._writer
             db.execute("BEGIN IMMEDIATE")
