@@ -350,6 +350,9 @@ class ReaderPool:
             # The reads waiting for these blocks fetch them themselves and report the error.
             label = stream.file.source.label
             log.warning("read-ahead of %s stopped at byte %d: %s", label, stream.received, exc)
+        except Exception:  # a bug in a read-ahead costs that read-ahead, never the mount
+            label = stream.file.source.label
+            log.exception("read-ahead of %s failed at byte %d", label, stream.received)
         finally:
             stream.done = True
             stream.release()

@@ -221,9 +221,7 @@ async def _serve(config: Config, mountpoint: Path, client: RDClient, cache: Cach
             client, cache, default_ttl=config.link_ttl, on_gone=repairer.link_gone
         )
         probe = open_probe_cache(config, cache)
-        readers = ReaderPool(
-            resolver, cache_bytes=config.chunk_cache_mb * 1024 * 1024, nursery=nursery, probe=probe
-        )
+        readers = ReaderPool(resolver, cache_bytes=config.chunk_cache_mb * 1024 * 1024, probe=probe)
         board.register("cache", cache.status)
         board.register(
             "reads", lambda: {"page_cache": config.page_cache, **readers.stats.as_dict()}
@@ -269,6 +267,7 @@ async def _serve(config: Config, mountpoint: Path, client: RDClient, cache: Cach
             # Every background task has the shape ``run(*, task_status)`` and runs supervised.
             tasks: list[tuple[str, Callable[..., Awaitable[object]]]] = [
                 ("cache retry", cache.retry_pending),
+                ("reads", readers.run),  # hosts the read-ahead streams and probe-cache writes
                 ("sync", syncer.run),
                 ("control", control.run),
                 ("archives", archives.run),
