@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from rdfs.store.metadata import SCHEMA_VERSION, Cache, StoredLink
-from tests.test_tree import torrent
+from tests.unit.test_tree import torrent
 
 
 def rdfs_cache(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -12,7 +12,7 @@ from rdfs.emulator import Emulator
 from rdfs.store.metadata import Cache
 from rdfs.sync.fillprogress import FillProgress
 from rdfs.sync.syncer import Syncer
-from tests.test_sync import make_client
+from tests.inprocess.test_sync import make_client
 
 
 @pytest.fixture

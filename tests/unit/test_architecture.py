@@ -12,7 +12,7 @@ import pytest
 
 from tests import importcontract as contract
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RULES = ("pyfuse3", "sqlite", "api", "emulator", "layers", "cycles")
 
 

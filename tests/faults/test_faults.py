@@ -26,7 +26,7 @@ from rdfs.fuse.mount import is_fuse_mount
 from tests import mountutil
 
 MiB = 1024 * 1024
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 FAST = ("--rate-limit", "3000")  # client pacing is not what these tests are about
 
 

@@ -18,7 +18,7 @@ from rdfs.api.client import RDClient
 from rdfs.api.models import TorrentFile, TorrentInfo
 from rdfs.api.transport import RetryPolicy
 from rdfs.emulator import FileSpec
-from tests.test_control import fake_hash, hashes, make_torrent
+from tests.mount.test_control import fake_hash, hashes, make_torrent
 
 COMMANDS = ["mount", "umount", "login", "logout", "status", "add", "rm", "ls", "user", "traffic", "hosts"]
 

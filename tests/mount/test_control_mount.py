@@ -12,7 +12,7 @@ import pytest
 
 from rdfs.control.files import MAX_UPLOAD_BYTES, UPLOAD_MEMORY
 from tests import mountutil
-from tests.test_control import fake_hash, hashes, make_torrent
+from tests.mount.test_control import fake_hash, hashes, make_torrent
 
 pytestmark = pytest.mark.mount
 

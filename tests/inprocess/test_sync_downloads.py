@@ -15,7 +15,7 @@ from rdfs.store.metadata import DOWNLOADS_INODE, Cache
 from rdfs.sync.syncer import Syncer
 from rdfs.sync.treebuilder import TreeBuilder
 from rdfs.tree.specs import Namespace
-from tests.test_sync import make_client
+from tests.inprocess.test_sync import make_client
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from rdfs.store.metadata import (
     StoredLink,
 )
 from rdfs.tree.specs import Namespace, torrent_dir_specs, torrent_file_specs
-from tests.test_tree import info
+from tests.unit.test_tree import info
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from tests import mountutil
 
 pytestmark = pytest.mark.mount
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 FUSE_DEVICE = Path("/dev/fuse")
 FUSE_CONF = Path("/etc/fuse.conf")
 # API endpoints an add, a delete or a streaming xattr would call (syncs only list).

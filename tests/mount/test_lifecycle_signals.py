@@ -193,7 +193,7 @@ def test_an_unexpected_error_leaves_the_mount_stale_with_one_log_line(emulator_p
 
 def unit_commands(key: str) -> list[list[str]]:
     """The command lines of ``key=`` in scripts/rdfs.service, as argv lists."""
-    unit = Path(__file__).parent.parent / "scripts" / "rdfs.service"
+    unit = Path(__file__).resolve().parents[2] / "scripts" / "rdfs.service"
     return [line.split("=", 1)[1].split() for line in unit.read_text().splitlines() if line.startswith(key + "=")]
 
 
@@ -207,7 +207,7 @@ def as_test_argv(command: list[str], home: Path) -> list[str]:
 def test_the_systemd_unit_restarts_on_failure_and_clears_a_stale_mount_first(emulator_proc, tmp_path):
     """What systemd does after rdfs died: ExecStartPre (allowed to fail: '-') clears the stale
     mount, then ExecStart mounts again; with nothing mounted, ExecStartPre's failure is ignored."""
-    unit = (Path(__file__).parent.parent / "scripts" / "rdfs.service").read_text()
+    unit = (Path(__file__).resolve().parents[2] / "scripts" / "rdfs.service").read_text()
     assert "\nRestart=on-failure\n" in unit
     (pre,) = unit_commands("ExecStartPre")
     (start,) = unit_commands("ExecStart")

@@ -20,7 +20,7 @@ from rdfs.emulator import Emulator, FileSpec
 from rdfs.sync.syncer import MAX_PAGES, Syncer
 from rdfs.tree.specs import Namespace
 
-from .test_sync import make_client, names
+from tests.inprocess.test_sync import make_client, names
 
 LISTS = "GET /torrents"
 

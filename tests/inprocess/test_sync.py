@@ -24,7 +24,7 @@ from rdfs.sync.syncer import Syncer
 from rdfs.tree.specs import Namespace
 
 NO_WAIT = RetryPolicy(max_retries=1, wait_initial=0, wait_max=0, wait_jitter=0)
-_REPO = Path(__file__).resolve().parent.parent
+_REPO = Path(__file__).resolve().parents[2]
 
 
 class RecordingClient(RDClient):

@@ -12,7 +12,7 @@ import trio
 from rdfs.store import keys
 from rdfs.store.metadata import Cache, Scope, StoredLink
 from rdfs.tree.specs import torrent_dir_specs, torrent_file_specs
-from tests.test_tree import info
+from tests.unit.test_tree import info
 
 OLD, NEW = "OLDTORRENT234", "NEWTORRENT567"
 

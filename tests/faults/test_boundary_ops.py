@@ -395,7 +395,7 @@ def test_every_pyfuse3_handler_passes_the_boundary() -> None:
 
 # --- the README's errno table, walked row by row ------------------------------------------------
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def errno_table() -> list[tuple[str, str, str]]:

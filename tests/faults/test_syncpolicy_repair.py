@@ -7,7 +7,7 @@ import pytest
 from rdfs.emulator import FileSpec
 from rdfs.data.links import LinkGone
 
-from .test_repair import ADD, Env, env, settle  # noqa: F401  (env: the fixture)
+from tests.inprocess.test_repair import ADD, Env, env, settle  # noqa: F401  (env: the fixture)
 
 
 async def test_gateway_page_is_not_a_verdict(env: Env) -> None:  # noqa: F811

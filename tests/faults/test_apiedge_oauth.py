@@ -15,8 +15,8 @@ import pytest
 from rdfs.api import OAuthSession, ReauthRequired, auth
 from rdfs.emulator import Emulator, FileSpec
 from tests import mountutil
-from tests.test_api_auth import _client, _login
-from tests.test_login import cli_env, device_login
+from tests.inprocess.test_api_auth import _client, _login
+from tests.mount.test_login import cli_env, device_login
 
 
 async def test_refused_refresh_is_remembered(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:

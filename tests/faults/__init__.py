@@ -1,0 +1,1 @@
+"""Hostile input, failures and deadlines: what must never take the library down."""

@@ -1,0 +1,1 @@
+"""Real FUSE mounts of rdfs in a subprocess, driven by real programs."""

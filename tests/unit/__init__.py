@@ -1,0 +1,1 @@
+"""Pure logic: no emulator, no mount."""
