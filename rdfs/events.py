@@ -35,6 +35,9 @@ class TreeChange:
     paths: list[str]  # directories (relative to the mountpoint) whose listing changed
     origin: str = "sync"  # what made it: "sync", "control", "views", "repair", UPLOAD_GONE, ...
     torrents: list[str] = field(default_factory=list)  # torrents whose entries were written
+    # (parent, name, inode): which inode a changed entry named (see ``Changes.named``); an entry
+    # missing here may name anything.
+    named: list[tuple[int, str, int]] = field(default_factory=list)
 
 
 class ChangeSet(Protocol):
@@ -44,6 +47,7 @@ class ChangeSet(Protocol):
     inodes: set[int]  # inodes whose attributes changed
     dirs: set[int]  # directories whose listing changed
     torrents: set[str]  # torrents whose entries were written (the views redo only those)
+    named: set[tuple[int, str, int]]  # (parent, name, inode) the changed entries named
 
     def __bool__(self) -> bool: ...
 
@@ -81,6 +85,7 @@ class ChangeBus:
             paths=sorted(p for p in paths if p is not None),
             origin=origin,
             torrents=sorted(changes.torrents),
+            named=sorted(changes.named),
         )
         for callback in list(self._subscribers):
             try:

@@ -724,8 +724,15 @@ class Operations(pyfuse3.Operations):
         torrents nobody listed would flood the log with them."""
         if not self._kernel_ready:
             return
+        # An entry the store says named only inodes the kernel does not hold (a new name, most
+        # often) cannot be in the kernel's cache: skip it, so a sync adding thousands of entries
+        # queues no notification at all.
+        named = {(parent, name) for parent, name, _ in change.named}
+        held = {(parent, name) for parent, name, inode in change.named if self._holds(inode)}
         for parent, name in change.entries:
             if not self._holds(parent):  # no entry of it can be in the kernel's cache
+                continue
+            if (parent, name) in named and (parent, name) not in held:
                 continue
             try:
                 pyfuse3.invalidate_entry_async(parent, name.encode("utf-8"), ignore_enoent=True)

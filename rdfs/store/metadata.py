@@ -777,11 +777,13 @@ class Cache:
         with self.transaction():
             for chunk in chunks(list(torrent_ids)):
                 marks = ",".join("?" * len(chunk))
-                for parent, name in self.conn.execute(
-                    f"DELETE FROM entries WHERE torrent_id IN ({marks}) RETURNING parent, name",
+                for parent, name, inode in self.conn.execute(
+                    f"DELETE FROM entries WHERE torrent_id IN ({marks}) "
+                    "RETURNING parent, name, inode",
                     chunk,
                 ).fetchall():
                     changes.entries.add((parent, name))
+                    changes.named.add((parent, name, inode))
                     changes.dirs.add(parent)
                 self.conn.execute(f"DELETE FROM files WHERE torrent_id IN ({marks})", chunk)
                 self.conn.execute(f"DELETE FROM torrents WHERE id IN ({marks})", chunk)
@@ -1035,6 +1037,7 @@ class Cache:
                 changes.inodes.update(row[0] for row in below)
             self.conn.execute("DELETE FROM entries WHERE inode = ?", (entry.inode,))
             changes.entries.add((entry.parent, entry.name))
+            changes.named.add((entry.parent, entry.name, entry.inode))
             changes.dirs.add(entry.parent)
             if entry.torrent_id is not None:
                 changes.torrents.add(entry.torrent_id)
@@ -1084,11 +1087,15 @@ class Cache:
                 changes.torrents.add(spec.torrent_id)
             if old is None:
                 changes.entries.add((parent, spec.name))
+                changes.named.add((parent, spec.name, inode))
                 changes.dirs.add(parent)
             else:
                 changes.inodes.add(inode)
                 if (old.parent, old.name) != (parent, spec.name):
                     changes.entries.update({(old.parent, old.name), (parent, spec.name)})
+                    changes.named.update(
+                        {(old.parent, old.name, inode), (parent, spec.name, inode)}
+                    )
                     changes.dirs.update({old.parent, parent})
 
     def torrent_entries(self, torrent_ids: Collection[str] | None = None) -> list[EntrySpec]:

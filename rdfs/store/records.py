@@ -99,9 +99,14 @@ class Changes:
     dirs: set[int] = field(default_factory=set)  # directories whose listing changed
     # Torrents some of whose entries (in torrents/ or a view) were written: what the views redo.
     torrents: set[str] = field(default_factory=set)
+    # (parent, name, inode): the inode each changed entry named, before the change (gone,
+    # renamed) or after it (new). The kernel can only cache an entry it looked up, so the FUSE
+    # layer skips the entries whose inodes it does not hold (a new name never needs one).
+    named: set[tuple[int, str, int]] = field(default_factory=set)
 
     def merge(self, other: Changes) -> None:
         self.entries |= other.entries
+        self.named |= other.named
         self.inodes |= other.inodes
         self.dirs |= other.dirs
         self.torrents |= other.torrents

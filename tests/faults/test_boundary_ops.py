@@ -328,6 +328,32 @@ async def test_only_what_the_kernel_holds_is_invalidated(world: World, monkeypat
     assert len(ops.held) == 0 and ops.held.stat(movie_dir.st_ino) is None
 
 
+async def test_new_names_under_a_held_directory_send_nothing(world: World, monkeypatch) -> None:
+    """A sync adding entries under a directory the kernel holds (the views filling ``movies/``)
+    queues no notification: the kernel can only cache a name it looked up, and these name inodes
+    it does not hold. A name whose old inode it holds (gone, renamed, or reused by a new entry)
+    is sent. (A flood of needless notifications raced the unmount: pyfuse3 sends them from its
+    own thread, and one left in its queue at ``close`` failed with EINVAL.)"""
+    ops = world.ops
+    entries: list[tuple[int, bytes]] = []
+    monkeypatch.setattr(pyfuse3, "invalidate_entry_async", lambda parent, name, **kw: entries.append((parent, name)))
+    monkeypatch.setattr(pyfuse3, "invalidate_inode", lambda inode, **kw: None)
+    ops.init()
+    movie_dir = (await ops.lookup(TORRENTS_INODE, "Movie (2024)".encode(), ctx())).st_ino
+    movie = (await ops.lookup(movie_dir, b"movie.mkv", ctx())).st_ino
+    added = [(movie_dir, f"new {i}.mkv", 900_000 + i) for i in range(1000)]
+    change = TreeChange(
+        entries=[(p, n) for p, n, _ in added] + [(movie_dir, "movie.mkv"), (movie_dir, "unknown")],
+        inodes=[],
+        paths=[],
+        # movie.mkv's name now points to a new inode, but the kernel holds the old one.
+        named=added + [(movie_dir, "movie.mkv", movie), (movie_dir, "movie.mkv", 999_999)],
+    )
+    ops.invalidate(change)
+    # The held old inode is sent; an entry the store said nothing about is sent to be safe.
+    assert sorted(entries) == [(movie_dir, b"movie.mkv"), (movie_dir, b"unknown")]
+
+
 async def test_the_boundary_maps_every_outcome(world: World, caplog, monkeypatch) -> None:
     caplog.set_level(logging.DEBUG, logger="rdfs")
     ops, namespace = world.ops, world.ops.namespace
