@@ -24,8 +24,10 @@ out of order).
 
 A stream stays a *window* ahead of its reader, with bounded requests (the model is
 mountpoint-s3's prefetcher and rclone's chunked reader). The window is a quarter of the bytes
-read sequentially, at least ``INITIAL_WINDOW``, at most the budget (all windows together stay within
-half the block cache, so read-ahead is not evicted before it is read). A request asks for the
+read sequentially, at least its first window (``READS_AHEAD`` of the reads that started it,
+between ``MIN_WINDOW`` and ``INITIAL_WINDOW``: small reads earn a small window), at most the
+budget (all windows together stay within half the block cache, so read-ahead is not evicted
+before it is read). A request asks for the
 bytes up to the window's end and is sent once at least half a window is missing, so requests
 grow with the run and a close or a seek never wastes more than the current window.
 """
@@ -39,6 +41,11 @@ KiB = 1024
 MiB = 1024 * KiB
 
 INITIAL_WINDOW = 256 * KiB
+# A stream's first window is this many of the reads that started it (at least MIN_WINDOW, at most
+# the initial window): a probe reading its head in 32 KiB reads leaves 64 KiB unread when it
+# stops, a player's or a copy's 128 KiB+ reads get the whole initial window.
+READS_AHEAD = 2
+MIN_WINDOW = 64 * KiB
 MAX_WINDOW = 64 * MiB
 # The window is the bytes read sequentially divided by this: a player that reads 2 MiB after a
 # seek leaves at most 512 KiB unread (a quarter), a long copy still reaches MAX_WINDOW.
@@ -63,6 +70,19 @@ LOOKBACK = 32 * MiB
 HEAD_FETCH = 64 * KiB
 # On a seek, other streams of the handle this far ahead of their reader let their connection go.
 RELEASE_AHEAD = 4 * MiB
+
+
+def first_window(read_size: int, initial: int) -> int:
+    """The window a stream started by a read of ``read_size`` bytes begins with."""
+    return min(initial, max(MIN_WINDOW, READS_AHEAD * read_size))
+
+
+def run_start(offset: int, cached_from: int, block: int) -> int:
+    """Where a new run that reads at ``offset`` begins: ``cached_from``, the first byte of the
+    blocks cached contiguously before the read's block (a previous handle's reading, which the
+    run continues), or the read's own offset when none are (not its block's start: a run that
+    counted the bytes before its first read would start a stream too early)."""
+    return cached_from if cached_from < offset - offset % block else offset
 
 
 def window_budget(cache_bytes: int, streams: int, initial: int, max_window: int) -> int:

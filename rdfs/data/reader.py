@@ -47,6 +47,8 @@ from rdfs.data.readahead import (
     Run,
     Runs,
     Window,
+    first_window,
+    run_start,
     window_budget,
 )
 from rdfs.data.source import FileSource, OpenFile
@@ -106,7 +108,8 @@ class FileHandle:
         run, resumed = self._runs.find(offset)
         if run is None:
             cached = self._blocks.cached_run_start(self.file, first, LOOKBACK // BLOCK_SIZE)
-            run, dropped = self._runs.begin(min(offset, cached * BLOCK_SIZE), end)
+            start = run_start(offset, cached * BLOCK_SIZE, BLOCK_SIZE)
+            run, dropped = self._runs.begin(start, end)
             for old in dropped:
                 if old.stream is not None:
                     old.stream.cancel()
@@ -118,7 +121,7 @@ class FileHandle:
                 if other.stream is not None and other.stream.idle_ahead:
                     other.stream.release_connection()
             if run.earns_stream(end, new=True):
-                self._start_stream(run, end, first)
+                self._start_stream(run, offset, end, first)
             return False
         stream = run.stream
         if stream is not None and stream.serving:
@@ -134,22 +137,23 @@ class FileHandle:
                 return True  # a late read of what the stream serves: fetch it, keep the stream
         run.end = end
         if run.earns_stream(end, resumed=resumed):
-            self._start_stream(run, end, first)
+            self._start_stream(run, offset, end, first)
         return False
 
-    def _start_stream(self, run: Run[Stream], end: int, first: int) -> None:
+    def _start_stream(self, run: Run[Stream], offset: int, end: int, first: int) -> None:
         """(Re)start ``run``'s read-ahead from this read, unless it needs none.
 
         A run whose window is at hand in the caches (e.g. a rescan hitting the probe cache, or a
         handle continuing a previous handle's reading) needs no read-ahead yet: a stream starts
         with the first read whose window reaches past the cached blocks.
         """
-        window = Window(run_start=run.start, consumed=end, initial=self.pool.initial_window)
+        initial = first_window(end - offset, self.pool.initial_window)
+        window = Window(run_start=run.start, consumed=end, initial=initial)
         size = self.source.size
         last = (window.target(self.pool.window_budget(), size, BLOCK_SIZE) - 1) // BLOCK_SIZE
         if end >= size or self._blocks.all_available(self.file, first, last):
             return
-        stream = self.pool.start_stream(run, self.file, first * BLOCK_SIZE, end)
+        stream = self.pool.start_stream(run, self.file, first * BLOCK_SIZE, window)
         if stream is None:
             return
         if run.stream is not None:
@@ -323,12 +327,12 @@ class ReaderPool:
         )
 
     def start_stream(
-        self, run: Run[Stream], file: OpenFile, start: int, consumed: int
+        self, run: Run[Stream], file: OpenFile, start: int, window: Window
     ) -> Stream | None:
-        """A read-ahead of ``run`` from byte ``start`` (None without a nursery to run it in)."""
+        """A read-ahead of ``run`` from byte ``start`` that keeps ``window`` (None without a
+        nursery to run it in)."""
         if self.nursery is None:
             return None
-        window = Window(run_start=run.start, consumed=consumed, initial=self.initial_window)
         stream = Stream(
             self.blocks,
             file,

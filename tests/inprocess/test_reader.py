@@ -674,7 +674,7 @@ def cached_extent(pool: ReaderPool, source: FileSource) -> int:
 async def test_a_head_and_tail_probe_fetches_a_bounded_number_of_bytes(env: Env) -> None:
     """ffprobe-like on a large file: 256 KiB of head in 32 KiB reads, three tail reads, the head
     again. No read-ahead request runs to the end of the file: the server sends about what was
-    read, rounded to blocks, plus at most the first window."""
+    read, rounded to blocks, plus at most the first window (two of the probe's reads)."""
     size = 4 * GiB
     torrent_id, source = env.add(size)
     handle = env.pool.open(source)
@@ -688,7 +688,23 @@ async def test_a_head_and_tail_probe_fetches_a_bounded_number_of_bytes(env: Env)
     await trio.testing.wait_all_tasks_blocked()
     await handle.close()
     await trio.testing.wait_all_tasks_blocked()
-    assert env.emu.counters["download_bytes"] <= 256 * KiB + 96 * KiB + 512 * KiB
+    assert env.emu.counters["download_bytes"] <= 256 * KiB + 96 * KiB + 64 * KiB
+
+
+async def test_a_small_read_then_a_larger_one_fetch_only_their_blocks(env: Env) -> None:
+    """A WebDAV server's open/read 512 B/read 96 KiB/close at a place where the first read
+    crosses a block boundary: no read-ahead, only the blocks the two reads cover."""
+    size = GiB
+    torrent_id, source = env.add(size)
+    handle = env.pool.open(source)
+    offset = 100 * 32 * KiB - 256  # the 512 B read straddles two blocks
+    reads = [(offset, 512), (offset + 512, 96 * KiB)]
+    for at, length in reads:
+        assert await handle.read(at, length) == env.emu.file_bytes(torrent_id, 1, at, length)
+    await trio.testing.wait_all_tasks_blocked()
+    await handle.close()
+    assert env.pool.stats.streams == 0
+    assert env.emu.counters["download_bytes"] == 5 * 32 * KiB  # blocks 99..103
 
 
 async def test_closing_a_handle_mid_stream_cancels_its_request(env: Env) -> None:

@@ -13,6 +13,8 @@ from rdfs.data.readahead import (
     STREAM_ON_SEEK,
     Runs,
     Window,
+    first_window,
+    run_start,
     window_budget,
 )
 
@@ -43,6 +45,29 @@ def test_window_is_a_quarter_of_the_sequential_bytes_within_bounds() -> None:
     assert window.size(budget=4 * MiB) == 4 * MiB  # capped by the budget
     window.advance(5 * MiB)  # an out-of-order read behind does not move it back
     assert window.consumed == 20 * MiB
+
+
+def test_the_first_window_is_a_couple_of_the_reads_that_started_the_stream() -> None:
+    """A probe's 32 KiB reads earn a 64 KiB window (a close wastes that much at most); a
+    player's or a copy's large reads the whole initial window."""
+    initial = 256 * KiB
+    assert first_window(32 * KiB, initial) == 64 * KiB
+    assert first_window(512, initial) == 64 * KiB  # never less than two blocks
+    assert first_window(128 * KiB, initial) == 256 * KiB
+    assert first_window(4 * MiB, initial) == 256 * KiB
+    window = Window(run_start=0, consumed=128 * KiB, initial=first_window(32 * KiB, initial))
+    assert window.size(budget=64 * MiB) == 64 * KiB
+    window.advance(2 * MiB)
+    assert window.size(budget=64 * MiB) == 512 * KiB  # then a quarter of the run, as ever
+
+
+def test_a_new_run_starts_at_its_read_unless_cached_blocks_precede_it() -> None:
+    block = 32 * KiB
+    offset = 10 * block + 31 * KiB
+    # Nothing cached before the read's block: the run starts at the read, not at its block.
+    assert run_start(offset, 10 * block, block) == offset
+    # A previous handle's blocks before it: the run continues that reading.
+    assert run_start(offset, 2 * block, block) == 2 * block
 
 
 def test_window_target_is_whole_blocks_and_stops_at_the_end() -> None:
