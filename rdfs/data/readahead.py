@@ -6,7 +6,8 @@ What a handle's reads mean is inferred from their pattern, never from the file's
 
 * A *probe* (a media scanner: the head, a few tail ranges, the head again) reads little at each
   place: runs shorter than ``SEQUENTIAL_MIN`` start no read-ahead, each read fetches the blocks
-  it covers (the first block of a file brings ``HEAD_FETCH``).
+  it covers. A probe that read the first block and then reads far from it gets the head's next
+  block (``HEAD_FOLLOW_UP``) in the background: it comes back to re-read the head.
 * A *player starting* (or seeking) reads a lot at once: a first read of ``STREAM_ON_SEEK`` or more
   starts the read-ahead at once, so the reads after it do not wait for a first byte.
 * A *copy* reads on and on: a run that reaches ``SEQUENTIAL_MIN`` starts its read-ahead, unless
@@ -64,10 +65,12 @@ SEQUENTIAL_MIN = 128 * KiB
 # How far back a new run looks for blocks cached contiguously before it (a previous reading):
 # enough for a 16 MiB window, little enough that a random read in a cached file stays cheap.
 LOOKBACK = 32 * MiB
-# A download of a file's first block fetches at least this much: container probes read the head
-# in more than one 32 KiB read (ffprobe re-reads an MP4's head from byte 48), and a second request
-# would cost the probe another round trip to the download server.
-HEAD_FETCH = 64 * KiB
+# A handle that read only the file's first block, then reads far from it, is a probe of a
+# container's index (an MP4's moov at the end, a faststart MP4's first samples) and re-reads the
+# head from a few bytes in (ffprobe: 32 KiB from byte 48): this many blocks after the first are
+# fetched alongside that far read, in the background, so the re-read needs no round trip of its
+# own, while a head read alone (an MKV's) costs its one block.
+HEAD_FOLLOW_UP = 1
 # On a seek, other streams of the handle this far ahead of their reader let their connection go.
 RELEASE_AHEAD = 4 * MiB
 
@@ -83,6 +86,15 @@ def run_start(offset: int, cached_from: int, block: int) -> int:
     run continues), or the read's own offset when none are (not its block's start: a run that
     counted the bytes before its first read would start a stream too early)."""
     return cached_from if cached_from < offset - offset % block else offset
+
+
+def head_follow_up(head_only: bool, first: int) -> range:
+    """The blocks to fetch in the background for a read from block ``first``, when the handle
+    has read nothing but the file's first block so far (``head_only``): the head's next blocks
+    once the handle reads far from them, none otherwise."""
+    if head_only and first > HEAD_FOLLOW_UP:
+        return range(1, 1 + HEAD_FOLLOW_UP)
+    return range(0)
 
 
 def window_budget(cache_bytes: int, streams: int, initial: int, max_window: int) -> int:

@@ -11,8 +11,8 @@ The model follows rclone's VFS cache and mountpoint-s3's prefetcher. The jobs li
 
 A handle's read returns exactly the bytes asked for, or raises. A first or random read downloads
 just the blocks it covers with one bounded ``Range`` request (media scanners read a head and a
-few tail ranges: no read-ahead for them); a download of a file's first block brings
-``HEAD_FETCH`` (a probe's second read of the head needs no second round trip). The filesystem
+few tail ranges: no read-ahead for them); a probe of the first block and then of a far place
+gets the head's next block in the background (it re-reads the head). The filesystem
 opens files with direct I/O, so these are the application's reads, not the kernel's readahead
 of them. A read waiting for a block that another download fetches waits at most
 ``READ_STALL_TIMEOUT``, then fetches it itself.
@@ -40,7 +40,6 @@ from rdfs.data.download import (
 from rdfs.data.downloadclient import TRANSPORT_ERRORS, download_pool
 from rdfs.data.links import LinkResolver
 from rdfs.data.readahead import (
-    HEAD_FETCH,
     INITIAL_WINDOW,
     LOOKBACK,
     MAX_WINDOW,
@@ -48,6 +47,7 @@ from rdfs.data.readahead import (
     Runs,
     Window,
     first_window,
+    head_follow_up,
     run_start,
     window_budget,
 )
@@ -71,6 +71,9 @@ class FileHandle:
         self._blocks = pool.blocks
         self._runs: Runs[Stream] = Runs()
         self._closed = False
+        self._reads = 0
+        self._head_only = False  # every read so far lay in the file's first block
+        self._background = trio.CancelScope()  # the head's follow-up fetch
 
     async def read(self, offset: int, size: int) -> Block:
         """Exactly ``min(size, file size - offset)`` bytes at ``offset`` (b"" at or after EOF).
@@ -86,6 +89,7 @@ class FileHandle:
             return b""
         end = min(offset + size, file_size)
         first, last = offset // BLOCK_SIZE, (end - 1) // BLOCK_SIZE
+        self._follow_head(first, last)
         streamed = self._observe(offset, end, first)
         # Blocks a stream brought keep their place in the LRU when read: read once, in order,
         # they go before the read-ahead still waiting for its reader.
@@ -140,6 +144,21 @@ class FileHandle:
             self._start_stream(run, offset, end, first)
         return False
 
+    def _follow_head(self, first: int, last: int) -> None:
+        """Fetch the head's next block in the background for a probe that read the first block
+        and now reads far from it (see :func:`~rdfs.data.readahead.head_follow_up`)."""
+        wanted = [
+            index
+            for index in head_follow_up(self._head_only, first)
+            if index < self.file.blocks
+            and index not in self.file.pending
+            and not self._blocks.available(self.file, index)
+        ]
+        self._head_only = last == 0 and (self._reads == 0 or self._head_only)
+        self._reads += 1
+        if wanted:
+            self.pool.fetch_behind(self.file, wanted[0], wanted[-1] + 1, self._background)
+
     def _start_stream(self, run: Run[Stream], offset: int, end: int, first: int) -> None:
         """(Re)start ``run``'s read-ahead from this read, unless it needs none.
 
@@ -193,29 +212,16 @@ class FileHandle:
             stop = last
             while stop > index and (blocks.available(file, stop) or stop in pending):
                 stop -= 1
-            if index == 0:
-                stop = self._head_stop(stop)
             stats.cache_misses += stop - index + 1
             fetched.update(await pool.downloader.fetch(file, index, stop + 1))
         return out
-
-    def _head_stop(self, stop: int) -> int:
-        """The last block a download of the file's first block fetches (``HEAD_FETCH``)."""
-        last_block = (self.source.size - 1) // BLOCK_SIZE
-        limit = min(HEAD_FETCH // BLOCK_SIZE - 1, last_block)
-        while (
-            stop < limit
-            and not self._blocks.available(self.file, stop + 1)
-            and stop + 1 not in self.file.pending
-        ):
-            stop += 1
-        return stop
 
     async def close(self) -> None:
         """Stop the read-ahead; cached blocks stay for the next open."""
         if self._closed:
             return
         self._closed = True
+        self._background.cancel()
         for run in self._runs.clear():
             if run.stream is not None:
                 run.stream.cancel()
@@ -325,6 +331,21 @@ class ReaderPool:
         return window_budget(
             self.cache.max_bytes, len(self._streams), self.initial_window, self.max_window
         )
+
+    def fetch_behind(self, file: OpenFile, first: int, stop: int, scope: trio.CancelScope) -> None:
+        """Download blocks ``[first, stop)`` in the background (in ``scope``); a failure costs
+        only this fetch: a read of these blocks fetches them itself."""
+        if self.nursery is not None:
+            self.nursery.start_soon(self._fetch_behind, file, first, stop, scope)
+
+    async def _fetch_behind(
+        self, file: OpenFile, first: int, stop: int, scope: trio.CancelScope
+    ) -> None:
+        with scope:
+            try:
+                await self.downloader.fetch(file, first, stop)
+            except (RDError, *TRANSPORT_ERRORS) as exc:
+                log.info("background fetch of %s failed: %s", file.source.label, exc)
 
     def start_stream(
         self, run: Run[Stream], file: OpenFile, start: int, window: Window

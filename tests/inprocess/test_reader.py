@@ -225,8 +225,8 @@ async def test_probe_pattern_does_not_open_a_big_window(env: Env) -> None:
 
 async def test_a_head_probe_costs_one_request_for_the_head(env: Env) -> None:
     """ffprobe on an MP4 under direct I/O: 32 KiB at 0, the tail, then 32 KiB from byte 48. The
-    head's first download brings the second block along (one round trip, not two); nothing else
-    is read ahead."""
+    tail read brings the head's second block along in the background (the re-read waits for no
+    round trip of its own); nothing else is read ahead."""
     size = 2 * GiB
     torrent_id, source = env.add(size)
     handle = env.pool.open(source)
@@ -236,14 +236,26 @@ async def test_a_head_probe_costs_one_request_for_the_head(env: Env) -> None:
         assert await handle.read(offset, length) == expected
     await handle.close()
     tail_block = size - (size - 14155) // BLOCK_SIZE * BLOCK_SIZE
-    assert env.emu.counters["download_requests"] == 2
+    assert env.emu.counters["download_requests"] == 3
     assert env.emu.counters["download_bytes"] == 2 * BLOCK_SIZE + tail_block
     assert env.pool.stats.streams == 0
+    assert env.pool.stats.cache_misses == 2  # the head's first block, the tail's
+
+
+async def test_a_head_read_alone_fetches_one_block(env: Env) -> None:
+    """A probe that reads 32 KiB of the head and closes (ffprobe on an MKV whose header fits)
+    costs the server that block, not a bigger head."""
+    torrent_id, source = env.add(2 * GiB)
+    handle = env.pool.open(source)
+    assert await handle.read(0, 32 * KiB) == env.emu.file_bytes(torrent_id, 1, 0, 32 * KiB)
+    await handle.close()
+    await trio.testing.wait_all_tasks_blocked()
+    assert env.emu.counters["download_bytes"] == BLOCK_SIZE
 
 
 async def test_a_head_read_fetches_the_head_only_whatever_the_name(env: Env) -> None:
-    """What a read means comes from the pattern, not the name: an MP4's head read fetches its
-    head (``HEAD_FETCH``) like an MKV's; the probe's tail read then fetches the tail blocks."""
+    """What a read means comes from the pattern, not the name: an MP4's probe of head, tail and
+    head again costs what an MKV's does (the head's second block comes with the tail read)."""
     size = 2 * GiB + 5000
     for name, suffix in (("Clip", ".mp4"), ("Show", ".mkv")):
         requests, sent = env.emu.counters["download_requests"], env.emu.counters["download_bytes"]
@@ -255,7 +267,7 @@ async def test_a_head_read_fetches_the_head_only_whatever_the_name(env: Env) -> 
         await trio.testing.wait_all_tasks_blocked()
         await handle.close()
         tail_block = size - (size - 14155) // BLOCK_SIZE * BLOCK_SIZE
-        assert env.emu.counters["download_requests"] - requests == 2, name
+        assert env.emu.counters["download_requests"] - requests == 3, name
         assert env.emu.counters["download_bytes"] - sent == 2 * BLOCK_SIZE + tail_block, name
 
 

@@ -14,6 +14,7 @@ from rdfs.data.readahead import (
     Runs,
     Window,
     first_window,
+    head_follow_up,
     run_start,
     window_budget,
 )
@@ -68,6 +69,14 @@ def test_a_new_run_starts_at_its_read_unless_cached_blocks_precede_it() -> None:
     assert run_start(offset, 10 * block, block) == offset
     # A previous handle's blocks before it: the run continues that reading.
     assert run_start(offset, 2 * block, block) == 2 * block
+
+
+def test_a_far_read_after_the_first_block_fetches_the_heads_next_block() -> None:
+    """ffprobe on an MP4: block 0, then the moov at the end (fetch block 1 alongside: the head
+    is read again from byte 48); a head read alone, or a reader already past block 0, no."""
+    assert list(head_follow_up(True, 60_000)) == [1]
+    assert list(head_follow_up(True, 1)) == []  # reading on: block 1 is this read's own
+    assert list(head_follow_up(False, 60_000)) == []
 
 
 def test_window_target_is_whole_blocks_and_stops_at_the_end() -> None:
