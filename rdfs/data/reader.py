@@ -93,7 +93,7 @@ class FileHandle:
         streamed = self._observe(offset, end, first)
         # Blocks a stream brought keep their place in the LRU when read: read once, in order,
         # they go before the read-ahead still waiting for its reader.
-        blocks = await self._collect(first, last, touch=not streamed)
+        blocks = await self._collect(first, last, end, touch=not streamed)
         stats = self.pool.stats
         stats.reads += 1
         head = offset - first * BLOCK_SIZE
@@ -179,7 +179,12 @@ class FileHandle:
             run.stream.cancel()
         run.stream = stream
 
-    async def _collect(self, first: int, last: int, touch: bool) -> list[Block]:
+    async def _collect(self, first: int, last: int, end: int, touch: bool) -> list[Block]:
+        """Blocks ``first`` to ``last`` for a read up to byte ``end``: cached, awaited from
+        another download, or fetched here. A fetch here ends where the read ends (the last
+        block's leading bytes, kept for a read of the rest): a read at a random place costs
+        what it reads, not its blocks rounded out (a WebDAV server's 512 B + 96 KiB)."""
+        size = self.source.size
         pool, blocks, file, pending = self.pool, self._blocks, self.file, self.file.pending
         stats = pool.stats
         out: list[Block] = []
@@ -192,6 +197,12 @@ class FileHandle:
                 data = blocks.cached(file, index, touch)
                 if data is not None:
                     stats.cache_hits += 1
+            if data is None:
+                prefix = file.partial.get(index)
+                if prefix is not None and len(prefix) >= min(end, (index + 1) * BLOCK_SIZE) - (
+                    index * BLOCK_SIZE
+                ):
+                    data = prefix
             if data is not None:
                 out.append(data)
                 index += 1
@@ -213,7 +224,8 @@ class FileHandle:
             while stop > index and (blocks.available(file, stop) or stop in pending):
                 stop -= 1
             stats.cache_misses += stop - index + 1
-            fetched.update(await pool.downloader.fetch(file, index, stop + 1))
+            part = end if stop == last and end < min((last + 1) * BLOCK_SIZE, size) else None
+            fetched.update(await pool.downloader.fetch(file, index, stop + 1, part))
         return out
 
     async def close(self) -> None:

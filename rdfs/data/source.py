@@ -39,6 +39,9 @@ class OpenFile:
     pending: dict[int, trio.Event] = field(default_factory=dict)
     # Blocks of this file held by the persistent probe cache (loaded when the file is opened).
     stored: set[int] = field(default_factory=set)
+    # The leading bytes of blocks a read needed only in part (its fetch ended where it ended): a
+    # later read of the rest fetches only the rest. Gone with the file's last handle.
+    partial: dict[int, bytes] = field(default_factory=dict)
     # Blocks are cached per file *and* source: a file whose size or link changed starts afresh.
     cache_key: str = field(init=False)
     probe_key: str = field(init=False)

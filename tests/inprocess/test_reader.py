@@ -703,9 +703,10 @@ async def test_a_head_and_tail_probe_fetches_a_bounded_number_of_bytes(env: Env)
     assert env.emu.counters["download_bytes"] <= 256 * KiB + 96 * KiB + 64 * KiB
 
 
-async def test_a_small_read_then_a_larger_one_fetch_only_their_blocks(env: Env) -> None:
+async def test_a_small_read_then_a_larger_one_fetch_what_they_read(env: Env) -> None:
     """A WebDAV server's open/read 512 B/read 96 KiB/close at a place where the first read
-    crosses a block boundary: no read-ahead, only the blocks the two reads cover."""
+    crosses a block boundary: no read-ahead; the server sends the first read's first block and
+    then just the bytes read (each fetch ends where its read ends, the next one resumes there)."""
     size = GiB
     torrent_id, source = env.add(size)
     handle = env.pool.open(source)
@@ -716,7 +717,25 @@ async def test_a_small_read_then_a_larger_one_fetch_only_their_blocks(env: Env) 
     await trio.testing.wait_all_tasks_blocked()
     await handle.close()
     assert env.pool.stats.streams == 0
-    assert env.emu.counters["download_bytes"] == 5 * 32 * KiB  # blocks 99..103
+    assert env.emu.counters["download_bytes"] == offset + 512 + 96 * KiB - 99 * 32 * KiB
+    assert env.emu.counters["download_requests"] == 2
+
+
+async def test_reads_ending_inside_blocks_fetch_no_byte_twice(env: Env) -> None:
+    """Unaligned reads one after the other (ffprobe from byte 48, a server copying in odd
+    sizes): each fetch resumes where the previous read ended, every byte is right, and the
+    server sends each byte once."""
+    torrent_id, source = env.add(GiB)
+    handle = env.pool.open(source)
+    start, length = 5 * MiB + 48, 20_000
+    for offset in range(start, start + 5 * length, length):
+        assert await handle.read(offset, length) == env.emu.file_bytes(
+            torrent_id, 1, offset, length
+        )
+    await handle.close()
+    assert env.pool.stats.streams == 0
+    block_start = start // BLOCK_SIZE * BLOCK_SIZE
+    assert env.emu.counters["download_bytes"] == start + 5 * length - block_start
 
 
 async def test_closing_a_handle_mid_stream_cancels_its_request(env: Env) -> None:
