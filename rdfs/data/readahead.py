@@ -6,8 +6,9 @@ What a handle's reads mean is inferred from their pattern, never from the file's
 
 * A *probe* (a media scanner: the head, a few tail ranges, the head again) reads little at each
   place: runs shorter than ``SEQUENTIAL_MIN`` start no read-ahead, each read fetches the blocks
-  it covers. A probe that read the first block and then reads far from it gets the head's next
-  block (``HEAD_FOLLOW_UP``) in the background: it comes back to re-read the head.
+  it covers, up to its own end when it reads a block or more (``fetch_end``). A probe that read
+  the first block and then reads far from it gets the head's next block (``HEAD_FOLLOW_UP``) in
+  the background: it comes back to re-read the head.
 * A *player starting* (or seeking) reads a lot at once: a first read of ``STREAM_ON_SEEK`` or more
   starts the read-ahead at once, so the reads after it do not wait for a first byte.
 * A *copy* reads on and on: a run that reaches ``SEQUENTIAL_MIN`` starts its read-ahead, unless
@@ -95,6 +96,16 @@ def head_follow_up(head_only: bool, first: int) -> range:
     if head_only and first > HEAD_FOLLOW_UP:
         return range(1, 1 + HEAD_FOLLOW_UP)
     return range(0)
+
+
+def fetch_end(offset: int, end: int, block: int, size: int) -> int | None:
+    """Where a read of ``[offset, end)`` that fetches its last block itself stops fetching: at
+    its own end when it reads at least a block (a WebDAV server's 96 KiB at a random place costs
+    what it reads, not its blocks rounded out; the next read of the block fetches the rest),
+    None for whole blocks when it reads less (small reads come in series, ``dd bs=1`` or 4 KiB
+    at a time: a request per read would cost more than the block)."""
+    last_block_end = min(((end - 1) // block + 1) * block, size)
+    return end if end - offset >= block and end < last_block_end else None
 
 
 def window_budget(cache_bytes: int, streams: int, initial: int, max_window: int) -> int:

@@ -10,11 +10,12 @@ The model follows rclone's VFS cache and mountpoint-s3's prefetcher. The jobs li
   checks, resumes, link refreshes and stall deadlines.
 
 A handle's read returns exactly the bytes asked for, or raises. A first or random read downloads
-just the blocks it covers with one bounded ``Range`` request (media scanners read a head and a
-few tail ranges: no read-ahead for them); a probe of the first block and then of a far place
-gets the head's next block in the background (it re-reads the head). The filesystem
-opens files with direct I/O, so these are the application's reads, not the kernel's readahead
-of them. A read waiting for a block that another download fetches waits at most
+what it covers with one bounded ``Range`` request, from its first block's start to its own end
+(media scanners read a head and a few tail ranges: no read-ahead for them; the last block's
+leading bytes wait on the open file for a read of the rest); a probe of the first block and
+then of a far place gets the head's next block in the background (it re-reads the head). The
+filesystem opens files with direct I/O, so these are the application's reads, not the kernel's
+readahead of them. A read waiting for a block that another download fetches waits at most
 ``READ_STALL_TIMEOUT``, then fetches it itself.
 """
 
@@ -46,6 +47,7 @@ from rdfs.data.readahead import (
     Run,
     Runs,
     Window,
+    fetch_end,
     first_window,
     head_follow_up,
     run_start,
@@ -93,7 +95,8 @@ class FileHandle:
         streamed = self._observe(offset, end, first)
         # Blocks a stream brought keep their place in the LRU when read: read once, in order,
         # they go before the read-ahead still waiting for its reader.
-        blocks = await self._collect(first, last, end, touch=not streamed)
+        part = fetch_end(offset, end, BLOCK_SIZE, file_size)
+        blocks = await self._collect(first, last, end, part, touch=not streamed)
         stats = self.pool.stats
         stats.reads += 1
         head = offset - first * BLOCK_SIZE
@@ -179,12 +182,13 @@ class FileHandle:
             run.stream.cancel()
         run.stream = stream
 
-    async def _collect(self, first: int, last: int, end: int, touch: bool) -> list[Block]:
+    async def _collect(
+        self, first: int, last: int, end: int, part: int | None, touch: bool
+    ) -> list[Block]:
         """Blocks ``first`` to ``last`` for a read up to byte ``end``: cached, awaited from
-        another download, or fetched here. A fetch here ends where the read ends (the last
-        block's leading bytes, kept for a read of the rest): a read at a random place costs
-        what it reads, not its blocks rounded out (a WebDAV server's 512 B + 96 KiB)."""
-        size = self.source.size
+        another download, or fetched here. A fetch of the last block here ends at ``part``
+        when given (see :func:`~rdfs.data.readahead.fetch_end`): that block's leading bytes
+        are kept on the open file for a read of the rest."""
         pool, blocks, file, pending = self.pool, self._blocks, self.file, self.file.pending
         stats = pool.stats
         out: list[Block] = []
@@ -224,8 +228,8 @@ class FileHandle:
             while stop > index and (blocks.available(file, stop) or stop in pending):
                 stop -= 1
             stats.cache_misses += stop - index + 1
-            part = end if stop == last and end < min((last + 1) * BLOCK_SIZE, size) else None
-            fetched.update(await pool.downloader.fetch(file, index, stop + 1, part))
+            trim = part if stop == last else None
+            fetched.update(await pool.downloader.fetch(file, index, stop + 1, trim))
         return out
 
     async def close(self) -> None:

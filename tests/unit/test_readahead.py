@@ -13,6 +13,7 @@ from rdfs.data.readahead import (
     STREAM_ON_SEEK,
     Runs,
     Window,
+    fetch_end,
     first_window,
     head_follow_up,
     run_start,
@@ -77,6 +78,14 @@ def test_a_far_read_after_the_first_block_fetches_the_heads_next_block() -> None
     assert list(head_follow_up(True, 60_000)) == [1]
     assert list(head_follow_up(True, 1)) == []  # reading on: block 1 is this read's own
     assert list(head_follow_up(False, 60_000)) == []
+
+
+def test_a_read_of_a_block_or_more_fetches_up_to_its_end() -> None:
+    block, size = 32 * KiB, 10 * MiB
+    assert fetch_end(1000, 1000 + 96 * KiB, block, size) == 1000 + 96 * KiB
+    assert fetch_end(1000, 1512, block, size) is None  # small reads come in series
+    assert fetch_end(0, 64 * KiB, block, size) is None  # ends on a block boundary
+    assert fetch_end(size - 40 * KiB, size - 3, block, size - 3) is None  # the file's end
 
 
 def test_window_target_is_whole_blocks_and_stops_at_the_end() -> None:
