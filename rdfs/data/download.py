@@ -331,7 +331,8 @@ class Downloader:
             transfer.release()
         if transfer.buf and transfer.received >= transfer.stop:  # the part of the last block
             index = transfer.pos // BLOCK_SIZE
-            file.partial[index] = transfer.collected[index] = bytes(transfer.buf)
+            transfer.collected[index] = part = bytes(transfer.buf)
+            file.keep_partial(index, part)
         return transfer.collected
 
     async def download(self, transfer: Transfer) -> None:

@@ -17,6 +17,7 @@ from rdfs.data.blockcache import BLOCK_SIZE, BlockCache
 from rdfs.data.download import DownloadError, check_response
 from rdfs.data.links import LinkGone, LinkResolver
 from rdfs.data.reader import FileSource, ReaderPool
+from rdfs.data.source import MAX_PARTIAL
 from rdfs.emulator import Emulator, FileSpec
 from rdfs.store.metadata import Cache
 
@@ -719,6 +720,20 @@ async def test_a_small_read_then_a_larger_one_fetch_what_they_read(env: Env) -> 
     assert env.pool.stats.streams == 0
     assert env.emu.counters["download_bytes"] == offset + 512 + 96 * KiB - 99 * 32 * KiB
     assert env.emu.counters["download_requests"] == 2
+
+
+async def test_an_open_file_keeps_a_few_partial_blocks(env: Env) -> None:
+    """Random reads that end inside blocks keep the latest few blocks' leading bytes, not one
+    per read (they live outside the block cache's bound)."""
+    torrent_id, source = env.add(GiB)
+    handle = env.pool.open(source)
+    for step in range(3 * MAX_PARTIAL):
+        offset = step * 3 * MiB + 1000
+        assert await handle.read(offset, 40_000) == env.emu.file_bytes(
+            torrent_id, 1, offset, 40_000
+        )
+    assert len(handle.file.partial) == MAX_PARTIAL
+    await handle.close()
 
 
 async def test_tiny_reads_in_series_fetch_whole_blocks(env: Env) -> None:
