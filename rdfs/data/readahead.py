@@ -30,7 +30,8 @@ read sequentially, at least its first window (``READS_AHEAD`` of the reads that 
 between ``MIN_WINDOW`` and ``INITIAL_WINDOW``: small reads earn a small window), at most the
 budget (all windows together stay within half the block cache, so read-ahead is not evicted
 before it is read). A request asks for the
-bytes up to the window's end and is sent once at least half a window is missing, so requests
+bytes up to the window's end and is sent once at least ``1 / DUE_DIVISOR`` of the window is
+missing (a paced reader, a player, still has the rest at hand during its round trip), so requests
 grow with the run and a close or a seek never wastes more than the current window.
 """
 
@@ -42,7 +43,11 @@ from typing import Generic, Protocol, TypeVar
 KiB = 1024
 MiB = 1024 * KiB
 
-INITIAL_WINDOW = 256 * KiB
+INITIAL_WINDOW = 1 * MiB
+# The next request goes out once this fraction of the window is missing: a player reading at its
+# pace keeps three quarters of a window (1 MiB+ after a seek) while the request's round trip runs
+# (half a window, 128 KiB after a seek, stalled it on a 30 ms link).
+DUE_DIVISOR = 4
 # A stream's first window is this many of the reads that started it (at least MIN_WINDOW, at most
 # the initial window): a probe reading its head in 32 KiB reads leaves 64 KiB unread when it
 # stops, a player's or a copy's 128 KiB+ reads get the whole initial window.
@@ -135,11 +140,12 @@ class Window:
 
     def due(self, received: int, budget: int, stop: int, block: int) -> bool:
         """Whether a stream that has received up to ``received`` sends its next request now: at
-        least half a window is missing (or the rest of the file), so requests are never tiny."""
+        least ``1 / DUE_DIVISOR`` of a window is missing (or the rest of the file), so requests
+        are never tiny."""
         target = self.target(budget, stop, block)
         if received >= target:
             return False
-        return target >= stop or target - received >= self.size(budget) // 2
+        return target >= stop or target - received >= self.size(budget) // DUE_DIVISOR
 
     def covers(self, offset: int, ahead: int) -> bool:
         """A read near the reader or inside the stream's reach ``ahead`` (reads come out of

@@ -94,15 +94,15 @@ def test_window_target_is_whole_blocks_and_stops_at_the_end() -> None:
     assert window.target(budget=10_000, stop=1200, block=512) == 1200
 
 
-def test_requests_go_out_once_half_a_window_is_missing() -> None:
+def test_requests_go_out_once_a_quarter_of_a_window_is_missing() -> None:
     """Requests are bounded by the window's end and never tiny: a close or a seek wastes at most
     the window, a sequential reader does not pay a round trip per read."""
     window = Window(run_start=0, consumed=8 * MiB, initial=256 * KiB)  # window: 2 MiB
     stop, block, budget = 10**12, 32 * KiB, 64 * MiB
     assert window.target(budget, stop, block) == 10 * MiB
     assert window.due(received=8 * MiB, budget=budget, stop=stop, block=block)
-    assert window.due(received=9 * MiB, budget=budget, stop=stop, block=block)  # half missing
-    assert not window.due(received=9 * MiB + 1, budget=budget, stop=stop, block=block)
+    assert window.due(received=9 * MiB + 512 * KiB, budget=budget, stop=stop, block=block)
+    assert not window.due(received=9 * MiB + 512 * KiB + 1, budget=budget, stop=stop, block=block)
     assert not window.due(received=10 * MiB, budget=budget, stop=stop, block=block)
     # The end of the file: the rest is requested, however little.
     assert window.due(received=10 * MiB - 10, budget=budget, stop=10 * MiB, block=block)
