@@ -146,6 +146,11 @@ class Transfer:
     def finished(self) -> bool:
         return self.pos >= self.stop
 
+    def resume(self, prefix: bytes) -> None:
+        """Start after ``prefix``: the leading bytes of the first block, already at hand."""
+        self.buf = bytearray(prefix)
+        self.received = self.pos + len(prefix)
+
     def claim(self, first: int, stop: int) -> None:
         """Promise the blocks ``[first, stop)`` that are neither cached nor pending elsewhere."""
         pending, available = self.file.pending, self.blocks.available
@@ -203,6 +208,7 @@ class Transfer:
     def _deliver(self, data: Block) -> None:
         index = self.pos // BLOCK_SIZE
         self.pos += len(data)
+        self.file.partial.pop(index, None)
         self.blocks.store(self.file, index, data)
         if self.collected is not None:
             self.collected[index] = data
@@ -249,6 +255,15 @@ class Transfer:
         """Another download waits for this transfer's connection (only paused transfers park)."""
 
 
+class PartFetch(Transfer):
+    """A read's fetch that ends inside a block (where the read ends): that block's leading bytes
+    are kept apart (``OpenFile.partial``), not cached as a block."""
+
+    @property
+    def finished(self) -> bool:
+        return self.received >= self.stop
+
+
 class Downloader:
     """Runs transfers: ``await downloader.download(transfer)``, or ``fetch`` a range of blocks."""
 
@@ -293,16 +308,31 @@ class Downloader:
         """Connections to download servers in use now (held by a request)."""
         return sum(slots.limiter.borrowed_tokens for slots in self._slots.values())
 
-    async def fetch(self, file: OpenFile, first: int, stop: int) -> dict[int, Block]:
-        """Download blocks ``[first, stop)`` now (in the caller's task) and return them."""
-        end = min(stop * BLOCK_SIZE, file.source.size)
-        transfer = Transfer(self.blocks, file, first * BLOCK_SIZE, end)
+    async def fetch(
+        self, file: OpenFile, first: int, stop: int, end: int | None = None
+    ) -> dict[int, Block]:
+        """Download blocks ``[first, stop)`` now (in the caller's task) and return them; with
+        ``end`` (inside block ``stop - 1``), only up to ``end``: that block is returned as its
+        leading bytes, and kept in ``file.partial`` for a read of the rest. A block whose
+        leading bytes are at hand is fetched from where they end."""
+        start = first * BLOCK_SIZE
+        if end is None:
+            transfer = Transfer(self.blocks, file, start, min(stop * BLOCK_SIZE, file.source.size))
+        else:
+            transfer = PartFetch(self.blocks, file, start, end)
+        prefix = file.partial.get(first)
+        if prefix is not None and start + len(prefix) < transfer.stop:
+            transfer.resume(prefix)
         transfer.collected = {}
         transfer.claim(first, stop)
         try:
             await self.download(transfer)
         finally:
             transfer.release()
+        if transfer.buf and transfer.received >= transfer.stop:  # the part of the last block
+            index = transfer.pos // BLOCK_SIZE
+            transfer.collected[index] = part = bytes(transfer.buf)
+            file.keep_partial(index, part)
         return transfer.collected
 
     async def download(self, transfer: Transfer) -> None:

@@ -6,7 +6,9 @@ What a handle's reads mean is inferred from their pattern, never from the file's
 
 * A *probe* (a media scanner: the head, a few tail ranges, the head again) reads little at each
   place: runs shorter than ``SEQUENTIAL_MIN`` start no read-ahead, each read fetches the blocks
-  it covers (the first block of a file brings ``HEAD_FETCH``).
+  it covers, up to its own end when it reads a block or more (``fetch_end``). A probe that read
+  the first block and then reads far from it gets the head's next block (``HEAD_FOLLOW_UP``) in
+  the background: it comes back to re-read the head.
 * A *player starting* (or seeking) reads a lot at once: a first read of ``STREAM_ON_SEEK`` or more
   starts the read-ahead at once, so the reads after it do not wait for a first byte.
 * A *copy* reads on and on: a run that reaches ``SEQUENTIAL_MIN`` starts its read-ahead, unless
@@ -24,9 +26,12 @@ out of order).
 
 A stream stays a *window* ahead of its reader, with bounded requests (the model is
 mountpoint-s3's prefetcher and rclone's chunked reader). The window is a quarter of the bytes
-read sequentially, at least ``INITIAL_WINDOW``, at most the budget (all windows together stay within
-half the block cache, so read-ahead is not evicted before it is read). A request asks for the
-bytes up to the window's end and is sent once at least half a window is missing, so requests
+read sequentially, at least its first window (``READS_AHEAD`` of the reads that started it,
+between ``MIN_WINDOW`` and ``INITIAL_WINDOW``: small reads earn a small window), at most the
+budget (all windows together stay within half the block cache, so read-ahead is not evicted
+before it is read). A request asks for the
+bytes up to the window's end and is sent once at least ``1 / DUE_DIVISOR`` of the window is
+missing (a paced reader, a player, still has the rest at hand during its round trip), so requests
 grow with the run and a close or a seek never wastes more than the current window.
 """
 
@@ -38,7 +43,16 @@ from typing import Generic, Protocol, TypeVar
 KiB = 1024
 MiB = 1024 * KiB
 
-INITIAL_WINDOW = 256 * KiB
+INITIAL_WINDOW = 1 * MiB
+# The next request goes out once this fraction of the window is missing: a player reading at its
+# pace keeps three quarters of a window (1 MiB+ after a seek) while the request's round trip runs
+# (half a window, 128 KiB after a seek, stalled it on a 30 ms link).
+DUE_DIVISOR = 4
+# A stream's first window is this many of the reads that started it (at least MIN_WINDOW, at most
+# the initial window): a probe reading its head in 32 KiB reads leaves 64 KiB unread when it
+# stops, a player's or a copy's 128 KiB+ reads get the whole initial window.
+READS_AHEAD = 2
+MIN_WINDOW = 64 * KiB
 MAX_WINDOW = 64 * MiB
 # The window is the bytes read sequentially divided by this: a player that reads 2 MiB after a
 # seek leaves at most 512 KiB unread (a quarter), a long copy still reaches MAX_WINDOW.
@@ -57,12 +71,46 @@ SEQUENTIAL_MIN = 128 * KiB
 # How far back a new run looks for blocks cached contiguously before it (a previous reading):
 # enough for a 16 MiB window, little enough that a random read in a cached file stays cheap.
 LOOKBACK = 32 * MiB
-# A download of a file's first block fetches at least this much: container probes read the head
-# in more than one 32 KiB read (ffprobe re-reads an MP4's head from byte 48), and a second request
-# would cost the probe another round trip to the download server.
-HEAD_FETCH = 64 * KiB
+# A handle that read only the file's first block, then reads far from it, is a probe of a
+# container's index (an MP4's moov at the end, a faststart MP4's first samples) and re-reads the
+# head from a few bytes in (ffprobe: 32 KiB from byte 48): this many blocks after the first are
+# fetched alongside that far read, in the background, so the re-read needs no round trip of its
+# own, while a head read alone (an MKV's) costs its one block.
+HEAD_FOLLOW_UP = 1
 # On a seek, other streams of the handle this far ahead of their reader let their connection go.
 RELEASE_AHEAD = 4 * MiB
+
+
+def first_window(read_size: int, initial: int) -> int:
+    """The window a stream started by a read of ``read_size`` bytes begins with."""
+    return min(initial, max(MIN_WINDOW, READS_AHEAD * read_size))
+
+
+def run_start(offset: int, cached_from: int, block: int) -> int:
+    """Where a new run that reads at ``offset`` begins: ``cached_from``, the first byte of the
+    blocks cached contiguously before the read's block (a previous handle's reading, which the
+    run continues), or the read's own offset when none are (not its block's start: a run that
+    counted the bytes before its first read would start a stream too early)."""
+    return cached_from if cached_from < offset - offset % block else offset
+
+
+def head_follow_up(head_only: bool, first: int) -> range:
+    """The blocks to fetch in the background for a read from block ``first``, when the handle
+    has read nothing but the file's first block so far (``head_only``): the head's next blocks
+    once the handle reads far from them, none otherwise."""
+    if head_only and first > HEAD_FOLLOW_UP:
+        return range(1, 1 + HEAD_FOLLOW_UP)
+    return range(0)
+
+
+def fetch_end(offset: int, end: int, block: int, size: int) -> int | None:
+    """Where a read of ``[offset, end)`` that fetches its last block itself stops fetching: at
+    its own end when it reads at least a block (a WebDAV server's 96 KiB at a random place costs
+    what it reads, not its blocks rounded out; the next read of the block fetches the rest),
+    None for whole blocks when it reads less (small reads come in series, ``dd bs=1`` or 4 KiB
+    at a time: a request per read would cost more than the block)."""
+    last_block_end = min(((end - 1) // block + 1) * block, size)
+    return end if end - offset >= block and end < last_block_end else None
 
 
 def window_budget(cache_bytes: int, streams: int, initial: int, max_window: int) -> int:
@@ -92,11 +140,12 @@ class Window:
 
     def due(self, received: int, budget: int, stop: int, block: int) -> bool:
         """Whether a stream that has received up to ``received`` sends its next request now: at
-        least half a window is missing (or the rest of the file), so requests are never tiny."""
+        least ``1 / DUE_DIVISOR`` of a window is missing (or the rest of the file), so requests
+        are never tiny."""
         target = self.target(budget, stop, block)
         if received >= target:
             return False
-        return target >= stop or target - received >= self.size(budget) // 2
+        return target >= stop or target - received >= self.size(budget) // DUE_DIVISOR
 
     def covers(self, offset: int, ahead: int) -> bool:
         """A read near the reader or inside the stream's reach ``ahead`` (reads come out of

@@ -10,11 +10,12 @@ The model follows rclone's VFS cache and mountpoint-s3's prefetcher. The jobs li
   checks, resumes, link refreshes and stall deadlines.
 
 A handle's read returns exactly the bytes asked for, or raises. A first or random read downloads
-just the blocks it covers with one bounded ``Range`` request (media scanners read a head and a
-few tail ranges: no read-ahead for them); a download of a file's first block brings
-``HEAD_FETCH`` (a probe's second read of the head needs no second round trip). The filesystem
-opens files with direct I/O, so these are the application's reads, not the kernel's readahead
-of them. A read waiting for a block that another download fetches waits at most
+what it covers with one bounded ``Range`` request, from its first block's start to its own end
+(media scanners read a head and a few tail ranges: no read-ahead for them; the last block's
+leading bytes wait on the open file for a read of the rest); a probe of the first block and
+then of a far place gets the head's next block in the background (it re-reads the head). The
+filesystem opens files with direct I/O, so these are the application's reads, not the kernel's
+readahead of them. A read waiting for a block that another download fetches waits at most
 ``READ_STALL_TIMEOUT``, then fetches it itself.
 """
 
@@ -40,13 +41,16 @@ from rdfs.data.download import (
 from rdfs.data.downloadclient import TRANSPORT_ERRORS, download_pool
 from rdfs.data.links import LinkResolver
 from rdfs.data.readahead import (
-    HEAD_FETCH,
     INITIAL_WINDOW,
     LOOKBACK,
     MAX_WINDOW,
     Run,
     Runs,
     Window,
+    fetch_end,
+    first_window,
+    head_follow_up,
+    run_start,
     window_budget,
 )
 from rdfs.data.source import FileSource, OpenFile
@@ -69,6 +73,9 @@ class FileHandle:
         self._blocks = pool.blocks
         self._runs: Runs[Stream] = Runs()
         self._closed = False
+        self._reads = 0
+        self._head_only = False  # every read so far lay in the file's first block
+        self._background = trio.CancelScope()  # the head's follow-up fetch
 
     async def read(self, offset: int, size: int) -> Block:
         """Exactly ``min(size, file size - offset)`` bytes at ``offset`` (b"" at or after EOF).
@@ -84,10 +91,12 @@ class FileHandle:
             return b""
         end = min(offset + size, file_size)
         first, last = offset // BLOCK_SIZE, (end - 1) // BLOCK_SIZE
+        self._follow_head(first, last)
         streamed = self._observe(offset, end, first)
         # Blocks a stream brought keep their place in the LRU when read: read once, in order,
         # they go before the read-ahead still waiting for its reader.
-        blocks = await self._collect(first, last, touch=not streamed)
+        part = fetch_end(offset, end, BLOCK_SIZE, file_size)
+        blocks = await self._collect(first, last, end, part, touch=not streamed)
         stats = self.pool.stats
         stats.reads += 1
         head = offset - first * BLOCK_SIZE
@@ -106,7 +115,8 @@ class FileHandle:
         run, resumed = self._runs.find(offset)
         if run is None:
             cached = self._blocks.cached_run_start(self.file, first, LOOKBACK // BLOCK_SIZE)
-            run, dropped = self._runs.begin(min(offset, cached * BLOCK_SIZE), end)
+            start = run_start(offset, cached * BLOCK_SIZE, BLOCK_SIZE)
+            run, dropped = self._runs.begin(start, end)
             for old in dropped:
                 if old.stream is not None:
                     old.stream.cancel()
@@ -118,7 +128,7 @@ class FileHandle:
                 if other.stream is not None and other.stream.idle_ahead:
                     other.stream.release_connection()
             if run.earns_stream(end, new=True):
-                self._start_stream(run, end, first)
+                self._start_stream(run, offset, end, first)
             return False
         stream = run.stream
         if stream is not None and stream.serving:
@@ -134,29 +144,51 @@ class FileHandle:
                 return True  # a late read of what the stream serves: fetch it, keep the stream
         run.end = end
         if run.earns_stream(end, resumed=resumed):
-            self._start_stream(run, end, first)
+            self._start_stream(run, offset, end, first)
         return False
 
-    def _start_stream(self, run: Run[Stream], end: int, first: int) -> None:
+    def _follow_head(self, first: int, last: int) -> None:
+        """Fetch the head's next block in the background for a probe that read the first block
+        and now reads far from it (see :func:`~rdfs.data.readahead.head_follow_up`)."""
+        wanted = [
+            index
+            for index in head_follow_up(self._head_only, first)
+            if index < self.file.blocks
+            and index not in self.file.pending
+            and not self._blocks.available(self.file, index)
+        ]
+        self._head_only = last == 0 and (self._reads == 0 or self._head_only)
+        self._reads += 1
+        if wanted:
+            self.pool.fetch_behind(self.file, wanted[0], wanted[-1] + 1, self._background)
+
+    def _start_stream(self, run: Run[Stream], offset: int, end: int, first: int) -> None:
         """(Re)start ``run``'s read-ahead from this read, unless it needs none.
 
         A run whose window is at hand in the caches (e.g. a rescan hitting the probe cache, or a
         handle continuing a previous handle's reading) needs no read-ahead yet: a stream starts
         with the first read whose window reaches past the cached blocks.
         """
-        window = Window(run_start=run.start, consumed=end, initial=self.pool.initial_window)
+        initial = first_window(end - offset, self.pool.initial_window)
+        window = Window(run_start=run.start, consumed=end, initial=initial)
         size = self.source.size
         last = (window.target(self.pool.window_budget(), size, BLOCK_SIZE) - 1) // BLOCK_SIZE
         if end >= size or self._blocks.all_available(self.file, first, last):
             return
-        stream = self.pool.start_stream(run, self.file, first * BLOCK_SIZE, end)
+        stream = self.pool.start_stream(run, self.file, first * BLOCK_SIZE, window)
         if stream is None:
             return
         if run.stream is not None:
             run.stream.cancel()
         run.stream = stream
 
-    async def _collect(self, first: int, last: int, touch: bool) -> list[Block]:
+    async def _collect(
+        self, first: int, last: int, end: int, part: int | None, touch: bool
+    ) -> list[Block]:
+        """Blocks ``first`` to ``last`` for a read up to byte ``end``: cached, awaited from
+        another download, or fetched here. A fetch of the last block here ends at ``part``
+        when given (see :func:`~rdfs.data.readahead.fetch_end`): that block's leading bytes
+        are kept on the open file for a read of the rest."""
         pool, blocks, file, pending = self.pool, self._blocks, self.file, self.file.pending
         stats = pool.stats
         out: list[Block] = []
@@ -169,6 +201,12 @@ class FileHandle:
                 data = blocks.cached(file, index, touch)
                 if data is not None:
                     stats.cache_hits += 1
+            if data is None:
+                prefix = file.partial.get(index)
+                if prefix is not None and len(prefix) >= min(end, (index + 1) * BLOCK_SIZE) - (
+                    index * BLOCK_SIZE
+                ):
+                    data = prefix
             if data is not None:
                 out.append(data)
                 index += 1
@@ -189,29 +227,17 @@ class FileHandle:
             stop = last
             while stop > index and (blocks.available(file, stop) or stop in pending):
                 stop -= 1
-            if index == 0:
-                stop = self._head_stop(stop)
             stats.cache_misses += stop - index + 1
-            fetched.update(await pool.downloader.fetch(file, index, stop + 1))
+            trim = part if stop == last else None
+            fetched.update(await pool.downloader.fetch(file, index, stop + 1, trim))
         return out
-
-    def _head_stop(self, stop: int) -> int:
-        """The last block a download of the file's first block fetches (``HEAD_FETCH``)."""
-        last_block = (self.source.size - 1) // BLOCK_SIZE
-        limit = min(HEAD_FETCH // BLOCK_SIZE - 1, last_block)
-        while (
-            stop < limit
-            and not self._blocks.available(self.file, stop + 1)
-            and stop + 1 not in self.file.pending
-        ):
-            stop += 1
-        return stop
 
     async def close(self) -> None:
         """Stop the read-ahead; cached blocks stay for the next open."""
         if self._closed:
             return
         self._closed = True
+        self._background.cancel()
         for run in self._runs.clear():
             if run.stream is not None:
                 run.stream.cancel()
@@ -322,13 +348,28 @@ class ReaderPool:
             self.cache.max_bytes, len(self._streams), self.initial_window, self.max_window
         )
 
+    def fetch_behind(self, file: OpenFile, first: int, stop: int, scope: trio.CancelScope) -> None:
+        """Download blocks ``[first, stop)`` in the background (in ``scope``); a failure costs
+        only this fetch: a read of these blocks fetches them itself."""
+        if self.nursery is not None:
+            self.nursery.start_soon(self._fetch_behind, file, first, stop, scope)
+
+    async def _fetch_behind(
+        self, file: OpenFile, first: int, stop: int, scope: trio.CancelScope
+    ) -> None:
+        with scope:
+            try:
+                await self.downloader.fetch(file, first, stop)
+            except (RDError, *TRANSPORT_ERRORS) as exc:
+                log.info("background fetch of %s failed: %s", file.source.label, exc)
+
     def start_stream(
-        self, run: Run[Stream], file: OpenFile, start: int, consumed: int
+        self, run: Run[Stream], file: OpenFile, start: int, window: Window
     ) -> Stream | None:
-        """A read-ahead of ``run`` from byte ``start`` (None without a nursery to run it in)."""
+        """A read-ahead of ``run`` from byte ``start`` that keeps ``window`` (None without a
+        nursery to run it in)."""
         if self.nursery is None:
             return None
-        window = Window(run_start=run.start, consumed=consumed, initial=self.initial_window)
         stream = Stream(
             self.blocks,
             file,

@@ -1,7 +1,7 @@
 """The read-ahead stream of one sequential run: a transfer that stays a window ahead of its reader.
 
 Bounded ranged requests, read in the pool's nursery: each asks for the bytes up to the end of
-the window, and the next one goes out once half a window is missing (see
+the window, and the next one goes out once a quarter of the window is missing (see
 :mod:`rdfs.data.readahead`); a close or a seek cancels the one in flight, so the download server
 never sends more than a window nobody reads. Should the window shrink below what a request asked
 for (more streams share the cache), the stream stops reading the socket while it is far enough

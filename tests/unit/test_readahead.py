@@ -13,6 +13,10 @@ from rdfs.data.readahead import (
     STREAM_ON_SEEK,
     Runs,
     Window,
+    fetch_end,
+    first_window,
+    head_follow_up,
+    run_start,
     window_budget,
 )
 
@@ -45,21 +49,60 @@ def test_window_is_a_quarter_of_the_sequential_bytes_within_bounds() -> None:
     assert window.consumed == 20 * MiB
 
 
+def test_the_first_window_is_a_couple_of_the_reads_that_started_the_stream() -> None:
+    """A probe's 32 KiB reads earn a 64 KiB window (a close wastes that much at most); a
+    player's or a copy's large reads the whole initial window."""
+    initial = 256 * KiB
+    assert first_window(32 * KiB, initial) == 64 * KiB
+    assert first_window(512, initial) == 64 * KiB  # never less than two blocks
+    assert first_window(128 * KiB, initial) == 256 * KiB
+    assert first_window(4 * MiB, initial) == 256 * KiB
+    window = Window(run_start=0, consumed=128 * KiB, initial=first_window(32 * KiB, initial))
+    assert window.size(budget=64 * MiB) == 64 * KiB
+    window.advance(2 * MiB)
+    assert window.size(budget=64 * MiB) == 512 * KiB  # then a quarter of the run, as ever
+
+
+def test_a_new_run_starts_at_its_read_unless_cached_blocks_precede_it() -> None:
+    block = 32 * KiB
+    offset = 10 * block + 31 * KiB
+    # Nothing cached before the read's block: the run starts at the read, not at its block.
+    assert run_start(offset, 10 * block, block) == offset
+    # A previous handle's blocks before it: the run continues that reading.
+    assert run_start(offset, 2 * block, block) == 2 * block
+
+
+def test_a_far_read_after_the_first_block_fetches_the_heads_next_block() -> None:
+    """ffprobe on an MP4: block 0, then the moov at the end (fetch block 1 alongside: the head
+    is read again from byte 48); a head read alone, or a reader already past block 0, no."""
+    assert list(head_follow_up(True, 60_000)) == [1]
+    assert list(head_follow_up(True, 1)) == []  # reading on: block 1 is this read's own
+    assert list(head_follow_up(False, 60_000)) == []
+
+
+def test_a_read_of_a_block_or_more_fetches_up_to_its_end() -> None:
+    block, size = 32 * KiB, 10 * MiB
+    assert fetch_end(1000, 1000 + 96 * KiB, block, size) == 1000 + 96 * KiB
+    assert fetch_end(1000, 1512, block, size) is None  # small reads come in series
+    assert fetch_end(0, 64 * KiB, block, size) is None  # ends on a block boundary
+    assert fetch_end(size - 40 * KiB, size - 3, block, size - 3) is None  # the file's end
+
+
 def test_window_target_is_whole_blocks_and_stops_at_the_end() -> None:
     window = Window(run_start=0, consumed=100, initial=1000)
     assert window.target(budget=10_000, stop=10**9, block=512) == 1536  # 1100 rounded up
     assert window.target(budget=10_000, stop=1200, block=512) == 1200
 
 
-def test_requests_go_out_once_half_a_window_is_missing() -> None:
+def test_requests_go_out_once_a_quarter_of_a_window_is_missing() -> None:
     """Requests are bounded by the window's end and never tiny: a close or a seek wastes at most
     the window, a sequential reader does not pay a round trip per read."""
     window = Window(run_start=0, consumed=8 * MiB, initial=256 * KiB)  # window: 2 MiB
     stop, block, budget = 10**12, 32 * KiB, 64 * MiB
     assert window.target(budget, stop, block) == 10 * MiB
     assert window.due(received=8 * MiB, budget=budget, stop=stop, block=block)
-    assert window.due(received=9 * MiB, budget=budget, stop=stop, block=block)  # half missing
-    assert not window.due(received=9 * MiB + 1, budget=budget, stop=stop, block=block)
+    assert window.due(received=9 * MiB + 512 * KiB, budget=budget, stop=stop, block=block)
+    assert not window.due(received=9 * MiB + 512 * KiB + 1, budget=budget, stop=stop, block=block)
     assert not window.due(received=10 * MiB, budget=budget, stop=stop, block=block)
     # The end of the file: the rest is requested, however little.
     assert window.due(received=10 * MiB - 10, budget=budget, stop=10 * MiB, block=block)
