@@ -113,6 +113,14 @@ def fetch_end(offset: int, end: int, block: int, size: int) -> int | None:
     return end if end - offset >= block and end < last_block_end else None
 
 
+# A run this long is a copy or a playback: its stream asks for the rest of the file in one request
+# and follows its window by TCP back-pressure (it stops reading the socket when the window is
+# full) instead of sending a request per window, so a link's per-request latency (RD: ~0.15 s to
+# the first byte) is paid once per run, not once per window. Shorter runs (probes, seeks, the
+# reads of a re-export) keep bounded requests.
+OPEN_ENDED_AFTER = 4 * MiB
+
+
 def window_budget(cache_bytes: int, streams: int, initial: int, max_window: int) -> int:
     """The largest window a stream may have while ``streams`` streams share the cache."""
     share = (cache_bytes // 2) // max(1, streams)
@@ -146,6 +154,13 @@ class Window:
         if received >= target:
             return False
         return target >= stop or target - received >= self.size(budget) // DUE_DIVISOR
+
+    def request_end(self, received: int, budget: int, stop: int, block: int) -> int:
+        """Where the next request ends: the window's end, or the file's end once the run is
+        ``OPEN_ENDED_AFTER`` long (back-pressure then keeps the stream a window ahead)."""
+        if self.consumed - self.run_start >= OPEN_ENDED_AFTER:
+            return stop
+        return max(self.target(budget, stop, block), received)
 
     def covers(self, offset: int, ahead: int) -> bool:
         """A read near the reader or inside the stream's reach ``ahead`` (reads come out of

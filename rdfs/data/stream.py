@@ -60,7 +60,7 @@ class Stream(Transfer):
         return self.window.target(self.budget(), self.stop, BLOCK_SIZE)
 
     def request_stop(self) -> int:
-        return max(self.want(), self.received)
+        return self.window.request_end(self.received, self.budget(), self.stop, BLOCK_SIZE)
 
     @property
     def due(self) -> bool:

@@ -16,6 +16,7 @@ from rdfs.api.client import RDClient
 from rdfs.data.blockcache import BLOCK_SIZE, BlockCache
 from rdfs.data.download import DownloadError, check_response
 from rdfs.data.links import LinkGone, LinkResolver
+from rdfs.data.readahead import OPEN_ENDED_AFTER
 from rdfs.data.reader import FileSource, ReaderPool
 from rdfs.data.source import MAX_PARTIAL
 from rdfs.emulator import Emulator, FileSpec
@@ -25,6 +26,9 @@ KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
 UNRESTRICT = "POST /unrestrict/link"
+
+# What the client's and the server's socket buffers hold of a paused open-ended request.
+SOCKET_SLACK = 8 * MiB
 
 
 @dataclass
@@ -615,14 +619,13 @@ async def test_evicted_read_ahead_restarts_its_stream(env: Env) -> None:
 
 
 async def test_a_stream_ahead_of_its_reader_holds_no_connection(env: Env) -> None:
-    """A stream whose window is full, or far ahead of a reader who left, holds no connection (and
-    no link): its request ended at the end of its window."""
+    """The stream of a short run whose window is full, or far ahead of a reader who left, holds
+    no connection (and no link): its request ended at the end of its window."""
     size = 96 * MiB
     torrent_id, source = env.add(size)
     handle = env.pool.open(source)
-    assert await read_all(handle, 8 * MiB, 256 * KiB) == env.emu.file_bytes(
-        torrent_id, 1, 0, 8 * MiB
-    )
+    short = OPEN_ENDED_AFTER // 2
+    assert await read_all(handle, short, 256 * KiB) == env.emu.file_bytes(torrent_id, 1, 0, short)
     await trio.testing.wait_all_tasks_blocked()
     assert env.pool.streaming and env.pool.downloader.connections == 0
     far = 60 * MiB
@@ -630,11 +633,32 @@ async def test_a_stream_ahead_of_its_reader_holds_no_connection(env: Env) -> Non
     await trio.testing.wait_all_tasks_blocked()
     assert env.pool.downloader.connections == 0
     # Coming back to the first place still works (its blocks were kept; a new request continues).
-    offset = 8 * MiB
+    offset = short
     assert await handle.read(offset, 256 * KiB) == env.emu.file_bytes(
         torrent_id, 1, offset, 256 * KiB
     )
     await handle.close()
+
+
+async def test_a_long_run_streams_in_one_request_and_a_close_ends_it(env: Env) -> None:
+    """A run past ``OPEN_ENDED_AFTER`` (a copy, a playback) is read by one open-ended request that
+    follows the window by back-pressure: no request per window (each would pay the link's latency
+    to the first byte), and closing the handle cancels it: the server sent far less than the
+    file."""
+    size = 512 * MiB
+    torrent_id, source = env.add(size)
+    handle = env.pool.open(source)
+    read = 48 * MiB
+    requests = env.emu.counters["download_requests"]
+    assert await read_all(handle, read, 256 * KiB) == env.emu.file_bytes(torrent_id, 1, 0, read)
+    # The head block, the bounded requests of the first OPEN_ENDED_AFTER bytes, then one.
+    assert env.emu.counters["download_requests"] - requests <= 12
+    await handle.close()
+    await trio.testing.wait_all_tasks_blocked()
+    sent = env.emu.counters["download_bytes"]
+    await trio.sleep(0.2)
+    assert env.emu.counters["download_bytes"] == sent  # nothing more comes after the close
+    assert sent < read + 64 * MiB  # the window (a quarter of the run) plus socket buffers at most
 
 
 def test_a_touched_block_stops_pinning_its_response_piece() -> None:
@@ -782,7 +806,9 @@ async def test_closing_a_handle_mid_stream_cancels_its_request(env: Env) -> None
     await trio.sleep(0.1)  # nothing more arrives
     await trio.testing.wait_all_tasks_blocked()
     assert env.emu.counters["download_bytes"] == sent
-    assert sent <= read + read // 4 + MiB  # the window: a quarter of what was read sequentially
+    # The window (a quarter of what was read in sequence) and what the sockets' buffers held: a
+    # long run's request is open-ended and paused by back-pressure (OPEN_ENDED_AFTER).
+    assert sent <= read + read // 4 + SOCKET_SLACK
 
 
 async def test_a_second_handle_continues_where_the_first_cache_ends(env: Env) -> None:
@@ -801,7 +827,7 @@ async def test_a_second_handle_continues_where_the_first_cache_ends(env: Env) ->
     extent = cached_extent(env.pool, source)
     assert extent >= 8 * MiB
     before = env.emu.counters["download_bytes"]
-    assert before <= 8 * MiB + 2 * MiB + MiB  # what was read, one window, a socket's buffers
+    assert before <= 8 * MiB + 2 * MiB + SOCKET_SLACK  # what was read, one window, buffers
     misses = env.pool.stats.cache_misses
     second = env.pool.open(source)
     start, stop = 6 * MiB, extent + 4 * MiB
