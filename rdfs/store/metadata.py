@@ -578,6 +578,23 @@ class Cache:
             )
         }
 
+    def torrent_states_of(self, torrent_ids: Iterable[str]) -> dict[str, TorrentState]:
+        """``torrent_states`` of these ids only (those cached): a listing compares page by page."""
+        states: dict[str, TorrentState] = {}
+        for chunk in chunks(list(torrent_ids)):
+            marks = ",".join("?" * len(chunk))
+            for row in self.conn.execute(
+                "SELECT id, status, row_key, list_key, info_key FROM torrents "
+                f"WHERE id IN ({marks})",
+                chunk,
+            ):
+                states[row[0]] = TorrentState(*row)
+        return states
+
+    def torrent_ids(self) -> set[str]:
+        """Every cached torrent's id."""
+        return {row[0] for row in self.conn.execute("SELECT id FROM torrents")}
+
     def upsert_torrents(self, torrents: Sequence[Torrent]) -> None:
         """Store listed torrents (one transaction: pass batches). Keeps their stored files."""
         rows = [
