@@ -1359,6 +1359,16 @@ class Cache:
             )
         }
 
+    def view_copy_torrent_ids(self) -> set[str]:
+        """Torrents that have copies in the library views."""
+        return {
+            row[0]
+            for row in self.conn.execute(
+                "SELECT DISTINCT e.torrent_id FROM entries e JOIN inodes i ON i.inode = e.inode "
+                f"WHERE e.torrent_id IS NOT NULL AND i.key LIKE '{_VIEW_COPY_LIKE}'"
+            )
+        }
+
     def listed_torrents(self, torrent_ids: Iterable[str]) -> list[ListedTorrent]:
         """``shown_torrents``'s columns for the given cached torrents, whatever their status."""
         out: list[ListedTorrent] = []
@@ -1407,6 +1417,11 @@ class Scope:
         return cls(
             f"e.torrent_id IN ({marks}) AND i.key LIKE '{_VIEW_COPY_LIKE}'", tuple(torrent_ids)
         )
+
+    @classmethod
+    def view_dirs(cls) -> Scope:
+        """The top directories of the library views."""
+        return cls(f"i.key LIKE '{_VIEW_DIR_LIKE}'", ())
 
     @classmethod
     def views(cls) -> Scope:
