@@ -32,9 +32,7 @@ from tests import mountutil
 GiB = 1024**3
 
 
-def facts(
-    name: str, files: tuple[str, ...] = (), size: int = GiB, added: float | None = None
-) -> TorrentFacts:
+def facts(name: str, files: tuple[str, ...] = (), size: int = GiB, added: float | None = None) -> TorrentFacts:
     return TorrentFacts("ID", name, size, added, files)
 
 
@@ -94,9 +92,7 @@ def test_bad_configs_are_refused(table: dict) -> None:
 
 
 @pytest.fixture
-async def synced(
-    emulator: Emulator, tmp_path: Path
-) -> AsyncIterator[tuple[Emulator, Cache, Syncer]]:
+async def synced(emulator: Emulator, tmp_path: Path) -> AsyncIterator[tuple[Emulator, Cache, Syncer]]:
     cache = Cache(tmp_path / "rdfs.db")
     try:
         async with RDClient(api_url=emulator.api_url, auth=StaticToken(emulator.token)) as rd:
@@ -121,9 +117,7 @@ async def test_views_in_the_tree(synced) -> None:
         [FileSpec("/Great.Movie.2020.1080p.mkv", 5000), FileSpec("/Sample/great-sample.mkv", 100),
          FileSpec("/RARBG.txt", 10), FileSpec("/Subs/en.srt", 50)],
     )  # fmt: skip
-    show = emu.add_torrent(
-        "Nice.Show.S02", [FileSpec(f"/Nice.Show.S02E0{i}.mkv", 1000 + i) for i in (1, 2)]
-    )
+    show = emu.add_torrent("Nice.Show.S02", [FileSpec(f"/Nice.Show.S02E0{i}.mkv", 1000 + i) for i in (1, 2)])
     await syncer.sync_once()
     published: list[TreeChange] = []
     bus = ChangeBus(Namespace(cache).path)
@@ -141,19 +135,11 @@ async def test_views_in_the_tree(synced) -> None:
         "Great.Movie.2020.1080p/Subs/en.srt",
     ]
     shows = listing(namespace, namespace.lookup(ROOT_INODE, "shows").inode)
-    assert sorted(shows) == [
-        "Nice.Show.S02",
-        "Nice.Show.S02/Nice.Show.S02E01.mkv",
-        "Nice.Show.S02/Nice.Show.S02E02.mkv",
-    ]
+    assert sorted(shows) == ["Nice.Show.S02", "Nice.Show.S02/Nice.Show.S02E01.mkv", "Nice.Show.S02/Nice.Show.S02E02.mkv"]
     original = namespace.lookup(namespace.lookup(2, "Nice.Show.S02").inode, "Nice.Show.S02E01.mkv")
     copy = namespace.node(shows["Nice.Show.S02/Nice.Show.S02E01.mkv"])
     assert copy.inode != original.inode
-    assert (copy.size, copy.hoster_link, copy.link_offset) == (
-        original.size,
-        original.hoster_link,
-        original.link_offset,
-    )
+    assert (copy.size, copy.hoster_link, copy.link_offset) == (original.size, original.hoster_link, original.link_offset)
     assert published and published[0].origin == "views"
     assert not views.refresh()  # nothing changed: nothing written
     assert cache.integrity_problems() == []
@@ -170,9 +156,7 @@ async def test_views_in_the_tree(synced) -> None:
 @pytest.mark.mount
 def test_views_through_the_mount(emulator_proc, tmp_path: Path) -> None:
     control = emulator_proc.control
-    movie = control.add_torrent(
-        "Film.2021.2160p", [FileSpec("/Film.2021.2160p.mkv", 70_000), FileSpec("/film.nfo", 9)]
-    )
+    movie = control.add_torrent("Film.2021.2160p", [FileSpec("/Film.2021.2160p.mkv", 70_000), FileSpec("/film.nfo", 9)])
     control.add_torrent("Series.S01E01.720p", [FileSpec("/Series.S01E01.720p.mkv", 3000)])
     (tmp_path / "no-config.toml").write_text(
         'sync_interval = 1\n\n[views]\n\n[[views.dir]]\npath = "tv"\nhas_episodes = true\n\n'
@@ -183,18 +167,11 @@ def test_views_through_the_mount(emulator_proc, tmp_path: Path) -> None:
         wanted = root / "films" / "Film.2021.2160p" / "Film.2021.2160p.mkv"
         mountutil.wait_for(wanted.exists, timeout=20, what="view entry")
         assert {"tv", "films", "uhd", "torrents"} <= set(os.listdir(root))
-        assert os.listdir(root / "films" / "Film.2021.2160p") == [
-            "Film.2021.2160p.mkv"
-        ]  # .nfo hidden
+        assert os.listdir(root / "films" / "Film.2021.2160p") == ["Film.2021.2160p.mkv"]  # .nfo hidden
         assert os.listdir(root / "uhd") == ["Film.2021.2160p"]
-        mountutil.wait_for(
-            lambda: os.listdir(root / "tv") == ["Series.S01E01.720p"], what="tv view"
-        )
+        mountutil.wait_for(lambda: os.listdir(root / "tv") == ["Series.S01E01.720p"], what="tv view")
         assert wanted.read_bytes() == control.file_bytes(movie, 1)
-        assert (
-            os.stat(wanted).st_ino
-            != os.stat(root / "torrents" / "Film.2021.2160p" / "Film.2021.2160p.mkv").st_ino
-        )
+        assert os.stat(wanted).st_ino != os.stat(root / "torrents" / "Film.2021.2160p" / "Film.2021.2160p.mkv").st_ino
 
 
 async def test_warm_start_skips_recompute_only_when_views_are_current(synced) -> None:
