@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import unicodedata
 import urllib.parse
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -34,6 +33,7 @@ from rdfs.api.errors import (
     ServiceUnavailable,
     UnexpectedResponse,
 )
+from rdfs.api.etagcache import CachedAnswer, ETagCache
 from rdfs.api.models import (
     MAX_SIZE,
     ActiveCount,
@@ -59,7 +59,6 @@ log = logging.getLogger(__name__)
 DEFAULT_API_URL = "https://api.real-debrid.com/rest/1.0"
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 MAX_PAGE_SIZE = 2500  # the reference's maximum for ``limit``
-_ETAG_CACHE_SIZE = 1024
 _WARNED_MAX = 10_000  # records remembered as warned about (then forgotten all at once)
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 
@@ -208,7 +207,7 @@ class RDClient:
             auth.bind(self.oauth)
         self.verb_override = verb_override
         self.token_in_query = token_in_query
-        self._etags: OrderedDict[str, tuple[str, _Answer]] = OrderedDict()
+        self._etags = ETagCache()
         self._warned: set[str] = set()
 
     async def __aenter__(self) -> Self:
@@ -264,7 +263,7 @@ class RDClient:
                     headers["Authorization"] = f"Bearer {token}"
             cached = self._etags.get(cache_key) if cache_key else None
             if cached is not None:
-                headers["If-None-Match"] = cached[0]
+                headers["If-None-Match"] = cached.etag
             send_method = method
             if self.verb_override and method in ("PUT", "DELETE"):
                 send_method = "POST"
@@ -306,7 +305,7 @@ class RDClient:
         *,
         endpoint: str,
         cache_key: str | None,
-        cached: tuple[str, _Answer] | None,
+        cached: CachedAnswer | None,
         raw_text: bool,
     ) -> _Answer:
         status = response.status_code
@@ -316,24 +315,29 @@ class RDClient:
                     f"{endpoint}: 304 without a cached answer", endpoint=endpoint, status=304
                 )
             self.stats.not_modified += 1
-            assert cache_key is not None
-            self._etags.move_to_end(cache_key)
-            previous = cached[1]
-            return _Answer(previous.status, previous.body, previous.headers, not_modified=True)
-        body: Any = None
-        if status != 204 and response.content:
-            if raw_text:
-                body = response.text
-            else:
-                body = decode_json(response.content, endpoint=endpoint, status=status)
-        answer = _Answer(status, body, response.headers)
+            body = self._body(cached.content, endpoint, cached.status, raw_text, response.encoding)
+            return _Answer(cached.status, body, cached.headers, not_modified=True)
+        content = response.content
+        answer = _Answer(
+            status,
+            self._body(content, endpoint, status, raw_text, response.encoding),
+            response.headers,
+        )
         etag = response.headers.get("etag")
         if cache_key is not None and etag and status == 200:
-            self._etags[cache_key] = (etag, answer)
-            self._etags.move_to_end(cache_key)
-            while len(self._etags) > _ETAG_CACHE_SIZE:
-                self._etags.popitem(last=False)
+            self._etags.put(cache_key, etag, status, response.headers, content)
         return answer
+
+    @staticmethod
+    def _body(
+        content: bytes, endpoint: str, status: int, raw_text: bool, encoding: str | None
+    ) -> Any:
+        """An answer's body: parsed JSON, text for raw endpoints, None when empty."""
+        if status == 204 or not content:
+            return None
+        if raw_text:
+            return content.decode(encoding or "utf-8", errors="replace")
+        return decode_json(content, endpoint=endpoint, status=status)
 
     async def _object(self, endpoint: str, path: str, **kwargs: Any) -> dict[str, Any]:
         answer = await self._call(kwargs.pop("method", "GET"), path, endpoint=endpoint, **kwargs)

@@ -578,6 +578,23 @@ class Cache:
             )
         }
 
+    def torrent_states_of(self, torrent_ids: Iterable[str]) -> dict[str, TorrentState]:
+        """``torrent_states`` of these ids only (those cached): a listing compares page by page."""
+        states: dict[str, TorrentState] = {}
+        for chunk in chunks(list(torrent_ids)):
+            marks = ",".join("?" * len(chunk))
+            for row in self.conn.execute(
+                "SELECT id, status, row_key, list_key, info_key FROM torrents "
+                f"WHERE id IN ({marks})",
+                chunk,
+            ):
+                states[row[0]] = TorrentState(*row)
+        return states
+
+    def torrent_ids(self) -> set[str]:
+        """Every cached torrent's id."""
+        return {row[0] for row in self.conn.execute("SELECT id FROM torrents")}
+
     def upsert_torrents(self, torrents: Sequence[Torrent]) -> None:
         """Store listed torrents (one transaction: pass batches). Keeps their stored files."""
         rows = [
@@ -1342,6 +1359,16 @@ class Cache:
             )
         }
 
+    def view_copy_torrent_ids(self) -> set[str]:
+        """Torrents that have copies in the library views."""
+        return {
+            row[0]
+            for row in self.conn.execute(
+                "SELECT DISTINCT e.torrent_id FROM entries e JOIN inodes i ON i.inode = e.inode "
+                f"WHERE e.torrent_id IS NOT NULL AND i.key LIKE '{_VIEW_COPY_LIKE}'"
+            )
+        }
+
     def listed_torrents(self, torrent_ids: Iterable[str]) -> list[ListedTorrent]:
         """``shown_torrents``'s columns for the given cached torrents, whatever their status."""
         out: list[ListedTorrent] = []
@@ -1390,6 +1417,11 @@ class Scope:
         return cls(
             f"e.torrent_id IN ({marks}) AND i.key LIKE '{_VIEW_COPY_LIKE}'", tuple(torrent_ids)
         )
+
+    @classmethod
+    def view_dirs(cls) -> Scope:
+        """The top directories of the library views."""
+        return cls(f"i.key LIKE '{_VIEW_DIR_LIKE}'", ())
 
     @classmethod
     def views(cls) -> Scope:

@@ -1,8 +1,11 @@
 """The sync task: keeps the cache (and so the tree) in step with the account, cheaply and safely.
 
 Schedule. ``run`` marks itself started before any API call: a warm cache is visible at once.
-The first tick lists ``/torrents`` and ``/downloads`` completely (large pages). After that each
-interval costs one request while nothing moves:
+The first tick lists ``/torrents`` and ``/downloads`` completely (large pages), unless the cache
+holds what an earlier run's complete listing looked like (a fingerprint of each page's ids, the
+total: sync state ``listing:KIND``): then the cache is served as it is and the first tick, an
+interval after the start, is a probe. After that each interval costs one request while nothing
+moves:
 
 * three ticks out of four re-request the first page of ``/torrents`` (a conditional GET: RD
   answers 304 when nothing changed; the newest torrents, where activity is, live there), plus the
@@ -11,7 +14,9 @@ interval costs one request while nothing moves:
   2, 3, ...), so a change deep in the list is noticed within a few minutes.
 
 A page whose ids are unchanged only updates the rows that changed (progress, links); any other
-difference leads to a complete listing. ``trigger()`` forces a complete listing at once.
+difference leads to a complete listing. ``trigger()`` forces a complete listing at once. A
+listing goes into the store page by page (each page compared with the stored rows' fingerprints):
+it holds the ids of the list, never all its records.
 
 Files. ``/torrents`` does not list files: every downloaded torrent's directory appears as soon as
 the listing is known (``files_pending``), and workers fetch ``/torrents/info`` in the background
@@ -52,6 +57,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -61,7 +67,7 @@ from typing import Any, Protocol, TypeVar
 import trio
 
 from rdfs.api.errors import APIError, NetworkError, RDError, UnknownResource
-from rdfs.api.models import STATUS_DOWNLOADED, Torrent, TorrentInfo
+from rdfs.api.models import ACTIVE_STATUSES, STATUS_DOWNLOADED, Torrent, TorrentInfo
 from rdfs.api.ratelimit import background
 from rdfs.events import TOP_LEVEL, ChangeBus, StatusBoard
 from rdfs.store.metadata import (
@@ -108,13 +114,23 @@ class Client(Protocol):
 
 @dataclass
 class Listing:
-    """A listing of ``/torrents`` or ``/downloads``, and whether deletions may trust it."""
+    """A listing of ``/torrents`` or ``/downloads``, and whether deletions may trust it.
 
-    items: list[Any]
-    pages: list[tuple[str, ...]]
+    The items themselves went page by page to the caller's ``on_page``: what stays is their ids,
+    one fingerprint per page, and the page of each item still moving (``where``).
+    """
+
+    ids: set[str]
+    pages: list[str]
     total: int | None
     complete: bool
     reason: str = ""
+    where: dict[str, int] = field(default_factory=dict)
+
+
+def page_fingerprint(ids: Sequence[str]) -> str:
+    """What a page's ids are compared by (the probes and sweeps): short, order-sensitive."""
+    return hashlib.sha1("\n".join(ids).encode()).hexdigest()[:16]
 
 
 def policy_options(config: Any) -> dict[str, Any]:
@@ -136,17 +152,28 @@ class SyncStalled(Exception):
 
 @dataclass
 class _ListState:
-    """What the last complete listing of one list looked like (in memory only)."""
+    """What the last complete listing of one list looked like: a fingerprint of each page's ids,
+    the total, and the page of each item still moving. Persisted (sync state ``listing:KIND``): a
+    warm start probes page 1 against it instead of listing everything again."""
 
-    pages: list[tuple[str, ...]] = field(default_factory=list)
+    pages: list[str] = field(default_factory=list)
     total: int | None = None
-    listed: bool = False  # a complete listing happened in this process
+    where: dict[str, int] = field(default_factory=dict)
+    listed: bool = False  # a complete listing is known (made here, or stored by an earlier run)
 
-    def page_of(self, item_id: str) -> int | None:
-        for number, ids in enumerate(self.pages, start=1):
-            if item_id in ids:
-                return number
-        return None
+    @classmethod
+    def stored(cls, value: Any) -> _ListState:
+        """The state ``as_stored`` wrote; an empty one (a listing is due) for anything else."""
+        try:
+            pages = [str(p) for p in value["pages"]]
+            total = value["total"] if isinstance(value["total"], int) else None
+            where = {str(k): int(v) for k, v in value["where"].items()}
+        except (TypeError, KeyError, ValueError, AttributeError):
+            return cls()
+        return cls(pages, total, where, listed=bool(pages))
+
+    def as_stored(self) -> dict[str, Any]:
+        return {"pages": self.pages, "total": self.total, "where": self.where}
 
 
 class Syncer:
@@ -193,7 +220,13 @@ class Syncer:
             own_downloads=own_downloads,
             batch_size=batch_size,
         )
-        self._lists = {"torrents": _ListState(), "downloads": _ListState()}
+        self._lists = {
+            kind: _ListState.stored(cache.get_state(f"listing:{kind}"))
+            for kind in ("torrents", "downloads")
+        }
+        # A cache that holds a complete listing is served as it is: the first probe comes an
+        # interval after the start (no API call while a media server walks the tree at start).
+        self._warm = self._lists["torrents"].listed
         self._wake = trio.Event()
         self._force_full = False
         self._tick_number = 0
@@ -234,6 +267,10 @@ class Syncer:
                 nursery.start_soon(self._fill_worker, False)
             self._running = True
             task_status.started()
+            if self._warm:
+                with trio.move_on_after(self.interval):
+                    await self._wake.wait()
+                self._wake = trio.Event()
             rebuild = False
             try:
                 while True:
@@ -352,6 +389,8 @@ class Syncer:
         self._tick_started = trio.current_time()
         self._tick_deadline = self._tick_started + self.tick_timeout
         try:
+            if self.tree.behind:  # a listing stopped after storing pages: their directories first
+                self._emit(await self.tree.torrent_dirs(()))
             if full or not torrents.listed or self._deletions_due("torrents"):
                 await self._sync_torrents()
                 await self._sync_downloads()
@@ -402,7 +441,7 @@ class Syncer:
         state = self._lists["torrents"]
         pages = {1}
         for torrent in self.cache.active_torrents():
-            number = state.page_of(torrent.id)
+            number = state.where.get(torrent.id)
             if number is not None:
                 pages.add(number)
         for number in sorted(pages):
@@ -418,7 +457,8 @@ class Syncer:
         if turn == "downloads":
             page = await self._api(self.client.downloads(page=1, limit=self.page_size))
             known = self._lists["downloads"].pages
-            if page.not_modified or (known and tuple(d.id for d in page.items) == known[0]):
+            ids = [d.id for d in page.items]
+            if page.not_modified or (known and page_fingerprint(ids) == known[0]):
                 return
             await self._sync_downloads(first=page)
         else:
@@ -430,8 +470,8 @@ class Syncer:
         page = await self._api(self.client.torrents(page=number, limit=self.page_size))
         if page.not_modified:
             return True
-        ids = tuple(t.id for t in page.items)
-        same_ids = number <= len(state.pages) and ids == state.pages[number - 1]
+        fingerprint = page_fingerprint([t.id for t in page.items])
+        same_ids = number <= len(state.pages) and fingerprint == state.pages[number - 1]
         if not same_ids or (page.total is not None and page.total != state.total):
             log.debug("torrents page %d changed: listing everything", number)
             await self._sync_torrents(first=page if number == 1 else None)
@@ -442,13 +482,18 @@ class Syncer:
     # --- listings -------------------------------------------------------------------------
 
     async def _list_all(
-        self, fetch: Callable[[int], Awaitable[Any]], first: Any = None, known: int = 0
+        self,
+        fetch: Callable[[int], Awaitable[Any]],
+        first: Any = None,
+        known: int = 0,
+        on_page: Callable[[list[Any]], Awaitable[None]] | None = None,
     ) -> Listing:
         """Every page of a list, and whether the listing may be trusted for deletions (see the
-        module)."""
-        items: list[Any] = []
+        module). Each page's new items go to ``on_page`` as it arrives: a listing of 100,000
+        torrents never holds more than a page of records."""
         seen: set[str] = set()
-        pages: list[tuple[str, ...]] = []
+        pages: list[str] = []
+        where: dict[str, int] = {}
         fresh_totals: set[int] = set()
         total: int | None = None  # as announced (possibly a lie); compared by the page probes
         stopped = ""
@@ -456,36 +501,42 @@ class Syncer:
         number = 1
         while True:
             page = first if number == 1 and first is not None else await self._api(fetch(number))
-            pages.append(tuple(item.id for item in page.items))
+            first = None
+            pages.append(page_fingerprint([item.id for item in page.items]))
             total = page.total if page.total is not None else total
             if not page.not_modified and page.total is not None:
                 fresh_totals.add(page.total)
-            added = 0
+            new = []
             for item in page.items:
                 if item.id not in seen:
                     seen.add(item.id)
-                    items.append(item)
-                    added += 1
-            if len(page.items) < self.page_size:
+                    new.append(item)
+                    if getattr(item, "status", None) in ACTIVE_STATUSES:
+                        where[item.id] = number
+            if new and on_page is not None:
+                await on_page(new)
+            size, announced, added = len(page.items), page.total, len(new)
+            del page, new  # only the ids stay while the next page is fetched
+            if size < self.page_size:
                 break  # a short page is the last one, whatever the total said
             if added == 0:
                 stopped = f"page {number} repeated earlier items (the server ignores paging)"
                 break
             if number == 1:
-                bound = self._page_bound(page.total, len(page.items), known)
+                bound = self._page_bound(announced, size, known)
             if number >= bound:
                 stopped = f"still full pages after {number} pages (announced total: {total})"
                 break
             number += 1
         if stopped:
-            return Listing(items, pages, total, False, stopped)
+            return Listing(seen, pages, total, False, stopped, where)
         if len(fresh_totals) > 1:
-            return Listing(items, pages, total, False, "the list changed while paging")
-        if total is not None and total >= 0 and len(items) < total:
+            return Listing(seen, pages, total, False, "the list changed while paging", where)
+        if total is not None and total >= 0 and len(seen) < total:
             return Listing(
-                items, pages, total, False, f"short answer: {len(items)} of {total} items"
+                seen, pages, total, False, f"short answer: {len(seen)} of {total} items", where
             )
-        return Listing(items, pages, total, True)
+        return Listing(seen, pages, total, True, "", where)
 
     def _page_bound(self, total: int | None, first_page: int, known: int) -> int:
         """How many pages a listing may take, decided after page 1.
@@ -517,7 +568,7 @@ class Syncer:
         if not listing.complete:
             self._condition(f"{kind} listing", f"incomplete ({listing.reason}): nothing is deleted")
             return False
-        if listing.items or known == 0:
+        if listing.ids or known == 0:
             self._condition(f"{kind} listing", None)
             self._set_empty_since(kind, None)
             return True
@@ -604,18 +655,19 @@ class Syncer:
         )
 
     async def _sync_torrents(self, first: Any = None) -> None:
-        state = self._lists["torrents"]
+        known = self._known("torrents")
+        structural: set[str] = set()
+
+        async def store(items: list[Torrent]) -> None:
+            structural.update(await self._store_torrents(items, rebuild=False))
+
         listing = await self._list_all(
-            lambda n: self.client.torrents(page=n, limit=self.page_size),
-            first,
-            self._known("torrents"),
+            lambda n: self.client.torrents(page=n, limit=self.page_size), first, known, store
         )
-        known = self.cache.torrent_states()
         changes = Changes()
-        structural = await self._store_torrents(listing.items, known, rebuild=False)
-        if self._trust("torrents", listing, len(known)):
-            gone = set(known) - {t.id for t in listing.items}
-            doomed = self._guard("torrents", gone, len(known))
+        if self._trust("torrents", listing, known):
+            gone = self.cache.torrent_ids() - listing.ids
+            doomed = self._guard("torrents", gone, known)
             if doomed:
                 log.info("removing %d torrents gone upstream", len(doomed))
                 self.tree.expect(doomed)
@@ -627,30 +679,38 @@ class Syncer:
                         changes.merge(self.cache.delete_torrents(chunk))
                     await trio.sleep(0)
                 structural |= doomed
-            state.pages, state.total, state.listed = listing.pages, listing.total, True
+            self._listed("torrents", listing)
             self.cache.set_state("last_complete_listing", time.time())
         else:
-            state.listed = False
+            self._lists["torrents"].listed = False
         # (behind: a crash came between writing torrents and rebuilding their directories)
         if structural or self.tree.behind:
             changes.merge(await self.tree.torrent_dirs(structural))
             self._refill_queue()
         self._emit(changes)
 
-    async def _store_torrents(
-        self, items: Sequence[Torrent], known: dict[str, Any] | None = None, *, rebuild: bool = True
-    ) -> set[str]:
-        """Write the listed torrents that changed; the ids of those whose directory may have
-        changed (rebuilt now with ``rebuild``, else by the caller)."""
-        if known is None:
-            known = self.cache.torrent_states()
+    def _listed(self, kind: str, listing: Listing) -> None:
+        """Keep (and persist) what a complete listing looked like, for the probes."""
+        state = self._lists[kind]
+        state.pages, state.total, state.where = listing.pages, listing.total, listing.where
+        state.listed = True
+        self.cache.set_state(f"listing:{kind}", state.as_stored())
+
+    async def _store_torrents(self, items: Sequence[Torrent], *, rebuild: bool = True) -> set[str]:
+        """Write the listed torrents that changed (compared with their stored fingerprints); the
+        ids of those whose directory may have changed (rebuilt now with ``rebuild``, else by the
+        caller)."""
         changed: list[Torrent] = []
+        structural: set[str] = set()
         for chunk in _chunks(items, self.batch_size * 4):
-            changed += [t for t in chunk if t.id not in known or known[t.id].row_key != row_key(t)]
+            known = self.cache.torrent_states_of([t.id for t in chunk])
+            for torrent in chunk:
+                state = known.get(torrent.id)
+                if state is None or state.row_key != row_key(torrent):
+                    changed.append(torrent)
+                    if state is None or state.list_key != list_key(torrent):
+                        structural.add(torrent.id)
             await trio.sleep(0)
-        structural = {
-            t.id for t in changed if t.id not in known or known[t.id].list_key != list_key(t)
-        }
         self.tree.expect(structural)
         for chunk in _chunks(changed, self.batch_size):
             self.cache.upsert_torrents(chunk)
@@ -667,27 +727,30 @@ class Syncer:
         return structural
 
     async def _sync_downloads(self, first: Any = None) -> None:
-        state = self._lists["downloads"]
-        listing = await self._list_all(
-            lambda n: self.client.downloads(page=n, limit=self.page_size),
-            first,
-            self._known("downloads"),
-        )
         known = self.cache.download_ids()
-        new = [d for d in listing.items if d.id not in known]
-        for chunk in _chunks(new, self.batch_size):
-            self.cache.upsert_downloads(chunk)
-            await trio.sleep(0)
+        new = 0
+
+        async def store(items: list[Any]) -> None:
+            nonlocal new
+            fresh = [d for d in items if d.id not in known]
+            new += len(fresh)
+            for chunk in _chunks(fresh, self.batch_size):
+                self.cache.upsert_downloads(chunk)
+                await trio.sleep(0)
+
+        listing = await self._list_all(
+            lambda n: self.client.downloads(page=n, limit=self.page_size), first, len(known), store
+        )
         doomed: set[str] = set()
         if self._trust("downloads", listing, len(known)):
-            gone = known - {d.id for d in listing.items}
+            gone = known - listing.ids
             doomed = self._guard("downloads", gone, len(known))
             for chunk in _chunks(sorted(doomed), self.batch_size):
                 self.cache.delete_downloads(chunk)
                 await trio.sleep(0)
-            state.pages, state.total, state.listed = listing.pages, listing.total, True
+            self._listed("downloads", listing)
         else:
-            state.listed = False
+            self._lists["downloads"].listed = False
         if new or doomed or self._downloads_stale:
             await self._rebuild_downloads()
 

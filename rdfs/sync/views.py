@@ -45,6 +45,7 @@ from rdfs.store.metadata import (
     Cache,
     CacheError,
     Changes,
+    EntryDiff,
     EntrySpec,
     Scope,
     ShownTorrent,
@@ -346,24 +347,87 @@ class Views:
         self._pending = set()
         if not pending:
             return Changes()
-        ids = sorted(pending)
-        entries = self.cache.torrent_entries(ids)
-        facts = self._facts(entries, self.cache.shown_torrent_facts_of(ids))
-        specs = view_specs(self.config, facts, entries, time.time())
-        diff = self.cache.diff_entries(
-            Scope.view_copies_of(ids), [s for s in specs if not keys.is_view_dir(s.key)]
-        )
+        diff = self._copies_diff(sorted(pending))
         changes = self.cache.apply_diff(diff) if diff else Changes()
-        # A view directory's nlink counts its torrents: recount them (a torrent deleted upstream
-        # left with its copies already, so the diff does not show it).
-        for view in self.config.views:
-            inode = self.cache.inode_for(keys.view_dir(view.path))
-            if self.cache.recount_dirs(inode):
-                changes.inodes.add(inode)
+        self._recount(changes)
         self.cache.set_meta(VIEWS_CURRENT_KEY, self._fingerprint)
         if not changes:
             return changes
         return self._published(changes, len(diff.upsert), len(diff.remove))
+
+    def _copies_diff(self, ids: Sequence[str]) -> EntryDiff:
+        """The diff of the view copies of these torrents (at most ``IN_CHUNK``)."""
+        entries = self.cache.torrent_entries(ids)
+        facts = self._facts(entries, self.cache.shown_torrent_facts_of(ids))
+        specs = view_specs(self.config, facts, entries, time.time())
+        return self.cache.diff_entries(
+            Scope.view_copies_of(ids), [s for s in specs if not keys.is_view_dir(s.key)]
+        )
+
+    def _recount(self, changes: Changes) -> None:
+        """A view directory's nlink counts its torrents: recount them (a torrent deleted
+        upstream left with its copies already, so a diff does not show it)."""
+        for view in self.config.views:
+            inode = self.cache.inode_for(keys.view_dir(view.path))
+            if self.cache.recount_dirs(inode):
+                changes.inodes.add(inode)
+
+    async def rebuild(self) -> None:
+        """The full recompute of ``refresh`` for the running mount, in steps: the view
+        directories, then the copies of a chunk of torrents at a time (one transaction each,
+        published as it is written), then the directories no longer configured.
+
+        At 100,000 torrents the one-shot ``refresh`` blocked the loop for ~20 s at the start of a
+        mount whose views were not current, and held every entry of the library at once; here a
+        step holds one chunk's entries, and the loop is free at least four fifths of the time in
+        between (a media server walking ``torrents/`` meanwhile is answered).
+        """
+        self._pending = set()
+        try:
+            await self._rebuild()
+        except BaseException:
+            self._pending = None  # not known to be current: everything again next time
+            raise
+
+    async def _rebuild(self) -> None:
+        stored = self.cache.diff_entries(Scope.view_dirs(), []).existing
+        wanted = {keys.view_dir(v.path): v.path for v in self.config.views}
+        dirs = EntryDiff(
+            upsert=[
+                EntrySpec(key=key, parent_key=keys.ROOT, name=name, kind="dir", nlink=2)
+                for key, name in wanted.items()
+                if key not in stored
+            ],
+            existing=stored,
+        )
+        if dirs:
+            self._write(self.cache.apply_diff(dirs))
+        shown = self.cache.shown_torrent_ids()
+        ids = sorted(shown) + sorted(self.cache.view_copy_torrent_ids() - shown)
+        upserted = removed = 0
+        for start in range(0, len(ids), IN_CHUNK):
+            began = trio.current_time()
+            diff = self._copies_diff(ids[start : start + IN_CHUNK])
+            if diff:
+                self._write(self.cache.apply_diff(diff))
+                upserted, removed = upserted + len(diff.upsert), removed + len(diff.remove)
+            await trio.sleep(4 * (trio.current_time() - began))
+        gone = EntryDiff(remove=[e for k, e in stored.items() if k not in wanted], existing=stored)
+        changes = self.cache.apply_diff(gone) if gone else Changes()
+        self._recount(changes)
+        if dirs or gone:
+            self.cache.refresh_dir(ROOT_INODE)
+            changes.inodes.add(ROOT_INODE)
+        if self._pending == set():  # nothing changed meanwhile: the stored views are current
+            self.cache.set_meta(VIEWS_CURRENT_KEY, self._fingerprint)
+        self._write(changes)
+        if upserted or removed or dirs or gone:
+            log.info("views: %d entries added or changed, %d removed", upserted, removed)
+
+    def _write(self, changes: Changes) -> None:
+        """Publish what a step of ``rebuild`` wrote."""
+        if changes and self.bus is not None:
+            self.bus.publish(changes, "views")
 
     def refresh(self) -> Changes:
         """Recompute every view and apply the difference in one transaction (no await inside)."""
@@ -405,9 +469,9 @@ class Views:
         """Refresh after changes (once they settle for ``settle`` s) and every ``interval`` s
         (rules like ``added_within_days`` change with time alone).
 
-        An update blocks the loop while it runs: a few statements per changed torrent, but a full
-        refresh takes a fraction of a second for thousands of torrents; during a big first sync,
-        updates are spaced to take at most a fifth of the time.
+        An update blocks the loop while it runs (a few statements per changed torrent); during a
+        big first sync, updates are spaced to take at most a fifth of the time. A full recompute
+        (views not current, or many changes) is ``rebuild``: in steps, spaced the same way.
         """
         task_status.started()
         settle, interval = self.settle, self.interval
@@ -416,14 +480,18 @@ class Views:
             await trio.sleep(settle)
             self._dirty = trio.Event()
         while True:
-            started = trio.current_time()
+            took = 0.0
             try:
-                self.update()
+                if self._pending is None or len(self._pending) > IN_CHUNK:
+                    await self.rebuild()  # spaces its own steps
+                else:
+                    started = trio.current_time()
+                    self.update()
+                    took = trio.current_time() - started
             except CacheError as exc:  # rolled back whole; the next refresh redoes it
                 log.warning("views refresh failed: %s", exc)
             except Exception:  # a bug here must not take the mount down; torrents/ still works
                 log.exception("views refresh failed")
-            took = trio.current_time() - started
             await self._wait(interval)
             await trio.sleep(max(settle, 4 * took))
             self._dirty = trio.Event()

@@ -190,3 +190,46 @@ async def test_warm_start_skips_recompute_only_when_views_are_current(synced) ->
     assert not Views(cache, DEFAULT_VIEWS).current  # torrents/ changed since: recompute at start
     views.refresh()
     assert Views(cache, DEFAULT_VIEWS).current
+
+
+async def test_the_stepped_rebuild_writes_what_a_full_refresh_would(synced, monkeypatch) -> None:
+    """``rebuild`` (the mount's full recompute, a chunk of torrents at a time) ends where ``refresh``
+    would: a refresh after it writes nothing, also after a torrent left and after the configuration
+    changed (a view dropped, a view added)."""
+    monkeypatch.setattr("rdfs.sync.views.IN_CHUNK", 2)  # several steps for a few torrents
+    emu, cache, syncer = synced
+    ids = [
+        emu.add_torrent(f"Film.{n}.2020", [FileSpec(f"/Film.{n}.2020.mkv", 5000 + n)])
+        for n in range(5)
+    ]
+    ids += [
+        emu.add_torrent(f"Show.{n}.S01", [FileSpec(f"/Show.{n}.S01E01.mkv", 900)]) for n in range(3)
+    ]
+    await syncer.sync_once()
+    published: list[TreeChange] = []
+    bus = ChangeBus(Namespace(cache).path)
+    bus.subscribe(published.append)
+    views = Views(cache, DEFAULT_VIEWS, bus)
+    assert not views.current
+    await views.rebuild()
+    assert views.current and len(published) >= 4  # published step by step
+    assert not views.refresh() and cache.integrity_problems() == []
+    namespace = Namespace(cache)
+    assert len(namespace.children(namespace.lookup(ROOT_INODE, "movies").inode)) == 5
+    assert cache.entry(namespace.lookup(ROOT_INODE, "shows").inode).nlink == 2 + 3
+
+    emu.remove_torrent(ids[0])
+    await syncer.sync_once()
+    await syncer.sync_once()  # a removal waits for one more complete listing
+    await views.rebuild()
+    assert not views.refresh() and cache.integrity_problems() == []
+    assert len(namespace.children(namespace.lookup(ROOT_INODE, "movies").inode)) == 4
+
+    other = ViewsConfig(views=(View(path="all"),), junk=DEFAULT_VIEWS.junk)
+    changed = Views(cache, other, bus)
+    assert not changed.current
+    await changed.rebuild()
+    assert changed.current and not changed.refresh() and cache.integrity_problems() == []
+    top = {node.name for node in namespace.children(ROOT_INODE)}
+    assert "all" in top and "movies" not in top and "shows" not in top
+    assert len(namespace.children(namespace.lookup(ROOT_INODE, "all").inode)) == 7
