@@ -1,6 +1,6 @@
 """Outcomes the filesystem answers with an errno, raised below the FUSE layer.
 
-Only :mod:`rdfs.fuse.operations` imports pyfuse3 and turns outcomes into the kernel's answers;
+Only the FUSE layer (:mod:`rdfs.fuse`) talks to the kernel and turns outcomes into its answers;
 the layers under it (control files, namespace) raise :class:`FsError` with the errno they mean,
 and ``rdfs.fuse.operations`` maps it.
 """
