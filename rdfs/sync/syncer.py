@@ -168,7 +168,7 @@ class _ListState:
             pages = [str(p) for p in value["pages"]]
             total = value["total"] if isinstance(value["total"], int) else None
             where = {str(k): int(v) for k, v in value["where"].items()}
-        except (TypeError, KeyError, ValueError, AttributeError):
+        except (TypeError, KeyError, ValueError, AttributeError, OverflowError):
             return cls()
         return cls(pages, total, where, listed=bool(pages))
 

@@ -19,7 +19,7 @@ from rdfs.api.auth import StaticToken
 from rdfs.api.client import RDClient
 from rdfs.emulator import Emulator
 from rdfs.store.metadata import TORRENTS_INODE, Cache
-from rdfs.sync.syncer import SWEEP_EVERY, Syncer
+from rdfs.sync.syncer import SWEEP_EVERY, Syncer, _ListState
 from rdfs.tree.specs import Namespace
 
 TORRENTS = 23
@@ -111,3 +111,20 @@ async def test_a_listing_hands_over_one_page_at_a_time(setup: Setup) -> None:
         )
         assert listing.complete and len(listing.ids) == TORRENTS
         assert sizes == [5, 5, 5, 5, 3] and len(listing.pages) == 5
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        None,
+        "junk",
+        {"pages": ["a"], "total": 1},
+        {"pages": ["a"], "total": 1, "where": {"x": float("inf")}},
+        {"pages": ["a"], "total": 1, "where": {"x": "nan"}},
+        {"pages": 5, "total": 1, "where": {}},
+    ],
+)
+def test_a_damaged_stored_listing_state_means_a_listing_is_due(stored) -> None:
+    """What the cache holds of the last listing may be damaged: an empty state, never a crash."""
+    state = _ListState.stored(stored)
+    assert not state.listed and state.pages == [] and state.where == {}
