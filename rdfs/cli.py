@@ -46,7 +46,7 @@ from rdfs.control.actions import (
     parse_torrent_file,
 )
 from rdfs.fuse.mountpoint import is_fuse_mount, rdfs_mounts
-from rdfs.store.metadata import CONTROL_DIR, DOWNLOADS_DIR, TORRENTS_DIR
+from rdfs.store.metadata import CONTROL_DIR, DOWNLOADS_DIR, TORRENTS_DIR, Cache
 
 log = logging.getLogger("rdfs")
 
@@ -942,18 +942,21 @@ def cmd_rm(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_removed(args: argparse.Namespace) -> int:
-    from rdfs.store.metadata import Cache
-
+def _read_cache(args: argparse.Namespace, read: Callable[[Cache], T]) -> T:
+    """What ``read`` finds in the last account's cache, for the commands that only look at it."""
     _quiet_logging(args)
     config = _config(args)
     cache = Cache.open_warm(config.cache_dir)
     if cache is None:
         raise InvalidInput(f"no rdfs cache in {config.cache_dir}: nothing was ever mounted with it")
     try:
-        record = cache.removals()
+        return read(cache)
     finally:
         cache.close()
+
+
+def cmd_removed(args: argparse.Namespace) -> int:
+    record = _read_cache(args, lambda cache: cache.removals())
     if args.json:
         _print_json(record)
         return 0
@@ -971,18 +974,9 @@ def cmd_removed(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from rdfs.store.metadata import Cache
     from rdfs.store.overview import overview
 
-    _quiet_logging(args)
-    config = _config(args)
-    cache = Cache.open_warm(config.cache_dir)
-    if cache is None:
-        raise InvalidInput(f"no rdfs cache in {config.cache_dir}: nothing was ever mounted with it")
-    try:
-        found = overview(cache)
-    finally:
-        cache.close()
+    found = _read_cache(args, overview)
     if args.json:
         _print_json(found.as_json())
         return 0
