@@ -288,7 +288,10 @@ def vlc(path: Path, seconds: int = 5) -> Outcome:
         result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
         reads = traced_reads(trace, path)
         if result.returncode != 0 or not reads:
-            raise RuntimeError(f"cvlc failed ({result.returncode}): {result.stderr[-200:]}")
+            raise RuntimeError(
+                f"cvlc read nothing of {path.name} as nobody (exit {result.returncode}): "
+                f"{result.stderr.strip()[-200:]}"
+            )
     offsets = sorted(offset for offset, _ in reads)
     note = f"{len(reads)} reads, {offsets[0] // MiB}-{offsets[-1] // MiB} MiB, {seconds} s"
     return Outcome(note, rounded=_rounded(reads))
