@@ -364,8 +364,10 @@ def rclone_webdav(directory: Path, name: str, reads: int = 52) -> Outcome:
                     headers = {"Range": f"bytes={offset}-{offset + 64 * KiB - 1}"}
                     response = http.get(url, headers=headers)
                     assert response.status_code == 206 and len(response.content) == 64 * KiB
-    http = reads * 64 * KiB / 1e6
-    return Outcome(f"rclone {rclone_version()}, {reads} x GET 64 KiB = {http:.2f} MB over HTTP")
+    over_http = reads * 64 * KiB / 1e6
+    return Outcome(
+        f"rclone {rclone_version()}, {reads} x GET 64 KiB = {over_http:.2f} MB over HTTP"
+    )
 
 
 def rclone_version() -> str:

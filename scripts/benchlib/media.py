@@ -301,7 +301,8 @@ def pattern_files(media: Path, template_dir: Path) -> PatternFiles:
     }
     audio_template = _template(template_dir, "audio-only.m4a", AUDIO_ONLY.split())
     rng = random.Random(17)
-    probe, mediainfo = [], []
+    probe: list[Path] = []
+    mediainfo: list[Path] = []
     for name, template in templates.items():
         for copy in range(4):
             out = root / ("MediaInfo" if copy == 3 else "Probe") / f"c{copy}.{name}"
