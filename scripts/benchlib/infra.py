@@ -94,23 +94,21 @@ def ensure_tools(rclone: bool = True) -> dict[str, str | None]:
     return rclones
 
 
-def ensure_optional(binary: str, package: str) -> str | None:
-    """Install ``package`` (apt) unless ``binary`` is there; None when it is, else the reason."""
+def ensure_optional(binary: str, *packages: str) -> str | None:
+    """Install ``packages`` (apt, no recommends) unless ``binary`` is there; None when it is, else
+    the reason in one line."""
     if shutil.which(binary) is not None:
         return None
-    log(f"installing {package} (apt)")
+    log(f"installing {' '.join(packages)} (apt)")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    result = subprocess.run(
-        ["apt-get", "install", "-y", "-qq", package], capture_output=True, text=True, env=env
-    )
+    argv = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages]
+    result = subprocess.run(argv, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
-        result = subprocess.run(
-            ["apt-get", "install", "-y", "-qq", package], capture_output=True, text=True, env=env
-        )
+        result = subprocess.run(argv, capture_output=True, text=True, env=env)
     if shutil.which(binary) is None:
         lines = (result.stderr or result.stdout).strip().splitlines()
-        return f"{package} could not be installed ({lines[-1] if lines else result.returncode})"
+        return f"{binary} could not be installed ({lines[-1] if lines else result.returncode})"
     return None
 
 
@@ -348,10 +346,10 @@ def _mounted(
 
 @contextlib.contextmanager
 def rdfs_mount(
-    api_url: str, token: str, path: Path, cache_dir: Path, *flags: str
+    api_url: str, token: str, path: Path, cache_dir: Path, *flags: str, config: str = ""
 ) -> Iterator[Mount]:
     """``rdfs mount --foreground`` with the default settings (sync interval 15 s) unless
-    ``flags``."""
+    ``flags`` or ``config`` (the text of its config.toml)."""
     argv = [
         sys.executable,
         "-m",
@@ -367,7 +365,11 @@ def rdfs_mount(
         *flags,
         str(path),
     ]
-    env = dict(os.environ, RDFS_CONFIG=str(cache_dir / "no-config.toml"))
+    config_file = cache_dir / ("config.toml" if config else "no-config.toml")
+    if config:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        config_file.write_text(config)
+    env = dict(os.environ, RDFS_CONFIG=str(config_file))
     if RDFS_SOURCE is not None:  # another working copy's rdfs package, for before/after comparisons
         env["PYTHONPATH"] = str(RDFS_SOURCE)
     with _mounted(argv, path, path.with_suffix(".log"), env, cwd=RDFS_SOURCE) as mount:

@@ -9,7 +9,9 @@
   EBML Void element (MKV: the Segment size is patched), so ffprobe sees a valid file;
 * ``Patterns/``: what the read-pattern section reads, each file read once per run (cold): clips
   for ffprobe and for mediainfo (MKV, MP4 with its moov at the end, faststart MP4, HEVC), an
-  audio-only MP4, sparse files for the WebDAV loop, the seeks and the whole-file read;
+  audio-only MP4, sparse files for the WebDAV loops, the seeks and the whole-file read, a real
+  8-minute 720p movie (MKV and MP4, every byte real: players seek in it) and ``DLNA/``, a small
+  library of grown clips (movie and season torrents) for a media server's scan;
 * ``meta/``: on tmpfs, N directories of 5 empty sparse files, the shape of a big RD library.
 """
 
@@ -212,6 +214,32 @@ PATTERN_CLIPS = {
 AUDIO_ONLY = "-map 1:a -c:a aac"
 
 
+# A real movie for the players: 30 s of 720p CBR H.264 (6 Mbit/s, a keyframe every 2 s) + AAC,
+# looped 16 times by stream copy (8 minutes, ~370 MB).
+MOVIE_BASE = (
+    "-f lavfi -i testsrc=duration=30:size=1280x720:rate=25"
+    " -f lavfi -i sine=frequency=440:duration=30"
+    " -c:v libx264 -preset ultrafast -g 50 -b:v 6M -maxrate 6M -minrate 6M -bufsize 3M"
+    " -x264-params nal-hrd=cbr -c:a aac -b:a 128k -shortest"
+)
+MOVIE_LOOPS = 15
+# The DLNA library: torrent directory -> files (name, clip template).
+DLNA_LIBRARY = {
+    "DLNA.Film.One.2019.1080p": [("DLNA.Film.One.2019.1080p.mkv", "h264-aac.mkv")],
+    "DLNA.Film.Two.2020.1080p": [("DLNA.Film.Two.2020.1080p.mp4", "h264-aac.mp4")],
+    "DLNA.Film.Three.2021.1080p": [("DLNA.Film.Three.2021.1080p.mp4", "faststart.mp4")],
+    "DLNA.Film.Four.2022.2160p": [("DLNA.Film.Four.2022.2160p.mp4", "hevc-aac.mp4")],
+    "DLNA.Show.S01.1080p": [
+        (f"DLNA.Show.S01E0{episode}.1080p.{name.rsplit('.', 1)[1]}", name)
+        for episode, name in enumerate(PATTERN_CLIPS, start=1)
+    ],
+    "DLNA.Other.Show.S02.720p": [
+        (f"DLNA.Other.Show.S02E0{episode}.720p.{name.rsplit('.', 1)[1]}", name)
+        for episode, name in enumerate(PATTERN_CLIPS, start=1)
+    ],
+}
+
+
 @dataclass(frozen=True)
 class PatternFiles:
     probe: list[Path]  # ffprobe: 3 of each clip kind
@@ -220,6 +248,11 @@ class PatternFiles:
     webdav: Path
     seeks: Path
     whole: Path
+    rclone: Path  # sparse, read through ``rclone serve webdav``
+    mpv: Path  # the real movie (MKV), for mpv with its cache off
+    mpv_cached: Path  # the same bytes under another name (cold), for mpv's defaults
+    vlc: Path  # the real movie as an MP4 (moov at the end), for VLC audio-only
+    dlna: Path  # its subdirectories are torrents of the media server's library
 
 
 def _grown(template: Path, out: Path, size: int) -> Path:
@@ -236,6 +269,30 @@ def _grown(template: Path, out: Path, size: int) -> Path:
     return out
 
 
+def _movie(template_dir: Path, name: str) -> Path:
+    """The players' real movie (made once): ``MOVIE_BASE`` encoded, then looped by stream copy."""
+    out, base = template_dir / name, template_dir / "movie-base.mkv"
+    quiet = ["ffmpeg", "-loglevel", "error", "-y"]
+    if not base.exists():
+        tmp = base.with_suffix(".tmp.mkv")
+        subprocess.run([*quiet, *MOVIE_BASE.split(), str(tmp)], check=True)
+        tmp.rename(base)
+    if not out.exists():
+        tmp = out.with_suffix(".tmp" + out.suffix)
+        loop = ["-stream_loop", str(MOVIE_LOOPS), "-i", str(base), "-c", "copy"]
+        subprocess.run([*quiet, *loop, str(tmp)], check=True)
+        tmp.rename(out)
+    return out
+
+
+def _linked(source: Path, out: Path) -> Path:
+    """``source`` under another name (a hard link: a file of its own for rdfs, no bytes copied)."""
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.link(source, out)
+    return out
+
+
 def pattern_files(media: Path, template_dir: Path) -> PatternFiles:
     """The files of the read-pattern section (made once; clips grown to 700 MiB..2 GiB)."""
     root = media / "Patterns"
@@ -244,7 +301,8 @@ def pattern_files(media: Path, template_dir: Path) -> PatternFiles:
     }
     audio_template = _template(template_dir, "audio-only.m4a", AUDIO_ONLY.split())
     rng = random.Random(17)
-    probe, mediainfo = [], []
+    probe: list[Path] = []
+    mediainfo: list[Path] = []
     for name, template in templates.items():
         for copy in range(4):
             out = root / ("MediaInfo" if copy == 3 else "Probe") / f"c{copy}.{name}"
@@ -258,7 +316,19 @@ def pattern_files(media: Path, template_dir: Path) -> PatternFiles:
         webdav=_sparse(root / "WebDAV" / "webdav.bin", 4 * GiB),
         seeks=_sparse(root / "Seeks" / "movie.mkv", 8 * GiB),
         whole=_sparse(root / "Whole" / "whole.bin", 512 * MiB),
+        rclone=_sparse(root / "WebDAV" / "rclone.bin", 4 * GiB),
+        mpv=_linked(_movie(template_dir, "movie.mkv"), root / "Player" / "mpv.mkv"),
+        mpv_cached=_linked(_movie(template_dir, "movie.mkv"), root / "Player" / "mpv-cache.mkv"),
+        vlc=_linked(_movie(template_dir, "movie.mp4"), root / "Player" / "vlc.mp4"),
+        dlna=_dlna_library(root / "DLNA", templates, rng),
     )
+
+
+def _dlna_library(root: Path, templates: dict[str, Path], rng: random.Random) -> Path:
+    for torrent, files in DLNA_LIBRARY.items():
+        for name, template in files:
+            _grown(templates[template], root / torrent / name, rng.randrange(700 * MiB, 2 * GiB))
+    return root
 
 
 def _meta_tree(root: Path, directories: int) -> int:
