@@ -694,10 +694,11 @@ class Cache:
                 unix_time(t.added),
                 unix_time(t.ended),
                 json.dumps(list(t.links)),
-                row_key(t),
-                list_key(t),
+                row_key(t, listed),
+                listed,
             )
             for t in torrents
+            for listed in (list_key(t),)
         ]
         with self.transaction():
             self.conn.executemany(
