@@ -1067,15 +1067,19 @@ class Cache:
             missing
         ):  # (known keys need no write: they are looked up while the database is locked too)
             with self.transaction():
-                for key in missing:
-                    row = self.conn.execute(
-                        "SELECT inode FROM inodes WHERE key = ?", (key,)
-                    ).fetchone()
-                    if row is None:
-                        row = self.conn.execute(
-                            "INSERT INTO inodes (key) VALUES (?) RETURNING inode", (key,)
-                        ).fetchone()
-                    found[key] = row[0]
+                # In order (AUTOINCREMENT numbers them so); a key another process added since the
+                # read above keeps its inode. One statement per batch, not two per key.
+                self.conn.executemany(
+                    "INSERT INTO inodes (key) VALUES (?) ON CONFLICT (key) DO NOTHING",
+                    [(key,) for key in missing],
+                )
+                for chunk in chunks(missing):
+                    marks = ",".join("?" * len(chunk))
+                    found.update(
+                        self.conn.execute(
+                            f"SELECT key, inode FROM inodes WHERE key IN ({marks})", chunk
+                        )
+                    )
         return found
 
     def diff_entries(self, scope: Scope, specs: Sequence[EntrySpec]) -> EntryDiff:
@@ -1148,27 +1152,28 @@ class Cache:
         self, specs: Sequence[EntrySpec], existing: dict[str, StoredEntry], changes: Changes
     ) -> None:
         inodes = self._inodes([k for s in specs for k in (s.key, s.parent_key)])
-        for spec in specs:
-            inode, parent = inodes[spec.key], inodes[spec.parent_key]
-            old = existing.get(spec.key)
-            # A name can be taken by an entry that a later batch renames (a swap): move it aside.
-            self.conn.execute(
-                "UPDATE entries SET name = name || ' [~' || inode || ']' WHERE parent = ? AND "
-                "name = ? AND inode != ?",
-                (parent, spec.name, inode),
-            )
-            self.conn.execute(
-                "INSERT INTO entries (inode, parent, name, kind, size, mtime, nlink, torrent_id, "
-                "file_id, "
-                "download_id, hoster_link, link_offset, files_pending) VALUES (?, ?, ?, ?, ?, ?, "
-                "?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (inode) DO UPDATE SET parent = excluded.parent, name = excluded.name, "
-                "kind = excluded.kind, size = excluded.size, mtime = excluded.mtime, nlink = "
-                "excluded.nlink, "
-                "torrent_id = excluded.torrent_id, file_id = excluded.file_id, download_id = "
-                "excluded.download_id, "
-                "hoster_link = excluded.hoster_link, link_offset = excluded.link_offset, "
-                "files_pending = excluded.files_pending",
+        placed = [(spec, inodes[spec.key], inodes[spec.parent_key]) for spec in specs]
+        # A name can be taken by an entry that a later batch renames (a swap): move it aside.
+        # All at once before the writes: an entry of this batch moved aside gets its own name
+        # from its write below; the names of a batch are distinct.
+        self.conn.executemany(
+            "UPDATE entries SET name = name || ' [~' || inode || ']' WHERE parent = ? AND "
+            "name = ? AND inode != ?",
+            [(parent, spec.name, inode) for spec, inode, parent in placed],
+        )
+        self.conn.executemany(
+            "INSERT INTO entries (inode, parent, name, kind, size, mtime, nlink, torrent_id, "
+            "file_id, "
+            "download_id, hoster_link, link_offset, files_pending) VALUES (?, ?, ?, ?, ?, ?, "
+            "?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (inode) DO UPDATE SET parent = excluded.parent, name = excluded.name, "
+            "kind = excluded.kind, size = excluded.size, mtime = excluded.mtime, nlink = "
+            "excluded.nlink, "
+            "torrent_id = excluded.torrent_id, file_id = excluded.file_id, download_id = "
+            "excluded.download_id, "
+            "hoster_link = excluded.hoster_link, link_offset = excluded.link_offset, "
+            "files_pending = excluded.files_pending",
+            [
                 (
                     inode,
                     parent,
@@ -1183,8 +1188,12 @@ class Cache:
                     spec.hoster_link,
                     spec.link_offset,
                     int(spec.files_pending),
-                ),
-            )
+                )
+                for spec, inode, parent in placed
+            ],
+        )
+        for spec, inode, parent in placed:
+            old = existing.get(spec.key)
             if spec.torrent_id is not None:
                 changes.torrents.add(spec.torrent_id)
             if old is None:
