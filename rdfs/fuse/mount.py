@@ -265,19 +265,25 @@ async def _serve(config: Config, mountpoint: Path, client: RDClient, cache: Cach
                     supervisor.run, "progress", functools.partial(_show_progress, syncer)
                 )
             # Every background task has the shape ``run(*, task_status)`` and runs supervised.
-            tasks: list[tuple[str, Callable[..., Awaitable[object]]]] = [
+            # Those the FUSE requests need, or cheap at start, start now (views: nothing to do
+            # while current, a rebuild spaces its steps); the others scan the library on their
+            # first round (the fill queue, the archives to index) and start once the mount serves.
+            serving: list[tuple[str, Callable[..., Awaitable[object]]]] = [
                 ("cache retry", cache.retry_pending),
                 ("reads", readers.run),  # hosts the read-ahead streams and probe-cache writes
-                ("sync", syncer.run),
                 ("control", control.run),
-                ("archives", archives.run),
                 ("views", views.run),
+            ]
+            later: list[tuple[str, Callable[..., Awaitable[object]]]] = [
+                ("sync", syncer.run),
+                ("archives", archives.run),
                 ("repair", repairer.run),
             ]
             if hook is not None:
-                tasks.append(("update_hook", hook.run))
-            for name, task in tasks:
+                later.append(("update_hook", hook.run))
+            for name, task in serving:
                 await nursery.start(supervisor.run, name, task)
+            nursery.start_soon(_start_when_serving, nursery, supervisor, ops.serving, later)
             if config.page_cache:  # direct I/O has no kernel readahead to tune
                 tune = functools.partial(
                     _tune_after_init, mountpoint, config.read_ahead_kb, config.max_background
@@ -306,6 +312,27 @@ async def _serve(config: Config, mountpoint: Path, client: RDClient, cache: Cach
                     probe.close()
                 if stopped_cleanly:
                     log.info("unmounted %s", mountpoint)
+
+
+# After the kernel's INIT, the first requests (a stat, a listing of the top) are answered before
+# the background tasks' first rounds, which block the loop for a while on a large library.
+START_GRACE = 0.3
+
+
+async def _start_when_serving(
+    nursery: trio.Nursery,
+    supervisor: Supervisor,
+    serving: trio.Event,
+    tasks: list[tuple[str, Callable[..., Awaitable[object]]]],
+) -> None:
+    """Start ``tasks`` (supervised) once the mount serves: a warm start shows the whole cached
+    tree first; none of them is needed to answer from the cache, and the sync's first API call
+    comes an interval later on a warm cache anyway."""
+    await serving.wait()
+    await trio.sleep(START_GRACE)
+    log.debug("mount serving: starting %s", ", ".join(name for name, _ in tasks))
+    for name, task in tasks:
+        await nursery.start(supervisor.run, name, task)
 
 
 def _mount_session(ops: Operations, mountpoint: Path, options: set[str]) -> None:

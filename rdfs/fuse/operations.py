@@ -267,9 +267,12 @@ class Operations(pyfuse3.Operations):
         self._failures: set[tuple[str, str, str, int | None]] = set()
         # Invalidations before the kernel's INIT fail (ENOSYS) and have nothing to drop anyway.
         self._kernel_ready = False
+        # Set when the kernel's INIT is answered: the mount serves from then on.
+        self.serving = trio.Event()
 
     def init(self) -> None:
         self._kernel_ready = True
+        self.serving.set()
 
     @property
     def open_files(self) -> int:

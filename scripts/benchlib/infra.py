@@ -331,7 +331,7 @@ def _mounted(
                 raise RuntimeError(
                     f"{argv[0]} mount failed:\n{log_file.read_text(errors='replace')[-2000:]}"
                 )
-            time.sleep(0.05)
+            time.sleep(0.005)  # start-up is timed from the launch: do not add a long poll to it
         yield Mount(path, process, log_file)
     finally:
         if process.poll() is None:

@@ -188,6 +188,110 @@ def test_corrupt_database_is_moved_aside_and_rebuilt(tmp_path: Path, damage: str
     assert len(aside) == 1 and aside[0].read_bytes() == damaged
 
 
+def checks_run(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The databases whose integrity check ran, from now on."""
+    ran: list[Path] = []
+    real = Cache._check_sound
+
+    def spy(self: Cache) -> None:
+        ran.append(self.path)
+        real(self)
+
+    monkeypatch.setattr(Cache, "_check_sound", spy)
+    return ran
+
+
+def test_a_cleanly_closed_cache_opens_without_the_integrity_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ran = checks_run(monkeypatch)
+    first = Cache.open(tmp_path, 42)
+    fill(first, 20)
+    first.close()
+    assert len(ran) == 1  # a new database: checked
+    second = Cache.open(tmp_path, 42)
+    try:
+        assert len(ran) == 1 and len(second.torrent_states()) == 20
+        # The mark is gone while the cache is open: a crash now leaves none behind.
+        assert not [p for p in second.path.parent.iterdir() if p.name.endswith(".clean")]
+    finally:
+        second.close()
+    Cache.open(tmp_path, 42).close()
+    assert len(ran) == 1
+
+
+def test_a_cache_not_closed_cleanly_is_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ran = checks_run(monkeypatch)
+    crashed = Cache.open(tmp_path, 42)
+    fill(crashed, 20)  # never closed: a crash (its WAL stays behind)
+    again = Cache.open(tmp_path, 42)
+    again.close()
+    crashed.conn.close()
+    assert len(ran) == 2
+    still_open = Cache.open(tmp_path, 42)
+    other = Cache.open(tmp_path, 42)
+    other.close()  # not the last connection: the WAL stays, no mark
+    Cache.open(tmp_path, 42).close()
+    still_open.close()
+    assert len(ran) == 5
+
+
+def test_a_cache_changed_after_a_clean_close_is_checked_and_never_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    """Damage of the same size (a page overwritten in place) after a clean close: the file is
+    not the one that was marked clean, so the check runs and the cache is rebuilt."""
+    ran = checks_run(monkeypatch)
+    first = Cache.open(tmp_path, 42)
+    fill(first)
+    root = first.conn.execute(
+        "SELECT rootpage FROM sqlite_master WHERE name = 'torrents'"
+    ).fetchone()[0]
+    page_size = first.conn.execute("PRAGMA page_size").fetchone()[0]
+    first.close()
+    path = first.path
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.seek((root - 1) * page_size)
+        f.write(b"\xff" * page_size)
+    assert path.stat().st_size == size
+    caplog.set_level(logging.INFO, logger="rdfs")
+    cache = Cache.open(tmp_path, 42)
+    try:
+        assert len(ran) == 3 and cache.torrent_states() == {}  # checked, moved aside, rebuilt
+    finally:
+        cache.close()
+    assert [p for p in path.parent.iterdir() if p.name.startswith(DB_NAME + ".corrupt-")]
+
+
+def test_a_cache_found_corrupt_while_open_is_checked_at_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Cache.open(tmp_path, 42).close()
+    ran = checks_run(monkeypatch)
+    cache = Cache.open(tmp_path, 42)
+    cache.put_link(link(1))
+    root = cache.conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'links'").fetchone()[
+        0
+    ]
+    page_size = cache.conn.execute("PRAGMA page_size").fetchone()[0]
+    cache.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    with open(cache.path, "r+b") as f:  # damaged under the running cache, seen by a read
+        f.seek((root - 1) * page_size)
+        f.write(b"\xff" * page_size)
+    cache.conn.execute("PRAGMA shrink_memory")
+    assert cache.get_link(link(1).hoster_link) is None and cache.status()["state"] == "corrupt"
+    cache.close()
+    assert len(ran) == 0
+    Cache.open(tmp_path, 42).close()
+    assert len(ran) == 2  # checked: corrupt, so moved aside, and the new one checked too
+    assert [
+        p for p in tmp_path.joinpath("42").iterdir() if p.name.startswith(DB_NAME + ".corrupt-")
+    ]
+
+
 def test_accounts_know_credentials_by_salted_fingerprint_only(tmp_path: Path) -> None:
     token_a, token_b = b"token\0AAAASECRETAAAA", b"token\0BBBBSECRETBBBB"
     accounts = Accounts(tmp_path)

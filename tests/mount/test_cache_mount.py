@@ -230,7 +230,8 @@ def test_a_cache_is_shown_only_to_its_own_account(emulator_proc: EmulatorProcess
 def test_mount_starts_while_another_process_holds_the_lock(emulator_proc: EmulatorProcess, tmp_path: Path) -> None:
     movie = add_movie(emulator_proc, "Boot Movie")
     with mountutil.mount(emulator_proc.api_url, emulator_proc.token, tmp_path, name="first") as mounted:
-        mountutil.wait_for(lambda: (mounted.path / "torrents" / "Boot Movie").exists(), what="the tree")
+        # The file list cached too: the warm mount below cannot store one while the lock is held.
+        mountutil.wait_for(lambda: (mounted.path / "torrents" / "Boot Movie" / "Boot Movie.part3.bin").exists(), what="the tree")
     db = tmp_path / "cache" / USER_ID / DB_NAME
     locker = subprocess.Popen(["sqlite3", str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:

@@ -132,3 +132,26 @@ async def test_a_purge_the_database_refuses_waits_for_the_next_round(
             nursery.cancel_scope.cancel()
     finally:
         other.close()
+
+
+def test_fingerprints_encode_exactly_as_json_dumps() -> None:
+    """Stored fingerprints are compared with new ones: the fast encoder must give json.dumps's
+    text for every value a listed torrent has, or every torrent would look changed."""
+    import json
+
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from rdfs.store.records import _json
+
+    scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text()
+    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4), max_leaves=12)
+
+    @given(st.lists(values, max_size=8))
+    def same(value: list[object]) -> None:
+        assert _json(value) == json.dumps(value)
+
+    same()
+    assert _json(["Fïlm \u2028 \"x\"\n", 2**70, 1e-7, float("nan"), None]) == json.dumps(
+        ["Fïlm \u2028 \"x\"\n", 2**70, 1e-7, float("nan"), None]
+    )
