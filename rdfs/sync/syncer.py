@@ -57,11 +57,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import trio
@@ -79,6 +77,7 @@ from rdfs.store.metadata import (
 )
 from rdfs.store.values import chunks as _chunks
 from rdfs.sync.fillprogress import FillProgress
+from rdfs.sync.listing import Listing, ListState, page_fingerprint
 from rdfs.sync.treebuilder import TreeBuilder
 from rdfs.tree.specs import Namespace
 
@@ -105,32 +104,13 @@ T = TypeVar("T")
 class Client(Protocol):
     """What the syncer needs from ``rdfs.api.client.RDClient``."""
 
-    async def torrents(self, *, page: int, limit: int) -> Any: ...
+    async def torrents(
+        self, *, page: int | None = None, offset: int | None = None, limit: int
+    ) -> Any: ...
 
     async def downloads(self, *, page: int, limit: int) -> Any: ...
 
     async def torrent_info(self, id: str) -> TorrentInfo: ...
-
-
-@dataclass
-class Listing:
-    """A listing of ``/torrents`` or ``/downloads``, and whether deletions may trust it.
-
-    The items themselves went page by page to the caller's ``on_page``: what stays is their ids,
-    one fingerprint per page, and the page of each item still moving (``where``).
-    """
-
-    ids: set[str]
-    pages: list[str]
-    total: int | None
-    complete: bool
-    reason: str = ""
-    where: dict[str, int] = field(default_factory=dict)
-
-
-def page_fingerprint(ids: Sequence[str]) -> str:
-    """What a page's ids are compared by (the probes and sweeps): short, order-sensitive."""
-    return hashlib.sha1("\n".join(ids).encode()).hexdigest()[:16]
 
 
 def policy_options(config: Any) -> dict[str, Any]:
@@ -148,32 +128,6 @@ def policy_options(config: Any) -> dict[str, Any]:
 
 class SyncStalled(Exception):
     """The tick's API calls did not finish within ``tick_timeout``: abandoned, retried next tick."""
-
-
-@dataclass
-class _ListState:
-    """What the last complete listing of one list looked like: a fingerprint of each page's ids,
-    the total, and the page of each item still moving. Persisted (sync state ``listing:KIND``): a
-    warm start probes page 1 against it instead of listing everything again."""
-
-    pages: list[str] = field(default_factory=list)
-    total: int | None = None
-    where: dict[str, int] = field(default_factory=dict)
-    listed: bool = False  # a complete listing is known (made here, or stored by an earlier run)
-
-    @classmethod
-    def stored(cls, value: Any) -> _ListState:
-        """The state ``as_stored`` wrote; an empty one (a listing is due) for anything else."""
-        try:
-            pages = [str(p) for p in value["pages"]]
-            total = value["total"] if isinstance(value["total"], int) else None
-            where = {str(k): int(v) for k, v in value["where"].items()}
-        except (TypeError, KeyError, ValueError, AttributeError, OverflowError):
-            return cls()
-        return cls(pages, total, where, listed=bool(pages))
-
-    def as_stored(self) -> dict[str, Any]:
-        return {"pages": self.pages, "total": self.total, "where": self.where}
 
 
 class Syncer:
@@ -221,7 +175,7 @@ class Syncer:
             batch_size=batch_size,
         )
         self._lists = {
-            kind: _ListState.stored(cache.get_state(f"listing:{kind}"))
+            kind: ListState.stored(cache.get_state(f"listing:{kind}"))
             for kind in ("torrents", "downloads")
         }
         # A cache that holds a complete listing is served as it is: the first probe comes an
@@ -229,6 +183,13 @@ class Syncer:
         self._warm = self._lists["torrents"].listed
         self._wake = trio.Event()
         self._force_full = False
+        self._probe_next = False  # the next tick probes page 1, whatever the sweep's turn
+        self._removed_here: list[str] = []  # torrents rdfs deleted, for the next tick's state
+        # Torrents found missing by ``_locate_removal`` (not by a listing): their removal is
+        # confirmed by asking RD for each (``_confirm_located``), not by a complete listing.
+        self._located: set[str] = set()
+        # The tick of the last change followed without a listing, while not persisted (None).
+        self._unsaved: int | None = None
         self._tick_number = 0
         self._sweep_number = 0
         # Background file fill: ids in fetch order, the requests in flight, on-demand callers.
@@ -307,9 +268,20 @@ class Syncer:
                 self._running = False
 
     def trigger(self) -> None:
-        """Sync now, with complete listings (e.g. after the user added or deleted something)."""
+        """Sync now, with complete listings (``.rdfs/refresh``, SIGHUP, a repair)."""
         self._force_full = True
         self._wake.set()
+
+    def check_soon(self) -> None:
+        """Probe page 1 now (rdfs added a torrent: it shows on top, followed without a listing)."""
+        self._probe_next = True
+        self._wake.set()
+
+    def removed(self, torrent_ids: Sequence[str]) -> None:
+        """rdfs deleted these torrents (RD answered the DELETE) and removed them from the cache:
+        the next tick drops them from the listing state and probes page 1, no listing."""
+        self._removed_here.extend(torrent_ids)
+        self.check_soon()
 
     async def sync_once(self, *, full: bool = True, fill: bool = True) -> None:
         """One tick (complete listings by default), then, with ``fill``, every missing file list."""
@@ -391,16 +363,22 @@ class Syncer:
         try:
             if self.tree.behind:  # a listing stopped after storing pages: their directories first
                 self._emit(await self.tree.torrent_dirs(()))
-            if full or not torrents.listed or self._deletions_due("torrents"):
+            self._forget_removed()
+            probe_next, self._probe_next = self._probe_next, False
+            located = self._deletions_due("torrents") and self._located_only()
+            if full or not torrents.listed or (self._deletions_due("torrents") and not located):
                 await self._sync_torrents()
                 await self._sync_downloads()
-            elif not downloads.listed or self._deletions_due("downloads"):
-                await self._probe_torrents()
-                await self._sync_downloads()
-            elif self._tick_number % SWEEP_EVERY == SWEEP_EVERY - 1:
-                await self._sweep()
             else:
-                await self._probe_torrents()
+                if located:
+                    await self._confirm_located()
+                if not downloads.listed or self._deletions_due("downloads"):
+                    await self._probe_torrents()
+                    await self._sync_downloads()
+                elif not probe_next and self._tick_number % SWEEP_EVERY == SWEEP_EVERY - 1:
+                    await self._sweep()
+                else:
+                    await self._probe_torrents()
             expired = self.tree.hold_expired()
             if expired:
                 self._emit(await self.tree.torrent_dirs(expired))
@@ -419,6 +397,8 @@ class Syncer:
             self.cache.set_state("last_outcome", f"failed: {exc}")
         else:
             self._condition("sync", None)
+            if self._unsaved is not None and self._unsaved < self._tick_number:
+                self._save_torrents_state()  # the tick after the changes: off their path
             outcome = "ok" if torrents.listed else "incomplete listing"
             self._set_health("ok" if torrents.listed else "degraded")
             self.cache.set_state("last_sync", time.time())
@@ -441,7 +421,7 @@ class Syncer:
         state = self._lists["torrents"]
         pages = {1}
         for torrent in self.cache.active_torrents():
-            number = state.where.get(torrent.id)
+            number = state.page_of(torrent.id, self.page_size)
             if number is not None:
                 pages.add(number)
         for number in sorted(pages):
@@ -451,7 +431,7 @@ class Syncer:
     async def _sweep(self) -> None:
         """Check one other list page in turn: /downloads page 1, then /torrents pages 2, 3, ..."""
         state = self._lists["torrents"]
-        turns = ["downloads"] + [str(n) for n in range(2, len(state.pages) + 1)]
+        turns = ["downloads"] + [str(n) for n in range(2, state.page_count(self.page_size) + 1)]
         turn = turns[self._sweep_number % len(turns)]
         self._sweep_number += 1
         if turn == "downloads":
@@ -465,19 +445,178 @@ class Syncer:
             await self._check_torrent_page(int(turn))
 
     async def _check_torrent_page(self, number: int) -> bool:
-        """Re-request one page; True when it showed no structural change (else it re-lists)."""
+        """Re-request one page; True when it needed no listing: the same ids (only the rows that
+        changed are written) or a change followed as it is (``_follow``)."""
         state = self._lists["torrents"]
         page = await self._api(self.client.torrents(page=number, limit=self.page_size))
         if page.not_modified:
             return True
-        fingerprint = page_fingerprint([t.id for t in page.items])
-        same_ids = number <= len(state.pages) and fingerprint == state.pages[number - 1]
-        if not same_ids or (page.total is not None and page.total != state.total):
-            log.debug("torrents page %d changed: listing everything", number)
-            await self._sync_torrents(first=page if number == 1 else None)
+        ids = [t.id for t in page.items]
+        same_ids = page_fingerprint(ids) == state.fingerprint(number, self.page_size)
+        if same_ids and (page.total is None or page.total == state.total):
+            await self._store_torrents(page.items)
+            return True
+        if await self._follow(number, page, ids):
+            return True
+        log.debug("torrents page %d changed: listing everything", number)
+        await self._sync_torrents(first=page if number == 1 else None)
+        return False
+
+    async def _follow(self, number: int, page: Any, ids: list[str]) -> bool:
+        """Apply a changed page without a listing when the change is torrents added on top (page
+        1, the total grown by as many) or one torrent gone (the total one less); False for
+        anything else, or when a total is unknown (a listing follows)."""
+        state = self._lists["torrents"]
+        if (
+            state.order is None
+            or state.total is None
+            or page.total is None
+            or page.received != len(ids)  # a record dropped as invalid: offsets are unknown
+        ):
             return False
+        grown = page.total - state.total
+        if number == 1 and grown > 0:
+            followed = await self._follow_adds(ids, grown)
+        elif grown == -1:
+            followed = await self._locate_removal(number, ids)
+        else:
+            followed = False
+        if not followed:
+            return False
+        base = (number - 1) * self.page_size
+        for offset, torrent in enumerate(page.items, base):
+            if torrent.status in ACTIVE_STATUSES:
+                state.where[torrent.id] = offset
+            else:
+                state.where.pop(torrent.id, None)
         await self._store_torrents(page.items)
+        self._unsaved_change()
         return True
+
+    async def _follow_adds(self, ids: list[str], added: int) -> bool:
+        """Page 1 is ``added`` new ids followed by the old page 1 shifted: keep them on top."""
+        order = self._lists["torrents"].order
+        assert order is not None
+        fits = (
+            added < len(ids)
+            and len(ids) == min(self.page_size, len(order) + added)
+            and ids[added:] == order[: len(ids) - added]
+            and len(set(ids[:added])) == added
+        )
+        if not fits or self.cache.torrent_states_of(ids[:added]):
+            return False  # more than a page of adds, another change, or known ids moved on top
+        self._lists["torrents"].added_on_top(ids[:added])
+        log.info("%d torrents added on top of the list: followed without a listing", added)
+        return True
+
+    async def _locate_removal(self, number: int, ids: list[str]) -> bool:
+        """One torrent is gone (the total is one less): find which with the page in hand, or a
+        binary search of ``offset``/``limit=1`` requests against the cached order (about
+        log2(total) of them). It is then held as missing, like an id missing from one complete
+        listing, until ``_confirm_located`` asks RD about it."""
+        state = self._lists["torrents"]
+        order = state.order
+        assert order is not None and state.total is not None
+        expected = state.total - 1
+        base = (number - 1) * self.page_size
+        same = 0
+        while same < len(ids) and base + same < len(order) and ids[same] == order[base + same]:
+            same += 1
+        if same == len(ids):  # the page is as it was: the gap is further down
+            low, high, seen_high = base + len(ids), len(order) - 1, False
+        elif ids[same:] == order[base + same + 1 : base + len(ids) + 1]:  # shifted up by one
+            low, high, seen_high = (base + same if same else 0), base + same, True
+        else:
+            return False
+        if low > high:
+            return False
+        requests = 0
+        while low < high or not seen_high:
+            middle = (low + high) // 2 if low < high else high
+            probe = await self._api(self.client.torrents(offset=middle, limit=1))
+            requests += 1
+            found = probe.items[0].id if probe.items else None
+            following = order[middle + 1] if middle + 1 < len(order) else None
+            if probe.total != expected or probe.received != len(probe.items):
+                return False
+            if middle < high and found == order[middle]:
+                low = middle + 1
+            elif found == following:
+                high, seen_high = middle, True
+            else:
+                return False
+        if low >= len(order):
+            return False
+        gone = state.removed_at(low)
+        log.info(
+            "torrent %s is gone from RD's list (found with %d requests): removed once RD "
+            "confirms it",
+            gone,
+            requests,
+        )
+        self._located.add(gone)
+        doomed = self._guard("torrents", {gone}, self._known("torrents"), checked={gone})
+        if doomed:  # (only when it was missing already: a listing between two ticks)
+            self._emit(await self._remove_gone(doomed))
+        return True
+
+    async def _confirm_located(self) -> None:
+        """Ask RD about each torrent ``_locate_removal`` found missing. An unknown id counts as
+        the later complete listing that confirms a removal (the usual rules then apply: a large
+        removal is still held); one that is still there means the cached order was wrong: it is
+        kept and everything is listed."""
+        missing = self._missing.get("torrents", {})
+        checked = {torrent_id for torrent_id in missing if torrent_id in self._located}
+        gone: set[str] = set()
+        for torrent_id in sorted(checked):
+            try:
+                await self._api(self.client.torrent_info(torrent_id))
+            except UnknownResource:
+                gone.add(torrent_id)
+        doomed = self._guard("torrents", gone, self._known("torrents"), checked=checked)
+        if doomed:
+            self._emit(await self._remove_gone(doomed))
+        if checked - gone:
+            log.info("%d torrents found missing are still on RD: listing", len(checked - gone))
+            await self._sync_torrents()
+
+    async def _remove_gone(self, doomed: set[str]) -> Changes:
+        """Delete torrents whose removal upstream was confirmed, and their directories."""
+        changes = await self._delete_torrents(doomed)
+        changes.merge(await self.tree.torrent_dirs(doomed))
+        self._refill_queue()
+        return changes
+
+    def _forget_removed(self) -> None:
+        """Drop the torrents rdfs deleted itself (``removed``) from the cached order."""
+        removed, self._removed_here = self._removed_here, []
+        state = self._lists["torrents"]
+        missing = self._missing.get("torrents", {})
+        for torrent_id in removed:
+            self._located.discard(torrent_id)
+            if missing.pop(torrent_id, None) is not None:
+                self.cache.set_state("missing", self._missing)
+            offset = state.offset_of(torrent_id) if state.order is not None else None
+            if offset is not None:
+                state.removed_at(offset)
+                self._unsaved_change()
+
+    def _located_only(self) -> bool:
+        """Whether every torrent held as missing was found by ``_locate_removal``."""
+        missing = self._missing.get("torrents", {})
+        return bool(missing) and all(torrent_id in self._located for torrent_id in missing)
+
+    def _unsaved_change(self) -> None:
+        """The state changed without a listing. It is persisted by a later tick (one O(library)
+        write per burst of changes, not per change); until then the stored state says "list
+        everything", so a restart never trusts a stale one."""
+        if self._unsaved is None:
+            self.cache.set_state("listing:torrents", None)
+        self._unsaved = self._tick_number
+
+    def _save_torrents_state(self) -> None:
+        self.cache.set_state("listing:torrents", self._lists["torrents"].as_stored())
+        self._unsaved = None
 
     # --- listings -------------------------------------------------------------------------
 
@@ -491,7 +630,7 @@ class Syncer:
         """Every page of a list, and whether the listing may be trusted for deletions (see the
         module). Each page's new items go to ``on_page`` as it arrives: a listing of 100,000
         torrents never holds more than a page of records."""
-        seen: set[str] = set()
+        seen: dict[str, None] = {}  # in listing order
         pages: list[str] = []
         where: dict[str, int] = {}
         fresh_totals: set[int] = set()
@@ -509,10 +648,10 @@ class Syncer:
             new = []
             for item in page.items:
                 if item.id not in seen:
-                    seen.add(item.id)
+                    seen[item.id] = None
                     new.append(item)
                     if getattr(item, "status", None) in ACTIVE_STATUSES:
-                        where[item.id] = number
+                        where[item.id] = len(seen) - 1
             if new and on_page is not None:
                 await on_page(new)
             size, announced, added = len(page.items), page.total, len(new)
@@ -590,11 +729,18 @@ class Syncer:
             missing > 1 and missing > self.max_delete_fraction * known
         )
 
-    def _guard(self, kind: str, gone: set[str], known: int) -> set[str]:
-        """Which of the ``gone`` ids to delete now: see "Safety" in the module's docstring."""
+    def _guard(
+        self, kind: str, gone: set[str], known: int, checked: set[str] | None = None
+    ) -> set[str]:
+        """Which of the ``gone`` ids to delete now: see "Safety" in the module's docstring.
+        ``checked``: the ids this observation looked at (None: a complete listing, all)."""
         now = time.time()
         missing = self._missing.setdefault(kind, {})
-        back = [item_id for item_id in missing if item_id not in gone]
+        back = [
+            item_id
+            for item_id in missing
+            if item_id not in gone and (checked is None or item_id in checked)
+        ]
         for item_id in back:
             del missing[item_id]
         for item_id in gone:
@@ -608,6 +754,7 @@ class Syncer:
         }
         for item_id in due:
             del missing[item_id]
+        self._located.intersection_update(self._missing.get("torrents", {}))
         if missing and mass:
             self._condition(
                 f"{kind} removal",
@@ -666,18 +813,10 @@ class Syncer:
         )
         changes = Changes()
         if self._trust("torrents", listing, known):
-            gone = self.cache.torrent_ids() - listing.ids
+            gone = self.cache.torrent_ids() - listing.ids.keys()
             doomed = self._guard("torrents", gone, known)
             if doomed:
-                log.info("removing %d torrents gone upstream", len(doomed))
-                self.tree.expect(doomed)
-                for chunk in _chunks(sorted(doomed), self.batch_size):
-                    with self.cache.transaction():
-                        self.cache.record_removals(
-                            chunk, by="rd", reason="gone from RD's torrent list"
-                        )
-                        changes.merge(self.cache.delete_torrents(chunk))
-                    await trio.sleep(0)
+                changes.merge(await self._delete_torrents(doomed))
                 structural |= doomed
             self._listed("torrents", listing)
             self.cache.set_state("last_complete_listing", time.time())
@@ -689,10 +828,29 @@ class Syncer:
             self._refill_queue()
         self._emit(changes)
 
+    async def _delete_torrents(self, doomed: set[str]) -> Changes:
+        """Delete (and record) torrents whose removal upstream is confirmed; the caller rebuilds
+        their directories."""
+        log.info("removing %d torrents gone upstream", len(doomed))
+        self.tree.expect(doomed)
+        changes = Changes()
+        for chunk in _chunks(sorted(doomed), self.batch_size):
+            with self.cache.transaction():
+                self.cache.record_removals(chunk, by="rd", reason="gone from RD's torrent list")
+                changes.merge(self.cache.delete_torrents(chunk))
+            await trio.sleep(0)
+        return changes
+
     def _listed(self, kind: str, listing: Listing) -> None:
-        """Keep (and persist) what a complete listing looked like, for the probes."""
+        """Keep (and persist) what a complete listing looked like, for the probes: ``/torrents``
+        by its ids in order, ``/downloads`` by its page fingerprints."""
         state = self._lists[kind]
-        state.pages, state.total, state.where = listing.pages, listing.total, listing.where
+        state.total, state.where = listing.total, listing.where
+        if kind == "torrents":
+            state.order, state.pages = list(listing.ids), []
+            self._unsaved = None
+        else:
+            state.pages = listing.pages
         state.listed = True
         self.cache.set_state(f"listing:{kind}", state.as_stored())
 
@@ -743,7 +901,7 @@ class Syncer:
         )
         doomed: set[str] = set()
         if self._trust("downloads", listing, len(known)):
-            gone = known - listing.ids
+            gone = known - listing.ids.keys()
             doomed = self._guard("downloads", gone, len(known))
             for chunk in _chunks(sorted(doomed), self.batch_size):
                 self.cache.delete_downloads(chunk)

@@ -19,7 +19,8 @@ from rdfs.api.auth import StaticToken
 from rdfs.api.client import RDClient
 from rdfs.emulator import Emulator
 from rdfs.store.metadata import TORRENTS_INODE, Cache
-from rdfs.sync.syncer import SWEEP_EVERY, Syncer, _ListState
+from rdfs.sync.listing import ListState
+from rdfs.sync.syncer import SWEEP_EVERY, Syncer
 from rdfs.tree.specs import Namespace
 
 TORRENTS = 23
@@ -126,5 +127,5 @@ async def test_a_listing_hands_over_one_page_at_a_time(setup: Setup) -> None:
 )
 def test_a_damaged_stored_listing_state_means_a_listing_is_due(stored) -> None:
     """What the cache holds of the last listing may be damaged: an empty state, never a crash."""
-    state = _ListState.stored(stored)
+    state = ListState.stored(stored)
     assert not state.listed and state.pages == [] and state.where == {}
