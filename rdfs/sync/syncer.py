@@ -475,6 +475,16 @@ class Syncer:
         ):
             return False
         grown = page.total - state.total
+        if number != 1 and grown > 0:  # a sweep saw adds first: page 1 shows them
+            if not await self._check_torrent_page(1):
+                return True  # page 1 led to a complete listing: nothing more to do
+            if (
+                page_fingerprint(ids) != state.fingerprint(number, self.page_size)
+                or page.total != state.total
+            ):
+                return False
+            await self._store_torrents(page.items)
+            return True
         if number == 1 and grown > 0:
             followed = await self._follow_adds(ids, grown)
         elif grown == -1:
@@ -975,7 +985,8 @@ class Syncer:
             except UnknownResource as exc:
                 # Gone upstream since it was listed: the next listing removes it.
                 self.cache.set_info_error(torrent_id, str(exc))
-                self._force_full = True
+                if torrent_id not in self._located:  # (those are confirmed by the next tick)
+                    self._force_full = True
                 return
             self._queue.pop(torrent_id, None)
             self._emit(self.tree.store_info(info))
