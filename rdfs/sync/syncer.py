@@ -2,10 +2,10 @@
 
 Schedule. ``run`` marks itself started before any API call: a warm cache is visible at once.
 The first tick lists ``/torrents`` and ``/downloads`` completely (large pages), unless the cache
-holds what an earlier run's complete listing looked like (a fingerprint of each page's ids, the
-total: sync state ``listing:KIND``): then the cache is served as it is and the first tick, an
-interval after the start, is a probe. After that each interval costs one request while nothing
-moves:
+holds what an earlier run's complete listing looked like, kept up to date since (``/torrents``'
+ids in RD's order, ``/downloads``' page fingerprints, the totals: sync state ``listing:KIND``,
+see :mod:`.listing`): then the cache is served as it is and the first tick, an interval after
+the start, is a probe. After that each interval costs one request while nothing moves:
 
 * three ticks out of four re-request the first page of ``/torrents`` (a conditional GET: RD
   answers 304 when nothing changed; the newest torrents, where activity is, live there), plus the
@@ -13,10 +13,27 @@ moves:
 * the fourth tick sweeps one other list page in turn (``/downloads``, then ``/torrents`` pages
   2, 3, ...), so a change deep in the list is noticed within a few minutes.
 
-A page whose ids are unchanged only updates the rows that changed (progress, links); any other
-difference leads to a complete listing. ``trigger()`` forces a complete listing at once. A
-listing goes into the store page by page (each page compared with the stored rows' fingerprints):
-it holds the ids of the list, never all its records.
+Changes, and what each costs (a page is compared with the one the cached order predicts):
+
+* the same ids (and total): only the rows that changed are written (progress, links, a rename);
+* page 1 is k new ids followed by the old page 1 shifted by k, and the total grew by k (k less
+  than a page; a sweep that sees the total grow re-reads page 1 first): the k torrents are added
+  on top, no listing;
+* the total is one less and the page fits one id gone (before it, inside it or after it): that
+  id is found with the page in hand or a binary search of ``offset``/``limit=1`` requests against
+  the cached order (at most about log2(total) + 1: 18 at 100,000), then held as missing (below);
+* a torrent deleted through rdfs (``removed``: RD answered the DELETE, the control layer dropped
+  it from the cache) leaves the cached order at the next tick, which probes page 1; an add through
+  rdfs asks for that probe too (``check_soon``);
+* anything else (several changes at once, an unknown or inconsistent total, a known id moving to
+  the top, a record RD sent that failed validation) leads to a complete listing, as do
+  ``trigger()`` (``.rdfs/refresh``, SIGHUP, a repair), a ``/downloads`` change and a cache that
+  lost its listing state. A listing goes into the store page by page (each page compared with the
+  stored rows' fingerprints): it holds the ids of the list, never all its records.
+
+A change followed without a listing is persisted by the next tick (one write of the order,
+O(library) but once per burst of changes, off the change's path); until then the stored state
+says "list everything", so a restart never trusts a stale order.
 
 Files. ``/torrents`` does not list files: every downloaded torrent's directory appears as soon as
 the listing is known (``files_pending``), and workers fetch ``/torrents/info`` in the background
@@ -39,9 +56,12 @@ from a complete listing is deleted only when it is still missing from a *later* 
 listing; while more than ``small_removal`` ids (or several ids that are more than
 ``max_delete_fraction`` of a list) are missing, each must also have been missing for
 ``delete_confirm_seconds`` (minutes): a media scan never sees a library vanish on one bad
-answer. A torrent whose directory was shown and whose status leaves ``downloaded`` for an active
-one (RD flipping it to ``downloading`` and back) keeps its directory for the same time; a failed
-one (``dead``, ``error``, ...) leaves at once. Every torrent deleted that way is written to the
+answer. A torrent found missing by the binary search counts as missing from one listing; the
+confirmation is RD's answer to ``/torrents/info`` for it (``unknown_ressource``: gone) a tick
+later, after which the same rules apply (a large removal is still held); one RD still knows is
+kept, and everything is listed. A torrent whose directory was shown and whose status leaves
+``downloaded`` for an active one (RD flipping it to ``downloading`` and back) keeps its directory
+for the same time; a failed one (``dead``, ``error``, ...) leaves at once. Every torrent deleted that way is written to the
 removal record (``Cache.record_removals``) with its name, hash and file selection, so it can be
 re-added.
 
