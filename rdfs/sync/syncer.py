@@ -61,9 +61,9 @@ confirmation is RD's answer to ``/torrents/info`` for it (``unknown_ressource``:
 later, after which the same rules apply (a large removal is still held); one RD still knows is
 kept, and everything is listed. A torrent whose directory was shown and whose status leaves
 ``downloaded`` for an active one (RD flipping it to ``downloading`` and back) keeps its directory
-for the same time; a failed one (``dead``, ``error``, ...) leaves at once. Every torrent deleted that way is written to the
-removal record (``Cache.record_removals``) with its name, hash and file selection, so it can be
-re-added.
+for the same time; a failed one (``dead``, ``error``, ...) leaves at once. Every torrent deleted
+that way is written to the removal record (``Cache.record_removals``) with its name, hash and
+file selection, so it can be re-added.
 
 Deadlines. A tick's API calls share one deadline (``tick_timeout``): a server that drips its
 answer cannot hold the sync forever; the tick ends as ``stalled`` and the next one starts on
