@@ -1,11 +1,11 @@
 """What the syncer remembers of a list (``/torrents``, ``/downloads``) between listings.
 
-``/torrents`` keeps its ids in RD's order (newest first): a page's fingerprint is derived from
-that order on demand, so one torrent added on top or removed anywhere shifts the state in
-O(changed) (a list insert or delete, no page re-hashed), and a probe can tell "k new ids on
-top" or "one id gone at offset p" from any other difference. 100,000 ids of 13 characters take
-about 7 MiB. ``/downloads`` (which grows without bound and is only re-listed) keeps one
-fingerprint per page.
+``/torrents`` keeps its ids in RD's order (newest first): the fingerprint of any window of the
+list (a page, the head, the tail) is derived from that order on demand, so one torrent added on
+top or removed anywhere shifts the state in O(changed) (a list insert or delete, nothing
+re-hashed), and a probe can tell "k new ids on top" or "one id gone at offset p" from any other
+difference. 100,000 ids of 13 characters take about 7 MiB. ``/downloads`` (which grows without
+bound and is only re-listed) keeps one fingerprint per page.
 
 Persisted as sync state ``listing:KIND``: the ids as one newline-joined string (or the page
 fingerprints), the total, the offset of each item still moving.
@@ -46,8 +46,9 @@ class ListState:
     """What the last complete listing of one list looked like, kept up to date by the changes
     followed since (see the module).
 
-    ``order`` is None for a list known by its page fingerprints only (``/downloads``): any
-    difference then needs a listing. ``where`` maps an item still moving to its offset.
+    ``order`` is None for a list known by its page fingerprints only (``/downloads``, compared
+    page by page by the caller): any difference then needs a listing. ``where`` maps an item
+    still moving to its offset.
     """
 
     pages: list[str] = field(default_factory=list)
@@ -82,17 +83,13 @@ class ListState:
             return len(self.pages)
         return max(1, -(-len(self.order) // size))
 
-    def fingerprint(self, number: int, size: int) -> str | None:
-        """Page ``number``'s fingerprint (pages of ``size``), None beyond the last one."""
+    def window_fingerprint(self, offset: int, limit: int) -> str | None:
+        """The fingerprint of ``limit`` items from ``offset`` (None: unknown, or past the end)."""
         if self.order is None:
-            return self.pages[number - 1] if number <= len(self.pages) else None
-        if number > self.page_count(size):
             return None
-        return page_fingerprint(self.order[(number - 1) * size : number * size])
-
-    def page_of(self, item_id: str, size: int) -> int | None:
-        offset = self.where.get(item_id)
-        return None if offset is None else offset // size + 1
+        if offset and offset >= len(self.order):
+            return None
+        return page_fingerprint(self.order[offset : offset + limit])
 
     def added_on_top(self, ids: Sequence[str]) -> None:
         """``ids`` were added before the first item (the caller notes those still moving)."""

@@ -7,24 +7,27 @@ ids in RD's order, ``/downloads``' page fingerprints, the totals: sync state ``l
 see :mod:`.listing`): then the cache is served as it is and the first tick, an interval after
 the start, is a probe. After that each interval costs one request while nothing moves:
 
-* three ticks out of four re-request the first page of ``/torrents`` (a conditional GET: RD
-  answers 304 when nothing changed; the newest torrents, where activity is, live there), plus the
-  pages holding torrents still downloading;
-* the fourth tick sweeps one other list page in turn (``/downloads``, then ``/torrents`` pages
-  2, 3, ...), so a change deep in the list is noticed within a few minutes.
+* three ticks out of four re-request the head of ``/torrents`` (``offset=0&limit=100``, a
+  conditional GET: RD answers 304 when nothing changed; the newest torrents, where activity is,
+  live there), plus the 100 around each torrent still downloading;
+* the fourth tick sweeps one other part of the lists in turn: ``/downloads`` page 1, the tail of
+  ``/torrents`` (its last 100: an add or a removal anywhere shifts them) every other turn, and
+  ``/torrents`` pages 2, 3, ..., so a change deep in the list is noticed within a few minutes.
 
-Changes, and what each costs (a page is compared with the one the cached order predicts):
+Changes, and what each costs (a window of the list is compared with what the cached order
+predicts; small windows, so a change costs the same whatever the page size and the library):
 
 * the same ids (and total): only the rows that changed are written (progress, links, a rename);
-* page 1 is k new ids followed by the old page 1 shifted by k, and the total grew by k (k less
-  than a page; a sweep that sees the total grow re-reads page 1 first): the k torrents are added
-  on top, no listing;
-* the total is one less and the page fits one id gone (before it, inside it or after it): that
-  id is found with the page in hand or a binary search of ``offset``/``limit=1`` requests against
-  the cached order (at most about log2(total) + 1: 18 at 100,000), then held as missing (below);
+* the head is k new ids followed by the old head shifted by k, and the total grew by k (k less
+  than the window; a sweep that sees the total grow re-reads the head first): the k torrents are
+  added on top, no listing;
+* the total is one less and the window fits one id gone (before it, inside it or after it): that
+  id is found with the window in hand or a binary search of ``offset``/``limit=1`` requests
+  against the cached order (at most about log2(total) + 1: 18 at 100,000), then held as missing
+  (below);
 * a torrent deleted through rdfs (``removed``: RD answered the DELETE, the control layer dropped
-  it from the cache) leaves the cached order at the next tick, which probes page 1; an add through
-  rdfs asks for that probe too (``check_soon``);
+  it from the cache) leaves the cached order at the next tick, which probes the head; an add
+  through rdfs asks for that probe too (``check_soon``);
 * anything else (several changes at once, an unknown or inconsistent total, a known id moving to
   the top, a record RD sent that failed validation) leads to a complete listing, as do
   ``trigger()`` (``.rdfs/refresh``, SIGHUP, a repair), a ``/downloads`` change and a cache that
@@ -105,6 +108,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 2500  # RD's documented maximum for ``limit``
 SWEEP_EVERY = 4  # one tick in this many sweeps another list page instead of /torrents page 1
+PROBE_SIZE = 100  # torrents per probe of the head (and of an active torrent's neighbourhood)
 EMPTY_CONFIRM_SECONDS = 600.0
 DELETE_CONFIRM_SECONDS = 1800.0  # how long a larger removal must persist before it is applied
 SMALL_REMOVAL = 3  # removals of at most this many ids wait one more complete listing only
@@ -176,6 +180,8 @@ class Syncer:
         self.max_delete_fraction = max_delete_fraction
         self.info_concurrency = max(1, info_concurrency)
         self.page_size = page_size
+        # Probes ask for a small window: what a change costs does not grow with the page size.
+        self.probe_size = min(PROBE_SIZE, page_size)
         self.batch_size = batch_size
         self.delete_confirm_seconds = delete_confirm_seconds
         self.small_removal = small_removal
@@ -437,21 +443,24 @@ class Syncer:
         )
 
     async def _probe_torrents(self) -> None:
-        """The idle check: page 1 (and the pages of active torrents), full listing on a change."""
+        """The idle check: the head of the list (and the windows of active torrents)."""
         state = self._lists["torrents"]
-        pages = {1}
+        windows = {0}
         for torrent in self.cache.active_torrents():
-            number = state.page_of(torrent.id, self.page_size)
-            if number is not None:
-                pages.add(number)
-        for number in sorted(pages):
-            if not await self._check_torrent_page(number):
+            offset = state.where.get(torrent.id)
+            if offset is not None:
+                windows.add(offset - offset % self.probe_size)
+        for offset in sorted(windows):
+            if not await self._check_window(offset, self.probe_size):
                 return
 
     async def _sweep(self) -> None:
-        """Check one other list page in turn: /downloads page 1, then /torrents pages 2, 3, ..."""
+        """Check one other part of the lists in turn: /downloads page 1, then the tail of
+        /torrents (any add or removal shifts it) every other turn, and its pages 2, 3, ..."""
         state = self._lists["torrents"]
-        turns = ["downloads"] + [str(n) for n in range(2, state.page_count(self.page_size) + 1)]
+        turns = ["downloads", "tail"]
+        for number in range(2, state.page_count(self.page_size) + 1):
+            turns += [str(number), "tail"]
         turn = turns[self._sweep_number % len(turns)]
         self._sweep_number += 1
         if turn == "downloads":
@@ -461,31 +470,38 @@ class Syncer:
             if page.not_modified or (known and page_fingerprint(ids) == known[0]):
                 return
             await self._sync_downloads(first=page)
+        elif turn == "tail":
+            await self._check_tail()
         else:
-            await self._check_torrent_page(int(turn))
+            await self._check_window((int(turn) - 1) * self.page_size, self.page_size)
 
-    async def _check_torrent_page(self, number: int) -> bool:
-        """Re-request one page; True when it needed no listing: the same ids (only the rows that
-        changed are written) or a change followed as it is (``_follow``)."""
+    async def _check_tail(self) -> bool:
+        """Check the last torrents: any add or removal, however deep, shifts them."""
+        length = len(self._lists["torrents"].order or ())
+        return await self._check_window(max(0, length - self.probe_size), self.probe_size)
+
+    async def _check_window(self, offset: int, limit: int) -> bool:
+        """Re-request ``limit`` torrents from ``offset``; True when that needed no listing: the
+        same ids (only the rows that changed are written) or a change followed (``_follow``)."""
         state = self._lists["torrents"]
-        page = await self._api(self.client.torrents(page=number, limit=self.page_size))
+        page = await self._api(self.client.torrents(offset=offset, limit=limit))
         if page.not_modified:
             return True
         ids = [t.id for t in page.items]
-        same_ids = page_fingerprint(ids) == state.fingerprint(number, self.page_size)
+        same_ids = page_fingerprint(ids) == state.window_fingerprint(offset, limit)
         if same_ids and (page.total is None or page.total == state.total):
             await self._store_torrents(page.items)
             return True
-        if await self._follow(number, page, ids):
+        if await self._follow(offset, limit, page, ids):
             return True
-        log.debug("torrents page %d changed: listing everything", number)
-        await self._sync_torrents(first=page if number == 1 else None)
+        log.debug("torrents %d-%d changed: listing everything", offset, offset + limit)
+        await self._sync_torrents(first=page if offset == 0 and limit == self.page_size else None)
         return False
 
-    async def _follow(self, number: int, page: Any, ids: list[str]) -> bool:
-        """Apply a changed page without a listing when the change is torrents added on top (page
-        1, the total grown by as many) or one torrent gone (the total one less); False for
-        anything else, or when a total is unknown (a listing follows)."""
+    async def _follow(self, offset: int, limit: int, page: Any, ids: list[str]) -> bool:
+        """Apply a changed window without a listing when the change is torrents added on top
+        (the head, the total grown by as many) or one torrent gone (the total one less); False
+        for anything else, or when a total is unknown (a listing follows)."""
         state = self._lists["torrents"]
         if (
             state.order is None
@@ -495,52 +511,52 @@ class Syncer:
         ):
             return False
         grown = page.total - state.total
-        if number != 1 and grown > 0:  # a sweep saw adds first: page 1 shows them
-            if not await self._check_torrent_page(1):
-                return True  # page 1 led to a complete listing: nothing more to do
+        if offset != 0 and grown > 0:  # a sweep saw adds first: the head shows them
+            if not await self._check_window(0, self.probe_size):
+                return True  # the head led to a complete listing: nothing more to do
             if (
-                page_fingerprint(ids) != state.fingerprint(number, self.page_size)
+                page_fingerprint(ids) != state.window_fingerprint(offset, limit)
                 or page.total != state.total
             ):
                 return False
             await self._store_torrents(page.items)
             return True
-        if number == 1 and grown > 0:
-            followed = await self._follow_adds(ids, grown)
+        if grown > 0:
+            followed = await self._follow_adds(ids, limit, grown)
         elif grown == -1:
-            followed = await self._locate_removal(number, ids)
+            followed = await self._locate_removal(offset, ids)
         else:
             followed = False
         if not followed:
             return False
-        base = (number - 1) * self.page_size
-        for offset, torrent in enumerate(page.items, base):
+        for position, torrent in enumerate(page.items, offset):
             if torrent.status in ACTIVE_STATUSES:
-                state.where[torrent.id] = offset
+                state.where[torrent.id] = position
             else:
                 state.where.pop(torrent.id, None)
         await self._store_torrents(page.items)
         self._unsaved_change()
         return True
 
-    async def _follow_adds(self, ids: list[str], added: int) -> bool:
-        """Page 1 is ``added`` new ids followed by the old page 1 shifted: keep them on top."""
+    async def _follow_adds(self, ids: list[str], limit: int, added: int) -> bool:
+        """The head is ``added`` new ids followed by the old head shifted: keep them on top."""
         order = self._lists["torrents"].order
         assert order is not None
         fits = (
             added < len(ids)
-            and len(ids) == min(self.page_size, len(order) + added)
+            and len(ids) == min(limit, len(order) + added)
             and ids[added:] == order[: len(ids) - added]
             and len(set(ids[:added])) == added
         )
         if not fits or self.cache.torrent_states_of(ids[:added]):
-            return False  # more than a page of adds, another change, or known ids moved on top
+            return False  # more than a window of adds, another change, known ids on top
         self._lists["torrents"].added_on_top(ids[:added])
         log.info("%d torrents added on top of the list: followed without a listing", added)
         return True
 
-    async def _locate_removal(self, number: int, ids: list[str]) -> bool:
-        """One torrent is gone (the total is one less): find which with the page in hand, or a
+    async def _locate_removal(self, base: int, ids: list[str]) -> bool:
+        """One torrent is gone (the total is one less): find which with the ids in hand (from
+        offset ``base``), or a
         binary search of ``offset``/``limit=1`` requests against the cached order (about
         log2(total) of them). It is then held as missing, like an id missing from one complete
         listing, until ``_confirm_located`` asks RD about it."""
@@ -548,7 +564,6 @@ class Syncer:
         order = state.order
         assert order is not None and state.total is not None
         expected = state.total - 1
-        base = (number - 1) * self.page_size
         same = 0
         while same < len(ids) and base + same < len(order) and ids[same] == order[base + same]:
             same += 1
