@@ -82,7 +82,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, Protocol, TypeVar
 
 import trio
@@ -220,6 +220,7 @@ class Syncer:
         self._sweep_number = 0
         # Background file fill: ids in fetch order, the requests in flight, on-demand callers.
         self._queue: dict[str, None] = {}
+        self._urgent: dict[str, None] = {}  # torrents a probe just brought: ahead of the queue
         self._queue_changed = trio.Event()
         self._inflight: dict[str, trio.Event] = {}
         self._demand = 0
@@ -358,7 +359,7 @@ class Syncer:
             "files_pending": counts["files_pending"],
             "downloads_known": self.cache.download_count(),
             "entries": totals.entries,
-            "fill_queue": len(self._queue),
+            "fill_queue": len(self._queue) + len(self._urgent),
             "fill": self._fill.report(
                 trio.current_time(),
                 done=counts["downloaded"] - counts["files_pending"],
@@ -600,7 +601,7 @@ class Syncer:
             requests,
         )
         self._located.add(gone)
-        doomed = self._guard("torrents", {gone}, self._known("torrents"), checked={gone})
+        doomed = self._guard("torrents", {gone}, self._listed_count(), checked={gone})
         if doomed:  # (only when it was missing already: a listing between two ticks)
             self._emit(await self._remove_gone(doomed))
         return True
@@ -618,7 +619,7 @@ class Syncer:
                 await self._api(self.client.torrent_info(torrent_id))
             except UnknownResource:
                 gone.add(torrent_id)
-        doomed = self._guard("torrents", gone, self._known("torrents"), checked=checked)
+        doomed = self._guard("torrents", gone, self._listed_count(), checked=checked)
         if doomed:
             self._emit(await self._remove_gone(doomed))
         if checked - gone:
@@ -629,7 +630,7 @@ class Syncer:
         """Delete torrents whose removal upstream was confirmed, and their directories."""
         changes = await self._delete_torrents(doomed)
         changes.merge(await self.tree.torrent_dirs(doomed))
-        self._refill_queue()
+        self._queue_files(doomed)
         return changes
 
     def _forget_removed(self) -> None:
@@ -835,9 +836,19 @@ class Syncer:
             return False
         oldest = min(since for since, _ in missing.values())
         return (
-            not self._mass(len(missing), self._known(kind))
+            not self._mass(
+                len(missing), self._listed_count() if kind == "torrents" else self._known(kind)
+            )
             or time.time() - oldest >= self.delete_confirm_seconds
         )
+
+    def _listed_count(self) -> int:
+        """How many torrents the cache holds, for the removal rules' proportions, with no query
+        over the library while the order is known: the listed ones, plus those held missing."""
+        order = self._lists["torrents"].order
+        if order is None or not self._lists["torrents"].listed:
+            return self._known("torrents")
+        return len(order) + len(self._missing.get("torrents", {}))
 
     def _known(self, kind: str) -> int:
         return (
@@ -926,7 +937,7 @@ class Syncer:
             )
         if structural and rebuild:
             self._emit(await self.tree.torrent_dirs(structural))
-            self._refill_queue()
+            self._queue_files(structural)
         return structural
 
     async def _sync_downloads(self, first: Any = None) -> None:
@@ -964,7 +975,10 @@ class Syncer:
     # --- file lists -----------------------------------------------------------------------
 
     def _refill_queue(self) -> None:
+        """The fill queue from the cache: every torrent whose file list is due (O(library): at
+        the start and after a complete listing)."""
         idle = not self._queue
+        self._urgent = {}
         self._queue = dict.fromkeys(
             t for t in self.cache.torrents_needing_files() if t not in self._inflight
         )
@@ -977,19 +991,38 @@ class Syncer:
         self._queue_changed.set()
         self._queue_changed = trio.Event()
 
+    def _queue_files(self, torrent_ids: Collection[str]) -> None:
+        """The fill queue brought up to date for these torrents only (changed or deleted by a
+        probe): those whose file list is due go first, the others leave it."""
+        states = self.cache.torrent_states_of(torrent_ids)
+        for torrent_id in torrent_ids:
+            self._queue.pop(torrent_id, None)
+            self._urgent.pop(torrent_id, None)
+            state = states.get(torrent_id)
+            if (
+                state is not None
+                and state.status == STATUS_DOWNLOADED
+                and state.info_key != state.list_key
+                and torrent_id not in self._inflight
+            ):
+                self._urgent[torrent_id] = None
+        self._queue_changed.set()
+        self._queue_changed = trio.Event()
+
     async def _fill_worker(self, drain: bool) -> None:
         """Fetch missing file lists, newest torrent first; yields to on-demand requests."""
         failures = 0
         while True:
             while self._demand:
                 await self._no_demand.wait()
-            torrent_id = next(iter(self._queue), None)
+            queue = self._urgent or self._queue
+            torrent_id = next(iter(queue), None)
             if torrent_id is None:
                 if drain:
                     return
                 await self._queue_changed.wait()
                 continue
-            del self._queue[torrent_id]
+            del queue[torrent_id]
             try:
                 with background():
                     await self._fetch_files(torrent_id)
@@ -1024,6 +1057,7 @@ class Syncer:
                     self._force_full = True
                 return
             self._queue.pop(torrent_id, None)
+            self._urgent.pop(torrent_id, None)
             self._emit(self.tree.store_info(info))
             self._fill.stored(trio.current_time())
             # A torrent whose links changed has its list fetched again: a shown download that
