@@ -523,24 +523,29 @@ class Syncer:
             await self._store_torrents(page.items)
             return True
         if grown > 0:
-            followed = await self._follow_adds(ids, limit, grown)
+            if not self._adds_on_top(ids, limit, grown):
+                return False
+            await self._store_torrents(page.items)  # (the state moves once the rows are stored)
+            state.added_on_top(ids[:grown])
+            log.info("%d torrents added on top of the list: followed without a listing", grown)
         elif grown == -1:
-            followed = await self._locate_removal(offset, ids)
+            position = await self._locate_removal(offset, ids)
+            if position is None:
+                return False
+            await self._store_torrents(page.items)
+            await self._hold_located(state.removed_at(position))
         else:
-            followed = False
-        if not followed:
             return False
         for position, torrent in enumerate(page.items, offset):
             if torrent.status in ACTIVE_STATUSES:
                 state.where[torrent.id] = position
             else:
                 state.where.pop(torrent.id, None)
-        await self._store_torrents(page.items)
         self._unsaved_change()
         return True
 
-    async def _follow_adds(self, ids: list[str], limit: int, added: int) -> bool:
-        """The head is ``added`` new ids followed by the old head shifted: keep them on top."""
+    def _adds_on_top(self, ids: list[str], limit: int, added: int) -> bool:
+        """Whether the head is ``added`` new ids followed by the old head shifted."""
         order = self._lists["torrents"].order
         assert order is not None
         fits = (
@@ -549,18 +554,13 @@ class Syncer:
             and ids[added:] == order[: len(ids) - added]
             and len(set(ids[:added])) == added
         )
-        if not fits or self.cache.torrent_states_of(ids[:added]):
-            return False  # more than a window of adds, another change, known ids on top
-        self._lists["torrents"].added_on_top(ids[:added])
-        log.info("%d torrents added on top of the list: followed without a listing", added)
-        return True
+        # (not: more than a window of adds, another change, or known ids moved on top)
+        return fits and not self.cache.torrent_states_of(ids[:added])
 
-    async def _locate_removal(self, base: int, ids: list[str]) -> bool:
-        """One torrent is gone (the total is one less): find which with the ids in hand (from
-        offset ``base``), or a
-        binary search of ``offset``/``limit=1`` requests against the cached order (about
-        log2(total) of them). It is then held as missing, like an id missing from one complete
-        listing, until ``_confirm_located`` asks RD about it."""
+    async def _locate_removal(self, base: int, ids: list[str]) -> int | None:
+        """The offset of the one torrent gone (the total is one less), found with the ``ids`` in
+        hand (from offset ``base``) or a binary search of ``offset``/``limit=1`` requests against
+        the cached order (about log2(total) of them); None when the list does not fit that."""
         state = self._lists["torrents"]
         order = state.order
         assert order is not None and state.total is not None
@@ -568,14 +568,14 @@ class Syncer:
         same = 0
         while same < len(ids) and base + same < len(order) and ids[same] == order[base + same]:
             same += 1
-        if same == len(ids):  # the page is as it was: the gap is further down
+        if same == len(ids):  # the window is as it was: the gap is further down
             low, high, seen_high = base + len(ids), len(order) - 1, False
         elif ids[same:] == order[base + same + 1 : base + len(ids) + 1]:  # shifted up by one
             low, high, seen_high = (base + same if same else 0), base + same, True
         else:
-            return False
+            return None
         if low > high:
-            return False
+            return None
         requests = 0
         while low < high or not seen_high:
             middle = (low + high) // 2 if low < high else high
@@ -584,27 +584,28 @@ class Syncer:
             found = probe.items[0].id if probe.items else None
             following = order[middle + 1] if middle + 1 < len(order) else None
             if probe.total != expected or probe.received != len(probe.items):
-                return False
+                return None
             if middle < high and found == order[middle]:
                 low = middle + 1
             elif found == following:
                 high, seen_high = middle, True
             else:
-                return False
-        if low >= len(order):
-            return False
-        gone = state.removed_at(low)
+                return None
         log.info(
             "torrent %s is gone from RD's list (found with %d requests): removed once RD "
             "confirms it",
-            gone,
+            order[low],
             requests,
         )
+        return low
+
+    async def _hold_located(self, gone: str) -> None:
+        """A torrent found missing without a listing counts as missing from one listing: held
+        until ``_confirm_located`` asks RD about it."""
         self._located.add(gone)
         doomed = self._guard("torrents", {gone}, self._listed_count(), checked={gone})
         if doomed:  # (only when it was missing already: a listing between two ticks)
             self._emit(await self._remove_gone(doomed))
-        return True
 
     async def _confirm_located(self) -> None:
         """Ask RD about each torrent ``_locate_removal`` found missing. An unknown id counts as
@@ -656,9 +657,9 @@ class Syncer:
         """The state changed without a listing. It is persisted by a later tick (one O(library)
         write per burst of changes, not per change); until then the stored state says "list
         everything", so a restart never trusts a stale one."""
-        if self._unsaved is None:
+        stored, self._unsaved = self._unsaved, self._tick_number
+        if stored is None:
             self.cache.set_state("listing:torrents", None)
-        self._unsaved = self._tick_number
 
     def _save_torrents_state(self) -> None:
         self.cache.set_state("listing:torrents", self._lists["torrents"].as_stored())
