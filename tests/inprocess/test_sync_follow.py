@@ -154,3 +154,14 @@ async def test_adds_mixed_with_another_change_fall_back_to_a_listing(libraries) 
     assert lib.emu.counters[LISTS] >= 5  # every page
     await lib.syncer.sync_once(fill=False)  # the removal waits for one more complete listing
     lib.assert_in_step()
+
+
+async def test_an_add_seen_first_by_the_sweep_of_the_tail_is_followed_from_the_head(
+    libraries,
+) -> None:
+    lib = await libraries(50)
+    added = lib.emu.add_torrent("Added.Movie.2024", [FileSpec("/Added.Movie.2024.mkv", 10)])
+    assert await lib.syncer._check_tail()  # the tail moved by one, the total grew: the head
+    assert lib.cache.torrent(added) is not None
+    assert lib.emu.counters[LISTS] == 2
+    lib.assert_in_step()
