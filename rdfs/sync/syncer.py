@@ -12,7 +12,7 @@ the start, is a probe. After that each interval costs one request while nothing 
   live there), plus the 100 around each torrent still downloading;
 * the fourth tick sweeps one other part of the lists in turn: ``/downloads`` page 1, the tail of
   ``/torrents`` (its last 100: an add or a removal anywhere shifts them) every other turn, and
-  ``/torrents`` pages 2, 3, ..., so a change deep in the list is noticed within a few minutes.
+  ``/torrents`` pages 1, 2, ..., so a change deep in the list is noticed within a few minutes.
 
 Changes, and what each costs (a window of the list is compared with what the cached order
 predicts; small windows, so a change costs the same whatever the page size and the library):
@@ -457,10 +457,10 @@ class Syncer:
 
     async def _sweep(self) -> None:
         """Check one other part of the lists in turn: /downloads page 1, then the tail of
-        /torrents (any add or removal shifts it) every other turn, and its pages 2, 3, ..."""
+        /torrents (any add or removal shifts it) every other turn, and its pages 1, 2, ..."""
         state = self._lists["torrents"]
         turns = ["downloads", "tail"]
-        for number in range(2, state.page_count(self.page_size) + 1):
+        for number in range(1, state.page_count(self.page_size) + 1):  # (the head is 100 only)
             turns += [str(number), "tail"]
         turn = turns[self._sweep_number % len(turns)]
         self._sweep_number += 1
