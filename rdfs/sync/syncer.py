@@ -34,9 +34,10 @@ predicts; small windows, so a change costs the same whatever the page size and t
   lost its listing state. A listing goes into the store page by page (each page compared with the
   stored rows' fingerprints): it holds the ids of the list, never all its records.
 
-A change followed without a listing is persisted by the next tick (one write of the order,
-O(library) but once per burst of changes, off the change's path); until then the stored state
-says "list everything", so a restart never trusts a stale order.
+A change followed without a listing is persisted by a later tick, at most every ``SAVE_EVERY``
+(one write of the order: O(library), 30 ms at 100,000, off the changes' path), and when ``run``
+ends; until then the stored state says "list everything", so a restart never trusts a stale
+order (a crash costs one complete listing at the next start).
 
 Files. ``/torrents`` does not list files: every downloaded torrent's directory appears as soon as
 the listing is known (``files_pending``), and workers fetch ``/torrents/info`` in the background
@@ -81,6 +82,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, Protocol, TypeVar
@@ -108,6 +110,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 2500  # RD's documented maximum for ``limit``
 SWEEP_EVERY = 4  # one tick in this many sweeps another list page instead of /torrents page 1
+SAVE_EVERY = 300.0  # the listing state changed by probes is persisted at most this often
 PROBE_SIZE = 100  # torrents per probe of the head (and of an active torrent's neighbourhood)
 EMPTY_CONFIRM_SECONDS = 600.0
 DELETE_CONFIRM_SECONDS = 1800.0  # how long a larger removal must persist before it is applied
@@ -214,8 +217,11 @@ class Syncer:
         # Torrents found missing by ``_locate_removal`` (not by a listing): their removal is
         # confirmed by asking RD for each (``_confirm_located``), not by a complete listing.
         self._located: set[str] = set()
-        # The tick of the last change followed without a listing, while not persisted (None).
-        self._unsaved: int | None = None
+        # When the listing state last changed without a listing, while not persisted (None),
+        # and when it was last persisted (monotonic clock).
+        self._unsaved: float | None = None
+        self._saved = time.monotonic()
+        self.save_every = SAVE_EVERY
         self._tick_number = 0
         self._sweep_number = 0
         # Background file fill: ids in fetch order, the requests in flight, on-demand callers.
@@ -293,6 +299,9 @@ class Syncer:
                     self._wake = trio.Event()
             finally:
                 self._running = False
+                if self._unsaved is not None:
+                    with contextlib.suppress(CacheError, sqlite3.Error):  # (a closed cache)
+                        self._save_torrents_state()
 
     def trigger(self) -> None:
         """Sync now, with complete listings (``.rdfs/refresh``, SIGHUP, a repair)."""
@@ -424,8 +433,8 @@ class Syncer:
             self.cache.set_state("last_outcome", f"failed: {exc}")
         else:
             self._condition("sync", None)
-            if self._unsaved is not None and self._unsaved < self._tick_number:
-                self._save_torrents_state()  # the tick after the changes: off their path
+            if self._unsaved is not None and time.monotonic() - self._saved >= self.save_every:
+                self._save_torrents_state()  # O(library): at most once per ``save_every``
             outcome = "ok" if torrents.listed else "incomplete listing"
             self._set_health("ok" if torrents.listed else "degraded")
             self.cache.set_state("last_sync", time.time())
@@ -445,12 +454,9 @@ class Syncer:
 
     async def _probe_torrents(self) -> None:
         """The idle check: the head of the list (and the windows of active torrents)."""
-        state = self._lists["torrents"]
-        windows = {0}
-        for torrent in self.cache.active_torrents():
-            offset = state.where.get(torrent.id)
-            if offset is not None:
-                windows.add(offset - offset % self.probe_size)
+        windows = {0} | {
+            offset - offset % self.probe_size for offset in self._lists["torrents"].where.values()
+        }
         for offset in sorted(windows):
             if not await self._check_window(offset, self.probe_size):
                 return
@@ -492,6 +498,7 @@ class Syncer:
         same_ids = page_fingerprint(ids) == state.window_fingerprint(offset, limit)
         if same_ids and (page.total is None or page.total == state.total):
             await self._store_torrents(page.items)
+            self._note_moving(offset, page.items)
             return True
         if await self._follow(offset, limit, page, ids):
             return True
@@ -521,6 +528,7 @@ class Syncer:
             ):
                 return False
             await self._store_torrents(page.items)
+            self._note_moving(offset, page.items)
             return True
         if grown > 0:
             if not self._adds_on_top(ids, limit, grown):
@@ -536,13 +544,18 @@ class Syncer:
             await self._hold_located(state.removed_at(position))
         else:
             return False
-        for position, torrent in enumerate(page.items, offset):
-            if torrent.status in ACTIVE_STATUSES:
-                state.where[torrent.id] = position
-            else:
-                state.where.pop(torrent.id, None)
+        self._note_moving(offset, page.items)
         self._unsaved_change()
         return True
+
+    def _note_moving(self, offset: int, items: Sequence[Torrent]) -> None:
+        """Keep the offsets of the torrents still moving (their windows are probed) current."""
+        where = self._lists["torrents"].where
+        for position, torrent in enumerate(items, offset):
+            if torrent.status in ACTIVE_STATUSES:
+                where[torrent.id] = position
+            else:
+                where.pop(torrent.id, None)
 
     def _adds_on_top(self, ids: list[str], limit: int, added: int) -> bool:
         """Whether the head is ``added`` new ids followed by the old head shifted."""
@@ -654,16 +667,16 @@ class Syncer:
         return bool(missing) and all(torrent_id in self._located for torrent_id in missing)
 
     def _unsaved_change(self) -> None:
-        """The state changed without a listing. It is persisted by a later tick (one O(library)
-        write per burst of changes, not per change); until then the stored state says "list
-        everything", so a restart never trusts a stale one."""
-        stored, self._unsaved = self._unsaved, self._tick_number
+        """The state changed without a listing. It is persisted by a later tick, at most once
+        per ``save_every`` (one O(library) write, off the changes' path), and when ``run`` ends;
+        until then the stored state says "list everything": a restart never trusts a stale one."""
+        stored, self._unsaved = self._unsaved, time.monotonic()
         if stored is None:
             self.cache.set_state("listing:torrents", None)
 
     def _save_torrents_state(self) -> None:
         self.cache.set_state("listing:torrents", self._lists["torrents"].as_stored())
-        self._unsaved = None
+        self._unsaved, self._saved = None, time.monotonic()
 
     # --- listings -------------------------------------------------------------------------
 
@@ -905,7 +918,7 @@ class Syncer:
         state.total, state.where = listing.total, listing.where
         if kind == "torrents":
             state.order, state.pages = list(listing.ids), []
-            self._unsaved = None
+            self._unsaved, self._saved = None, time.monotonic()
         else:
             state.pages = listing.pages
         state.listed = True

@@ -124,11 +124,13 @@ async def test_one_torrent_changes_cost_calls_independent_of_the_library(librari
     assert small.emu.counters[LISTS] < 20 and big.emu.counters[LISTS] < 20  # never 50 pages
 
 
-async def test_a_followed_change_is_stored_for_a_warm_start_by_the_next_tick(libraries) -> None:
+async def test_a_followed_change_is_stored_for_a_warm_start_by_a_later_tick(libraries) -> None:
     lib = await libraries(50)
     await add_on_top(lib)
-    # Until the next tick the stored state asks for a listing: a restart never trusts a stale one.
+    await lib.syncer.sync_once(full=False, fill=False)
+    # Until it is saved the stored state asks for a listing: a restart never trusts a stale one.
     assert not ListState.stored(lib.cache.get_state("listing:torrents")).listed
+    lib.syncer.save_every = 0.0
     await lib.syncer.sync_once(full=False, fill=False)
     stored = ListState.stored(lib.cache.get_state("listing:torrents"))
     assert stored.listed and stored.order == lib.emu.torrent_ids()
@@ -165,3 +167,16 @@ async def test_an_add_seen_first_by_the_sweep_of_the_tail_is_followed_from_the_h
     assert lib.cache.torrent(added) is not None
     assert lib.emu.counters[LISTS] == 2
     lib.assert_in_step()
+
+
+async def test_a_followed_change_is_stored_when_the_sync_task_ends(libraries) -> None:
+    lib = await libraries(50)
+    added = lib.emu.add_torrent("Added.Movie.2024", [FileSpec("/Added.Movie.2024.mkv", 10)])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lib.syncer.run)
+        lib.syncer.check_soon()
+        while lib.cache.torrent(added) is None:
+            await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    stored = ListState.stored(lib.cache.get_state("listing:torrents"))
+    assert stored.listed and stored.order == lib.emu.torrent_ids()
