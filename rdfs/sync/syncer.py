@@ -82,7 +82,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, Protocol, TypeVar
@@ -300,7 +299,7 @@ class Syncer:
             finally:
                 self._running = False
                 if self._unsaved is not None:
-                    with contextlib.suppress(CacheError, sqlite3.Error):  # (a closed cache)
+                    with contextlib.suppress(CacheError):  # (then the next start lists)
                         self._save_torrents_state()
 
     def trigger(self) -> None:
