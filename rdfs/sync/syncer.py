@@ -211,7 +211,7 @@ class Syncer:
         self._warm = self._lists["torrents"].listed
         self._wake = trio.Event()
         self._force_full = False
-        self._probe_next = False  # the next tick probes page 1, whatever the sweep's turn
+        self._probe_next = False  # the next tick probes the head, whatever the sweep's turn
         self._removed_here: list[str] = []  # torrents rdfs deleted, for the next tick's state
         # Torrents found missing by ``_locate_removal`` (not by a listing): their removal is
         # confirmed by asking RD for each (``_confirm_located``), not by a complete listing.
@@ -308,13 +308,13 @@ class Syncer:
         self._wake.set()
 
     def check_soon(self) -> None:
-        """Probe page 1 now (rdfs added a torrent: it shows on top, followed without a listing)."""
+        """Probe the head now (rdfs added a torrent: it shows on top, followed with no listing)."""
         self._probe_next = True
         self._wake.set()
 
     def removed(self, torrent_ids: Sequence[str]) -> None:
         """rdfs deleted these torrents (RD answered the DELETE) and removed them from the cache:
-        the next tick drops them from the listing state and probes page 1, no listing."""
+        the next tick drops them from the listing state and probes the head, no listing."""
         self._removed_here.extend(torrent_ids)
         self.check_soon()
 
