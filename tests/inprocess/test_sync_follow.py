@@ -180,3 +180,16 @@ async def test_a_followed_change_is_stored_when_the_sync_task_ends(libraries) ->
         nursery.cancel_scope.cancel()
     stored = ListState.stored(lib.cache.get_state("listing:torrents"))
     assert stored.listed and stored.order == lib.emu.torrent_ids()
+
+
+async def test_removals_one_after_the_other_are_each_followed(libraries) -> None:
+    """The binary search's requests come back 304 the second time (RD's cached headers carry an
+    earlier total): still followed, never a listing."""
+    lib = await libraries(50)
+    for gone in lib.emu.torrent_ids()[25:28]:
+        lib.emu.remove_torrent(gone)
+        assert await lib.syncer._check_tail()
+        await lib.syncer.sync_once(full=False, fill=False)
+        assert lib.cache.torrent(gone) is None
+        lib.assert_in_step()
+    assert lib.emu.counters[LISTS] < 3 * (math.log2(50) + 3)  # never the 5 pages of a listing
