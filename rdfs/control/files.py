@@ -402,7 +402,7 @@ class Control:
             self._note_error("delete", reason)
             raise FsError(errno.EIO, reason)
         self._note_action("delete", f"rm {target.label}", "done", [t.to_json() for t in done])
-        self.syncer.trigger()
+        self._tell_syncer(done)
 
     # --- batches: checked as they are written, queued at the last close -----------------------
 
@@ -623,7 +623,7 @@ class Control:
             self._added_hashes[added.info_hash] = added.id
             self._watch_torrent(added.id)
         self._note_action("add", job.source, "done", [a.to_json() for a in results])
-        self.syncer.trigger()
+        self.syncer.check_soon()  # new torrents show on top of page 1: no complete listing
 
     async def _delete(self, job: Job) -> None:
         async with self._lock:
@@ -643,7 +643,7 @@ class Control:
                 raise
             self._forget(done)
         self._note_action("delete", job.source, "done", [t.to_json() for t in done])
-        self.syncer.trigger()
+        self._tell_syncer(done)
 
     async def _exists_upstream(self, torrent_id: str) -> bool:
         """An id the cache does not know (added moments ago elsewhere): ask RD."""
@@ -656,6 +656,15 @@ class Control:
         except RDError as exc:
             raise ActionFailed(f"cannot check torrent {torrent_id}: {exc}", cause=exc) from None
         return True
+
+    def _tell_syncer(self, done: list[Target]) -> None:
+        """Deleted torrents leave the syncer's listing state without a complete listing; a
+        deleted download still asks for one."""
+        torrents = [t.id for t in done if t.kind == "torrent"]
+        if len(torrents) == len(done):
+            self.syncer.removed(torrents)
+        else:
+            self.syncer.trigger()
 
     def _forget(self, targets: list[Target]) -> None:
         """Remove what RD deleted from the tree now, without waiting for a sync."""
@@ -745,7 +754,7 @@ class Control:
                     "add", f"torrent {torrent_id} ({info.filename}) failed on RD: {info.status}"
                 )
             log.info("torrent %s is %s: syncing", torrent_id, info.status)
-            self.syncer.trigger()
+            self.syncer.check_soon()
 
     # --- status ---------------------------------------------------------------------------------
 

@@ -2,21 +2,42 @@
 
 Schedule. ``run`` marks itself started before any API call: a warm cache is visible at once.
 The first tick lists ``/torrents`` and ``/downloads`` completely (large pages), unless the cache
-holds what an earlier run's complete listing looked like (a fingerprint of each page's ids, the
-total: sync state ``listing:KIND``): then the cache is served as it is and the first tick, an
-interval after the start, is a probe. After that each interval costs one request while nothing
-moves:
+holds what an earlier run's complete listing looked like, kept up to date since (``/torrents``'
+ids in RD's order, ``/downloads``' page fingerprints, the totals: sync state ``listing:KIND``,
+see :mod:`.listing`): then the cache is served as it is and the first tick, an interval after
+the start, is a probe. After that each interval costs one request while nothing moves:
 
-* three ticks out of four re-request the first page of ``/torrents`` (a conditional GET: RD
-  answers 304 when nothing changed; the newest torrents, where activity is, live there), plus the
-  pages holding torrents still downloading;
-* the fourth tick sweeps one other list page in turn (``/downloads``, then ``/torrents`` pages
-  2, 3, ...), so a change deep in the list is noticed within a few minutes.
+* three ticks out of four re-request the head of ``/torrents`` (``offset=0&limit=100``, a
+  conditional GET: RD answers 304 when nothing changed; the newest torrents, where activity is,
+  live there), plus the 100 around each torrent still downloading;
+* the fourth tick sweeps one other part of the lists in turn: ``/downloads`` page 1, the tail of
+  ``/torrents`` (its last 100: an add or a removal anywhere shifts them) every other turn, and
+  ``/torrents`` pages 1, 2, ..., so a change deep in the list is noticed within a few minutes.
 
-A page whose ids are unchanged only updates the rows that changed (progress, links); any other
-difference leads to a complete listing. ``trigger()`` forces a complete listing at once. A
-listing goes into the store page by page (each page compared with the stored rows' fingerprints):
-it holds the ids of the list, never all its records.
+Changes, and what each costs (a window of the list is compared with what the cached order
+predicts; small windows, so a change costs the same whatever the page size and the library):
+
+* the same ids (and total): only the rows that changed are written (progress, links, a rename);
+* the head is k new ids followed by the old head shifted by k, and the total grew by k (k less
+  than the window; a sweep that sees the total grow re-reads the head first): the k torrents are
+  added on top, no listing;
+* the total is one less and the window fits one id gone (before it, inside it or after it): that
+  id is found with the window in hand or a binary search of ``offset``/``limit=1`` requests
+  against the cached order (at most about log2(total) + 1: 18 at 100,000), then held as missing
+  (below);
+* a torrent deleted through rdfs (``removed``: RD answered the DELETE, the control layer dropped
+  it from the cache) leaves the cached order at the next tick, which probes the head; an add
+  through rdfs asks for that probe too (``check_soon``);
+* anything else (several changes at once, an unknown or inconsistent total, a known id moving to
+  the top, a record RD sent that failed validation) leads to a complete listing, as do
+  ``trigger()`` (``.rdfs/refresh``, SIGHUP, a repair), a ``/downloads`` change and a cache that
+  lost its listing state. A listing goes into the store page by page (each page compared with the
+  stored rows' fingerprints): it holds the ids of the list, never all its records.
+
+A change followed without a listing is persisted by a later tick, at most every ``SAVE_EVERY``
+(one write of the order: O(library), 30 ms at 100,000, off the changes' path), and when ``run``
+ends; until then the stored state says "list everything", so a restart never trusts a stale
+order (a crash costs one complete listing at the next start).
 
 Files. ``/torrents`` does not list files: every downloaded torrent's directory appears as soon as
 the listing is known (``files_pending``), and workers fetch ``/torrents/info`` in the background
@@ -39,11 +60,14 @@ from a complete listing is deleted only when it is still missing from a *later* 
 listing; while more than ``small_removal`` ids (or several ids that are more than
 ``max_delete_fraction`` of a list) are missing, each must also have been missing for
 ``delete_confirm_seconds`` (minutes): a media scan never sees a library vanish on one bad
-answer. A torrent whose directory was shown and whose status leaves ``downloaded`` for an active
-one (RD flipping it to ``downloading`` and back) keeps its directory for the same time; a failed
-one (``dead``, ``error``, ...) leaves at once. Every torrent deleted that way is written to the
-removal record (``Cache.record_removals``) with its name, hash and file selection, so it can be
-re-added.
+answer. A torrent found missing by the binary search counts as missing from one listing; the
+confirmation is RD's answer to ``/torrents/info`` for it (``unknown_ressource``: gone) a tick
+later, after which the same rules apply (a large removal is still held); one RD still knows is
+kept, and everything is listed. A torrent whose directory was shown and whose status leaves
+``downloaded`` for an active one (RD flipping it to ``downloading`` and back) keeps its directory
+for the same time; a failed one (``dead``, ``error``, ...) leaves at once. Every torrent deleted
+that way is written to the removal record (``Cache.record_removals``) with its name, hash and
+file selection, so it can be re-added.
 
 Deadlines. A tick's API calls share one deadline (``tick_timeout``): a server that drips its
 answer cannot hold the sync forever; the tick ends as ``stalled`` and the next one starts on
@@ -57,11 +81,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, Protocol, TypeVar
 
 import trio
@@ -79,6 +101,7 @@ from rdfs.store.metadata import (
 )
 from rdfs.store.values import chunks as _chunks
 from rdfs.sync.fillprogress import FillProgress
+from rdfs.sync.listing import Listing, ListState, page_fingerprint
 from rdfs.sync.treebuilder import TreeBuilder
 from rdfs.tree.specs import Namespace
 
@@ -86,6 +109,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 2500  # RD's documented maximum for ``limit``
 SWEEP_EVERY = 4  # one tick in this many sweeps another list page instead of /torrents page 1
+SAVE_EVERY = 300.0  # the listing state changed by probes is persisted at most this often
+PROBE_SIZE = 100  # torrents per probe of the head (and of an active torrent's neighbourhood)
 EMPTY_CONFIRM_SECONDS = 600.0
 DELETE_CONFIRM_SECONDS = 1800.0  # how long a larger removal must persist before it is applied
 SMALL_REMOVAL = 3  # removals of at most this many ids wait one more complete listing only
@@ -105,32 +130,13 @@ T = TypeVar("T")
 class Client(Protocol):
     """What the syncer needs from ``rdfs.api.client.RDClient``."""
 
-    async def torrents(self, *, page: int, limit: int) -> Any: ...
+    async def torrents(
+        self, *, page: int | None = None, offset: int | None = None, limit: int
+    ) -> Any: ...
 
     async def downloads(self, *, page: int, limit: int) -> Any: ...
 
     async def torrent_info(self, id: str) -> TorrentInfo: ...
-
-
-@dataclass
-class Listing:
-    """A listing of ``/torrents`` or ``/downloads``, and whether deletions may trust it.
-
-    The items themselves went page by page to the caller's ``on_page``: what stays is their ids,
-    one fingerprint per page, and the page of each item still moving (``where``).
-    """
-
-    ids: set[str]
-    pages: list[str]
-    total: int | None
-    complete: bool
-    reason: str = ""
-    where: dict[str, int] = field(default_factory=dict)
-
-
-def page_fingerprint(ids: Sequence[str]) -> str:
-    """What a page's ids are compared by (the probes and sweeps): short, order-sensitive."""
-    return hashlib.sha1("\n".join(ids).encode()).hexdigest()[:16]
 
 
 def policy_options(config: Any) -> dict[str, Any]:
@@ -148,32 +154,6 @@ def policy_options(config: Any) -> dict[str, Any]:
 
 class SyncStalled(Exception):
     """The tick's API calls did not finish within ``tick_timeout``: abandoned, retried next tick."""
-
-
-@dataclass
-class _ListState:
-    """What the last complete listing of one list looked like: a fingerprint of each page's ids,
-    the total, and the page of each item still moving. Persisted (sync state ``listing:KIND``): a
-    warm start probes page 1 against it instead of listing everything again."""
-
-    pages: list[str] = field(default_factory=list)
-    total: int | None = None
-    where: dict[str, int] = field(default_factory=dict)
-    listed: bool = False  # a complete listing is known (made here, or stored by an earlier run)
-
-    @classmethod
-    def stored(cls, value: Any) -> _ListState:
-        """The state ``as_stored`` wrote; an empty one (a listing is due) for anything else."""
-        try:
-            pages = [str(p) for p in value["pages"]]
-            total = value["total"] if isinstance(value["total"], int) else None
-            where = {str(k): int(v) for k, v in value["where"].items()}
-        except (TypeError, KeyError, ValueError, AttributeError, OverflowError):
-            return cls()
-        return cls(pages, total, where, listed=bool(pages))
-
-    def as_stored(self) -> dict[str, Any]:
-        return {"pages": self.pages, "total": self.total, "where": self.where}
 
 
 class Syncer:
@@ -202,6 +182,8 @@ class Syncer:
         self.max_delete_fraction = max_delete_fraction
         self.info_concurrency = max(1, info_concurrency)
         self.page_size = page_size
+        # Probes ask for a small window: what a change costs does not grow with the page size.
+        self.probe_size = min(PROBE_SIZE, page_size)
         self.batch_size = batch_size
         self.delete_confirm_seconds = delete_confirm_seconds
         self.small_removal = small_removal
@@ -221,7 +203,7 @@ class Syncer:
             batch_size=batch_size,
         )
         self._lists = {
-            kind: _ListState.stored(cache.get_state(f"listing:{kind}"))
+            kind: ListState.stored(cache.get_state(f"listing:{kind}"))
             for kind in ("torrents", "downloads")
         }
         # A cache that holds a complete listing is served as it is: the first probe comes an
@@ -229,10 +211,21 @@ class Syncer:
         self._warm = self._lists["torrents"].listed
         self._wake = trio.Event()
         self._force_full = False
+        self._probe_next = False  # the next tick probes the head, whatever the sweep's turn
+        self._removed_here: list[str] = []  # torrents rdfs deleted, for the next tick's state
+        # Torrents found missing by ``_locate_removal`` (not by a listing): their removal is
+        # confirmed by asking RD for each (``_confirm_located``), not by a complete listing.
+        self._located: set[str] = set()
+        # When the listing state last changed without a listing, while not persisted (None),
+        # and when it was last persisted (monotonic clock).
+        self._unsaved: float | None = None
+        self._saved = time.monotonic()
+        self.save_every = SAVE_EVERY
         self._tick_number = 0
         self._sweep_number = 0
         # Background file fill: ids in fetch order, the requests in flight, on-demand callers.
         self._queue: dict[str, None] = {}
+        self._urgent: dict[str, None] = {}  # torrents a probe just brought: ahead of the queue
         self._queue_changed = trio.Event()
         self._inflight: dict[str, trio.Event] = {}
         self._demand = 0
@@ -305,11 +298,25 @@ class Syncer:
                     self._wake = trio.Event()
             finally:
                 self._running = False
+                if self._unsaved is not None:
+                    with contextlib.suppress(CacheError):  # (then the next start lists)
+                        self._save_torrents_state()
 
     def trigger(self) -> None:
-        """Sync now, with complete listings (e.g. after the user added or deleted something)."""
+        """Sync now, with complete listings (``.rdfs/refresh``, SIGHUP, a repair)."""
         self._force_full = True
         self._wake.set()
+
+    def check_soon(self) -> None:
+        """Probe the head now (rdfs added a torrent: it shows on top, followed with no listing)."""
+        self._probe_next = True
+        self._wake.set()
+
+    def removed(self, torrent_ids: Sequence[str]) -> None:
+        """rdfs deleted these torrents (RD answered the DELETE) and removed them from the cache:
+        the next tick drops them from the listing state and probes the head, no listing."""
+        self._removed_here.extend(torrent_ids)
+        self.check_soon()
 
     async def sync_once(self, *, full: bool = True, fill: bool = True) -> None:
         """One tick (complete listings by default), then, with ``fill``, every missing file list."""
@@ -360,7 +367,7 @@ class Syncer:
             "files_pending": counts["files_pending"],
             "downloads_known": self.cache.download_count(),
             "entries": totals.entries,
-            "fill_queue": len(self._queue),
+            "fill_queue": len(self._queue) + len(self._urgent),
             "fill": self._fill.report(
                 trio.current_time(),
                 done=counts["downloaded"] - counts["files_pending"],
@@ -391,16 +398,22 @@ class Syncer:
         try:
             if self.tree.behind:  # a listing stopped after storing pages: their directories first
                 self._emit(await self.tree.torrent_dirs(()))
-            if full or not torrents.listed or self._deletions_due("torrents"):
+            self._forget_removed()
+            probe_next, self._probe_next = self._probe_next, False
+            located = self._deletions_due("torrents") and self._located_only()
+            if full or not torrents.listed or (self._deletions_due("torrents") and not located):
                 await self._sync_torrents()
                 await self._sync_downloads()
-            elif not downloads.listed or self._deletions_due("downloads"):
-                await self._probe_torrents()
-                await self._sync_downloads()
-            elif self._tick_number % SWEEP_EVERY == SWEEP_EVERY - 1:
-                await self._sweep()
             else:
-                await self._probe_torrents()
+                if located:
+                    await self._confirm_located()
+                if not downloads.listed or self._deletions_due("downloads"):
+                    await self._probe_torrents()
+                    await self._sync_downloads()
+                elif not probe_next and self._tick_number % SWEEP_EVERY == SWEEP_EVERY - 1:
+                    await self._sweep()
+                else:
+                    await self._probe_torrents()
             expired = self.tree.hold_expired()
             if expired:
                 self._emit(await self.tree.torrent_dirs(expired))
@@ -419,6 +432,8 @@ class Syncer:
             self.cache.set_state("last_outcome", f"failed: {exc}")
         else:
             self._condition("sync", None)
+            if self._unsaved is not None and time.monotonic() - self._saved >= self.save_every:
+                self._save_torrents_state()  # O(library): at most once per ``save_every``
             outcome = "ok" if torrents.listed else "incomplete listing"
             self._set_health("ok" if torrents.listed else "degraded")
             self.cache.set_state("last_sync", time.time())
@@ -437,21 +452,21 @@ class Syncer:
         )
 
     async def _probe_torrents(self) -> None:
-        """The idle check: page 1 (and the pages of active torrents), full listing on a change."""
-        state = self._lists["torrents"]
-        pages = {1}
-        for torrent in self.cache.active_torrents():
-            number = state.where.get(torrent.id)
-            if number is not None:
-                pages.add(number)
-        for number in sorted(pages):
-            if not await self._check_torrent_page(number):
+        """The idle check: the head of the list (and the windows of active torrents)."""
+        windows = {0} | {
+            offset - offset % self.probe_size for offset in self._lists["torrents"].where.values()
+        }
+        for offset in sorted(windows):
+            if not await self._check_window(offset, self.probe_size):
                 return
 
     async def _sweep(self) -> None:
-        """Check one other list page in turn: /downloads page 1, then /torrents pages 2, 3, ..."""
+        """Check one other part of the lists in turn: /downloads page 1, then the tail of
+        /torrents (any add or removal shifts it) every other turn, and its pages 1, 2, ..."""
         state = self._lists["torrents"]
-        turns = ["downloads"] + [str(n) for n in range(2, len(state.pages) + 1)]
+        turns = ["downloads", "tail"]
+        for number in range(1, state.page_count(self.page_size) + 1):  # (the head is 100 only)
+            turns += [str(number), "tail"]
         turn = turns[self._sweep_number % len(turns)]
         self._sweep_number += 1
         if turn == "downloads":
@@ -461,23 +476,208 @@ class Syncer:
             if page.not_modified or (known and page_fingerprint(ids) == known[0]):
                 return
             await self._sync_downloads(first=page)
+        elif turn == "tail":
+            await self._check_tail()
         else:
-            await self._check_torrent_page(int(turn))
+            await self._check_window((int(turn) - 1) * self.page_size, self.page_size)
 
-    async def _check_torrent_page(self, number: int) -> bool:
-        """Re-request one page; True when it showed no structural change (else it re-lists)."""
+    async def _check_tail(self) -> bool:
+        """Check the last torrents: any add or removal, however deep, shifts them."""
+        length = len(self._lists["torrents"].order or ())
+        return await self._check_window(max(0, length - self.probe_size), self.probe_size)
+
+    async def _check_window(self, offset: int, limit: int) -> bool:
+        """Re-request ``limit`` torrents from ``offset``; True when that needed no listing: the
+        same ids (only the rows that changed are written) or a change followed (``_follow``)."""
         state = self._lists["torrents"]
-        page = await self._api(self.client.torrents(page=number, limit=self.page_size))
+        page = await self._api(self.client.torrents(offset=offset, limit=limit))
         if page.not_modified:
             return True
-        fingerprint = page_fingerprint([t.id for t in page.items])
-        same_ids = number <= len(state.pages) and fingerprint == state.pages[number - 1]
-        if not same_ids or (page.total is not None and page.total != state.total):
-            log.debug("torrents page %d changed: listing everything", number)
-            await self._sync_torrents(first=page if number == 1 else None)
+        ids = [t.id for t in page.items]
+        same_ids = page_fingerprint(ids) == state.window_fingerprint(offset, limit)
+        if same_ids and (page.total is None or page.total == state.total):
+            await self._store_torrents(page.items)
+            self._note_moving(offset, page.items)
+            return True
+        if await self._follow(offset, limit, page, ids):
+            return True
+        log.debug("torrents %d-%d changed: listing everything", offset, offset + limit)
+        await self._sync_torrents(first=page if offset == 0 and limit == self.page_size else None)
+        return False
+
+    async def _follow(self, offset: int, limit: int, page: Any, ids: list[str]) -> bool:
+        """Apply a changed window without a listing when the change is torrents added on top
+        (the head, the total grown by as many) or one torrent gone (the total one less); False
+        for anything else, or when a total is unknown (a listing follows)."""
+        state = self._lists["torrents"]
+        if (
+            state.order is None
+            or state.total is None
+            or page.total is None
+            or page.received != len(ids)  # a record dropped as invalid: offsets are unknown
+        ):
             return False
-        await self._store_torrents(page.items)
+        grown = page.total - state.total
+        if offset != 0 and grown > 0:  # a sweep saw adds first: the head shows them
+            if not await self._check_window(0, self.probe_size):
+                return True  # the head led to a complete listing: nothing more to do
+            if (
+                page_fingerprint(ids) != state.window_fingerprint(offset, limit)
+                or page.total != state.total
+            ):
+                return False
+            await self._store_torrents(page.items)
+            self._note_moving(offset, page.items)
+            return True
+        if grown > 0:
+            if not self._adds_on_top(ids, limit, grown):
+                return False
+            await self._store_torrents(page.items)  # (the state moves once the rows are stored)
+            state.added_on_top(ids[:grown])
+            log.info("%d torrents added on top of the list: followed without a listing", grown)
+        elif grown == -1:
+            position = await self._locate_removal(offset, ids)
+            if position is None:
+                return False
+            await self._store_torrents(page.items)
+            await self._hold_located(state.removed_at(position))
+        else:
+            return False
+        self._note_moving(offset, page.items)
+        self._unsaved_change()
         return True
+
+    def _note_moving(self, offset: int, items: Sequence[Torrent]) -> None:
+        """Keep the offsets of the torrents still moving (their windows are probed) current."""
+        where = self._lists["torrents"].where
+        for position, torrent in enumerate(items, offset):
+            if torrent.status in ACTIVE_STATUSES:
+                where[torrent.id] = position
+            else:
+                where.pop(torrent.id, None)
+
+    def _adds_on_top(self, ids: list[str], limit: int, added: int) -> bool:
+        """Whether the head is ``added`` new ids followed by the old head shifted."""
+        order = self._lists["torrents"].order
+        assert order is not None
+        fits = (
+            added < len(ids)
+            and len(ids) == min(limit, len(order) + added)
+            and ids[added:] == order[: len(ids) - added]
+            and len(set(ids[:added])) == added
+        )
+        # (not: more than a window of adds, another change, or known ids moved on top)
+        return fits and not self.cache.torrent_states_of(ids[:added])
+
+    async def _locate_removal(self, base: int, ids: list[str]) -> int | None:
+        """The offset of the one torrent gone (the total is one less), found with the ``ids`` in
+        hand (from offset ``base``) or a binary search of ``offset``/``limit=1`` requests against
+        the cached order (about log2(total) of them); None when the list does not fit that."""
+        state = self._lists["torrents"]
+        order = state.order
+        assert order is not None and state.total is not None
+        expected = state.total - 1
+        same = 0
+        while same < len(ids) and base + same < len(order) and ids[same] == order[base + same]:
+            same += 1
+        if same == len(ids):  # the window is as it was: the gap is further down
+            low, high, seen_high = base + len(ids), len(order) - 1, False
+        elif ids[same:] == order[base + same + 1 : base + len(ids) + 1]:  # shifted up by one
+            low, high, seen_high = (base + same if same else 0), base + same, True
+        else:
+            return None
+        if low > high:
+            return None
+        requests = 0
+        while low < high or not seen_high:
+            middle = (low + high) // 2 if low < high else high
+            probe = await self._api(self.client.torrents(offset=middle, limit=1))
+            requests += 1
+            found = probe.items[0].id if probe.items else None
+            following = order[middle + 1] if middle + 1 < len(order) else None
+            # (a 304 brings the cached headers: its total is an earlier one, its id is current)
+            stale_total = probe.not_modified
+            if (not stale_total and probe.total != expected) or probe.received != len(probe.items):
+                return None
+            if middle < high and found == order[middle]:
+                low = middle + 1
+            elif found == following:
+                high, seen_high = middle, True
+            else:
+                return None
+        log.info(
+            "torrent %s is gone from RD's list (found with %d requests): removed once RD "
+            "confirms it",
+            order[low],
+            requests,
+        )
+        return low
+
+    async def _hold_located(self, gone: str) -> None:
+        """A torrent found missing without a listing counts as missing from one listing: held
+        until ``_confirm_located`` asks RD about it."""
+        self._located.add(gone)
+        doomed = self._guard("torrents", {gone}, self._listed_count(), checked={gone})
+        if doomed:  # (only when it was missing already: a listing between two ticks)
+            self._emit(await self._remove_gone(doomed))
+
+    async def _confirm_located(self) -> None:
+        """Ask RD about each torrent ``_locate_removal`` found missing. An unknown id counts as
+        the later complete listing that confirms a removal (the usual rules then apply: a large
+        removal is still held); one that is still there means the cached order was wrong: it is
+        kept and everything is listed."""
+        missing = self._missing.get("torrents", {})
+        checked = {torrent_id for torrent_id in missing if torrent_id in self._located}
+        gone: set[str] = set()
+        for torrent_id in sorted(checked):
+            try:
+                await self._api(self.client.torrent_info(torrent_id))
+            except UnknownResource:
+                gone.add(torrent_id)
+        doomed = self._guard("torrents", gone, self._listed_count(), checked=checked)
+        if doomed:
+            self._emit(await self._remove_gone(doomed))
+        if checked - gone:
+            log.info("%d torrents found missing are still on RD: listing", len(checked - gone))
+            await self._sync_torrents()
+
+    async def _remove_gone(self, doomed: set[str]) -> Changes:
+        """Delete torrents whose removal upstream was confirmed, and their directories."""
+        changes = await self._delete_torrents(doomed)
+        changes.merge(await self.tree.torrent_dirs(doomed))
+        self._queue_files(doomed)
+        return changes
+
+    def _forget_removed(self) -> None:
+        """Drop the torrents rdfs deleted itself (``removed``) from the cached order."""
+        removed, self._removed_here = self._removed_here, []
+        state = self._lists["torrents"]
+        missing = self._missing.get("torrents", {})
+        for torrent_id in removed:
+            self._located.discard(torrent_id)
+            if missing.pop(torrent_id, None) is not None:
+                self.cache.set_state("missing", self._missing)
+            offset = state.offset_of(torrent_id) if state.order is not None else None
+            if offset is not None:
+                state.removed_at(offset)
+                self._unsaved_change()
+
+    def _located_only(self) -> bool:
+        """Whether every torrent held as missing was found by ``_locate_removal``."""
+        missing = self._missing.get("torrents", {})
+        return bool(missing) and all(torrent_id in self._located for torrent_id in missing)
+
+    def _unsaved_change(self) -> None:
+        """The state changed without a listing. It is persisted by a later tick, at most once
+        per ``save_every`` (one O(library) write, off the changes' path), and when ``run`` ends;
+        until then the stored state says "list everything": a restart never trusts a stale one."""
+        stored, self._unsaved = self._unsaved, time.monotonic()
+        if stored is None:
+            self.cache.set_state("listing:torrents", None)
+
+    def _save_torrents_state(self) -> None:
+        self.cache.set_state("listing:torrents", self._lists["torrents"].as_stored())
+        self._unsaved, self._saved = None, time.monotonic()
 
     # --- listings -------------------------------------------------------------------------
 
@@ -491,7 +691,7 @@ class Syncer:
         """Every page of a list, and whether the listing may be trusted for deletions (see the
         module). Each page's new items go to ``on_page`` as it arrives: a listing of 100,000
         torrents never holds more than a page of records."""
-        seen: set[str] = set()
+        seen: dict[str, None] = {}  # in listing order
         pages: list[str] = []
         where: dict[str, int] = {}
         fresh_totals: set[int] = set()
@@ -509,10 +709,10 @@ class Syncer:
             new = []
             for item in page.items:
                 if item.id not in seen:
-                    seen.add(item.id)
+                    seen[item.id] = None
                     new.append(item)
                     if getattr(item, "status", None) in ACTIVE_STATUSES:
-                        where[item.id] = number
+                        where[item.id] = len(seen) - 1
             if new and on_page is not None:
                 await on_page(new)
             size, announced, added = len(page.items), page.total, len(new)
@@ -590,11 +790,18 @@ class Syncer:
             missing > 1 and missing > self.max_delete_fraction * known
         )
 
-    def _guard(self, kind: str, gone: set[str], known: int) -> set[str]:
-        """Which of the ``gone`` ids to delete now: see "Safety" in the module's docstring."""
+    def _guard(
+        self, kind: str, gone: set[str], known: int, checked: set[str] | None = None
+    ) -> set[str]:
+        """Which of the ``gone`` ids to delete now: see "Safety" in the module's docstring.
+        ``checked``: the ids this observation looked at (None: a complete listing, all)."""
         now = time.time()
         missing = self._missing.setdefault(kind, {})
-        back = [item_id for item_id in missing if item_id not in gone]
+        back = [
+            item_id
+            for item_id in missing
+            if item_id not in gone and (checked is None or item_id in checked)
+        ]
         for item_id in back:
             del missing[item_id]
         for item_id in gone:
@@ -608,6 +815,7 @@ class Syncer:
         }
         for item_id in due:
             del missing[item_id]
+        self._located.intersection_update(self._missing.get("torrents", {}))
         if missing and mass:
             self._condition(
                 f"{kind} removal",
@@ -643,9 +851,19 @@ class Syncer:
             return False
         oldest = min(since for since, _ in missing.values())
         return (
-            not self._mass(len(missing), self._known(kind))
+            not self._mass(
+                len(missing), self._listed_count() if kind == "torrents" else self._known(kind)
+            )
             or time.time() - oldest >= self.delete_confirm_seconds
         )
+
+    def _listed_count(self) -> int:
+        """How many torrents the cache holds, for the removal rules' proportions, with no query
+        over the library while the order is known: the listed ones, plus those held missing."""
+        order = self._lists["torrents"].order
+        if order is None or not self._lists["torrents"].listed:
+            return self._known("torrents")
+        return len(order) + len(self._missing.get("torrents", {}))
 
     def _known(self, kind: str) -> int:
         return (
@@ -666,18 +884,10 @@ class Syncer:
         )
         changes = Changes()
         if self._trust("torrents", listing, known):
-            gone = self.cache.torrent_ids() - listing.ids
+            gone = self.cache.torrent_ids() - listing.ids.keys()
             doomed = self._guard("torrents", gone, known)
             if doomed:
-                log.info("removing %d torrents gone upstream", len(doomed))
-                self.tree.expect(doomed)
-                for chunk in _chunks(sorted(doomed), self.batch_size):
-                    with self.cache.transaction():
-                        self.cache.record_removals(
-                            chunk, by="rd", reason="gone from RD's torrent list"
-                        )
-                        changes.merge(self.cache.delete_torrents(chunk))
-                    await trio.sleep(0)
+                changes.merge(await self._delete_torrents(doomed))
                 structural |= doomed
             self._listed("torrents", listing)
             self.cache.set_state("last_complete_listing", time.time())
@@ -689,10 +899,29 @@ class Syncer:
             self._refill_queue()
         self._emit(changes)
 
+    async def _delete_torrents(self, doomed: set[str]) -> Changes:
+        """Delete (and record) torrents whose removal upstream is confirmed; the caller rebuilds
+        their directories."""
+        log.info("removing %d torrents gone upstream", len(doomed))
+        self.tree.expect(doomed)
+        changes = Changes()
+        for chunk in _chunks(sorted(doomed), self.batch_size):
+            with self.cache.transaction():
+                self.cache.record_removals(chunk, by="rd", reason="gone from RD's torrent list")
+                changes.merge(self.cache.delete_torrents(chunk))
+            await trio.sleep(0)
+        return changes
+
     def _listed(self, kind: str, listing: Listing) -> None:
-        """Keep (and persist) what a complete listing looked like, for the probes."""
+        """Keep (and persist) what a complete listing looked like, for the probes: ``/torrents``
+        by its ids in order, ``/downloads`` by its page fingerprints."""
         state = self._lists[kind]
-        state.pages, state.total, state.where = listing.pages, listing.total, listing.where
+        state.total, state.where = listing.total, listing.where
+        if kind == "torrents":
+            state.order, state.pages = list(listing.ids), []
+            self._unsaved, self._saved = None, time.monotonic()
+        else:
+            state.pages = listing.pages
         state.listed = True
         self.cache.set_state(f"listing:{kind}", state.as_stored())
 
@@ -723,7 +952,7 @@ class Syncer:
             )
         if structural and rebuild:
             self._emit(await self.tree.torrent_dirs(structural))
-            self._refill_queue()
+            self._queue_files(structural)
         return structural
 
     async def _sync_downloads(self, first: Any = None) -> None:
@@ -743,7 +972,7 @@ class Syncer:
         )
         doomed: set[str] = set()
         if self._trust("downloads", listing, len(known)):
-            gone = known - listing.ids
+            gone = known - listing.ids.keys()
             doomed = self._guard("downloads", gone, len(known))
             for chunk in _chunks(sorted(doomed), self.batch_size):
                 self.cache.delete_downloads(chunk)
@@ -761,7 +990,10 @@ class Syncer:
     # --- file lists -----------------------------------------------------------------------
 
     def _refill_queue(self) -> None:
+        """The fill queue from the cache: every torrent whose file list is due (O(library): at
+        the start and after a complete listing)."""
         idle = not self._queue
+        self._urgent = {}
         self._queue = dict.fromkeys(
             t for t in self.cache.torrents_needing_files() if t not in self._inflight
         )
@@ -774,19 +1006,38 @@ class Syncer:
         self._queue_changed.set()
         self._queue_changed = trio.Event()
 
+    def _queue_files(self, torrent_ids: Collection[str]) -> None:
+        """The fill queue brought up to date for these torrents only (changed or deleted by a
+        probe): those whose file list is due go first, the others leave it."""
+        states = self.cache.torrent_states_of(torrent_ids)
+        for torrent_id in torrent_ids:
+            self._queue.pop(torrent_id, None)
+            self._urgent.pop(torrent_id, None)
+            state = states.get(torrent_id)
+            if (
+                state is not None
+                and state.status == STATUS_DOWNLOADED
+                and state.info_key != state.list_key
+                and torrent_id not in self._inflight
+            ):
+                self._urgent[torrent_id] = None
+        self._queue_changed.set()
+        self._queue_changed = trio.Event()
+
     async def _fill_worker(self, drain: bool) -> None:
         """Fetch missing file lists, newest torrent first; yields to on-demand requests."""
         failures = 0
         while True:
             while self._demand:
                 await self._no_demand.wait()
-            torrent_id = next(iter(self._queue), None)
+            queue = self._urgent or self._queue
+            torrent_id = next(iter(queue), None)
             if torrent_id is None:
                 if drain:
                     return
                 await self._queue_changed.wait()
                 continue
-            del self._queue[torrent_id]
+            del queue[torrent_id]
             try:
                 with background():
                     await self._fetch_files(torrent_id)
@@ -817,9 +1068,11 @@ class Syncer:
             except UnknownResource as exc:
                 # Gone upstream since it was listed: the next listing removes it.
                 self.cache.set_info_error(torrent_id, str(exc))
-                self._force_full = True
+                if torrent_id not in self._located:  # (those are confirmed by the next tick)
+                    self._force_full = True
                 return
             self._queue.pop(torrent_id, None)
+            self._urgent.pop(torrent_id, None)
             self._emit(self.tree.store_info(info))
             self._fill.stored(trio.current_time())
             # A torrent whose links changed has its list fetched again: a shown download that

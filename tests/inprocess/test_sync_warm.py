@@ -19,7 +19,8 @@ from rdfs.api.auth import StaticToken
 from rdfs.api.client import RDClient
 from rdfs.emulator import Emulator
 from rdfs.store.metadata import TORRENTS_INODE, Cache
-from rdfs.sync.syncer import SWEEP_EVERY, Syncer, _ListState
+from rdfs.sync.listing import ListState
+from rdfs.sync.syncer import SWEEP_EVERY, Syncer
 from rdfs.tree.specs import Namespace
 
 TORRENTS = 23
@@ -84,7 +85,7 @@ async def test_idle_ticks_make_one_call_each_and_no_listing(setup: Setup) -> Non
             assert syncer.status()["last_outcome"] == "ok" and shown(cache) == TORRENTS
 
 
-async def test_a_change_seen_by_a_warm_probe_lists_and_applies_it(setup: Setup) -> None:
+async def test_a_removal_seen_by_a_warm_probe_is_applied_without_a_listing(setup: Setup) -> None:
     with contextlib.closing(Cache(setup.path)) as cache:
         await setup.syncer(cache).sync_once()
     newest = setup.emu.list_torrents(0, 1, False)[0][0]["id"]
@@ -92,10 +93,12 @@ async def test_a_change_seen_by_a_warm_probe_lists_and_applies_it(setup: Setup) 
     with contextlib.closing(Cache(setup.path)) as cache:
         syncer = setup.syncer(cache)
         setup.emu.reset_counters()
-        await syncer._tick()  # the probe sees page 1 changed: a complete listing
-        assert setup.emu.counters[LISTS] >= 5
-        await syncer._tick()  # a small removal is applied by the next complete listing
+        await syncer._tick()  # page 1 lost its first id, the total one less: found in the page
+        assert setup.emu.counters[LISTS] == 1
+        assert cache.torrent(newest) is not None  # held until RD confirms it
+        await syncer._tick()  # RD does not know the id any more: removed
         assert cache.torrent(newest) is None and shown(cache) == TORRENTS - 1
+        assert setup.emu.counters[LISTS] <= 2 and setup.emu.counters["api_total"] <= 3
 
 
 async def test_a_listing_hands_over_one_page_at_a_time(setup: Setup) -> None:
@@ -126,5 +129,5 @@ async def test_a_listing_hands_over_one_page_at_a_time(setup: Setup) -> None:
 )
 def test_a_damaged_stored_listing_state_means_a_listing_is_due(stored) -> None:
     """What the cache holds of the last listing may be damaged: an empty state, never a crash."""
-    state = _ListState.stored(stored)
+    state = ListState.stored(stored)
     assert not state.listed and state.pages == [] and state.where == {}
