@@ -100,12 +100,27 @@ def test_requests_go_out_once_a_quarter_of_a_window_is_missing() -> None:
     window = Window(run_start=0, consumed=8 * MiB, initial=256 * KiB)  # window: 2 MiB
     stop, block, budget = 10**12, 32 * KiB, 64 * MiB
     assert window.target(budget, stop, block) == 10 * MiB
-    assert window.due(received=8 * MiB, budget=budget, stop=stop, block=block)
-    assert window.due(received=9 * MiB + 512 * KiB, budget=budget, stop=stop, block=block)
-    assert not window.due(received=9 * MiB + 512 * KiB + 1, budget=budget, stop=stop, block=block)
-    assert not window.due(received=10 * MiB, budget=budget, stop=stop, block=block)
+    for received in (8 * MiB, 9 * MiB + 512 * KiB):  # nothing under way
+        assert window.due(received, received, budget, stop, block)
+    quarter_missing = 9 * MiB + 512 * KiB + 1
+    assert not window.due(quarter_missing, quarter_missing, budget, stop, block)
+    assert not window.due(10 * MiB, 10 * MiB, budget, stop, block)
+    assert window.request_end(9 * MiB, budget, stop, block) == 10 * MiB
     # The end of the file: the rest is requested, however little.
-    assert window.due(received=10 * MiB - 10, budget=budget, stop=10 * MiB, block=block)
+    assert window.due(10 * MiB - 10, 10 * MiB - 10, budget, stop=10 * MiB, block=block)
+
+
+def test_the_next_request_goes_out_before_the_one_under_way_ends() -> None:
+    """A reader as fast as the link: the next request is sent while the one being read still
+    has half a window to come (its round trip runs meanwhile), never beyond the window's end."""
+    window = Window(run_start=0, consumed=8 * MiB, initial=256 * KiB)  # window: 2 MiB, to 10 MiB
+    stop, block, budget = 10**12, 32 * KiB, 64 * MiB
+    # A request up to 9 MiB is under way: 1 MiB of it (half the window) still to come.
+    assert window.due(8 * MiB, 9 * MiB, budget, stop, block)
+    more_to_come = 9 * MiB + 64 * KiB  # more than half a window still to come
+    assert not window.due(8 * MiB, more_to_come, budget, stop, block)
+    assert not window.due(8 * MiB, 10 * MiB, budget, stop, block)  # the window is asked for
+    assert window.request_end(9 * MiB, budget, stop, block) == 10 * MiB
 
 
 def test_reads_near_the_reader_or_inside_the_reach_are_covered() -> None:
