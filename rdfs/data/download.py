@@ -157,6 +157,9 @@ class Transfer:
     until delivered or released.
     """
 
+    # Whether the next request may be sent while the one being read still runs.
+    pipelined = False
+
     def __init__(self, blocks: BlockStore, file: OpenFile, start: int, stop: int) -> None:
         self.blocks = blocks
         self.file = file
@@ -170,9 +173,6 @@ class Transfer:
         self.requested = start  # the end of the latest request sent
         self.ahead: Ahead | None = None  # the next request, sent ahead
         self.aheads: trio.Nursery | None = None  # where requests sent ahead wait (pipelined only)
-
-    # Whether the next request may be sent while the one being read still runs.
-    pipelined = False
 
     @property
     def finished(self) -> bool:

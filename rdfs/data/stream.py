@@ -36,6 +36,8 @@ class Stream(Transfer):
     streams); a paused stream gives its connection up after ``idle_release`` seconds.
     """
 
+    pipelined = True
+
     def __init__(
         self,
         blocks: BlockStore,
@@ -59,8 +61,6 @@ class Stream(Transfer):
 
     def want(self) -> int:
         return self.window.target(self.budget(), self.stop, BLOCK_SIZE)
-
-    pipelined = True
 
     def request_stop(self, start: int) -> int:
         return self.window.request_end(start, self.budget(), self.stop, BLOCK_SIZE)
