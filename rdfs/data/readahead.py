@@ -58,7 +58,8 @@ DUE_DIVISOR = 4
 LEAD_DIVISOR = 2
 # A stream's first window is this many of the reads that started it (at least MIN_WINDOW, at most
 # the initial window): a probe reading its head in 32 KiB reads leaves 64 KiB unread when it
-# stops, a player's or a copy's 128 KiB+ reads get the whole initial window.
+# stops, a seeking player's 128 KiB reads get 256 KiB; reads of STREAM_ON_SEEK or more (a player
+# starting, a copy) get the whole initial window, which covers a few round trips of the link.
 READS_AHEAD = 2
 MIN_WINDOW = 64 * KiB
 MAX_WINDOW = 64 * MiB
@@ -91,6 +92,8 @@ RELEASE_AHEAD = 4 * MiB
 
 def first_window(read_size: int, initial: int) -> int:
     """The window a stream started by a read of ``read_size`` bytes begins with."""
+    if read_size >= STREAM_ON_SEEK:  # a player's, not a probe's
+        return initial
     return min(initial, max(MIN_WINDOW, READS_AHEAD * read_size))
 
 
