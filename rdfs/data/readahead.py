@@ -149,6 +149,13 @@ class Window:
         target = self.consumed + self.size(budget)
         return min(-(-target // block) * block, stop)
 
+    def due_from(self, budget: int, stop: int, block: int) -> int:
+        """The byte from which a gap in the window makes a request due (see :meth:`due`): a run
+        whose window is at hand up to here (a re-read of what another run fetched, a seek back)
+        needs no stream yet, as a running stream needs no request."""
+        target = self.target(budget, stop, block)
+        return target if target >= stop else target - self.size(budget) // DUE_DIVISOR
+
     def due(self, received: int, requested: int, budget: int, stop: int, block: int) -> bool:
         """Whether a stream that has received up to ``received`` and asked for the bytes up to
         ``requested`` (``received`` when no request is under way) sends its next request now:

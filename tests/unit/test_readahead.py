@@ -114,6 +114,17 @@ def test_requests_go_out_once_a_quarter_of_a_window_is_missing() -> None:
     assert window.due(10 * MiB - 10, 10 * MiB - 10, budget, stop=10 * MiB, block=block)
 
 
+def test_a_run_needs_a_stream_where_a_request_would_be_due() -> None:
+    """A run re-reading what another run fetched (a seek back) starts its stream only when a
+    quarter of its window is missing, as a running stream sends its next request."""
+    window = Window(run_start=0, consumed=8 * MiB, initial=256 * KiB)  # window: 2 MiB, to 10 MiB
+    stop, block, budget = 10**12, 32 * KiB, 64 * MiB
+    assert window.due_from(budget, stop, block) == 9 * MiB + 512 * KiB
+    assert window.due(9 * MiB + 512 * KiB, 0, budget, stop, block)
+    assert not window.due(9 * MiB + 512 * KiB + 1, 0, budget, stop, block)
+    assert window.due_from(budget, stop=9 * MiB, block=block) == 9 * MiB  # the file's end
+
+
 def test_the_next_request_goes_out_before_the_one_under_way_ends() -> None:
     """A reader as fast as the link: the next request is sent while the one being read still
     has half a window to come (its round trip runs meanwhile), never beyond the window's end."""
