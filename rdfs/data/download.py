@@ -18,6 +18,10 @@
   (readers wait on their event) until delivered or released. A subclass may pause between pieces
   while it holds the response (read-ahead waiting for its reader) and give its connection up
   when another download waits for one (:class:`HostSlots`).
+* A transfer that keeps a read-ahead (:attr:`Transfer.pipelined`) may have its next request sent
+  *ahead*, on a second connection, while the one being read still runs (:class:`Ahead`): the next
+  request's latency to the first byte passes while the rest of the current one arrives, and every
+  request stays bounded (a close or a seek cancels both, the server never sends past their ends).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import logging
 import math
 import re
 import time
+from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
 import httpcore
@@ -104,23 +109,44 @@ class HostSlots:
         self.limiter = trio.CapacityLimiter(limit)
         self.parked: set[Transfer] = set()
 
-    async def acquire(self) -> None:
+    async def acquire(self, borrower: object) -> None:
+        """Take a slot for ``borrower`` (the task, or the :class:`Ahead` request it sends)."""
         limiter = self.limiter
         if not limiter.available_tokens:
             for transfer in list(self.parked):
                 transfer.nudge()  # it sees us waiting and lets its connection go
         try:
-            limiter.acquire_nowait()  # a free connection slot costs no trip through the scheduler
+            # A free connection slot costs no trip through the scheduler.
+            limiter.acquire_on_behalf_of_nowait(borrower)
         except trio.WouldBlock:
-            await limiter.acquire()
+            await limiter.acquire_on_behalf_of(borrower)
 
-    def release(self) -> None:
-        self.limiter.release()
+    def release(self, borrower: object) -> None:
+        self.limiter.release_on_behalf_of(borrower)
 
     @property
     def contended(self) -> bool:
         """Whether a download waits for a slot."""
         return self.limiter.statistics().tasks_waiting > 0
+
+
+@dataclass(eq=False)
+class Ahead:
+    """A request sent before the one being read ends, for bytes ``[start, stop)``: its response
+    waits on its own connection (its socket buffers hold at most what it asked for). The request
+    that takes it over owns the response and the slot; one dropped is closed by its own task."""
+
+    start: int
+    stop: int
+    ready: trio.Event = field(default_factory=trio.Event)  # the response is there, or it failed
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    response: httpcore.Response | None = None
+    link: ResolvedLink | None = None
+    slots: HostSlots | None = None
+    taken: bool = False
+
+    def drop(self) -> None:
+        self.scope.cancel()
 
 
 class Transfer:
@@ -130,6 +156,9 @@ class Transfer:
     assembled in ``buf``. The blocks this transfer promised (``owned``) are pending in the file
     until delivered or released.
     """
+
+    # Whether the next request may be sent while the one being read still runs.
+    pipelined = False
 
     def __init__(self, blocks: BlockStore, file: OpenFile, start: int, stop: int) -> None:
         self.blocks = blocks
@@ -141,6 +170,9 @@ class Transfer:
         self.owned: dict[int, trio.Event] = {}
         self.collected: dict[int, Block] | None = None
         self.url = ""  # the download URL of the latest request
+        self.requested = start  # the end of the latest request sent
+        self.ahead: Ahead | None = None  # the next request, sent ahead
+        self.aheads: trio.Nursery | None = None  # where requests sent ahead wait (pipelined only)
 
     @property
     def finished(self) -> bool:
@@ -172,9 +204,20 @@ class Transfer:
         """The byte up to which this transfer wants data now."""
         return self.stop
 
-    def request_stop(self) -> int:
-        """The end of the range the next request asks for."""
+    def request_stop(self, start: int) -> int:
+        """The end of the range a request from byte ``start`` asks for."""
         return self.stop
+
+    def next_request(self) -> int | None:
+        """While a request up to ``requested`` is read: the end of the next request when it is
+        to be sent now, ahead (pipelined transfers only), else None."""
+        return None
+
+    def drop_ahead(self) -> None:
+        """Give up the request sent ahead (the transfer no longer continues where it starts)."""
+        if self.ahead is not None:
+            self.ahead.drop()
+            self.ahead = None
 
     def feed(self, piece: bytes) -> None:
         """Take the next bytes of the response (everything up to ``stop``: a response is never
@@ -337,6 +380,19 @@ class Downloader:
 
     async def download(self, transfer: Transfer) -> None:
         """Run ``transfer`` to completion: requests, resumes, link refreshes."""
+        if not transfer.pipelined:
+            await self._download(transfer)
+            return
+        async with trio.open_nursery() as aheads:
+            transfer.aheads = aheads
+            try:
+                await self._download(transfer)
+            finally:
+                transfer.aheads = None
+                transfer.ahead = None
+                aheads.cancel_scope.cancel()  # a request sent ahead and not taken is closed
+
+    async def _download(self, transfer: Transfer) -> None:
         source = transfer.file.source
         refreshes = 0
         refreshed_at = -1
@@ -457,26 +513,43 @@ class Downloader:
         ``_Transient`` for a failure without progress, ``_Refused`` for a refused URL.
         """
         source = transfer.file.source
-        link = await self.resolver.resolve(source.hoster_link)
-        transfer.url = link.url
         start = transfer.received
+        ahead, transfer.ahead = transfer.ahead, None
+        if ahead is not None and ahead.start != start:
+            ahead.drop()
+            ahead = None
+        if ahead is None:
+            link = await self.resolver.resolve(source.hoster_link)
+            transfer.url = link.url
+            request_stop = transfer.request_stop(start)
+            slots = self.slots(link.host)
+        else:
+            request_stop = ahead.stop
+        transfer.requested = request_stop
         first = source.offset + start
-        request_stop = transfer.request_stop()
-        last = source.offset + request_stop - 1
-        headers = [
-            (b"Range", f"bytes={first}-{last}".encode()),
-            (b"Accept-Encoding", b"identity"),
-            (b"User-Agent", b"rdfs"),
-        ]
-        slots = self.slots(link.host)
-        await slots.acquire()
+        borrower: object = trio.lowlevel.current_task()
+        acquired = False
         # No progress for stall_timeout aborts the request (see STALL_TIMEOUT); _receive moves the
         # deadline on with every STALL_PROGRESS bytes, and lifts it while the transfer pauses.
         guard = trio.CancelScope(deadline=trio.current_time() + self.stall_timeout)
         try:
             with guard:
-                self.stats.requests += 1
-                response = await self._send(link.url, headers)
+                if ahead is None:
+                    await slots.acquire(borrower)
+                    acquired = True
+                    self.stats.requests += 1
+                    response = await self._send(
+                        link.url, _range(first, source.offset + request_stop)
+                    )
+                else:
+                    await ahead.ready.wait()
+                    if ahead.response is None or ahead.link is None or ahead.slots is None:
+                        raise _Transient("the request sent ahead failed")
+                    link, slots, response = ahead.link, ahead.slots, ahead.response
+                    borrower = ahead
+                    ahead.taken = acquired = True
+                    ahead.drop()  # its task ends; the response and the slot are this request's
+                    transfer.url = link.url
                 try:
                     skip = check_response(response, link, source, first, self.range_discard_limit)
                     self.resolver.confirm(source.hoster_link)
@@ -497,9 +570,46 @@ class Downloader:
                 return
             raise _Transient(f"{type(exc).__name__}: {exc}") from None
         finally:
-            slots.release()
+            if acquired:
+                slots.release(borrower)
+            if ahead is not None and not ahead.taken:
+                ahead.drop()
         if guard.cancelled_caught:
             raise _Stalled(f"less than {STALL_PROGRESS} bytes in {self.stall_timeout:g} s")
+
+    def _send_ahead(self, transfer: Transfer, start: int, stop: int) -> None:
+        """Send the request for ``[start, stop)`` now, in the background (see :class:`Ahead`)."""
+        assert transfer.aheads is not None
+        ahead = transfer.ahead = Ahead(start, stop)
+        transfer.requested = stop
+        transfer.aheads.start_soon(self._run_ahead, transfer.file.source, ahead)
+
+    async def _run_ahead(self, source: FileSource, ahead: Ahead) -> None:
+        slots: HostSlots | None = None
+        acquired = False
+        response: httpcore.Response | None = None
+        try:
+            with ahead.scope:
+                link = await self.resolver.resolve(source.hoster_link)
+                slots = self.slots(link.host)
+                await slots.acquire(ahead)
+                acquired = True
+                self.stats.requests += 1
+                headers = _range(source.offset + ahead.start, source.offset + ahead.stop)
+                response = await self._send(link.url, headers)
+                ahead.link, ahead.slots, ahead.response = link, slots, response
+                ahead.ready.set()
+                await trio.sleep_forever()  # until taken over or dropped
+        except (RDError, *TRANSPORT_ERRORS) as exc:
+            log.debug("request ahead for %s failed: %s", source.label, exc)
+        finally:
+            ahead.ready.set()
+            if not ahead.taken:
+                if response is not None:
+                    with trio.CancelScope(shield=True):
+                        await response.aclose()
+                if slots is not None and acquired:
+                    slots.release(ahead)
 
     async def _send(self, url: str, headers: list[tuple[bytes, bytes]]) -> httpcore.Response:
         """The response to a GET of ``url``, after up to ``MAX_REDIRECTS`` redirects; the caller
@@ -545,6 +655,10 @@ class Downloader:
                 piece = piece[skip:]
                 skip = 0
             transfer.feed(piece)
+            if transfer.aheads is not None and transfer.ahead is None:
+                ahead_stop = transfer.next_request()
+                if ahead_stop is not None:
+                    self._send_ahead(transfer, request_stop, ahead_stop)
             if transfer.finished or transfer.received >= request_stop:
                 if got == expected:
                     # Let httpcore see the end of the message: the connection stays reusable.
@@ -558,6 +672,15 @@ class Downloader:
                 guard.deadline = trio.current_time() + self.stall_timeout
             if transfer.should_jump():
                 return
+
+
+def _range(first: int, stop: int) -> list[tuple[bytes, bytes]]:
+    """The headers of a GET of bytes ``[first, stop)`` of a download."""
+    return [
+        (b"Range", f"bytes={first}-{stop - 1}".encode()),
+        (b"Accept-Encoding", b"identity"),
+        (b"User-Agent", b"rdfs"),
+    ]
 
 
 def _redirect_target(url: str, location: str) -> str:

@@ -29,10 +29,15 @@ mountpoint-s3's prefetcher and rclone's chunked reader). The window is a quarter
 read sequentially, at least its first window (``READS_AHEAD`` of the reads that started it,
 between ``MIN_WINDOW`` and ``INITIAL_WINDOW``: small reads earn a small window), at most the
 budget (all windows together stay within half the block cache, so read-ahead is not evicted
-before it is read). A request asks for the
-bytes up to the window's end and is sent once at least ``1 / DUE_DIVISOR`` of the window is
-missing (a paced reader, a player, still has the rest at hand during its round trip), so requests
-grow with the run and a close or a seek never wastes more than the current window.
+before it is read). A request asks for the bytes up to the window's end and is sent once at
+least ``1 / DUE_DIVISOR`` of the window is missing (a paced reader, a player, still has the rest
+at hand during its round trip). A reader as fast as the link (a copy) would wait a round trip
+per request: the next request goes out *before* the one being read ends, once what is still to
+come of it is at most ``1 / LEAD_DIVISOR`` of the window, so its latency to the first byte runs
+while that rest arrives (on a second connection). Every request is bounded by the window's end:
+requests grow with the run, and a close or a seek never wastes more than the current window,
+whatever the sockets' buffers hold (an open-ended request paused by back-pressure would waste the
+window plus the client's and the server's socket buffers, several MiB each).
 """
 
 from __future__ import annotations
@@ -48,9 +53,13 @@ INITIAL_WINDOW = 1 * MiB
 # pace keeps three quarters of a window (1 MiB+ after a seek) while the request's round trip runs
 # (half a window, 128 KiB after a seek, stalled it on a 30 ms link).
 DUE_DIVISOR = 4
+# The next request is sent while the one being read still has this fraction of the window to
+# come: requests of about half a window, each one's round trip hidden behind the other's rest.
+LEAD_DIVISOR = 2
 # A stream's first window is this many of the reads that started it (at least MIN_WINDOW, at most
 # the initial window): a probe reading its head in 32 KiB reads leaves 64 KiB unread when it
-# stops, a player's or a copy's 128 KiB+ reads get the whole initial window.
+# stops, a seeking player's 128 KiB reads get 256 KiB; reads of STREAM_ON_SEEK or more (a player
+# starting, a copy) get the whole initial window, which covers a few round trips of the link.
 READS_AHEAD = 2
 MIN_WINDOW = 64 * KiB
 MAX_WINDOW = 64 * MiB
@@ -83,6 +92,8 @@ RELEASE_AHEAD = 4 * MiB
 
 def first_window(read_size: int, initial: int) -> int:
     """The window a stream started by a read of ``read_size`` bytes begins with."""
+    if read_size >= STREAM_ON_SEEK:  # a player's, not a probe's
+        return initial
     return min(initial, max(MIN_WINDOW, READS_AHEAD * read_size))
 
 
@@ -113,14 +124,6 @@ def fetch_end(offset: int, end: int, block: int, size: int) -> int | None:
     return end if end - offset >= block and end < last_block_end else None
 
 
-# A run this long is a copy or a playback: its stream asks for the rest of the file in one request
-# and follows its window by TCP back-pressure (it stops reading the socket when the window is
-# full) instead of sending a request per window, so a link's per-request latency (RD: ~0.15 s to
-# the first byte) is paid once per run, not once per window. Shorter runs (probes, seeks, the
-# reads of a re-export) keep bounded requests.
-OPEN_ENDED_AFTER = 4 * MiB
-
-
 def window_budget(cache_bytes: int, streams: int, initial: int, max_window: int) -> int:
     """The largest window a stream may have while ``streams`` streams share the cache."""
     share = (cache_bytes // 2) // max(1, streams)
@@ -146,21 +149,31 @@ class Window:
         target = self.consumed + self.size(budget)
         return min(-(-target // block) * block, stop)
 
-    def due(self, received: int, budget: int, stop: int, block: int) -> bool:
-        """Whether a stream that has received up to ``received`` sends its next request now: at
-        least ``1 / DUE_DIVISOR`` of a window is missing (or the rest of the file), so requests
-        are never tiny."""
+    def due_from(self, budget: int, stop: int, block: int) -> int:
+        """The byte from which a gap in the window makes a request due (see :meth:`due`): a run
+        whose window is at hand up to here (a re-read of what another run fetched, a seek back)
+        needs no stream yet, as a running stream needs no request."""
         target = self.target(budget, stop, block)
-        if received >= target:
-            return False
-        return target >= stop or target - received >= self.size(budget) // DUE_DIVISOR
+        return target if target >= stop else target - self.size(budget) // DUE_DIVISOR
 
-    def request_end(self, received: int, budget: int, stop: int, block: int) -> int:
-        """Where the next request ends: the window's end, or the file's end once the run is
-        ``OPEN_ENDED_AFTER`` long (back-pressure then keeps the stream a window ahead)."""
-        if self.consumed - self.run_start >= OPEN_ENDED_AFTER:
-            return stop
-        return max(self.target(budget, stop, block), received)
+    def due(self, received: int, requested: int, budget: int, stop: int, block: int) -> bool:
+        """Whether a stream that has received up to ``received`` and asked for the bytes up to
+        ``requested`` (``received`` when no request is under way) sends its next request now:
+        at least ``1 / DUE_DIVISOR`` of a window is missing (or the rest of the file), so
+        requests are never tiny, and the request under way has at most ``1 / LEAD_DIVISOR`` of
+        the window still to come."""
+        requested = max(requested, received)
+        target = self.target(budget, stop, block)
+        if requested >= target:
+            return False
+        size = self.size(budget)
+        if target < stop and target - requested < size // DUE_DIVISOR:
+            return False
+        return requested - received <= size // LEAD_DIVISOR
+
+    def request_end(self, start: int, budget: int, stop: int, block: int) -> int:
+        """Where a request from ``start`` ends: the window's end (never past it)."""
+        return max(self.target(budget, stop, block), start)
 
     def covers(self, offset: int, ahead: int) -> bool:
         """A read near the reader or inside the stream's reach ``ahead`` (reads come out of

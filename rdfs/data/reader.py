@@ -165,14 +165,15 @@ class FileHandle:
     def _start_stream(self, run: Run[Stream], offset: int, end: int, first: int) -> None:
         """(Re)start ``run``'s read-ahead from this read, unless it needs none.
 
-        A run whose window is at hand in the caches (e.g. a rescan hitting the probe cache, or a
-        handle continuing a previous handle's reading) needs no read-ahead yet: a stream starts
-        with the first read whose window reaches past the cached blocks.
+        A run whose window is at hand in the caches (e.g. a rescan hitting the probe cache, a
+        handle continuing a previous handle's reading, a player seeking back into what it read)
+        needs no read-ahead yet: a stream starts with the first read whose window has a gap a
+        running stream would send a request for (:meth:`~rdfs.data.readahead.Window.due_from`).
         """
         initial = first_window(end - offset, self.pool.initial_window)
         window = Window(run_start=run.start, consumed=end, initial=initial)
         size = self.source.size
-        last = (window.target(self.pool.window_budget(), size, BLOCK_SIZE) - 1) // BLOCK_SIZE
+        last = (window.due_from(self.pool.window_budget(), size, BLOCK_SIZE) - 1) // BLOCK_SIZE
         if end >= size or self._blocks.all_available(self.file, first, last):
             return
         stream = self.pool.start_stream(run, self.file, first * BLOCK_SIZE, window)

@@ -1,8 +1,9 @@
 """The read-ahead stream of one sequential run: a transfer that stays a window ahead of its reader.
 
 Bounded ranged requests, read in the pool's nursery: each asks for the bytes up to the end of
-the window, and the next one goes out once a quarter of the window is missing (see
-:mod:`rdfs.data.readahead`); a close or a seek cancels the one in flight, so the download server
+the window, and the next one goes out once a quarter of the window is missing, before the one
+under way ends when the reader keeps up with the link (sent ahead on a second connection, see
+:mod:`rdfs.data.readahead`); a close or a seek cancels those in flight, so the download server
 never sends more than a window nobody reads. Should the window shrink below what a request asked
 for (more streams share the cache), the stream stops reading the socket while it is far enough
 ahead (TCP back-pressure) and gives its connection up after a while idle, when another download
@@ -35,6 +36,8 @@ class Stream(Transfer):
     streams); a paused stream gives its connection up after ``idle_release`` seconds.
     """
 
+    pipelined = True
+
     def __init__(
         self,
         blocks: BlockStore,
@@ -59,13 +62,19 @@ class Stream(Transfer):
     def want(self) -> int:
         return self.window.target(self.budget(), self.stop, BLOCK_SIZE)
 
-    def request_stop(self) -> int:
-        return self.window.request_end(self.received, self.budget(), self.stop, BLOCK_SIZE)
+    def request_stop(self, start: int) -> int:
+        return self.window.request_end(start, self.budget(), self.stop, BLOCK_SIZE)
 
     @property
     def due(self) -> bool:
-        """Whether the next request goes out now."""
-        return self.window.due(self.received, self.budget(), self.stop, BLOCK_SIZE)
+        """Whether the next request goes out now (while the one under way, if any, still runs)."""
+        return self.window.due(self.received, self.requested, self.budget(), self.stop, BLOCK_SIZE)
+
+    def next_request(self) -> int | None:
+        if not self.due:
+            return None
+        self._extend()
+        return self.request_stop(self.requested)
 
     @property
     def idle_ahead(self) -> bool:
@@ -114,6 +123,11 @@ class Stream(Transfer):
             self._skip_ready()
             if self.finished:
                 return False
+            if self.ahead is not None:
+                if self.ahead.start == self.received:
+                    return True  # the next request was sent ahead
+                self.drop_ahead()  # the stream jumped, or let its request go before its end
+            self.requested = min(self.requested, self.received)
             if self.due:
                 self._extend()
                 self._release = False  # a new request: the last one was let go already

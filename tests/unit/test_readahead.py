@@ -57,6 +57,10 @@ def test_the_first_window_is_a_couple_of_the_reads_that_started_the_stream() -> 
     assert first_window(512, initial) == 64 * KiB  # never less than two blocks
     assert first_window(128 * KiB, initial) == 256 * KiB
     assert first_window(4 * MiB, initial) == 256 * KiB
+    # A player's reads (STREAM_ON_SEEK or more) get the whole initial window at once: at 256 KiB
+    # reads, two of them (512 KiB) do not cover a 30 ms link's round trips at 10 MB/s.
+    assert first_window(STREAM_ON_SEEK, MiB) == MiB
+    assert first_window(STREAM_ON_SEEK // 2, MiB) == STREAM_ON_SEEK
     window = Window(run_start=0, consumed=128 * KiB, initial=first_window(32 * KiB, initial))
     assert window.size(budget=64 * MiB) == 64 * KiB
     window.advance(2 * MiB)
@@ -100,12 +104,38 @@ def test_requests_go_out_once_a_quarter_of_a_window_is_missing() -> None:
     window = Window(run_start=0, consumed=8 * MiB, initial=256 * KiB)  # window: 2 MiB
     stop, block, budget = 10**12, 32 * KiB, 64 * MiB
     assert window.target(budget, stop, block) == 10 * MiB
-    assert window.due(received=8 * MiB, budget=budget, stop=stop, block=block)
-    assert window.due(received=9 * MiB + 512 * KiB, budget=budget, stop=stop, block=block)
-    assert not window.due(received=9 * MiB + 512 * KiB + 1, budget=budget, stop=stop, block=block)
-    assert not window.due(received=10 * MiB, budget=budget, stop=stop, block=block)
+    for received in (8 * MiB, 9 * MiB + 512 * KiB):  # nothing under way
+        assert window.due(received, received, budget, stop, block)
+    quarter_missing = 9 * MiB + 512 * KiB + 1
+    assert not window.due(quarter_missing, quarter_missing, budget, stop, block)
+    assert not window.due(10 * MiB, 10 * MiB, budget, stop, block)
+    assert window.request_end(9 * MiB, budget, stop, block) == 10 * MiB
     # The end of the file: the rest is requested, however little.
-    assert window.due(received=10 * MiB - 10, budget=budget, stop=10 * MiB, block=block)
+    assert window.due(10 * MiB - 10, 10 * MiB - 10, budget, stop=10 * MiB, block=block)
+
+
+def test_a_run_needs_a_stream_where_a_request_would_be_due() -> None:
+    """A run re-reading what another run fetched (a seek back) starts its stream only when a
+    quarter of its window is missing, as a running stream sends its next request."""
+    window = Window(run_start=0, consumed=8 * MiB, initial=256 * KiB)  # window: 2 MiB, to 10 MiB
+    stop, block, budget = 10**12, 32 * KiB, 64 * MiB
+    assert window.due_from(budget, stop, block) == 9 * MiB + 512 * KiB
+    assert window.due(9 * MiB + 512 * KiB, 0, budget, stop, block)
+    assert not window.due(9 * MiB + 512 * KiB + 1, 0, budget, stop, block)
+    assert window.due_from(budget, stop=9 * MiB, block=block) == 9 * MiB  # the file's end
+
+
+def test_the_next_request_goes_out_before_the_one_under_way_ends() -> None:
+    """A reader as fast as the link: the next request is sent while the one being read still
+    has half a window to come (its round trip runs meanwhile), never beyond the window's end."""
+    window = Window(run_start=0, consumed=8 * MiB, initial=256 * KiB)  # window: 2 MiB, to 10 MiB
+    stop, block, budget = 10**12, 32 * KiB, 64 * MiB
+    # A request up to 9 MiB is under way: 1 MiB of it (half the window) still to come.
+    assert window.due(8 * MiB, 9 * MiB, budget, stop, block)
+    more_to_come = 9 * MiB + 64 * KiB  # more than half a window still to come
+    assert not window.due(8 * MiB, more_to_come, budget, stop, block)
+    assert not window.due(8 * MiB, 10 * MiB, budget, stop, block)  # the window is asked for
+    assert window.request_end(9 * MiB, budget, stop, block) == 10 * MiB
 
 
 def test_reads_near_the_reader_or_inside_the_reach_are_covered() -> None:
