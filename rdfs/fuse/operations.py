@@ -220,11 +220,18 @@ class Files(Protocol):
 class OpenDir:
     """An open directory: its inode, and the entries read from the store but not yet answered
     (those after ``cursor``, the inode of the last entry answered), so one statement serves
-    the ~4 KiB-128 KiB readdir answers a listing is made of."""
+    the ~4 KiB-128 KiB readdir answers a listing is made of. ``complete``: the last page read
+    was the directory's last, so the kernel's closing readdir (the one answered empty) costs
+    no statement."""
 
     inode: int
     cursor: int = 0
     pending: list[ChildStat] = field(default_factory=list)
+    complete: bool = False
+
+    def reread(self, cursor: int) -> None:
+        """Forget what was read ahead: the next answer reads the store after ``cursor``."""
+        self.cursor, self.pending, self.complete = cursor, [], False
 
 
 @dataclass
@@ -524,8 +531,8 @@ class Operations(pyfuse3.Operations):
         opened = self._dirs.get(fh)
         if opened is None:
             raise pyfuse3.FUSEError(errno.EBADF)
-        if start_id != opened.cursor:  # a rewind or seek: read from there
-            opened.cursor, opened.pending = start_id, []
+        if start_id != opened.cursor or not start_id:  # a listing (re)started, or a seek
+            opened.reread(start_id)
         # Checked once per answer: a store row whose values the fast path cannot answer as they
         # are (odd values to clamp, control files' own modes) is answered from its full node.
         fast = opened.inode != CONTROL_INODE
@@ -536,11 +543,13 @@ class Operations(pyfuse3.Operations):
         reply = pyfuse3.readdir_reply
         while True:
             if not opened.pending:
-                opened.pending = self.namespace.child_stats(
-                    opened.inode, opened.cursor, READDIR_PAGE
-                )
-                opened.pending.reverse()  # answered from the end: pop() is O(1)
-                if not opened.pending:
+                if opened.complete:
+                    return
+                page = self.namespace.child_stats(opened.inode, opened.cursor, READDIR_PAGE)
+                opened.complete = len(page) < READDIR_PAGE
+                page.reverse()  # answered from the end: pop() is O(1)
+                opened.pending = page
+                if not page:
                     return
             pending = opened.pending
             while pending:
@@ -783,7 +792,7 @@ class Operations(pyfuse3.Operations):
         forgotten): pyfuse3 logs a failed invalidation at ERROR, and a sync removing thousands of
         torrents nobody listed would flood the log with them."""
         for opened in self._dirs.values():  # entries read ahead of a listing may have changed
-            opened.pending = []
+            opened.reread(opened.cursor)
         if not self._kernel_ready:
             return
         # An entry the store says named only inodes the kernel does not hold (a new name, most
