@@ -77,15 +77,22 @@ class HeldInodes:
 
     def looked_up(self, inode: int, answered: Stat) -> None:
         """The kernel took one more lookup of ``inode``, answered with ``answered``."""
+        self.took(inode, answered.mode, answered.nlink, answered.size, answered.mtime_ns)
+
+    def took(self, inode: int, mode: int, nlink: int, size: int, mtime_ns: int) -> None:
+        """:meth:`looked_up` from the stat's fields (readdirplus: once per entry, no object)."""
         if 0 <= inode < DENSE_LIMIT:
             if inode >= len(self._count):
                 self._grow(inode)
             old = self._count[inode]
             self._count[inode] = min(old + 1, _MAX_COUNT)
-            self._store(inode, answered)
+            self._mode[inode] = mode
+            self._nlink[inode] = min(nlink, _MAX_COUNT)
+            self._size[inode] = size
+            self._mtime[inode] = mtime_ns
         else:
             old = self._sparse[inode][0] if inode in self._sparse else 0
-            self._sparse[inode] = (old + 1, answered)
+            self._sparse[inode] = (old + 1, Stat(mode, nlink, size, mtime_ns))
         if old == 0:
             self._held += 1
 

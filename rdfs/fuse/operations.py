@@ -39,7 +39,7 @@ import os
 import stat
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import pyfuse3
@@ -50,7 +50,7 @@ from rdfs.data.links import LinkGone
 from rdfs.data.reader import FileSource
 from rdfs.fuse.held import HeldInodes, Stat
 from rdfs.outcome import FsError
-from rdfs.store.metadata import CONTROL_INODE, DOWNLOADS_INODE, TORRENTS_INODE
+from rdfs.store.metadata import CONTROL_INODE, DOWNLOADS_INODE, TORRENTS_INODE, ChildStat
 from rdfs.tree.specs import Node
 
 if TYPE_CHECKING:
@@ -73,8 +73,10 @@ BLOCK_SIZE = 4096  # statfs units
 # their reads is a FUSE round trip, so it should be large (coreutils already reads 128 KiB), but
 # below the reader's STREAM_ON_SEEK, so one buffered read of a file's head starts no read-ahead.
 IO_SIZE = 128 * 1024
-# Directory listings are answered in pages of this many entries.
-READDIR_PAGE = 512
+# Directory listings are read from the store in pages of this many entries (one statement each);
+# what a readdir answer cannot take waits in the open handle for the next one. A readdirplus
+# answer holds up to 128 KiB: ~600 entries of ~200 bytes.
+READDIR_PAGE = 1024
 NAME_MAX = 255  # bytes of one name (the kernel's limit too; statfs reports it)
 # What the kernel's stat can carry: st_size is an off_t, times are int64 nanoseconds.
 MAX_SIZE = 2**63 - 1
@@ -84,6 +86,8 @@ MAX_WARNED = 10_000  # inodes whose odd attributes were logged (once each); star
 MAX_FAILURES = 1_000  # kinds of unexpected failure whose traceback was logged; starts over beyond
 # Handlers whose first argument is a file handle (the rest take an inode, a dir handle or a list).
 _FH_HANDLERS = frozenset({"read", "write", "flush", "release", "fsync"})
+# Handlers whose first argument is a directory handle.
+_DIR_HANDLERS = frozenset({"readdir", "releasedir", "fsyncdir"})
 # Handlers whose bytes arguments are data, never logged (only their length).
 _DATA_HANDLERS = frozenset({"write", "setxattr"})
 
@@ -120,6 +124,9 @@ def _describe(ops: Operations, handler: str, args: tuple[Any, ...]) -> str:
                 parts.append(
                     f"fh {arg}" + (f" ({opened.node.name!r})" if opened is not None else "")
                 )
+            elif index == 0 and handler in _DIR_HANDLERS:
+                listed = ops._dirs.get(arg)
+                parts.append(f"dir fh {arg}" + (f" (inode {listed.inode})" if listed else ""))
             elif index == 0:
                 parts.append(f"inode {arg}")
             else:
@@ -210,6 +217,24 @@ class Files(Protocol):
 
 
 @dataclass
+class OpenDir:
+    """An open directory: its inode, and the entries read from the store but not yet answered
+    (those after ``cursor``, the inode of the last entry answered), so one statement serves
+    the ~4 KiB-128 KiB readdir answers a listing is made of. ``complete``: the last page read
+    was the directory's last, so the kernel's closing readdir (the one answered empty) costs
+    no statement."""
+
+    inode: int
+    cursor: int = 0
+    pending: list[ChildStat] = field(default_factory=list)
+    complete: bool = False
+
+    def reread(self, cursor: int) -> None:
+        """Forget what was read ahead: the next answer reads the store after ``cursor``."""
+        self.cursor, self.pending, self.complete = cursor, [], False
+
+
+@dataclass
 class OpenFile:
     node: Node
     handle: FileHandle | None = None  # media file reader
@@ -254,6 +279,7 @@ class Operations(pyfuse3.Operations):
         # MAP_SHARED works).
         self.page_cache = page_cache
         self._open: dict[int, OpenFile] = {}
+        self._dirs: dict[int, OpenDir] = {}
         self._next_fh = 1
         # Inodes the kernel holds: lookup counts and the stat last answered, so an inode removed
         # upstream stays stat-able until the kernel forgets it (open files keep their node in
@@ -388,55 +414,47 @@ class Operations(pyfuse3.Operations):
     def _attrs(self, node: Node) -> pyfuse3.EntryAttributes:
         """The stat of an entry. Whatever the store holds (a negative or absurd size or time),
         stat succeeds: odd values are clamped and logged once per inode."""
-        attr = pyfuse3.EntryAttributes()
-        attr.st_ino = node.inode
-        attr.generation = 0
-        attr.entry_timeout = ENTRY_TIMEOUT
-        attr.attr_timeout = ATTR_TIMEOUT
         if node.kind == "dir":
-            attr.st_mode = stat.S_IFDIR | self._dir_mode(node)
+            mode = stat.S_IFDIR | self._dir_mode(node)
         elif self.control is not None and self.control.owns(node.inode):
-            attr.st_mode = stat.S_IFREG | self.control.mode(node.inode)
+            mode = stat.S_IFREG | self.control.mode(node.inode)
         else:
-            attr.st_mode = stat.S_IFREG | 0o444
+            mode = stat.S_IFREG | 0o444
         nlink = node.nlink
-        attr.st_nlink = nlink if isinstance(nlink, int) and 0 < nlink <= MAX_NLINK else 1
-        attr.st_uid = self.uid
-        attr.st_gid = self.gid
-        size = self._size(node)
-        attr.st_size = size
-        attr.st_blksize = IO_SIZE
-        attr.st_blocks = (size + 511) // 512
-        mtime_ns = self._mtime_ns(node)
-        attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = mtime_ns
-        return attr
+        nlink = nlink if isinstance(nlink, int) and 0 < nlink <= MAX_NLINK else 1
+        return self._make_attrs(node.inode, mode, nlink, self._size(node), self._mtime_ns(node))
 
     def _held_attrs(self, inode: int, held: Stat) -> pyfuse3.EntryAttributes:
+        return self._make_attrs(inode, held.mode, held.nlink, held.size, held.mtime_ns)
+
+    def _make_attrs(
+        self, inode: int, mode: int, nlink: int, size: int, mtime_ns: int
+    ) -> pyfuse3.EntryAttributes:
+        """An answer from values already checked (see :meth:`_attrs`)."""
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = inode
         attr.generation = 0
         attr.entry_timeout = ENTRY_TIMEOUT
         attr.attr_timeout = ATTR_TIMEOUT
-        attr.st_mode, attr.st_nlink, attr.st_size = held.mode, held.nlink, held.size
-        attr.st_uid, attr.st_gid = self.uid, self.gid
+        attr.st_mode = mode
+        attr.st_nlink = nlink
+        attr.st_uid = self.uid
+        attr.st_gid = self.gid
+        attr.st_size = size
         attr.st_blksize = IO_SIZE
-        attr.st_blocks = (held.size + 511) // 512
-        attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = held.mtime_ns
+        attr.st_blocks = (size + 511) // 512
+        attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = mtime_ns
         return attr
 
-    async def _ensure_files(self, node: Node) -> None:
+    async def _ensure_files(self, torrent_id: str) -> None:
         """A torrent dir whose file list is not cached yet: fetch it now, first in line."""
-        if node.kind != "dir" or not node.files_pending or not node.torrent_id:
-            return
         with trio.move_on_after(FILES_WAIT) as scope:
             try:
-                await self.files.ensure_files(node.torrent_id)
+                await self.files.ensure_files(torrent_id)
             except RDError as exc:
-                log.warning("file list of torrent %s unavailable: %s", node.torrent_id, exc)
+                log.warning("file list of torrent %s unavailable: %s", torrent_id, exc)
         if scope.cancelled_caught:
-            log.warning(
-                "file list of torrent %s still loading after %ss", node.torrent_id, FILES_WAIT
-            )
+            log.warning("file list of torrent %s still loading after %ss", torrent_id, FILES_WAIT)
 
     def _remember(self, attrs: pyfuse3.EntryAttributes) -> None:
         """The kernel took one lookup of the entry answered with ``attrs`` (lookup, create,
@@ -462,8 +480,8 @@ class Operations(pyfuse3.Operations):
             node = self._lookup_child(parent_inode, text)
             if node is None:
                 parent = self._node(parent_inode)
-                if parent.files_pending:
-                    await self._ensure_files(parent)
+                if parent.kind == "dir" and parent.files_pending and parent.torrent_id:
+                    await self._ensure_files(parent.torrent_id)
                     node = self._lookup_child(parent_inode, text)
             if node is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
@@ -497,37 +515,88 @@ class Operations(pyfuse3.Operations):
         return attrs
 
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        node = self._node(inode)
-        if node.kind != "dir":
+        head = self.namespace.head(inode) if 0 < inode <= MAX_SIZE else None
+        if head is None:  # not in the store: an upload, or removed upstream while held
+            kind, pending, torrent_id = self._node(inode).kind, False, None
+        else:
+            kind, pending, torrent_id = head
+        if kind != "dir":
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        await self._ensure_files(node)
-        return inode
+        if pending and torrent_id:
+            await self._ensure_files(torrent_id)
+        fh = self._new_fh()
+        self._dirs[fh] = OpenDir(inode)
+        return fh
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         # Entries come in inode order and the cursor is the last inode sent, so entries added or
         # removed by a sync between two readdir calls never make others repeat or vanish.
-        cursor = start_id
+        opened = self._dirs.get(fh)
+        if opened is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        if start_id != opened.cursor or not start_id:  # a listing (re)started, or a seek
+            opened.reread(start_id)
+        # Checked once per answer: a store row whose values the fast path cannot answer as they
+        # are (odd values to clamp, control files' own modes) is answered from its full node.
+        fast = opened.inode != CONTROL_INODE
+        dir_mode = stat.S_IFDIR | 0o555
+        torrent_dir_mode = stat.S_IFDIR | (0o755 if self.allow_delete else 0o555)
+        file_mode = stat.S_IFREG | 0o444
+        took = self._held.took
+        reply = pyfuse3.readdir_reply
         while True:
-            batch = self.namespace.children(fh, after=cursor, limit=READDIR_PAGE)
-            if not batch:
-                return
-            for node in batch:
-                try:
-                    name = node.name.encode("utf-8")
-                except (
-                    UnicodeEncodeError
-                ):  # the tree never stores such a name; skip, never fail the listing
-                    self._warn_once(node, "a name that is not UTF-8")
-                    cursor = node.inode
-                    continue
-                attrs = self._attrs(node)
-                if not pyfuse3.readdir_reply(token, name, attrs, node.inode):
+            if not opened.pending:
+                if opened.complete:
                     return
-                self._remember(attrs)  # readdirplus: the kernel holds each entry it took
-                cursor = node.inode
+                page = self.namespace.child_stats(opened.inode, opened.cursor, READDIR_PAGE)
+                opened.complete = len(page) < READDIR_PAGE
+                page.reverse()  # answered from the end: pop() is O(1)
+                opened.pending = page
+                if not page:
+                    return
+            pending = opened.pending
+            while pending:
+                inode, text, kind, size, mtime, nlink, in_torrent = pending[-1]
+                try:
+                    name = text.encode("utf-8")
+                except UnicodeEncodeError:  # the tree never stores such a name; skip it
+                    gone = self.namespace.node(inode)
+                    if gone is not None:
+                        self._warn_once(gone, "a name that is not UTF-8")
+                    pending.pop()
+                    opened.cursor = inode
+                    continue
+                if (
+                    fast
+                    and type(size) is int
+                    and 0 <= size <= MAX_SIZE
+                    and type(nlink) is int
+                    and 0 < nlink <= MAX_NLINK
+                    and isinstance(mtime, (int, float))
+                    and 0 <= mtime <= MAX_MTIME
+                    and inode not in (CONTROL_INODE, TORRENTS_INODE, DOWNLOADS_INODE)
+                ):
+                    if kind == "dir":
+                        mode = torrent_dir_mode if in_torrent else dir_mode
+                    else:
+                        mode = file_mode
+                    mtime_ns = int(mtime * 1e9)
+                    attrs = self._make_attrs(inode, mode, nlink, size, mtime_ns)
+                    if not reply(token, name, attrs, inode):
+                        return
+                    took(inode, mode, nlink, size, mtime_ns)  # readdirplus: the kernel holds it
+                else:
+                    node = self.namespace.node(inode)
+                    if node is not None:
+                        attrs = self._attrs(node)
+                        if not reply(token, name, attrs, inode):
+                            return
+                        self._remember(attrs)
+                pending.pop()
+                opened.cursor = inode
 
     async def releasedir(self, fh: int) -> None:
-        return None
+        self._dirs.pop(fh, None)
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         totals = self.namespace.totals()
@@ -725,6 +794,8 @@ class Operations(pyfuse3.Operations):
         Only what the kernel holds is invalidated (entries and inodes it looked up and has not
         forgotten): pyfuse3 logs a failed invalidation at ERROR, and a sync removing thousands of
         torrents nobody listed would flood the log with them."""
+        for opened in self._dirs.values():  # entries read ahead of a listing may have changed
+            opened.reread(opened.cursor)
         if not self._kernel_ready:
             return
         # An entry the store says named only inodes the kernel does not hold (a new name, most

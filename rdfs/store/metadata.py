@@ -3,7 +3,7 @@
 It holds what the API said (torrents, their files, downloads, unrestricted links with expiry),
 the sync bookkeeping, and the *materialized tree*: the ``entries`` table has one row per file or
 directory of the mount, so FUSE lookup/getattr/readdir are each one indexed query (raw SQL:
-:meth:`Cache.entry`, :meth:`Cache.lookup_entry`, :meth:`Cache.child_entries`) and a warm start
+:meth:`Cache.entry`, :meth:`Cache.lookup_entry`, :meth:`Cache.child_stats`) and a warm start
 shows the whole tree without a single API call. Every statement on this database lives in
 :mod:`rdfs.store`; the rest of rdfs calls methods named for what they return.
 
@@ -107,7 +107,9 @@ __all__ = [
     "CacheReadOnly",
     "CacheUnavailable",
     "Changes",
+    "ChildStat",
     "EntryDiff",
+    "EntryHead",
     "EntryRow",
     "EntrySpec",
     "ListedTorrent",
@@ -171,6 +173,11 @@ class WriteHealth:
     last_error_time: float | None = None
     failed_writes: int = 0
 
+
+# What readdir reads per entry: (inode, name, kind, size, mtime, nlink, in a torrent).
+ChildStat = tuple[int, str, str, int, float, int, int]
+# What opendir reads: (kind, files_pending, torrent_id).
+EntryHead = tuple[str, bool, str | None]
 
 _ENTRY_SQL = (
     "SELECT e.inode, e.parent, e.name, e.kind, e.size, e.mtime, e.nlink, e.torrent_id, e.file_id, "
@@ -1014,6 +1021,22 @@ class Cache:
                 (parent, limit, offset),
             )
         return [EntryRow._make(row) for row in rows]
+
+    def child_stats(self, parent: int, after: int, limit: int) -> list[ChildStat]:
+        """A page of a directory's entries in inode order after ``after``, as plain tuples of
+        what a readdirplus answer needs (no join, no row object: readdir's per-entry cost)."""
+        return self.conn.execute(
+            "SELECT inode, name, kind, size, mtime, nlink, torrent_id IS NOT NULL FROM entries "
+            "WHERE parent = ? AND inode > ? ORDER BY inode LIMIT ?",
+            (parent, after, limit),
+        ).fetchall()
+
+    def entry_head(self, inode: int) -> EntryHead | None:
+        """(kind, files_pending, torrent_id) of an entry (opendir), None if the inode is unknown."""
+        row = self.conn.execute(
+            "SELECT kind, files_pending, torrent_id FROM entries WHERE inode = ?", (inode,)
+        ).fetchone()
+        return (row[0], bool(row[1]), row[2]) if row else None
 
     def entry_place(self, inode: int) -> tuple[int, str] | None:
         """(parent inode, name) of an entry, None if the inode is unknown."""

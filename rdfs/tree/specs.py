@@ -41,7 +41,15 @@ from typing import Any
 
 from rdfs.api.models import STATUS_DOWNLOADED, Download, Torrent, TorrentInfo
 from rdfs.store import keys
-from rdfs.store.metadata import ROOT_INODE, Cache, EntryRow, EntrySpec, ListedTorrent
+from rdfs.store.metadata import (
+    ROOT_INODE,
+    Cache,
+    ChildStat,
+    EntryHead,
+    EntryRow,
+    EntrySpec,
+    ListedTorrent,
+)
 from rdfs.store.values import unix_time
 
 MAX_NAME_BYTES = 255
@@ -448,6 +456,15 @@ class Namespace:
         entries, so a resumed readdir never repeats or skips the others.
         """
         return [_node(row) for row in self.cache.child_entries(inode, offset, limit, after=after)]
+
+    def child_stats(self, inode: int, after: int, limit: int) -> list[ChildStat]:
+        """A page of a directory's entries in inode order after ``after``, as the tuples
+        readdir answers from: ``(inode, name, kind, size, mtime, nlink, in_torrent)``."""
+        return self.cache.child_stats(inode, after, limit)
+
+    def head(self, inode: int) -> EntryHead | None:
+        """``(kind, files_pending, torrent_id)`` of an entry, None if the inode is unknown."""
+        return self.cache.entry_head(inode)
 
     def path(self, inode: int) -> str | None:
         """The path relative to the mountpoint ("" for the root), None if the inode is unknown."""

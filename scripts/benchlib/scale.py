@@ -9,10 +9,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from rdfs.fuse.operations import READDIR_PAGE
 from rdfs.store.metadata import TORRENTS_INODE, Cache
 from rdfs.tree.specs import Namespace
-
-READDIR_PAGE = 512  # as rdfs.fuse.operations answers a readdir
 
 
 def rss_mib(pid: int) -> float:
@@ -62,7 +61,8 @@ def _median_us(samples: Sequence[float]) -> float:
 
 def hot_queries(cache: Cache, count: int = 2_000) -> dict[str, float]:
     """Median microseconds of the namespace reads the FUSE adapter makes: a lookup by name, a
-    getattr by inode and a readdir page (512 entries, by inode cursor), on random entries."""
+    getattr by inode and a readdir page (READDIR_PAGE entries, by inode cursor), on random
+    entries."""
     ns = Namespace(cache)
     rng = random.Random(1)
     rows = cache.conn.execute("SELECT inode, parent, name FROM entries").fetchall()
@@ -78,9 +78,9 @@ def hot_queries(cache: Cache, count: int = 2_000) -> dict[str, float]:
         getattrs.append(time.perf_counter() - start)
     for parent in [rng.choice(dirs) for _ in range(count // 10)]:
         start = time.perf_counter()
-        ns.children(parent, after=0, limit=READDIR_PAGE)
+        ns.child_stats(parent, 0, READDIR_PAGE)
         pages.append(time.perf_counter() - start)
-    full = []  # full pages of 512, at random places in /torrents
+    full = []  # full pages, at random places in /torrents
     sql = "SELECT inode FROM entries WHERE parent = ? ORDER BY inode"
     torrents = [r[0] for r in cache.conn.execute(sql, (TORRENTS_INODE,))]
     for _ in range(count // 10):
@@ -88,13 +88,13 @@ def hot_queries(cache: Cache, count: int = 2_000) -> dict[str, float]:
             torrents[rng.randrange(len(torrents) - READDIR_PAGE)] if torrents[READDIR_PAGE:] else 0
         )
         start = time.perf_counter()
-        ns.children(TORRENTS_INODE, after=after, limit=READDIR_PAGE)
+        ns.child_stats(TORRENTS_INODE, after, READDIR_PAGE)
         full.append(time.perf_counter() - start)
     return {
         "store: lookup (us, median)": _median_us(lookups),
         "store: getattr (us, median)": _median_us(getattrs),
         "store: readdir of a random dir (us, median)": _median_us(pages),
-        "store: readdir page of 512 in /torrents (us, median)": _median_us(full),
+        f"store: readdir page of {READDIR_PAGE} in /torrents (us, median)": _median_us(full),
     }
 
 
