@@ -345,7 +345,7 @@ class Cache:
         mark = self._clean_mark
         try:
             recorded = json.loads(mark.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):  # missing, unreadable, not JSON, too deep
             recorded = None
         try:
             mark.unlink()

@@ -47,7 +47,13 @@ def torrent(number: int) -> Torrent:
 
 def link(number: int) -> StoredLink:
     # (A long URL: it needs pages of its own, so a full database cannot take it.)
-    return StoredLink(f"https://real-debrid.com/d/L{number}", f"https://dl.example/{number}/" + "u" * 8000, f"D{number}", 10, 2e9)
+    return StoredLink(
+        f"https://real-debrid.com/d/L{number}",
+        f"https://dl.example/{number}/" + "u" * 8000,
+        f"D{number}",
+        10,
+        2e9,
+    )
 
 
 @pytest.fixture
@@ -67,7 +73,9 @@ def stored_links(path: Path) -> set[str]:
 
 def test_full_disk_rolls_back_whole_and_links_wait_in_memory(cache: Cache) -> None:
     cache.upsert_torrents([torrent(0)])
-    cache.conn.execute(f"PRAGMA max_page_count = {cache.conn.execute('PRAGMA page_count').fetchone()[0]}")
+    cache.conn.execute(
+        f"PRAGMA max_page_count = {cache.conn.execute('PRAGMA page_count').fetchone()[0]}"
+    )
     with pytest.raises(CacheFull):
         cache.upsert_torrents([torrent(n) for n in range(1, 400)])
     assert set(cache.torrent_states()) == {torrent(0).id}  # nothing of the failed batch
@@ -266,6 +274,28 @@ def test_a_cache_changed_after_a_clean_close_is_checked_and_never_served(
     assert [p for p in path.parent.iterdir() if p.name.startswith(DB_NAME + ".corrupt-")]
 
 
+@pytest.mark.parametrize(
+    "mark",
+    [b"", b"\xff\xfe not text", b"[" * 100_000, b"[1, 2]", b'{"size": Infinity}', b"null"],
+    ids=["empty", "not-utf8", "too-deep", "a-list", "infinity", "null"],
+)
+def test_a_damaged_clean_mark_means_the_check_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mark: bytes
+) -> None:
+    first = Cache.open(tmp_path, 42)
+    fill(first, 5)
+    first.close()
+    marks = [p for p in first.path.parent.iterdir() if p.name.endswith(".clean")]
+    assert len(marks) == 1
+    marks[0].write_bytes(mark)
+    ran = checks_run(monkeypatch)
+    cache = Cache.open(tmp_path, 42)
+    try:
+        assert ran == [cache.path] and len(cache.torrent_states()) == 5
+    finally:
+        cache.close()
+
+
 def test_a_cache_found_corrupt_while_open_is_checked_at_the_next_start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -303,7 +333,9 @@ def test_accounts_know_credentials_by_salted_fingerprint_only(tmp_path: Path) ->
     assert "SECRET" not in text
     elsewhere = Accounts(tmp_path / "other")
     elsewhere.remember(token_a, "1")
-    assert elsewhere.fingerprint(token_a) != again.fingerprint(token_a)  # salted per cache directory
+    assert elsewhere.fingerprint(token_a) != again.fingerprint(
+        token_a
+    )  # salted per cache directory
 
 
 def test_unreadable_accounts_file_means_asking_again(tmp_path: Path, caplog) -> None:
@@ -352,13 +384,17 @@ async def test_credential_identity_tells_logins_apart_not_access_tokens() -> Non
         return OAuthSession(Credentials("CLIENT", "SECRET", access, refresh, 0.0))
 
     assert await identity(StaticToken("AAA")) != await identity(StaticToken("BBB"))
-    assert await identity(oauth("R1", "A1")) == await identity(oauth("R1", "A2"))  # an hourly refresh
+    assert await identity(oauth("R1", "A1")) == await identity(
+        oauth("R1", "A2")
+    )  # an hourly refresh
     assert await identity(oauth("R1", "A1")) != await identity(oauth("R2", "A1"))  # another login
     assert await identity(StaticToken("R1")) != await identity(oauth("R1", "R1"))
 
 
 def test_read_only_database_is_named_in_status(cache: Cache) -> None:
-    cache.conn.execute("PRAGMA query_only = 1")  # what SQLite says for a read-only file (root ignores modes)
+    cache.conn.execute(
+        "PRAGMA query_only = 1"
+    )  # what SQLite says for a read-only file (root ignores modes)
     with pytest.raises(CacheUnavailable):
         cache.upsert_torrents([torrent(1)])
     cache.put_link(link(1))
@@ -385,15 +421,23 @@ def test_corrupt_probe_cache_is_moved_aside_and_rebuilt(cache: Cache, caplog) ->
     finally:
         probe.close()
     assert [p.name for p in path.parent.iterdir() if p.name.startswith(PROBE_DB + ".corrupt-")]
-    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and "corrupt" in r.getMessage()]
+    assert [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and "corrupt" in r.getMessage()
+    ]
 
 
 def test_link_store_never_fails_a_read_on_a_damaged_database(cache: Cache) -> None:
     cache.put_link(link(1))
-    root = cache.conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'links'").fetchone()[0]
+    root = cache.conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'links'").fetchone()[
+        0
+    ]
     page_size = cache.conn.execute("PRAGMA page_size").fetchone()[0]
     cache.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    with open(cache.path, "r+b") as f:  # the links table's pages are damaged under the running cache
+    with open(
+        cache.path, "r+b"
+    ) as f:  # the links table's pages are damaged under the running cache
         f.seek((root - 1) * page_size)
         f.write(b"\xff" * page_size)
     cache.conn.execute("PRAGMA shrink_memory")
@@ -405,7 +449,9 @@ def test_a_failed_commit_leaves_no_transaction_open(cache: Cache) -> None:
     """A COMMIT that fails keeps SQLite's transaction open: later writes must not join it."""
     cache.conn.execute("PRAGMA foreign_keys = ON")
     cache.conn.execute("CREATE TABLE parent_t (id INTEGER PRIMARY KEY)")
-    cache.conn.execute("CREATE TABLE child_t (p INTEGER REFERENCES parent_t (id) DEFERRABLE INITIALLY DEFERRED)")
+    cache.conn.execute(
+        "CREATE TABLE child_t (p INTEGER REFERENCES parent_t (id) DEFERRABLE INITIALLY DEFERRED)"
+    )
     with pytest.raises(sqlite3.IntegrityError):
         with cache.transaction():
             cache.inode_for("t:doomed")
