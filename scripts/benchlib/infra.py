@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
@@ -170,19 +171,31 @@ class Nginx:
     def log_position(self) -> int:
         return self.access_log.stat().st_size if self.access_log.exists() else 0
 
-    def entries_since(self, position: int) -> list[tuple[int, int, str]]:
-        """(connection id, body bytes sent, request line) of every request logged after
-        ``position``."""
+    def entries_since(self, position: int) -> list[Logged]:
+        """Every request logged after ``position`` (nginx logs a request when it ends)."""
         with open(self.access_log, "rb") as handle:
             handle.seek(position)
             lines = handle.read().decode(errors="replace").splitlines()
         entries = []
         for line in lines:
-            connection, _, rest = line.partition(" ")
-            sent, _, request = rest.partition(" ")
-            if connection.isdigit() and sent.isdigit():
-                entries.append((int(connection), int(sent), request))
+            fields = line.split(" ", 4)
+            if len(fields) < 5 or not (fields[0].isdigit() and fields[1].isdigit()):
+                continue
+            try:
+                ended, took = float(fields[2]), float(fields[3])
+            except ValueError:
+                continue
+            entries.append(Logged(int(fields[0]), int(fields[1]), ended - took, fields[4]))
         return entries
+
+
+class Logged(NamedTuple):
+    """One request in the download server's log."""
+
+    connection: int
+    sent: int  # body bytes
+    started: float  # epoch seconds (nginx's $msec at the end minus $request_time)
+    request: str
 
 
 NGINX_CONF = """
@@ -193,7 +206,8 @@ pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
-    log_format bench '$connection $body_bytes_sent $request_method $status $request_uri';
+    log_format bench '$connection $body_bytes_sent $msec $request_time $request_method $status '
+                     '$request_uri';
     access_log {prefix}/access.log bench;
     client_body_temp_path {prefix}/tmp; proxy_temp_path {prefix}/tmp;
     fastcgi_temp_path {prefix}/tmp; uwsgi_temp_path {prefix}/tmp; scgi_temp_path {prefix}/tmp;

@@ -244,7 +244,7 @@ class Playback:
     stalls: dict[str, int] = field(default_factory=dict)  # by part of the playback
     stall_seconds: float = 0.0
     seek_latencies: list[float] = field(default_factory=list)
-    back_seek_requests: int = -1  # download requests while replaying the recent window
+    back_seek_requests: int = -1  # download requests started while replaying the recent window
 
 
 def _play(
@@ -283,7 +283,12 @@ def _play(
         assert len(data) == 256 * KiB
 
 
-def _streaming(path: Path, bitrate: float, seconds: float, requests: Callable[[], int]) -> Playback:
+def _streaming(
+    path: Path, bitrate: float, seconds: float, started: Callable[[float, float], int]
+) -> Playback:
+    """Play ``path`` at twice ``bitrate`` with seeks; ``started(t0, t1)`` counts the download
+    requests that started between two epoch times (counted once the file is closed: a request
+    sent ahead during one part may end in the next, which is when the server logs it)."""
     rate = 2 * bitrate / 8  # bytes/s: the reader consumes at twice the bitrate
     content_rate = bitrate / 8
     chunk = 256 * KiB
@@ -300,9 +305,9 @@ def _streaming(path: Path, bitrate: float, seconds: float, requests: Callable[[]
         _play(fd, lambda i: position + i * chunk, played, rate, result, "fwd")
         # 3. jump 4 s of content back (inside what was just read): must need no request
         back = (position + played * chunk - int(4 * content_rate)) & ~(chunk - 1)
-        before = requests()
+        back_started = time.time()
         _play(fd, lambda i: back + i * chunk, int(4 * content_rate) // chunk, rate, result, "back")
-        result.back_seek_requests = requests() - before
+        back_ended = time.time()
         # 4. two interleaved positions in one file (two viewers of one handle), same total rate;
         # the first read at each position is a seek
         first, second = (
@@ -320,13 +325,15 @@ def _streaming(path: Path, bitrate: float, seconds: float, requests: Callable[[]
         )
     finally:
         os.close(fd)
+    time.sleep(0.5)  # the server logs a request cut by the close once it notices
+    result.back_seek_requests = started(back_started, back_ended)
     return result
 
 
 async def streaming(
-    path: Path, bitrate: float, seconds: float, requests: Callable[[], int]
+    path: Path, bitrate: float, seconds: float, started: Callable[[float, float], int]
 ) -> Playback:
-    return await trio.to_thread.run_sync(_streaming, path, bitrate, seconds, requests)
+    return await trio.to_thread.run_sync(_streaming, path, bitrate, seconds, started)
 
 
 # --- parallel streams -----------------------------------------------------------------------------
