@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -178,14 +179,16 @@ class Nginx:
             lines = handle.read().decode(errors="replace").splitlines()
         entries = []
         for line in lines:
-            fields = line.split(" ", 4)
-            if len(fields) < 5 or not (fields[0].isdigit() and fields[1].isdigit()):
+            fields = line.split(" ", 5)
+            if len(fields) < 6 or not (fields[0].isdigit() and fields[1].isdigit()):
                 continue
             try:
                 ended, took = float(fields[2]), float(fields[3])
             except ValueError:
                 continue
-            entries.append(Logged(int(fields[0]), int(fields[1]), ended - took, fields[4]))
+            entries.append(
+                Logged(int(fields[0]), int(fields[1]), ended - took, fields[4], fields[5])
+            )
         return entries
 
 
@@ -195,7 +198,14 @@ class Logged(NamedTuple):
     connection: int
     sent: int  # body bytes
     started: float  # epoch seconds (nginx's $msec at the end minus $request_time)
+    range: str  # the Range header ("-" without one)
     request: str
+
+    @property
+    def span(self) -> tuple[int, int] | None:
+        """The bytes ``[first, stop)`` its Range asked for (None: no single closed range)."""
+        match = re.fullmatch(r"bytes=(\d+)-(\d+)", self.range)
+        return (int(match[1]), int(match[2]) + 1) if match else None
 
 
 NGINX_CONF = """
@@ -206,8 +216,8 @@ pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
-    log_format bench '$connection $body_bytes_sent $msec $request_time $request_method $status '
-                     '$request_uri';
+    log_format bench '$connection $body_bytes_sent $msec $request_time $http_range '
+                     '$request_method $status $request_uri';
     access_log {prefix}/access.log bench;
     client_body_temp_path {prefix}/tmp; proxy_temp_path {prefix}/tmp;
     fastcgi_temp_path {prefix}/tmp; uwsgi_temp_path {prefix}/tmp; scgi_temp_path {prefix}/tmp;

@@ -244,7 +244,9 @@ class Playback:
     stalls: dict[str, int] = field(default_factory=dict)  # by part of the playback
     stall_seconds: float = 0.0
     seek_latencies: list[float] = field(default_factory=list)
-    back_seek_requests: int = -1  # download requests started while replaying the recent window
+    # Download requests started while replaying the recent window, for bytes read or asked for
+    # before it.
+    back_seek_refetches: int = -1
 
 
 def _play(
@@ -283,12 +285,15 @@ def _play(
         assert len(data) == 256 * KiB
 
 
-def _streaming(
-    path: Path, bitrate: float, seconds: float, started: Callable[[float, float], int]
-) -> Playback:
-    """Play ``path`` at twice ``bitrate`` with seeks; ``started(t0, t1)`` counts the download
-    requests that started between two epoch times (counted once the file is closed: a request
-    sent ahead during one part may end in the next, which is when the server logs it)."""
+Refetches = Callable[[float, float, Sequence[tuple[int, int]]], int]
+
+
+def _streaming(path: Path, bitrate: float, seconds: float, refetches: Refetches) -> Playback:
+    """Play ``path`` at twice ``bitrate`` with seeks; ``refetches(t0, t1, read)`` counts the
+    download requests that started between two epoch times for bytes read before (the byte
+    ranges ``read``) or asked for by a request started before ``t0`` (counted once the file is
+    closed: a request sent ahead during one part may end in the next, which is when the server
+    logs it)."""
     rate = 2 * bitrate / 8  # bytes/s: the reader consumes at twice the bitrate
     content_rate = bitrate / 8
     chunk = 256 * KiB
@@ -297,13 +302,18 @@ def _streaming(
     fd = os.open(path, os.O_RDONLY)
     try:
         position = 0
+        played = int(seconds * per_second)
         # 1. play from the start
-        _play(fd, lambda i: position + i * chunk, int(seconds * per_second), rate, result, "start")
+        _play(fd, lambda i: position + i * chunk, played, rate, result, "start")
+        read = [(position, position + played * chunk)]
         # 2. jump 3 minutes of content forward, play
         position = (position + int(180 * content_rate)) & ~(chunk - 1)
-        played = int(seconds * per_second)
         _play(fd, lambda i: position + i * chunk, played, rate, result, "fwd")
-        # 3. jump 4 s of content back (inside what was just read): must need no request
+        read.append((position, position + played * chunk))
+        # 3. jump 4 s of content back (inside what was just read): must need no request for what
+        # was read or requested before. The forward stream's request that the forward part's last
+        # read made due may start a moment after the seek: read-ahead past the forward part's end
+        # for a player that keeps playing, not a refetch.
         back = (position + played * chunk - int(4 * content_rate)) & ~(chunk - 1)
         back_started = time.time()
         _play(fd, lambda i: back + i * chunk, int(4 * content_rate) // chunk, rate, result, "back")
@@ -326,14 +336,12 @@ def _streaming(
     finally:
         os.close(fd)
     time.sleep(0.5)  # the server logs a request cut by the close once it notices
-    result.back_seek_requests = started(back_started, back_ended)
+    result.back_seek_refetches = refetches(back_started, back_ended, read)
     return result
 
 
-async def streaming(
-    path: Path, bitrate: float, seconds: float, started: Callable[[float, float], int]
-) -> Playback:
-    return await trio.to_thread.run_sync(_streaming, path, bitrate, seconds, started)
+async def streaming(path: Path, bitrate: float, seconds: float, refetches: Refetches) -> Playback:
+    return await trio.to_thread.run_sync(_streaming, path, bitrate, seconds, refetches)
 
 
 # --- parallel streams -----------------------------------------------------------------------------
