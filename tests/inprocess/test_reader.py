@@ -525,6 +525,50 @@ async def test_small_backward_seek_needs_no_request(env: Env) -> None:
     await handle.close()
 
 
+class RangeLog(httpcore.AsyncConnectionPool):
+    """A download client that keeps the byte range ``[first, stop)`` of every request sent."""
+
+    def __init__(self) -> None:
+        super().__init__(max_connections=None)
+        self.ranges: list[tuple[int, int]] = []
+
+    async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
+        for key, value in request.headers:
+            if key.lower() == b"range":
+                first, _, last = value.decode().removeprefix("bytes=").partition("-")
+                self.ranges.append((int(first), int(last) + 1))
+        return await super().handle_async_request(request)
+
+
+async def test_seek_back_into_the_window_refetches_nothing(env: Env) -> None:
+    """A player seeking a few seconds back into what it just read (scripts/bench's streaming
+    "back" part, scaled down): the back run's reads are served from the cache, and no request
+    sent from the seek on asks again for a byte read or asked for before it (the forward
+    stream's read-ahead past its reader may go on: it asks for new bytes)."""
+    size = 64 * MiB
+    torrent_id, source = env.add(size)
+    http = RangeLog()
+    pool = ReaderPool(env.resolver, http=http, nursery=env.nursery)
+    handle = pool.open(source)
+    start, end, back = 16 * MiB, 40 * MiB, 32 * MiB  # a 6 MiB window at the seek back
+    forward = [await handle.read(offset, 256 * KiB) for offset in range(start, end, 256 * KiB)]
+    assert b"".join(forward) == env.emu.file_bytes(torrent_id, 1, start, end - start)
+    before = [(start, end), *http.ranges]
+    sent = len(http.ranges)
+    replay = [await handle.read(offset, 256 * KiB) for offset in range(back, end, 256 * KiB)]
+    assert b"".join(replay) == env.emu.file_bytes(torrent_id, 1, back, end - back)
+    await handle.close()
+    await pool.aclose()
+    await http.aclose()
+    refetched = [
+        (first, stop)
+        for first, stop in http.ranges[sent:]
+        if any(first < b_stop and b_first < stop for b_first, b_stop in before)
+    ]
+    assert refetched == []
+    assert all(first >= end for first, _ in http.ranges[sent:])
+
+
 async def test_run_hosts_the_read_ahead(env: Env) -> None:
     size = 8 * MiB
     torrent_id, source = env.add(size)
