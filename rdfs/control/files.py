@@ -675,7 +675,7 @@ class Control:
             with self.cache.transaction():
                 self.cache.record_removals(torrents, by="user", reason="deleted through rdfs")
                 changes.merge(self.cache.delete_torrents(torrents))
-            self.cache.refresh_dir(TORRENTS_INODE, time.time())
+            self.cache.touch_dir(TORRENTS_INODE, time.time())  # (its nlink: delete_torrents)
             changes.inodes.add(TORRENTS_INODE)
             for torrent_id in torrents:
                 self._watch.pop(torrent_id, None)

@@ -147,6 +147,15 @@ _VIEW_DIR_LIKE = keys.VIEW_DIR_PREFIX + "%"
 _VIEW_COPY_LIKE = keys.VIEW_COPY_PREFIX + "%"
 
 
+def _counts_children(key: str) -> bool:
+    """Whether the directory of ``key`` is one whose ``nlink`` the store keeps in step with its
+    children at every write that adds or removes one (``torrents/`` and the library views:
+    directories holding only directories, one per torrent). Counting the 100,000 children of
+    ``torrents/`` on every sync was most of the cost of a one-torrent change; the full rebuilds
+    still recount them (:meth:`Cache.recount_dirs`)."""
+    return key == keys.TORRENTS or keys.is_view_dir(key)
+
+
 def move_aside(path: Path, reason: str) -> Path:
     """Move a corrupt database (and its WAL) to ``<name>.corrupt-<UTC time>``; ONE warning line."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -896,8 +905,38 @@ class Cache:
                     changes.dirs.add(parent)
                 self.conn.execute(f"DELETE FROM files WHERE torrent_id IN ({marks})", chunk)
                 self.conn.execute(f"DELETE FROM torrents WHERE id IN ({marks})", chunk)
+            self._count_left(changes)
         changes.torrents.update(torrent_ids)
         return changes
+
+    def _count_left(self, changes: Changes) -> None:
+        """Lower the ``nlink`` of the counted directories (``_counts_children``) by the entries
+        deleted from them (``changes.named``: what a deletion returned). The parents that are
+        still there are ``torrents/`` and the views (a torrent's own directories went with it)."""
+        deleted = {inode for _parent, _name, inode in changes.named}
+        parents = {parent for parent, _name, _inode in changes.named} - deleted
+        counted: set[int] = set()
+        for chunk in chunks(sorted(parents)):
+            marks = ",".join("?" * len(chunk))
+            counted.update(
+                inode
+                for inode, key in self.conn.execute(
+                    f"SELECT inode, key FROM inodes WHERE inode IN ({marks})", chunk
+                )
+                if _counts_children(key)
+            )
+        deltas: dict[int, int] = {}
+        for parent, _name, _inode in changes.named:
+            if parent in counted:
+                deltas[parent] = deltas.get(parent, 0) - 1
+        self._add_children(deltas, changes)
+
+    def _add_children(self, deltas: dict[int, int], changes: Changes) -> None:
+        """Add to the ``nlink`` of directories the change in their number of children."""
+        rows = [(delta, inode) for inode, delta in deltas.items() if delta]
+        if rows:
+            self.conn.executemany("UPDATE entries SET nlink = nlink + ? WHERE inode = ?", rows)
+            changes.inodes.update(inode for _delta, inode in rows)
 
     def torrent_counts(self) -> dict[str, int]:
         row = self.conn.execute(
@@ -1152,7 +1191,10 @@ class Cache:
             yield changes
 
     def _remove_entries(self, stored: Sequence[StoredEntry], changes: Changes) -> None:
+        deltas: dict[int, int] = {}
         for entry in stored:
+            if _counts_children(entry.parent_key):
+                deltas[entry.parent] = deltas.get(entry.parent, 0) - 1
             # Removing a directory removes what is below it (a torrent's subtree goes with it).
             if keys.is_torrent_dir(entry.key):
                 # (Its copies in the views go with the views' own refresh, which reports them.)
@@ -1170,6 +1212,7 @@ class Cache:
             changes.dirs.add(entry.parent)
             if entry.torrent_id is not None:
                 changes.torrents.add(entry.torrent_id)
+        self._add_children(deltas, changes)
 
     def _upsert_entries(
         self, specs: Sequence[EntrySpec], existing: dict[str, StoredEntry], changes: Changes
@@ -1215,8 +1258,20 @@ class Cache:
                 for spec, inode, parent in placed
             ],
         )
+        # The counted directories follow their children, unless written here (with their count).
+        written = {spec.key for spec in specs}
+        deltas: dict[int, int] = {}
         for spec, inode, parent in placed:
             old = existing.get(spec.key)
+            if old is None or old.parent != parent:
+                if _counts_children(spec.parent_key) and spec.parent_key not in written:
+                    deltas[parent] = deltas.get(parent, 0) + 1
+                if (
+                    old is not None
+                    and _counts_children(old.parent_key)
+                    and old.parent_key not in written
+                ):
+                    deltas[old.parent] = deltas.get(old.parent, 0) - 1
             if spec.torrent_id is not None:
                 changes.torrents.add(spec.torrent_id)
             if old is None:
@@ -1231,6 +1286,7 @@ class Cache:
                         {(old.parent, old.name, inode), (parent, spec.name, inode)}
                     )
                     changes.dirs.update({old.parent, parent})
+        self._add_children(deltas, changes)
 
     def torrent_entries(self, torrent_ids: Collection[str] | None = None) -> list[EntrySpec]:
         """Every entry of ``torrents/`` below the top (torrent directories and their subtrees);
@@ -1340,20 +1396,25 @@ class Cache:
             ]
         return facts
 
-    def recount_dirs(self, inode: int, mtime: float | None = None) -> bool:
-        """:meth:`refresh_dir` for a directory that holds only directories (``torrents/``, a
-        view): its children are counted on the ``(parent, name)`` index alone, no row read.
-        Whether the entry changed."""
+    def recount_dirs(self, inode: int) -> bool:
+        """Count again the children of a directory that holds only directories (``torrents/``,
+        a view) and correct its ``nlink``: the full rebuilds do, to heal a count gone wrong
+        (the writes keep it in step, see ``_counts_children``). Counted on the ``(parent,
+        name)`` index alone, no row read. Whether the entry changed."""
         with self.transaction():
             return bool(
                 self.conn.execute(
-                    "UPDATE entries SET nlink = 2 + (SELECT count(*) FROM entries c "
-                    "WHERE c.parent = ?1), mtime = coalesce(?2, mtime) WHERE inode = ?1 "
-                    "AND (?2 IS NOT NULL OR nlink != 2 + (SELECT count(*) FROM entries c "
-                    "WHERE c.parent = ?1)) RETURNING inode",
-                    (inode, mtime),
+                    "UPDATE entries SET nlink = counted.n FROM (SELECT 2 + count(*) AS n FROM "
+                    "entries WHERE parent = ?1) AS counted WHERE inode = ?1 "
+                    "AND nlink != counted.n RETURNING inode",
+                    (inode,),
                 ).fetchall()
             )
+
+    def touch_dir(self, inode: int, mtime: float) -> None:
+        """Set a directory's mtime (its children changed)."""
+        with self.transaction():
+            self.conn.execute("UPDATE entries SET mtime = ? WHERE inode = ?", (mtime, inode))
 
     def trace(self, callback: Callable[[str], object] | None) -> None:
         """Call ``callback`` with every SQL statement run from now on (None: stop); for tests

@@ -70,6 +70,10 @@ class StoredEntry:
     row: tuple[Any, ...]
 
     @property
+    def parent_key(self) -> str:
+        return self.row[0]
+
+    @property
     def name(self) -> str:
         return self.row[1]
 

@@ -150,8 +150,8 @@ class TreeBuilder:
             diff = await self._diff_all()
         else:
             diff = self._diff_some(family)
-        # Deleted torrents left already (with their entries): torrents/ is recounted all the same.
-        changes = await self._apply(diff, recount=bool(pending.get("names")))
+        # Deleted torrents left already (with their entries): torrents/ changed all the same.
+        changes = await self._apply(diff, full=family is None, left=bool(pending.get("names")))
         if pending:
             self.cache.set_state(PENDING_KEY, {})
         return changes
@@ -214,13 +214,11 @@ class TreeBuilder:
                         new.add(tid)
         return family
 
-    async def _apply(self, diff: EntryDiff, *, recount: bool = False) -> Changes:
+    async def _apply(self, diff: EntryDiff, *, full: bool, left: bool) -> Changes:
+        """Write ``diff``. The store keeps the nlink of ``torrents/`` in step with its children
+        (O(changed)); a ``full`` rebuild recounts them all the same, to heal a count gone wrong.
+        Its mtime moves with a diff, or when torrents ``left`` before it (deleted upstream)."""
         changes = Changes()
-        if not diff:
-            if recount:
-                self.cache.recount_dirs(TORRENTS_INODE, time.time())
-                changes.inodes.add(TORRENTS_INODE)
-            return changes
         for step in self.cache.diff_batches(diff, self.batch_size):
             changes.merge(step)
             await trio.sleep(0)
@@ -228,9 +226,16 @@ class TreeBuilder:
         for spec in diff.upsert:
             if spec.key not in diff.existing and not spec.files_pending and spec.torrent_id:
                 changes.merge(self.cached_files(spec.torrent_id))
-        self.cache.recount_dirs(TORRENTS_INODE, time.time())
-        changes.inodes.add(TORRENTS_INODE)
-        log.info("torrents/: %d added or changed, %d removed", len(diff.upsert), len(diff.remove))
+        if full and self.cache.recount_dirs(TORRENTS_INODE):
+            log.warning("torrents/: link count corrected")
+            changes.inodes.add(TORRENTS_INODE)
+        if diff or left:
+            self.cache.touch_dir(TORRENTS_INODE, time.time())
+            changes.inodes.add(TORRENTS_INODE)
+        if diff:
+            log.info(
+                "torrents/: %d added or changed, %d removed", len(diff.upsert), len(diff.remove)
+            )
         return changes
 
     async def downloads(self) -> Changes:

@@ -348,8 +348,8 @@ class Views:
         if not pending:
             return Changes()
         diff = self._copies_diff(sorted(pending))
+        # (The store keeps each view directory's nlink in step with its children.)
         changes = self.cache.apply_diff(diff) if diff else Changes()
-        self._recount(changes)
         self.cache.set_meta(VIEWS_CURRENT_KEY, self._fingerprint)
         if not changes:
             return changes
@@ -365,11 +365,12 @@ class Views:
         )
 
     def _recount(self, changes: Changes) -> None:
-        """A view directory's nlink counts its torrents: recount them (a torrent deleted
-        upstream left with its copies already, so a diff does not show it)."""
+        """Count the torrents of each view directory again (its nlink): the store keeps it in
+        step at every write, a full recompute heals a count gone wrong all the same."""
         for view in self.config.views:
             inode = self.cache.inode_for(keys.view_dir(view.path))
             if self.cache.recount_dirs(inode):
+                log.warning("views: link count of %s/ corrected", view.path)
                 changes.inodes.add(inode)
 
     async def rebuild(self) -> None:
