@@ -689,8 +689,9 @@ class Syncer:
         on_page: Callable[[list[Any]], Awaitable[None]] | None = None,
     ) -> Listing:
         """Every page of a list, and whether the listing may be trusted for deletions (see the
-        module). Each page's new items go to ``on_page`` as it arrives: a listing of 100,000
-        torrents never holds more than a page of records."""
+        module). Each page's new items go to ``on_page`` as it arrives, in listing order, while
+        the next page is requested (when one is due): a listing of 100,000 torrents never holds
+        more than two pages of records, and the store's work overlaps the API's."""
         seen: dict[str, None] = {}  # in listing order
         pages: list[str] = []
         where: dict[str, int] = {}
@@ -699,9 +700,9 @@ class Syncer:
         stopped = ""
         bound = MAX_PAGES
         number = 1
+        page = first if first is not None else await self._api(fetch(1))
+        del first
         while True:
-            page = first if number == 1 and first is not None else await self._api(fetch(number))
-            first = None
             pages.append(page_fingerprint([item.id for item in page.items]))
             total = page.total if page.total is not None else total
             if not page.not_modified and page.total is not None:
@@ -713,21 +714,23 @@ class Syncer:
                     new.append(item)
                     if getattr(item, "status", None) in ACTIVE_STATUSES:
                         where[item.id] = len(seen) - 1
-            if new and on_page is not None:
-                await on_page(new)
             size, announced, added = len(page.items), page.total, len(new)
-            del page, new  # only the ids stay while the next page is fetched
-            if size < self.page_size:
-                break  # a short page is the last one, whatever the total said
-            if added == 0:
+            del page  # only the ids and the new items stay while the next page is fetched
+            full = size >= self.page_size  # a short page is the last one, whatever the total
+            if full and added == 0:
                 stopped = f"page {number} repeated earlier items (the server ignores paging)"
-                break
-            if number == 1:
-                bound = self._page_bound(announced, size, known)
-            if number >= bound:
-                stopped = f"still full pages after {number} pages (announced total: {total})"
+            elif full:
+                if number == 1:
+                    bound = self._page_bound(announced, size, known)
+                if number >= bound:
+                    stopped = f"still full pages after {number} pages (announced total: {total})"
+            if not full or stopped:
+                if new and on_page is not None:
+                    await on_page(new)
                 break
             number += 1
+            page = await self._stored_while_fetching(new, on_page, fetch(number))
+            del new
         if stopped:
             return Listing(seen, pages, total, False, stopped, where)
         if len(fresh_totals) > 1:
@@ -737,6 +740,36 @@ class Syncer:
                 seen, pages, total, False, f"short answer: {len(seen)} of {total} items", where
             )
         return Listing(seen, pages, total, True, "", where)
+
+    async def _stored_while_fetching(
+        self,
+        items: list[Any],
+        on_page: Callable[[list[Any]], Awaitable[None]] | None,
+        request: Awaitable[Any],
+    ) -> Any:
+        """``on_page(items)`` while ``request`` (the next page, under the tick's deadline) is in
+        flight; the page it brought. An error of either is raised as it is (not in an exception
+        group) once both are over: the items are stored before a failed request's error."""
+        answer: list[Any] = []
+        failed: list[Exception] = []
+
+        async def fetch_next() -> None:
+            try:
+                answer.append(await self._api(request))
+            except Exception as exc:  # raised below, after the items are stored
+                failed.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fetch_next)
+            if items and on_page is not None:
+                try:
+                    await on_page(items)
+                except Exception as exc:
+                    nursery.cancel_scope.cancel()  # the listing ends here: no page is waited for
+                    failed[:0] = [exc]
+        if failed:
+            raise failed[0]
+        return answer[0]
 
     def _page_bound(self, total: int | None, first_page: int, known: int) -> int:
         """How many pages a listing may take, decided after page 1.
