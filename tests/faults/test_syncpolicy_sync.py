@@ -15,7 +15,8 @@ import pytest
 import trio
 
 from rdfs.api.client import Page, RDClient
-from rdfs.store.metadata import TORRENTS_INODE, Cache
+from rdfs.api.errors import APIError
+from rdfs.store.metadata import TORRENTS_INODE, Cache, CacheError
 from rdfs.emulator import Emulator, FileSpec
 from rdfs.sync.syncer import MAX_PAGES, Syncer
 from rdfs.tree.specs import Namespace
@@ -117,6 +118,65 @@ async def test_paging_stops_at_a_bound(cache: Cache, total: int | None, bound: i
     syncer = Syncer(endless, cache, page_size=5)  # type: ignore[arg-type]
     listing = await syncer._list_all(lambda n: endless.torrents(page=n, limit=5))
     assert endless.requests == bound and not listing.complete and "still full pages" in listing.reason
+
+
+class PagedClient:
+    """``pages`` full pages of 5 new ids, then a short one; page ``fail`` answers an error.
+    Notes each request as it starts (``started``)."""
+
+    def __init__(self, pages: int, fail: int | None = None) -> None:
+        self.pages, self.fail = pages, fail
+        self.started: dict[int, trio.Event] = {n: trio.Event() for n in range(1, pages + 2)}
+
+    async def torrents(self, *, page: int, limit: int) -> Page[Any]:
+        self.started[page].set()
+        await trio.sleep(0)
+        if page == self.fail:
+            raise APIError(503, None, "service_unavailable", "page refused")
+        count = limit if page <= self.pages else 2
+        return Page([_Item(f"ID{page:05d}{n:05d}") for n in range(count)], None)
+
+
+async def test_next_page_is_requested_while_a_page_is_stored(cache: Cache) -> None:
+    """Storing page n waits for page n + 1's request to start (it would wait forever if paging
+    were serial); the pages are stored in listing order all the same."""
+    client = PagedClient(3)
+    syncer = Syncer(client, cache, page_size=5)  # type: ignore[arg-type]
+    stored: list[str] = []
+
+    async def store(items: list[Any]) -> None:
+        number = int(items[0].id[2:7])
+        if number <= client.pages:
+            with trio.fail_after(30):  # a hang guard, not a timing
+                await client.started[number + 1].wait()
+        stored.extend(item.id for item in items)
+
+    listing = await syncer._list_all(lambda n: client.torrents(page=n, limit=5), on_page=store)
+    assert listing.complete and stored == list(listing.ids) and len(stored) == 17
+
+
+async def test_listing_errors_are_raised_as_they_are(cache: Cache) -> None:
+    """A failed request for the next page comes after the current page is stored; a failed
+    store ends the listing: neither is wrapped in an exception group."""
+    client = PagedClient(3, fail=2)
+    syncer = Syncer(client, cache, page_size=5)  # type: ignore[arg-type]
+    stored: list[str] = []
+
+    async def store(items: list[Any]) -> None:
+        await trio.sleep(0)
+        stored.extend(item.id for item in items)
+
+    with pytest.raises(APIError):
+        await syncer._list_all(lambda n: client.torrents(page=n, limit=5), on_page=store)
+    assert len(stored) == 5
+
+    async def broken(items: list[Any]) -> None:
+        raise CacheError("disk full")
+
+    client = PagedClient(3)
+    with pytest.raises(CacheError):
+        await syncer._list_all(lambda n: client.torrents(page=n, limit=5), on_page=broken)
+    assert not client.started[3].is_set()
 
 
 @pytest.mark.parametrize("fraction", [0.15, 0.5])
