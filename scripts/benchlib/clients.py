@@ -45,7 +45,7 @@ from pathlib import Path
 import httpx
 import trio
 
-from benchlib import measure
+from benchlib import infra, measure
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -167,13 +167,7 @@ def _running(argv: list[str], log_file: Path) -> Iterator[subprocess.Popen]:
     try:
         yield process
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        infra.stop_process(process)
 
 
 # --- mpv --------------------------------------------------------------------------------------
