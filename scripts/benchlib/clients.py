@@ -22,6 +22,8 @@ Real clients (each installed by the bench when missing, skipped with one line wh
 * ``vlc``: ``cvlc --no-video`` playing 5 s of an MP4 (run as ``nobody``: VLC refuses root); its
   reads are traced with strace so the target counts them rounded out to 64 KiB blocks;
 * ``minidlna``: ``minidlnad`` scanning ``movies/`` and ``shows/`` until its scan is finished;
+* ``kodi``: Kodi 20 scanning a library of 4 films (each with an ``.nfo``: its offline scraper)
+  into its video library, stream details extracted (its default), no thumbnails;
 * ``rclone serve webdav``: over the mount (a local remote), 52 ranged GETs of 64 KiB at random
   offsets.
 """
@@ -34,7 +36,9 @@ import os
 import pwd
 import random
 import re
+import signal
 import socket
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -329,6 +333,124 @@ def minidlna(directories: tuple[Path, Path], timeout: float = 600) -> Outcome:
             _wait_for(finished, process, "minidlnad", timeout)
         files = set(re.findall(r"Container: '.*' \[(.*)\]", log_file.read_text(errors="replace")))
     return Outcome(f"{len(files)} files parsed")
+
+
+# --- Kodi -------------------------------------------------------------------------------------
+
+KODI_ADVANCED = """<advancedsettings version="1.0">
+  <loglevel>1</loglevel>
+  <videolibrary><importwatchedstate>false</importwatchedstate></videolibrary>
+</advancedsettings>
+"""
+# The web server for JSON-RPC on loopback without a password; no thumbnails from the files (the
+# stream details, what a library scan reads the files for, stay on: Kodi's default).
+KODI_SETTINGS = """<settings version="2">
+  <setting id="services.webserver">true</setting>
+  <setting id="services.webserverport">{port}</setting>
+  <setting id="services.webserverauthentication">false</setting>
+  <setting id="services.esenabled">false</setting>
+  <setting id="services.zeroconf">false</setting>
+  <setting id="services.upnp">false</setting>
+  <setting id="general.addonupdates">2</setting>
+  <setting id="myvideos.extractflags">true</setting>
+  <setting id="myvideos.extractthumb">false</setting>
+  <setting id="myvideos.extractchapterthumbs">false</setting>
+</settings>
+"""
+KODI_SOURCES = """<sources>
+  <video>
+    <default pathversion="1"></default>
+    <source><name>Movies</name><path pathversion="1">{path}</path></source>
+  </video>
+</sources>
+"""
+# Kodi 20's video database; the source's content (movies, the offline "local information only"
+# scraper) is a row of its path table: Kodi has no JSON-RPC method to set it.
+KODI_DATABASE = "MyVideos121.db"
+KODI_CONTENT = (
+    "INSERT INTO path (strPath, strContent, strScraper, scanRecursive, useFolderNames, "
+    "strSettings, noUpdate, exclude, allAudio) "
+    "VALUES (?, 'movies', 'metadata.local', 2147483647, 0, '', 0, 0, 0)"
+)
+
+
+class _KodiRpc:
+    """Kodi's JSON-RPC over its web server."""
+
+    def __init__(self, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}/jsonrpc"
+        self.http = httpx.Client(timeout=30)
+
+    def call(self, method: str, **params: object) -> object:
+        body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
+        answer = self.http.post(self.url, json=body).json()
+        if "error" in answer:
+            raise RuntimeError(f"Kodi {method}: {answer['error']}")
+        return answer["result"]
+
+    def answers(self) -> bool:
+        with contextlib.suppress(httpx.HTTPError):
+            return self.call("JSONRPC.Ping") == "pong"
+        return False
+
+
+def kodi(directory: Path, timeout: float = 600) -> Outcome:
+    """Kodi 20 (``kodi --standalone`` under ``xvfb-run``, as ``nobody``: the mount has
+    ``allow_other``) scanning ``directory`` into its video library as movies with the offline
+    "local information only" scraper, driven over JSON-RPC; it quits when the scan is over."""
+    port = _free_port()
+    with tempfile.TemporaryDirectory(prefix="bench-kodi-") as tmp:
+        home = Path(tmp)
+        userdata = home / ".kodi" / "userdata"
+        userdata.mkdir(parents=True)
+        source = f"{directory}/"
+        (userdata / "advancedsettings.xml").write_text(KODI_ADVANCED)
+        (userdata / "guisettings.xml").write_text(KODI_SETTINGS.format(port=port))
+        (userdata / "sources.xml").write_text(KODI_SOURCES.format(path=source))
+        subprocess.run(["chown", "-R", "nobody:", str(home)], check=True)
+        argv = ["runuser", "-u", "nobody", "--", "env", f"HOME={home}", "KODI_AE_SINK=NULL"]
+        argv += ["xvfb-run", "-a", "kodi", "--standalone", "--windowing=x11"]
+        with open(home / "out.log", "wb") as out:
+            # A session of its own: runuser does not pass a SIGTERM on to Kodi.
+            process = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        rpc = _KodiRpc(port)
+        log = home / ".kodi" / "temp" / "kodi.log"
+        try:
+            _wait_for(rpc.answers, process, "kodi", 120)
+            with contextlib.closing(sqlite3.connect(userdata / "Database" / KODI_DATABASE)) as db:
+                db.execute(KODI_CONTENT, (source,))
+                db.commit()
+            rpc.call("VideoLibrary.Scan", directory=source, showdialogs=False)
+
+            def finished() -> bool:
+                return "VideoInfoScanner: Finished scan" in log.read_text(errors="replace")
+
+            _wait_for(finished, process, "kodi scan", timeout)
+            movies = rpc.call("VideoLibrary.GetMovies", properties=["streamdetails"])
+            rpc.call("Application.Quit")
+            process.wait(timeout=60)
+        finally:
+            rpc.http.close()
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+    assert isinstance(movies, dict)
+    found = movies.get("movies", [])
+    with_streams = sum(1 for movie in found if movie.get("streamdetails", {}).get("video"))
+    if not found:
+        raise RuntimeError(f"kodi scanned {directory} into an empty library")
+    return Outcome(f"Kodi {kodi_version()}, {len(found)} movies, {with_streams} with streams")
+
+
+def kodi_version() -> str:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        result = subprocess.run(
+            ["dpkg-query", "-W", "-f", "${Version}", "kodi"], capture_output=True, text=True
+        )
+        return result.stdout.split(":")[-1].split("+")[0] or "?"
+    return "?"
 
 
 # --- rclone serve webdav ----------------------------------------------------------------------

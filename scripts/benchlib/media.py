@@ -239,6 +239,18 @@ DLNA_LIBRARY = {
     ],
 }
 
+# Kodi's library (torrents beside the DLNA ones): the DLNA films under other names (hard links:
+# cold for rdfs), each with a full .nfo (Kodi's offline scraper adds only what an .nfo describes).
+KODI_LIBRARY = {
+    f"Kodi.{torrent.removeprefix('DLNA.')}": (
+        f"{torrent}/{files[0][0]}",
+        f"Kodi.{files[0][0].removeprefix('DLNA.')}",
+    )
+    for torrent, files in DLNA_LIBRARY.items()
+    if ".Film." in torrent
+}
+KODI_NFO = "<movie><title>{title}</title><year>{year}</year></movie>\n"
+
 
 @dataclass(frozen=True)
 class PatternFiles:
@@ -252,7 +264,7 @@ class PatternFiles:
     mpv: Path  # the real movie (MKV), for mpv with its cache off
     mpv_cached: Path  # the same bytes under another name (cold), for mpv's defaults
     vlc: Path  # the real movie as an MP4 (moov at the end), for VLC audio-only
-    dlna: Path  # its subdirectories are torrents of the media server's library
+    dlna: Path  # its subdirectories are torrents of the media servers' libraries (DLNA, Kodi)
 
 
 def _grown(template: Path, out: Path, size: int) -> Path:
@@ -328,6 +340,12 @@ def _dlna_library(root: Path, templates: dict[str, Path], rng: random.Random) ->
     for torrent, files in DLNA_LIBRARY.items():
         for name, template in files:
             _grown(templates[template], root / torrent / name, rng.randrange(700 * MiB, 2 * GiB))
+    for torrent, (source, name) in KODI_LIBRARY.items():
+        movie = _linked(root / source, root / torrent / name)
+        title, year = re.match(r"Kodi\.(.*)\.(\d{4})\.", name).groups()  # type: ignore[union-attr]
+        nfo = movie.with_suffix(".nfo")
+        if not nfo.exists():
+            nfo.write_text(KODI_NFO.format(title=title.replace(".", " "), year=year))
     return root
 
 
