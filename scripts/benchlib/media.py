@@ -342,10 +342,10 @@ def _dlna_library(root: Path, templates: dict[str, Path], rng: random.Random) ->
             _grown(templates[template], root / torrent / name, rng.randrange(700 * MiB, 2 * GiB))
     for torrent, (source, name) in KODI_LIBRARY.items():
         movie = _linked(root / source, root / torrent / name)
-        title, year = re.match(r"Kodi\.(.*)\.(\d{4})\.", name).groups()  # type: ignore[union-attr]
+        words = name.split(".")  # Kodi, title..., year, resolution, extension
         nfo = movie.with_suffix(".nfo")
         if not nfo.exists():
-            nfo.write_text(KODI_NFO.format(title=title.replace(".", " "), year=year))
+            nfo.write_text(KODI_NFO.format(title=" ".join(words[1:-3]), year=words[-3]))
     return root
 
 
