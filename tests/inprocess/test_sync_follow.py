@@ -175,8 +175,10 @@ async def test_a_followed_change_is_stored_when_the_sync_task_ends(libraries) ->
     async with trio.open_nursery() as nursery:
         await nursery.start(lib.syncer.run)
         lib.syncer.check_soon()
-        while lib.cache.torrent(added) is None:
+        # The follow is done once the cached order has the new torrent (its row is stored first).
+        while added not in lib.syncer._lists["torrents"].order:
             await trio.sleep(0.01)
+        assert lib.cache.torrent(added) is not None
         nursery.cancel_scope.cancel()
     stored = ListState.stored(lib.cache.get_state("listing:torrents"))
     assert stored.listed and stored.order == lib.emu.torrent_ids()
