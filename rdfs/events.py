@@ -33,6 +33,7 @@ class TreeChange:
     entries: list[tuple[int, str]]  # (parent inode, name) that appeared, vanished or was renamed
     inodes: list[int]  # inodes whose attributes changed
     paths: list[str]  # directories (relative to the mountpoint) whose listing changed
+    dirs: list[int] = field(default_factory=list)  # the inodes of those directories
     origin: str = "sync"  # what made it: "sync", "control", "views", "repair", UPLOAD_GONE, ...
     torrents: list[str] = field(default_factory=list)  # torrents whose entries were written
     # (parent, name, inode): which inode a changed entry named (see ``Changes.named``); an entry
@@ -83,6 +84,7 @@ class ChangeBus:
             entries=sorted(changes.entries),
             inodes=sorted(changes.inodes | changes.dirs),
             paths=sorted(p for p in paths if p is not None),
+            dirs=sorted(changes.dirs),
             origin=origin,
             torrents=sorted(changes.torrents),
             named=sorted(changes.named),

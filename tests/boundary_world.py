@@ -141,15 +141,34 @@ def collect_reply(token: Listing, name: bytes, attr: pyfuse3.EntryAttributes, ne
     return True
 
 
+async def opendir(ops: Operations, inode: int, uid: int = OWNER) -> int | Refused:
+    """The handle readdir gets, as the kernel and rdfs's pyfuse3 make it: opendir's, or with
+    ``kernel_dir_cache`` (opendir answers ENOSYS) the directory's inode."""
+    fh = await outcome(ops.opendir(inode, ctx(uid)))
+    if ops.kernel_dir_cache:
+        assert fh == Refused(errno.ENOSYS)
+        return inode
+    return fh  # type: ignore[no-any-return]
+
+
+async def releasedir(ops: Operations, fh: int) -> None:
+    """releasedir, which the kernel sends only when opendir answered a handle."""
+    if not ops.kernel_dir_cache:
+        await ops.releasedir(fh)
+
+
 async def listdir(ops: Operations, inode: int, uid: int = OWNER) -> list[bytes] | Refused:
     """opendir + readdir + releasedir as the kernel does (readdir_reply patched by the caller)."""
-    fh = await outcome(ops.opendir(inode, ctx(uid)))
+    fh = await opendir(ops, inode, uid)
     if isinstance(fh, Refused):
         return fh
     token = Listing()
     result = await outcome(ops.readdir(fh, 0, token))
-    await ops.releasedir(fh)
-    return result if isinstance(result, Refused) else [name for name, _, _ in token]
+    await releasedir(ops, fh)
+    if isinstance(result, Refused):
+        return result
+    assert [name for name, _, _ in token[:2]] == [b".", b".."]  # every listing has both
+    return [name for name, _, _ in token[2:]]
 
 
 def flags_to_try() -> list[int]:

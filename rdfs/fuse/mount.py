@@ -241,6 +241,7 @@ async def _serve(config: Config, mountpoint: Path, client: RDClient, cache: Cach
             extras=StreamingExtras(client, resolver),
             page_cache=config.page_cache,
         )
+        board.register("fuse", ops.status)
         bus.subscribe(ops.invalidate)
         views = Views(cache, views_config, bus)
         bus.subscribe(views.mark_dirty)

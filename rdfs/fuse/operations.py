@@ -38,6 +38,7 @@ import math
 import os
 import stat
 import traceback
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -77,6 +78,18 @@ IO_SIZE = 128 * 1024
 # what a readdir answer cannot take waits in the open handle for the next one. A readdirplus
 # answer holds up to 128 KiB: ~600 entries of ~200 bytes.
 READDIR_PAGE = 1024
+# A pyfuse3 built with patches/pyfuse3-no-opendir.patch (scripts/bootstrap builds it) lets opendir
+# answer ENOSYS: the kernel then sends no more opendir or releasedir, keeps each listing in its
+# page cache until a sync invalidates it, and readdir gets the directory's inode in place of a
+# handle. A walk of the tree then costs two requests per directory instead of four, and a second
+# walk none. Stock pyfuse3 passes readdir no inode in that mode, so it keeps handles.
+KERNEL_DIR_CACHE = bool(getattr(pyfuse3, "NO_OPENDIR_SUPPORT", False))
+# Listings read ahead without a handle: no releasedir ends them, so the oldest are dropped.
+LISTINGS_KEPT = 64
+# Readdir cookies (the offset a listing resumes from): 1 after ".", 2 after "..", a child's inode
+# + 2 after it. Every listing has "." and "..", so none is empty: the kernel drops a kept listing
+# by dropping its pages (invalidate_inode), and an empty one has none to drop.
+AFTER_DOT, AFTER_DOTDOT = 1, 2
 NAME_MAX = 255  # bytes of one name (the kernel's limit too; statfs reports it)
 # What the kernel's stat can carry: st_size is an off_t, times are int64 nanoseconds.
 MAX_SIZE = 2**63 - 1
@@ -124,6 +137,8 @@ def _describe(ops: Operations, handler: str, args: tuple[Any, ...]) -> str:
                 parts.append(
                     f"fh {arg}" + (f" ({opened.node.name!r})" if opened is not None else "")
                 )
+            elif index == 0 and handler in _DIR_HANDLERS and ops.kernel_dir_cache:
+                parts.append(f"dir inode {arg}")
             elif index == 0 and handler in _DIR_HANDLERS:
                 listed = ops._dirs.get(arg)
                 parts.append(f"dir fh {arg}" + (f" (inode {listed.inode})" if listed else ""))
@@ -188,6 +203,7 @@ def _boundary(handler: _Handler) -> _Handler:
 
     @functools.wraps(handler)
     async def wrapper(self: Operations, *args: Any) -> Any:
+        self.requests[name] += 1
         try:
             return await handler(self, *args)
         except pyfuse3.FUSEError:
@@ -225,6 +241,7 @@ class OpenDir:
     no statement."""
 
     inode: int
+    parent: int  # for ".."
     cursor: int = 0
     pending: list[ChildStat] = field(default_factory=list)
     complete: bool = False
@@ -262,6 +279,7 @@ class Operations(pyfuse3.Operations):
         allow_delete: bool = False,
         extras: StreamingExtras | None = None,
         page_cache: bool = False,
+        kernel_dir_cache: bool = KERNEL_DIR_CACHE,
     ) -> None:
         super().__init__()
         self.extras = extras
@@ -278,8 +296,13 @@ class Operations(pyfuse3.Operations):
         # cache do that job. With the page cache, the kernel caches and reads ahead (mmap
         # MAP_SHARED works).
         self.page_cache = page_cache
+        # See KERNEL_DIR_CACHE. Listings are then kept by inode in _listings, else by handle.
+        self.kernel_dir_cache = kernel_dir_cache
         self._open: dict[int, OpenFile] = {}
         self._dirs: dict[int, OpenDir] = {}
+        self._listings: dict[int, OpenDir] = {}
+        # Requests answered, by handler, since the mount (``.rdfs/status``: ``fuse``).
+        self.requests: Counter[str] = Counter()
         self._next_fh = 1
         # Inodes the kernel holds: lookup counts and the stat last answered, so an inode removed
         # upstream stays stat-able until the kernel forgets it (open files keep their node in
@@ -299,6 +322,11 @@ class Operations(pyfuse3.Operations):
     def init(self) -> None:
         self._kernel_ready = True
         self.serving.set()
+
+    def status(self) -> dict[str, Any]:
+        """``.rdfs/status``'s ``fuse`` section: whether the kernel caches listings, and the
+        requests answered by handler."""
+        return {"kernel_dir_cache": self.kernel_dir_cache, "requests": dict(self.requests)}
 
     @property
     def open_files(self) -> int:
@@ -515,27 +543,50 @@ class Operations(pyfuse3.Operations):
         return attrs
 
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        head = self.namespace.head(inode) if 0 < inode <= MAX_SIZE else None
-        if head is None:  # not in the store: an upload, or removed upstream while held
-            kind, pending, torrent_id = self._node(inode).kind, False, None
-        else:
-            kind, pending, torrent_id = head
-        if kind != "dir":
-            raise pyfuse3.FUSEError(errno.ENOTDIR)
-        if pending and torrent_id:
+        if self.kernel_dir_cache:  # asked once: readdir checks the directory (see readdir)
+            raise pyfuse3.FUSEError(errno.ENOSYS)
+        torrent_id, parent = self._directory(inode)
+        if torrent_id:  # a torrent's files are fetched before it is listed
             await self._ensure_files(torrent_id)
         fh = self._new_fh()
-        self._dirs[fh] = OpenDir(inode)
+        self._dirs[fh] = OpenDir(inode, parent)
         return fh
+
+    def _directory(self, inode: int) -> tuple[str | None, int]:
+        """Check that ``inode`` is a directory (ENOENT, ENOTDIR). Returns the torrent whose file
+        list must be fetched before it is listed (None if none), and the parent's inode."""
+        head = self.namespace.head(inode) if 0 < inode <= MAX_SIZE else None
+        if head is None:  # not in the store: the root, an upload, or removed upstream while held
+            node = self._node(inode)
+            kind, pending, torrent_id, parent = node.kind, False, None, node.parent
+        else:
+            kind, pending, torrent_id, parent = head
+        if kind != "dir":
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return (torrent_id if pending else None), parent or inode
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         # Entries come in inode order and the cursor is the last inode sent, so entries added or
         # removed by a sync between two readdir calls never make others repeat or vanish.
-        opened = self._dirs.get(fh)
-        if opened is None:
-            raise pyfuse3.FUSEError(errno.EBADF)
-        if start_id != opened.cursor or not start_id:  # a listing (re)started, or a seek
-            opened.reread(start_id)
+        if self.kernel_dir_cache:  # fh is the inode; a listing's start does what opendir would
+            listed = self._listings.get(fh)
+            if listed is None or start_id <= AFTER_DOT:
+                torrent_id, parent = self._directory(fh)
+                if torrent_id and not start_id:
+                    await self._ensure_files(torrent_id)
+                listed = self._listings.pop(fh, None) or OpenDir(fh, parent)
+                self._listings[fh] = listed  # (the newest last: the oldest are dropped)
+                if len(self._listings) > LISTINGS_KEPT:
+                    del self._listings[next(iter(self._listings))]
+            opened = listed
+        else:
+            found = self._dirs.get(fh)
+            if found is None:
+                raise pyfuse3.FUSEError(errno.EBADF)
+            opened = found
+        after = start_id - AFTER_DOTDOT if start_id > AFTER_DOTDOT else 0  # the last child taken
+        if after != opened.cursor or not start_id:  # a listing (re)started, or a seek
+            opened.reread(after)
         # Checked once per answer: a store row whose values the fast path cannot answer as they
         # are (odd values to clamp, control files' own modes) is answered from its full node.
         fast = opened.inode != CONTROL_INODE
@@ -544,16 +595,23 @@ class Operations(pyfuse3.Operations):
         file_mode = stat.S_IFREG | 0o444
         took = self._held.took
         reply = pyfuse3.readdir_reply
+        answered = False
+        if start_id < AFTER_DOTDOT:  # the kernel takes no lookup of these two
+            dots = ((b".", opened.inode, AFTER_DOT), (b"..", opened.parent, AFTER_DOTDOT))
+            for name, inode, cookie in dots[start_id:]:
+                if not reply(token, name, self._make_attrs(inode, dir_mode, 2, 0, 0), cookie):
+                    return
+                answered = True
         while True:
             if not opened.pending:
                 if opened.complete:
+                    if not answered:  # the kernel's closing readdir: this listing is done
+                        self._listings.pop(opened.inode, None)
                     return
                 page = self.namespace.child_stats(opened.inode, opened.cursor, READDIR_PAGE)
                 opened.complete = len(page) < READDIR_PAGE
                 page.reverse()  # answered from the end: pop() is O(1)
                 opened.pending = page
-                if not page:
-                    return
             pending = opened.pending
             while pending:
                 inode, text, kind, size, mtime, nlink, in_torrent = pending[-1]
@@ -582,15 +640,17 @@ class Operations(pyfuse3.Operations):
                         mode = file_mode
                     mtime_ns = int(mtime * 1e9)
                     attrs = self._make_attrs(inode, mode, nlink, size, mtime_ns)
-                    if not reply(token, name, attrs, inode):
+                    if not reply(token, name, attrs, inode + AFTER_DOTDOT):
                         return
+                    answered = True
                     took(inode, mode, nlink, size, mtime_ns)  # readdirplus: the kernel holds it
                 else:
                     node = self.namespace.node(inode)
                     if node is not None:
                         attrs = self._attrs(node)
-                        if not reply(token, name, attrs, inode):
+                        if not reply(token, name, attrs, inode + AFTER_DOTDOT):
                             return
+                        answered = True
                         self._remember(attrs)
                 pending.pop()
                 opened.cursor = inode
@@ -796,6 +856,7 @@ class Operations(pyfuse3.Operations):
         torrents nobody listed would flood the log with them."""
         for opened in self._dirs.values():  # entries read ahead of a listing may have changed
             opened.reread(opened.cursor)
+        self._listings.clear()  # (their next readdir goes on from its own cursor)
         if not self._kernel_ready:
             return
         # An entry the store says named only inodes the kernel does not hold (a new name, most
@@ -812,11 +873,13 @@ class Operations(pyfuse3.Operations):
                 pyfuse3.invalidate_entry_async(parent, name.encode("utf-8"), ignore_enoent=True)
             except (OSError, UnicodeEncodeError) as exc:
                 log.debug("invalidate %d/%r: %s", parent, name, exc)
+        listed = set(change.dirs)
         for inode in change.inodes:
             if not self._holds(inode):
                 continue
             try:
-                pyfuse3.invalidate_inode(inode, attr_only=True)
+                # A directory's listing, cached by the kernel (see KERNEL_DIR_CACHE), goes too.
+                pyfuse3.invalidate_inode(inode, attr_only=inode not in listed)
             except OSError as exc:  # ENOENT: the kernel forgot it meanwhile, nothing to drop
                 log.debug("invalidate inode %d: %s", inode, exc)
 

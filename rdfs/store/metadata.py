@@ -186,7 +186,7 @@ class WriteHealth:
 # What readdir reads per entry: (inode, name, kind, size, mtime, nlink, in a torrent).
 ChildStat = tuple[int, str, str, int, float, int, int]
 # What opendir reads: (kind, files_pending, torrent_id).
-EntryHead = tuple[str, bool, str | None]
+EntryHead = tuple[str, bool, str | None, int]  # kind, files_pending, torrent_id, parent
 
 _ENTRY_SQL = (
     "SELECT e.inode, e.parent, e.name, e.kind, e.size, e.mtime, e.nlink, e.torrent_id, e.file_id, "
@@ -1071,11 +1071,12 @@ class Cache:
         ).fetchall()
 
     def entry_head(self, inode: int) -> EntryHead | None:
-        """(kind, files_pending, torrent_id) of an entry (opendir), None if the inode is unknown."""
+        """(kind, files_pending, torrent_id, parent) of an entry (a listing's start), None if
+        the inode is unknown."""
         row = self.conn.execute(
-            "SELECT kind, files_pending, torrent_id FROM entries WHERE inode = ?", (inode,)
+            "SELECT kind, files_pending, torrent_id, parent FROM entries WHERE inode = ?", (inode,)
         ).fetchone()
-        return (row[0], bool(row[1]), row[2]) if row else None
+        return (row[0], bool(row[1]), row[2], row[3]) if row else None
 
     def entry_place(self, inode: int) -> tuple[int, str] | None:
         """(parent inode, name) of an entry, None if the inode is unknown."""

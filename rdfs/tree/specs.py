@@ -463,7 +463,8 @@ class Namespace:
         return self.cache.child_stats(inode, after, limit)
 
     def head(self, inode: int) -> EntryHead | None:
-        """``(kind, files_pending, torrent_id)`` of an entry, None if the inode is unknown."""
+        """``(kind, files_pending, torrent_id, parent)`` of an entry, None if the inode is
+        unknown."""
         return self.cache.entry_head(inode)
 
     def path(self, inode: int) -> str | None:

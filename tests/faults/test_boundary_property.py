@@ -31,7 +31,9 @@ from tests.boundary_world import (
     ctx,
     flags_to_try,
     open_world,
+    opendir,
     outcome,
+    releasedir,
     truncate_attr,
     truncate_fields,
 )
@@ -157,14 +159,14 @@ class Runner:
         return answer
 
     async def listdir(self, inode: int, start: int) -> Any:
-        fh = await outcome(self.ops.opendir(inode, ctx()))
+        fh = await opendir(self.ops, inode)
         if isinstance(fh, Refused):
             return fh
         token: list = []
         answer = await outcome(self.ops.readdir(fh, start, token))
         for _, attr, _ in token:
             self.seen(attr)
-        await self.ops.releasedir(fh)
+        await releasedir(self.ops, fh)
         return answer
 
     async def close_all(self) -> None:

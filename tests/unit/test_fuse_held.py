@@ -13,7 +13,16 @@ import pytest
 
 from rdfs.fuse.held import DENSE_LIMIT, HeldInodes, Stat
 from rdfs.store.metadata import TORRENTS_INODE
-from tests.boundary_world import Listing, Refused, collect_reply, ctx, open_world, outcome
+from tests.boundary_world import (
+    Listing,
+    Refused,
+    collect_reply,
+    ctx,
+    open_world,
+    opendir,
+    outcome,
+    releasedir,
+)
 
 TORRENTS = 1_500  # x 3 files: ~6,000 entries with their directories
 
@@ -55,11 +64,16 @@ async def test_a_full_walk_keeps_only_the_kernels_lookup_counts(world) -> None: 
     pending, walked = [pyfuse3.ROOT_INODE], 0
     while pending:  # find + stat: readdirplus of every directory, then a lookup of every entry
         parent = pending.pop()
-        fh = await ops.opendir(parent, ctx())
+        fh = await opendir(ops, parent)
         token = Listing()
         await ops.readdir(fh, 0, token)
-        await ops.releasedir(fh)
-        for name, attrs, _ in token:
+        if token:  # the kernel's closing readdir, answered empty
+            closing = Listing()
+            await ops.readdir(fh, token[-1][2], closing)
+            assert closing == []
+        await releasedir(ops, fh)
+        assert [name for name, _, _ in token[:2]] == [b".", b".."]
+        for name, attrs, _ in token[2:]:  # the kernel takes no lookup of "." and ".."
             kernel[attrs.st_ino] += 1  # readdirplus: the kernel took the entry
             looked = await ops.lookup(parent, name, ctx())
             kernel[looked.st_ino] += 1
@@ -95,10 +109,10 @@ async def test_removed_upstream_while_held_answers_until_forgotten(world) -> Non
             before.st_nlink,
             before.st_mtime_ns,
         )
-    fh = await ops.opendir(movie_dir.st_ino, ctx())  # a shell's cwd in it: empty, no error
+    fh = await opendir(ops, movie_dir.st_ino)  # a shell's cwd in it: empty, no error
     token = Listing()
     await ops.readdir(fh, 0, token)
-    assert list(token) == []
+    assert [name for name, _, _ in token] == [b".", b".."]
     await ops.forget([(movie_dir.st_ino, 1), (movie.st_ino, 1), (subs.st_ino, 1)])
     for gone in (movie_dir, movie, subs):
         assert await outcome(ops.getattr(gone.st_ino, ctx())) == Refused(errno.ENOENT)

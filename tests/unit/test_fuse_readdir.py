@@ -11,7 +11,7 @@ import pytest
 from rdfs.events import TreeChange
 from rdfs.fuse import operations
 from rdfs.store.metadata import TORRENTS_INODE
-from tests.boundary_world import ctx, open_world
+from tests.boundary_world import open_world, opendir, releasedir
 
 TORRENTS = 250
 PAGE = 100  # READDIR_PAGE here: torrents/ is more than two pages
@@ -32,12 +32,14 @@ def limited_reply(token: Answer, name: bytes, attrs: pyfuse3.EntryAttributes, ne
     return True
 
 
-@pytest.fixture
-async def world(emulator, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+@pytest.fixture(params=[True, False], ids=["kernel-dir-cache", "handles"])
+async def world(emulator, tmp_path, monkeypatch, request):  # type: ignore[no-untyped-def]
+    """Both ways of listing: by inode (rdfs's pyfuse3) and by handle (stock pyfuse3)."""
     monkeypatch.setattr(pyfuse3, "readdir_reply", limited_reply)
     monkeypatch.setattr(operations, "READDIR_PAGE", PAGE)
     emulator.bulk_add_torrents(TORRENTS, 1)
     async with open_world(emulator, tmp_path) as w:
+        w.ops.kernel_dir_cache = request.param
         yield w
 
 
@@ -70,13 +72,16 @@ async def test_a_listing_in_small_answers_reads_each_page_once(world) -> None:  
     ]
     assert len(expected) > 2 * PAGE
     seen = statements(world.cache)
-    fh = await ops.opendir(TORRENTS_INODE, ctx())
+    fh = await opendir(ops, TORRENTS_INODE)
     taken = await read_all(ops, fh, room=37)
-    await ops.releasedir(fh)
+    await releasedir(ops, fh)
     world.cache.conn.set_trace_callback(None)
+    dots, taken = taken[:2], taken[2:]
+    assert [(name, next_id) for name, _, next_id in dots] == [(b".", 1), (b"..", 2)]
     assert [(name, inode) for name, inode, _ in taken] == expected  # each once, in inode order
-    assert [inode for _, inode, _ in taken] == [next_id for _, _, next_id in taken]
-    # One statement for opendir and one per page: none per answer, none for the closing one.
+    assert [inode + 2 for _, inode, _ in taken] == [next_id for _, _, next_id in taken]
+    # One statement to check the directory and one per page: none per answer, none for the
+    # closing one.
     assert len(seen) == 1 + math.ceil((len(expected) + 1) / PAGE)
     assert all(ops.held.count(inode) == 1 for _, inode in expected)
 
@@ -85,7 +90,7 @@ async def test_a_change_between_answers_is_read_again(world) -> None:  # type: i
     ops = world.ops
     listing = ops.namespace.children(TORRENTS_INODE, after=0, limit=10**6)
     late = listing[PAGE - 1]  # read into the handle with the first answer's page, then removed
-    fh = await ops.opendir(TORRENTS_INODE, ctx())
+    fh = await opendir(ops, TORRENTS_INODE)
     answers = 0
 
     def remove_late() -> None:
@@ -96,9 +101,9 @@ async def test_a_change_between_answers_is_read_again(world) -> None:  # type: i
             ops.invalidate(TreeChange(entries=[(TORRENTS_INODE, late.name)], inodes=[], paths=[]))
 
     taken = await read_all(ops, fh, room=PAGE // 2, between=remove_late)
-    assert [inode for _, inode, _ in taken] == [n.inode for n in listing if n != late]
+    assert [inode for _, inode, _ in taken[2:]] == [n.inode for n in listing if n != late]
     # A listing started again on the same handle (rewinddir) reads the store again.
     world.cache.conn.execute("DELETE FROM entries WHERE inode = ?", (listing[0].inode,))
     again = await read_all(ops, fh, room=10**6)
-    await ops.releasedir(fh)
-    assert [inode for _, inode, _ in again] == [n.inode for n in listing[1:] if n != late]
+    await releasedir(ops, fh)
+    assert [inode for _, inode, _ in again[2:]] == [n.inode for n in listing[1:] if n != late]
