@@ -74,6 +74,10 @@ class Config:
     # make the kernel ask far more than a media probe reads (4096 KiB fetched 7.2x, 512 2.6x).
     read_ahead_kb: int = 512
     max_background: int = 64  # FUSE requests the kernel keeps in flight
+    # The kernel keeps each directory's listing until a sync changes it (a second walk of the
+    # tree costs rdfs nothing). Needs the pyfuse3 scripts/bootstrap builds (patches/); with a
+    # stock pyfuse3, or false, every listing is asked of rdfs (opendir, readdir, releasedir).
+    dir_cache: bool = True
     probe_cache_mb: int = 4096  # disk bound of the persistent head/tail cache (0 = off)
     probe_head_mb: int = 32  # the first MiB of every file read are kept on disk
     probe_tail_mb: int = 16  # and the last MiB

@@ -44,7 +44,7 @@ from rdfs.data.reader import ReaderPool
 from rdfs.data.streaming import StreamingExtras
 from rdfs.events import ChangeBus, StatusBoard
 from rdfs.fuse.mountpoint import entry_at, is_fuse_mount
-from rdfs.fuse.operations import Operations
+from rdfs.fuse.operations import KERNEL_DIR_CACHE, Operations
 from rdfs.store.metadata import Accounts, Cache, CacheError
 from rdfs.store.probecache import open_probe_cache
 from rdfs.sync.archives import ArchiveIndexer
@@ -240,7 +240,13 @@ async def _serve(config: Config, mountpoint: Path, client: RDClient, cache: Cach
             allow_delete=config.allow_delete,
             extras=StreamingExtras(client, resolver),
             page_cache=config.page_cache,
+            kernel_dir_cache=config.dir_cache and KERNEL_DIR_CACHE,
         )
+        if config.dir_cache and not KERNEL_DIR_CACHE:
+            log.info(
+                "this pyfuse3 cannot let the kernel keep listings "
+                "(scripts/bootstrap builds one that can: patches/pyfuse3-no-opendir.patch)"
+            )
         board.register("fuse", ops.status)
         bus.subscribe(ops.invalidate)
         views = Views(cache, views_config, bus)
