@@ -32,7 +32,7 @@ def fuse_status(mounted: mountutil.Mounted) -> dict:  # type: ignore[type-arg]
 def test_listings_are_kept_until_a_sync_changes_them(emulator_proc, tmp_path) -> None:
     control = emulator_proc.control
     first = control.add_torrent("First Movie (2020)", [FileSpec("/First.Movie.2020.1080p.mkv", 1000)])
-    control.add_torrent("Some Show S01", [FileSpec(f"/Some.Show.S01E0{i}.mkv", 100) for i in (1, 2)])
+    show = control.add_torrent("Some Show S01", [FileSpec(f"/Some.Show.S01E0{i}.mkv", 100) for i in (1, 2)])
     with mountutil.mount(emulator_proc.api_url, emulator_proc.token, tmp_path) as mounted:
         status = mounted.path / ".rdfs" / "status"
         mountutil.wait_for(lambda: json.loads(status.read_text())["torrents_known"] == 2, what="first sync")
@@ -73,4 +73,11 @@ def test_listings_are_kept_until_a_sync_changes_them(emulator_proc, tmp_path) ->
             lambda: not any("First.Movie" in p for p in walk(mounted.path)), timeout=30, what="removed view"
         )
         assert (torrents / "Second Movie (2021)" / "Second.Movie.2021.mkv").stat().st_size == 2000
+
+        # Deleted through a control file: the listing kept by the kernel goes at once.
+        assert "Some Show S01" in os.listdir(torrents)
+        (mounted.path / ".rdfs" / "delete").write_text(f"{show}\n")
+        mountutil.wait_for(lambda: show not in control.torrent_ids(), timeout=30, what="deleted upstream")
+        mountutil.wait_for(lambda: "Some Show S01" not in os.listdir(torrents), timeout=30, what="delete shown")
+        assert not any("Some.Show" in p for p in walk(mounted.path))
         mountutil.check_log(mounted)
