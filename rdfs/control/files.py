@@ -882,7 +882,9 @@ class Control:
         data = bytes(upload.data)
         self._upload_bytes -= len(upload.data)
         upload.data = bytearray()
-        self.bus.publish(Changes(entries={(CONTROL_INODE, name)}), UPLOAD_GONE)
+        self.bus.publish(
+            Changes(entries={(CONTROL_INODE, name)}, dirs={CONTROL_INODE}), UPLOAD_GONE
+        )
         if not data:
             log.info(".rdfs/%s closed empty: nothing to add", name)
             return

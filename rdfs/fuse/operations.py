@@ -105,6 +105,20 @@ _DIR_HANDLERS = frozenset({"readdir", "releasedir", "fsyncdir"})
 _DATA_HANDLERS = frozenset({"write", "setxattr"})
 
 
+def _plain(inode: int, size: Any, mtime: Any, nlink: Any) -> bool:
+    """Whether a store row is answered as it is (readdir, getattr): values to clamp and log, and
+    the top directories' and ``.rdfs/``'s own modes, take the full node's path."""
+    return (
+        type(size) is int
+        and 0 <= size <= MAX_SIZE
+        and type(nlink) is int
+        and 0 < nlink <= MAX_NLINK
+        and isinstance(mtime, (int, float))
+        and 0 <= mtime <= MAX_MTIME
+        and inode not in (CONTROL_INODE, TORRENTS_INODE, DOWNLOADS_INODE)
+    )
+
+
 def _stat(attrs: pyfuse3.EntryAttributes) -> Stat:
     return Stat(attrs.st_mode, attrs.st_nlink, attrs.st_size, attrs.st_mtime_ns)
 
@@ -532,6 +546,17 @@ class Operations(pyfuse3.Operations):
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         if not 0 < inode <= MAX_SIZE:
             raise pyfuse3.FUSEError(errno.ENOENT)
+        row = self.namespace.stat_row(inode)  # readdir's slim row: the common case, one lookup
+        owned = self.control is not None and self.control.owns(inode)  # control files' modes
+        if row is not None and not owned and _plain(inode, row[3], row[4], row[5]):
+            _inode, _name, kind, size, mtime, nlink, in_torrent = row
+            if kind != "dir":
+                mode = stat.S_IFREG | 0o444
+            else:
+                mode = stat.S_IFDIR | (0o755 if self.allow_delete and in_torrent else 0o555)
+            attrs = self._make_attrs(inode, mode, nlink, size, int(mtime * 1e9))
+            self._held.answered(inode, _stat(attrs))
+            return attrs
         node = self._known(inode)
         if node is None:  # removed upstream: the kernel still holds it, answer as last time
             held = self._held.stat(inode)
@@ -570,7 +595,7 @@ class Operations(pyfuse3.Operations):
         # removed by a sync between two readdir calls never make others repeat or vanish.
         if self.kernel_dir_cache:  # fh is the inode; a listing's start does what opendir would
             listed = self._listings.get(fh)
-            if listed is None or start_id <= AFTER_DOT:
+            if listed is None or 0 <= start_id <= AFTER_DOT:
                 torrent_id, parent = self._directory(fh)
                 if torrent_id and not start_id:
                     await self._ensure_files(torrent_id)
@@ -596,7 +621,7 @@ class Operations(pyfuse3.Operations):
         took = self._held.took
         reply = pyfuse3.readdir_reply
         answered = False
-        if start_id < AFTER_DOTDOT:  # the kernel takes no lookup of these two
+        if 0 <= start_id < AFTER_DOTDOT:  # the kernel takes no lookup of these two
             dots = ((b".", opened.inode, AFTER_DOT), (b"..", opened.parent, AFTER_DOTDOT))
             for name, inode, cookie in dots[start_id:]:
                 if not reply(token, name, self._make_attrs(inode, dir_mode, 2, 0, 0), cookie):
@@ -624,16 +649,7 @@ class Operations(pyfuse3.Operations):
                     pending.pop()
                     opened.cursor = inode
                     continue
-                if (
-                    fast
-                    and type(size) is int
-                    and 0 <= size <= MAX_SIZE
-                    and type(nlink) is int
-                    and 0 < nlink <= MAX_NLINK
-                    and isinstance(mtime, (int, float))
-                    and 0 <= mtime <= MAX_MTIME
-                    and inode not in (CONTROL_INODE, TORRENTS_INODE, DOWNLOADS_INODE)
-                ):
+                if fast and _plain(inode, size, mtime, nlink):
                     if kind == "dir":
                         mode = torrent_dir_mode if in_torrent else dir_mode
                     else:

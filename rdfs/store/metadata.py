@@ -1070,6 +1070,15 @@ class Cache:
             (parent, after, limit),
         ).fetchall()
 
+    def entry_stat(self, inode: int) -> ChildStat | None:
+        """One entry as :meth:`child_stats` gives it (getattr's common case), None if unknown."""
+        row: ChildStat | None = self.conn.execute(
+            "SELECT inode, name, kind, size, mtime, nlink, torrent_id IS NOT NULL FROM entries "
+            "WHERE inode = ?",
+            (inode,),
+        ).fetchone()
+        return row
+
     def entry_head(self, inode: int) -> EntryHead | None:
         """(kind, files_pending, torrent_id, parent) of an entry (a listing's start), None if
         the inode is unknown."""

@@ -462,6 +462,10 @@ class Namespace:
         readdir answers from: ``(inode, name, kind, size, mtime, nlink, in_torrent)``."""
         return self.cache.child_stats(inode, after, limit)
 
+    def stat_row(self, inode: int) -> ChildStat | None:
+        """An entry as :meth:`child_stats` gives it, None if the inode is unknown."""
+        return self.cache.entry_stat(inode)
+
     def head(self, inode: int) -> EntryHead | None:
         """``(kind, files_pending, torrent_id, parent)`` of an entry, None if the inode is
         unknown."""

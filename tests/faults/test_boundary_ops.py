@@ -375,6 +375,7 @@ async def test_the_boundary_maps_every_outcome(world: World, caplog, monkeypatch
     ]
     for exc, answer, level in cases:
         monkeypatch.setattr(namespace, "node", failing(exc))
+        monkeypatch.setattr(namespace, "stat_row", failing(exc))  # getattr's first read
         caplog.clear()
         assert await outcome(ops.getattr(movie, ctx())) == answer, exc
         logged = [r for r in caplog.records if r.levelno >= logging.WARNING]
@@ -388,6 +389,7 @@ async def test_the_boundary_maps_every_outcome(world: World, caplog, monkeypatch
     # What is not an Exception is not the boundary's to answer: cancellation and ^C propagate.
     for exc in (KeyboardInterrupt(), SystemExit(1), BaseExceptionGroup("c", [KeyboardInterrupt()])):
         monkeypatch.setattr(namespace, "node", failing(exc))
+        monkeypatch.setattr(namespace, "stat_row", failing(exc))
         with pytest.raises(type(exc)):
             await ops.getattr(movie, ctx())
 
@@ -555,16 +557,17 @@ async def _other_user(w: World) -> list:
 
 
 async def _failing_store(w: World, exc: Exception) -> list:
-    original = w.ops.namespace.node
+    namespace = w.ops.namespace
+    original = namespace.node, namespace.stat_row
 
     def node(inode: int):
         raise exc
 
-    w.ops.namespace.node = node  # type: ignore[method-assign]
+    namespace.node = namespace.stat_row = node  # type: ignore[method-assign]
     try:
         return [await outcome(w.ops.getattr(w.inode("Movie (2024)", "movie.mkv"), ctx()))]
     finally:
-        w.ops.namespace.node = original  # type: ignore[method-assign]
+        namespace.node, namespace.stat_row = original  # type: ignore[method-assign]
 
 
 async def _rd_failed(w: World) -> list:
@@ -632,6 +635,7 @@ async def test_a_repeated_failure_logs_one_traceback(world: World, caplog, monke
         raise sqlite3.OperationalError("database or disk is full")
 
     monkeypatch.setattr(ops.namespace, "node", node)
+    monkeypatch.setattr(ops.namespace, "stat_row", node)
     for inode in range(1000, 1050):
         assert await outcome(ops.getattr(inode, ctx())) == EIO
     records = [r for r in caplog.records if r.levelno == logging.ERROR]
