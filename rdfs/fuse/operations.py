@@ -82,7 +82,8 @@ READDIR_PAGE = 1024
 # answer ENOSYS: the kernel then sends no more opendir or releasedir, keeps each listing in its
 # page cache until a sync invalidates it, and readdir gets the directory's inode in place of a
 # handle. A walk of the tree then costs two requests per directory instead of four, and a second
-# walk none. Stock pyfuse3 passes readdir no inode in that mode, so it keeps handles.
+# walk one (a getattr: the kernel marks the access time stale after each listing it asks for).
+# Stock pyfuse3 passes readdir no inode in that mode, so it keeps handles.
 KERNEL_DIR_CACHE = bool(getattr(pyfuse3, "NO_OPENDIR_SUPPORT", False))
 # Listings read ahead without a handle: no releasedir ends them, so the oldest are dropped.
 LISTINGS_KEPT = 64
