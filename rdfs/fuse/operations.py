@@ -106,9 +106,10 @@ _DIR_HANDLERS = frozenset({"readdir", "releasedir", "fsyncdir"})
 _DATA_HANDLERS = frozenset({"write", "setxattr"})
 
 
-def _plain(inode: int, size: Any, mtime: Any, nlink: Any) -> bool:
+def _plain(row: ChildStat) -> bool:
     """Whether a store row is answered as it is (readdir, getattr): values to clamp and log, and
     the top directories' and ``.rdfs/``'s own modes, take the full node's path."""
+    inode, _name, _kind, size, mtime, nlink, _in_torrent = row
     return (
         type(size) is int
         and 0 <= size <= MAX_SIZE
@@ -467,6 +468,16 @@ class Operations(pyfuse3.Operations):
         nlink = nlink if isinstance(nlink, int) and 0 < nlink <= MAX_NLINK else 1
         return self._make_attrs(node.inode, mode, nlink, self._size(node), self._mtime_ns(node))
 
+    def _row_attrs(self, row: ChildStat) -> pyfuse3.EntryAttributes:
+        """The stat of a store row :func:`_plain` accepts (readdir's entries, getattr); what
+        :meth:`_attrs` answers for its node, without building one."""
+        inode, _name, kind, size, mtime, nlink, in_torrent = row
+        if kind != "dir":
+            mode = stat.S_IFREG | 0o444
+        else:  # see _dir_mode: top directories and .rdfs/ never pass _plain
+            mode = stat.S_IFDIR | (0o755 if self.allow_delete and in_torrent else 0o555)
+        return self._make_attrs(inode, mode, nlink, size, int(mtime * 1e9))
+
     def _held_attrs(self, inode: int, held: Stat) -> pyfuse3.EntryAttributes:
         return self._make_attrs(inode, held.mode, held.nlink, held.size, held.mtime_ns)
 
@@ -549,13 +560,8 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         row = self.namespace.stat_row(inode)  # readdir's slim row: the common case, one lookup
         owned = self.control is not None and self.control.owns(inode)  # control files' modes
-        if row is not None and not owned and _plain(inode, row[3], row[4], row[5]):
-            _inode, _name, kind, size, mtime, nlink, in_torrent = row
-            if kind != "dir":
-                mode = stat.S_IFREG | 0o444
-            else:
-                mode = stat.S_IFDIR | (0o755 if self.allow_delete and in_torrent else 0o555)
-            attrs = self._make_attrs(inode, mode, nlink, size, int(mtime * 1e9))
+        if row is not None and not owned and _plain(row):
+            attrs = self._row_attrs(row)
             self._held.answered(inode, _stat(attrs))
             return attrs
         node = self._known(inode)
@@ -617,8 +623,6 @@ class Operations(pyfuse3.Operations):
         # are (odd values to clamp, control files' own modes) is answered from its full node.
         fast = opened.inode != CONTROL_INODE
         dir_mode = stat.S_IFDIR | 0o555
-        torrent_dir_mode = stat.S_IFDIR | (0o755 if self.allow_delete else 0o555)
-        file_mode = stat.S_IFREG | 0o444
         took = self._held.took
         reply = pyfuse3.readdir_reply
         answered = False
@@ -640,7 +644,8 @@ class Operations(pyfuse3.Operations):
                 opened.pending = page
             pending = opened.pending
             while pending:
-                inode, text, kind, size, mtime, nlink, in_torrent = pending[-1]
+                row = pending[-1]
+                inode, text = row[0], row[1]
                 try:
                     name = text.encode("utf-8")
                 except UnicodeEncodeError:  # the tree never stores such a name; skip it
@@ -650,17 +655,12 @@ class Operations(pyfuse3.Operations):
                     pending.pop()
                     opened.cursor = inode
                     continue
-                if fast and _plain(inode, size, mtime, nlink):
-                    if kind == "dir":
-                        mode = torrent_dir_mode if in_torrent else dir_mode
-                    else:
-                        mode = file_mode
-                    mtime_ns = int(mtime * 1e9)
-                    attrs = self._make_attrs(inode, mode, nlink, size, mtime_ns)
+                if fast and _plain(row):
+                    attrs = self._row_attrs(row)
                     if not reply(token, name, attrs, inode + AFTER_DOTDOT):
                         return
                     answered = True
-                    took(inode, mode, nlink, size, mtime_ns)  # readdirplus: the kernel holds it
+                    took(inode, attrs.st_mode, attrs.st_nlink, attrs.st_size, attrs.st_mtime_ns)
                 else:
                     node = self.namespace.node(inode)
                     if node is not None:
