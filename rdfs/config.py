@@ -78,6 +78,11 @@ class Config:
     # tree costs rdfs nothing). Needs the pyfuse3 scripts/bootstrap builds (patches/); with a
     # stock pyfuse3, or false, every listing is asked of rdfs (opendir, readdir, releasedir).
     dir_cache: bool = True
+    # After answering a request from memory, the FUSE loop polls up to this many microseconds for
+    # the client's next one before it sleeps: a scanner waiting on each answer (find, a media
+    # server) then is not woken from another CPU per request (a walk of the tree ~2x faster).
+    # 0 = off; off on one CPU, and with a stock pyfuse3 (patches/pyfuse3-busy-poll.patch).
+    busy_poll_us: int = 50
     probe_cache_mb: int = 4096  # disk bound of the persistent head/tail cache (0 = off)
     probe_head_mb: int = 32  # the first MiB of every file read are kept on disk
     probe_tail_mb: int = 16  # and the last MiB
@@ -118,6 +123,8 @@ class Config:
                 "delete_confirm_minutes must be within 0 and 14400, "
                 f"got {self.delete_confirm_minutes}"
             )
+        if not 0 <= self.busy_poll_us <= 1000:
+            raise ConfigError(f"busy_poll_us must be within 0 and 1000, got {self.busy_poll_us}")
         if self.small_removal < 0:
             raise ConfigError(f"small_removal must not be negative, got {self.small_removal}")
         if not 0 < self.sync_stall_minutes <= 24 * 60:

@@ -56,6 +56,18 @@ from rdfs.tree.specs import Namespace
 
 log = logging.getLogger(__name__)
 
+# A pyfuse3 built with patches/pyfuse3-busy-poll.patch answers requests whose handler does not
+# suspend in the task that read them, and takes busy_poll_ns (see Config.busy_poll_us).
+BUSY_POLL = bool(getattr(pyfuse3, "BUSY_POLL_SUPPORT", False))
+
+
+def _fuse_loop_args(config: Config) -> dict[str, int]:
+    """pyfuse3.main's arguments. Busy polling only where this pyfuse3 has it and the process
+    may run on two CPUs: on one, the poll would only keep the client from sending."""
+    if not (config.busy_poll_us and BUSY_POLL and len(os.sched_getaffinity(0)) > 1):
+        return {}
+    return {"busy_poll_ns": config.busy_poll_us * 1000}
+
 
 class MountError(Exception):
     """The mount cannot start; the message is one line for the user."""
@@ -247,7 +259,11 @@ async def _serve(config: Config, mountpoint: Path, client: RDClient, cache: Cach
                 "this pyfuse3 cannot let the kernel keep listings "
                 "(scripts/bootstrap builds one that can: patches/pyfuse3-no-opendir.patch)"
             )
-        board.register("fuse", ops.status)
+        loop_args = _fuse_loop_args(config)
+        board.register(
+            "fuse",
+            lambda: ops.status() | {"busy_poll_us": loop_args.get("busy_poll_ns", 0) // 1000},
+        )
         bus.subscribe(ops.invalidate)
         views = Views(cache, views_config, bus)
         bus.subscribe(views.mark_dirty)
@@ -296,7 +312,7 @@ async def _serve(config: Config, mountpoint: Path, client: RDClient, cache: Cach
                     _tune_after_init, mountpoint, config.read_ahead_kb, config.max_background
                 )
                 nursery.start_soon(supervisor.run, "tune", tune)
-            await pyfuse3.main()
+            await pyfuse3.main(**loop_args)
             # main() returns when the kernel unmounted us (fusermount -u): stop everything else.
             stopped_cleanly = True
             nursery.cancel_scope.cancel()
