@@ -82,7 +82,7 @@ class Config:
     # the client's next one before it sleeps: a scanner waiting on each answer (find, a media
     # server) then is not woken from another CPU per request (a walk of the tree ~2x faster).
     # 0 = off; off on one CPU, and with a stock pyfuse3 (patches/pyfuse3-busy-poll.patch).
-    busy_poll_us: int = 50
+    busy_poll_us: int = 100
     probe_cache_mb: int = 4096  # disk bound of the persistent head/tail cache (0 = off)
     probe_head_mb: int = 32  # the first MiB of every file read are kept on disk
     probe_tail_mb: int = 16  # and the last MiB

@@ -51,7 +51,7 @@ def test_a_read_completes_while_another_program_asks_without_pause(emulator_proc
         path = torrents / "Storm Movie (2022)" / "Storm.Movie.2022.mkv"
         mountutil.wait_for(path.exists, timeout=30, what="the first sync")
         polling = fuse_status(mounted)["busy_poll_us"]
-        assert polling == (50 if len(os.sched_getaffinity(0)) > 1 else 0)
+        assert polling == (100 if len(os.sched_getaffinity(0)) > 1 else 0)
 
         stop = tmp_path / "stop-storm"
         # Several at once, so that a request is always queued when one is answered.
@@ -86,7 +86,7 @@ def test_a_read_completes_while_another_program_asks_without_pause(emulator_proc
 def test_busy_polling_is_off_on_one_cpu_and_when_set_to_zero(monkeypatch) -> None:
     assert fuse_mount.BUSY_POLL, "scripts/bootstrap builds pyfuse3 with patches/pyfuse3-busy-poll.patch"
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
-    assert fuse_mount._fuse_loop_args(Config()) == {"busy_poll_ns": 50_000}
+    assert fuse_mount._fuse_loop_args(Config()) == {"busy_poll_ns": 100_000}
     assert fuse_mount._fuse_loop_args(Config(busy_poll_us=0)) == {}
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
     assert fuse_mount._fuse_loop_args(Config()) == {}
