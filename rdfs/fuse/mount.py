@@ -259,6 +259,11 @@ async def _serve(config: Config, mountpoint: Path, client: RDClient, cache: Cach
                 "this pyfuse3 cannot let the kernel keep listings "
                 "(scripts/bootstrap builds one that can: patches/pyfuse3-no-opendir.patch)"
             )
+        if config.busy_poll_us and not BUSY_POLL:
+            log.info(
+                "this pyfuse3 cannot poll for the next request (busy_poll_us) "
+                "(scripts/bootstrap builds one that can: patches/pyfuse3-busy-poll.patch)"
+            )
         loop_args = _fuse_loop_args(config)
         board.register(
             "fuse",

@@ -83,12 +83,15 @@ def test_a_read_completes_while_another_program_asks_without_pause(emulator_proc
         mountutil.check_log(mounted)
 
 
-def test_busy_polling_is_off_on_one_cpu_and_when_set_to_zero(monkeypatch) -> None:
+def test_busy_polling_is_off_on_one_cpu_when_zero_and_on_stock_pyfuse3(monkeypatch) -> None:
     assert fuse_mount.BUSY_POLL, "scripts/bootstrap builds pyfuse3 with patches/pyfuse3-busy-poll.patch"
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
     assert fuse_mount._fuse_loop_args(Config()) == {"busy_poll_ns": 100_000}
     assert fuse_mount._fuse_loop_args(Config(busy_poll_us=0)) == {}
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
+    assert fuse_mount._fuse_loop_args(Config()) == {}
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(fuse_mount, "BUSY_POLL", False)  # a stock pyfuse3: main() takes no such argument
     assert fuse_mount._fuse_loop_args(Config()) == {}
 
 
