@@ -39,6 +39,27 @@ print(asked)
 """
 
 
+# A pyfuse3 file system that queues many invalidate_entry_async() calls, stops and closes, then
+# lives on a little, as rdfs does after unmounting (patches/pyfuse3-close-notify.patch).
+NOTIFY_AT_CLOSE = """
+import logging, sys, time
+import pyfuse3, trio
+logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(levelname)s %(name)s: %(message)s")
+pyfuse3.init(pyfuse3.Operations(), sys.argv[1], {"fsname=rdfs-notify-test"})
+async def main():
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pyfuse3.main)
+        await trio.sleep(0.2)
+        for i in range(100_000):
+            pyfuse3.invalidate_entry_async(pyfuse3.ROOT_INODE, f"gone-{i}".encode(), ignore_enoent=True)
+        pyfuse3.terminate()
+trio.run(main)
+pyfuse3.close()
+time.sleep(0.5)
+print("closed")
+"""
+
+
 def fuse_status(mounted: mountutil.Mounted) -> dict:  # type: ignore[type-arg]
     return json.loads((mounted.path / ".rdfs" / "status").read_text())["fuse"]
 
@@ -105,3 +126,16 @@ def test_busy_polling_off_still_serves(emulator_proc, tmp_path) -> None:
         assert fuse_status(mounted)["busy_poll_us"] == 0
         assert Path(path).read_bytes() == control.file_bytes(movie, 1, 0, 3 * MiB)
         mountutil.check_log(mounted)
+
+
+def test_invalidations_queued_at_close_are_dropped_not_sent_to_a_closed_session(tmp_path) -> None:
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    try:
+        run = subprocess.run(
+            [sys.executable, "-c", NOTIFY_AT_CLOSE, str(mountpoint)], capture_output=True, text=True, timeout=120
+        )
+    finally:
+        mountutil.force_unmount(mountpoint)
+    assert run.returncode == 0 and run.stdout.endswith("closed\n"), run.stdout[-2000:] + run.stderr[-2000:]
+    assert "Failed to submit" not in run.stdout, run.stdout[:2000]
