@@ -339,8 +339,11 @@ async def test_dropped_connections_resume_with_exact_bytes(env: Env) -> None:
             other_id, 1, offset, 200 * KiB
         )
     await handle.close()
-    assert env.emu.counters["download_drops"] > 20
-    assert env.pool.stats.reconnects == env.emu.counters["download_drops"]
+    drops = env.emu.counters["download_drops"]
+    assert drops > 20
+    # Every cut body a read still needed was resumed; one cut while its handle closed is not (at
+    # most the two requests a stream has in flight, per handle).
+    assert drops - 2 * 2 <= env.pool.stats.reconnects <= drops
 
 
 async def test_expired_links_refresh_transparently(env: Env) -> None:
