@@ -7,6 +7,8 @@ scripts/test installs samba and smbclient (Debian's packages)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import signal
@@ -14,10 +16,7 @@ import socket
 import subprocess
 import tempfile
 import time
-import contextlib
-import json
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -66,7 +65,7 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@contextmanager
+@contextlib.contextmanager
 def samba(mount: Path, state: Path) -> Iterator[int]:
     """smbd sharing ``mount`` as ``rd`` on a loopback port; stopped on exit."""
     smbd = shutil.which("smbd") or "/usr/sbin/smbd"
